@@ -1,0 +1,276 @@
+"""The ASGI application: routing for `/fhir/` and the openIMIS alias `/api/api_fhir_r4/`, authentication,
+content negotiation and the mapping of every failure to an OperationOutcome."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+import orjson
+from sqlalchemy import Engine
+from sqlalchemy.exc import DataError, OperationalError
+
+from hifhir.api import rest
+from hifhir.api.http import (
+    FHIR_JSON,
+    JSON,
+    BodyTooLarge,
+    HttpRequest,
+    HttpResponse,
+    json_response,
+    outcome_response,
+    read_body,
+    send_response,
+)
+from hifhir.auth.tokens import TokenService
+from hifhir.auth.users import PrincipalCache, authenticate
+from hifhir.config import Settings
+from hifhir.fhir.capability import capability_statement
+from hifhir.fhir.errors import FhirError, invalid
+from hifhir.store.db import make_engine
+
+log = logging.getLogger("hifhir.api")
+
+FHIR_BASE = "/fhir"
+ALIAS_BASE = "/api/api_fhir_r4"
+LOGIN_PATHS = {"/api/api_fhir_r4/login", "/api/login", "/fhir/login"}
+_HOST_RE = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9a-fA-F:]+\](:\d{1,5})?$")
+_JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
+_FORMAT_OK = {"json", "application/json", "application/fhir+json", "fhir+json", "application/json+fhir"}
+PING_BODY = b'{"status":"ok"}'
+
+
+class HifhirApp:
+    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.engine = engine or make_engine(settings.database_url)
+        self.tokens = TokenService(settings.jwt_secret, settings.token_lifetime_s)
+        self.principals = PrincipalCache(self.engine)
+
+    # --- ASGI entry point ------------------------------------------------------------------------------
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        request = HttpRequest(
+            method=scope["method"],
+            path=scope["path"],
+            raw_query=scope["query_string"].decode("latin-1"),
+            headers=headers,
+            scheme=scope.get("scheme", "http"),
+        )
+        content_type = FHIR_JSON
+        try:
+            content_type = self._response_type(request)
+            if request.method in ("POST", "PUT", "PATCH"):
+                request.body = await read_body(receive, self.settings.max_body_bytes, headers.get("content-length"))
+            response = self._dispatch(request, content_type)
+        except FhirError as exc:
+            response = outcome_response(exc, content_type)
+        except BodyTooLarge:
+            response = outcome_response(FhirError.one(
+                413, "too-costly", f"Request body larger than {self.settings.max_body_bytes} bytes"), content_type)
+        except DataError:
+            response = outcome_response(invalid("A value is out of range or too long for its field"), content_type)
+        except OperationalError:
+            log.exception("database unavailable")
+            response = outcome_response(FhirError.one(503, "transient", "Database busy or unavailable; retry"),
+                                        content_type)
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            response = outcome_response(FhirError.one(500, "exception", "Internal server error"), content_type)
+        await send_response(send, response)
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.engine.dispose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # --- routing ---------------------------------------------------------------------------------------
+
+    def _dispatch(self, request: HttpRequest, content_type: str) -> HttpResponse:
+        path = request.path.rstrip("/") or "/"
+        if path == "/healthz":
+            return HttpResponse(200, PING_BODY, JSON)
+        if path in LOGIN_PATHS:
+            return self._login(request)
+        if path == FHIR_BASE or path.startswith(FHIR_BASE + "/"):
+            prefix, lenient = FHIR_BASE, False
+        elif path == ALIAS_BASE or path.startswith(ALIAS_BASE + "/"):
+            prefix, lenient = ALIAS_BASE, True
+        else:
+            raise FhirError.one(404, "not-found", "Unknown path; the FHIR base is /fhir/")
+        segments = [unquote(s) for s in path[len(prefix):].split("/") if s]
+        base_url = self._base_url(request, prefix)
+        method = request.method
+        if segments == ["metadata"]:
+            self._only(method, "GET")
+            return json_response(200, capability_statement(base_url), content_type)
+        call = rest.Call(
+            engine=self.engine,
+            settings=self.settings,
+            base_url=base_url,
+            principal=self._authenticate(request),
+            lenient=lenient,
+            content_type=content_type,
+        )
+        self._apply_prefer(call, request)
+        call.if_match = request.headers.get("if-match")
+        n = len(segments)
+        if n == 0:
+            raise FhirError.one(404, "not-supported", "System-level interactions are not supported")
+        rtype = segments[0]
+        if n == 1:
+            if method == "GET":
+                return rest.search(call, rtype, request.query)
+            if method == "POST":
+                self._check_body_type(request)
+                return rest.create(call, rtype, request.body)
+            raise self._method_not_allowed(method)
+        second = segments[1]
+        if n == 2 and second == "_search":
+            self._only(method, "POST")
+            return rest.search(call, rtype, request.query + self._form_params(request))
+        if n == 2 and second == "_history":
+            self._only(method, "GET")
+            return rest.history(call, rtype, None, request.query)
+        if n == 2 and second == "$validate":
+            self._only(method, "POST")
+            self._check_body_type(request)
+            return rest.validate_operation(call, rtype, None, request.body)
+        if n == 2:
+            if method == "GET":
+                return rest.read(call, rtype, second)
+            if method == "PUT":
+                self._check_body_type(request)
+                return rest.update_resource(call, rtype, second, request.body)
+            if method == "DELETE":
+                return rest.delete(call, rtype, second)
+            raise self._method_not_allowed(method)
+        third = segments[2]
+        if n == 3 and third == "_history":
+            self._only(method, "GET")
+            return rest.history(call, rtype, second, request.query)
+        if n == 3 and third == "$validate":
+            self._only(method, "POST")
+            self._check_body_type(request)
+            return rest.validate_operation(call, rtype, second, request.body)
+        if n == 4 and third == "_history":
+            self._only(method, "GET")
+            return rest.read(call, rtype, second, segments[3])
+        raise FhirError.one(404, "not-found", "Unknown FHIR path")
+
+    # --- cross-cutting concerns ------------------------------------------------------------------------
+
+    def _authenticate(self, request: HttpRequest) -> Any:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        claims = self.tokens.verify(token.strip()) if scheme.lower() == "bearer" and token else None
+        principal = self.principals.get(claims["sub"]) if claims else None
+        if principal is None:
+            raise FhirError(
+                401,
+                [{"severity": "error", "code": "login", "diagnostics": "A valid bearer token is required"}],
+                {"WWW-Authenticate": 'Bearer realm="hifhir"'},
+            )
+        return principal
+
+    def _login(self, request: HttpRequest) -> HttpResponse:
+        self._only(request.method, "POST")
+        try:
+            payload = orjson.loads(request.body or b"{}")
+        except orjson.JSONDecodeError:
+            payload = dict(parse_qsl(request.body.decode("utf-8", "replace")))
+        if not isinstance(payload, dict):
+            raise invalid("Login takes a JSON object {\"username\", \"password\"}")
+        username, password = payload.get("username"), payload.get("password")
+        if not isinstance(username, str) or not isinstance(password, str) or not username or not password:
+            raise invalid("Missing username or password")
+        with self.engine.connect() as conn:
+            ok = authenticate(conn, username[:50], password[:200])
+        if not ok:
+            raise FhirError.one(401, "login", "INCORRECT_CREDENTIALS")
+        token, exp = self.tokens.issue(username)
+        return json_response(200, {"token": token, "exp": exp}, JSON)
+
+    def _base_url(self, request: HttpRequest, prefix: str) -> str:
+        host = request.headers.get("host", "")
+        if not _HOST_RE.match(host):
+            host = f"{self.settings.host}:{self.settings.port}"
+        return f"{request.scheme}://{host}{prefix}"
+
+    def _response_type(self, request: HttpRequest) -> str:
+        fmt = None
+        if "_format" in request.raw_query:
+            fmt = request.query_value("_format")
+        if fmt is not None and fmt.split(";")[0].strip() not in _FORMAT_OK:
+            raise FhirError.one(406, "not-supported", "Only JSON is supported (_format=json)")
+        accept = request.headers.get("accept", "")
+        if fmt is None and accept:
+            kinds = [a.split(";")[0].strip() for a in accept.split(",")]
+            if not any(k in _JSON_TYPES or k in ("*/*", "application/*") for k in kinds):
+                raise FhirError.one(406, "not-supported", "Only application/fhir+json and application/json "
+                                    "are supported")
+            if "application/json" in kinds and "application/fhir+json" not in kinds:
+                return JSON
+        return FHIR_JSON
+
+    @staticmethod
+    def _check_body_type(request: HttpRequest) -> None:
+        ctype = request.headers.get("content-type")
+        if ctype is not None and ctype.split(";")[0].strip() not in _JSON_TYPES:
+            raise FhirError.one(415, "not-supported", "Send application/fhir+json or application/json")
+
+    @staticmethod
+    def _form_params(request: HttpRequest) -> list[tuple[str, str]]:
+        ctype = request.headers.get("content-type", "")
+        if not request.body:
+            return []
+        if not ctype.startswith("application/x-www-form-urlencoded"):
+            raise FhirError.one(415, "not-supported", "POST _search takes application/x-www-form-urlencoded")
+        try:
+            return parse_qsl(request.body.decode("utf-8"), keep_blank_values=True, max_num_fields=200)
+        except (UnicodeDecodeError, ValueError):
+            raise invalid("Malformed form body") from None
+
+    @staticmethod
+    def _apply_prefer(call: rest.Call, request: HttpRequest) -> None:
+        prefer = request.headers.get("prefer")
+        if not prefer:
+            return
+        for part in prefer.split(","):
+            for token in part.split(";"):
+                key, _, value = token.strip().partition("=")
+                value = value.strip().strip('"')
+                if key == "return" and value in ("minimal", "representation", "OperationOutcome"):
+                    call.prefer_return = value
+                elif key == "handling" and value in ("strict", "lenient"):
+                    call.strict_handling = value == "strict"
+
+    @staticmethod
+    def _only(method: str, allowed: str) -> None:
+        if method != allowed:
+            raise HifhirApp._method_not_allowed(method, allowed)
+
+    @staticmethod
+    def _method_not_allowed(method: str, allowed: str = "") -> FhirError:
+        return FhirError(405, [{"severity": "error", "code": "not-supported",
+                                "diagnostics": f"Method {method[:10]} not allowed here"}],
+                         {"Allow": allowed} if allowed else {})
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> HifhirApp:
+    from hifhir.config import load_settings
+
+    return HifhirApp(settings or load_settings(), engine)

@@ -1,0 +1,100 @@
+"""A minimal HTTP request/response layer over raw ASGI (the hot path avoids framework overhead)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+
+from hifhir.fhir.errors import FhirError, operation_outcome
+
+FHIR_JSON = "application/fhir+json"
+JSON = "application/json"
+
+
+@dataclass(slots=True)
+class HttpRequest:
+    method: str
+    path: str
+    raw_query: str
+    headers: dict[str, str]
+    body: bytes = b""
+    scheme: str = "http"
+    host: str = "127.0.0.1"
+    _query: list[tuple[str, str]] | None = None
+
+    @property
+    def query(self) -> list[tuple[str, str]]:
+        if self._query is None:
+            try:
+                self._query = parse_qsl(self.raw_query, keep_blank_values=True, strict_parsing=False,
+                                        max_num_fields=200)
+            except ValueError:
+                raise FhirError.one(400, "invalid", "Too many query parameters") from None
+        return self._query
+
+    def query_value(self, name: str) -> str | None:
+        for key, value in self.query:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass(slots=True)
+class HttpResponse:
+    status: int
+    body: bytes = b""
+    content_type: str | None = FHIR_JSON
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+def json_response(status: int, payload: Any, content_type: str = FHIR_JSON, **headers: str) -> HttpResponse:
+    return HttpResponse(status, orjson.dumps(payload), content_type, [(k.replace("_", "-"), v) for k, v in headers.items()])
+
+
+def outcome_response(error: FhirError, content_type: str = FHIR_JSON) -> HttpResponse:
+    resp = json_response(error.status, operation_outcome(error.issues), content_type)
+    resp.headers.extend(error.headers.items())
+    return resp
+
+
+def http_date(epoch_us: int) -> str:
+    return formatdate(epoch_us / 1_000_000, usegmt=True)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(receive: Any, limit: int, declared: str | None) -> bytes:
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+async def send_response(send: Any, resp: HttpResponse) -> None:
+    headers = [(b"content-length", str(len(resp.body)).encode())]
+    if resp.content_type and resp.body:
+        ctype = resp.content_type
+        if ctype.endswith("json"):
+            ctype += "; charset=utf-8"
+        headers.append((b"content-type", ctype.encode()))
+    headers.extend((k.lower().encode(), v.encode("latin-1", "replace")) for k, v in resp.headers)
+    await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+    await send({"type": "http.response.body", "body": resp.body})

@@ -1,0 +1,425 @@
+"""The FHIR RESTful interactions, written once for every kind (read, vread, search, create, update, delete,
+history, $validate). Each call is one DB transaction."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Engine, and_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from hifhir.api.http import FHIR_JSON, HttpResponse, http_date, json_response
+from hifhir.auth.users import Principal
+from hifhir.config import Settings
+from hifhir.fhir.errors import FhirError, forbidden, invalid, issue, not_found, operation_outcome
+from hifhir.fhir.kind import ResourceKind, WriteContext, Written
+from hifhir.fhir.registry import BY_PROFILE, KINDS, TYPES, valid_id
+from hifhir.fhir.search import (
+    build_searchset,
+    decode_cursor,
+    encode_cursor,
+    execute_search,
+    parse_search,
+)
+from hifhir.fhir.searchparams import since_us
+from hifhir.fhir.summary import summary_elements
+from hifhir.fhir.validate import validate_resource
+from hifhir.store.db import transaction
+from hifhir.store.tables import resource_version as rv
+
+
+@dataclass
+class Call:
+    """What every interaction needs to know about the request it serves."""
+
+    engine: Engine
+    settings: Settings
+    base_url: str
+    principal: Principal
+    lenient: bool  # the openIMIS-compatible alias accepts known legacy deviations
+    content_type: str = FHIR_JSON
+    prefer_return: str = "representation"
+    strict_handling: bool = False
+    if_match: str | None = None
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def is_postgres(self) -> bool:
+        return not self.settings.is_sqlite
+
+
+# --- helpers ------------------------------------------------------------------------------------------
+
+
+def kinds_for(resource_type: str) -> list[ResourceKind]:
+    kinds = TYPES.get(resource_type)
+    if not kinds:
+        raise FhirError.one(404, "not-supported", f"Resource type '{resource_type[:40]}' is not supported")
+    return kinds
+
+
+def check_id(res_id: str) -> None:
+    if not valid_id(res_id):
+        raise invalid(f"Invalid resource id '{res_id[:70]}' (1-64 of A-Z a-z 0-9 - .)")
+
+
+def require_right(call: Call, right: int | None, what: str) -> None:
+    if not call.principal.has(right):
+        raise forbidden(f"User '{call.principal.username}' lacks right {right} to {what}")
+
+
+def etag(version: int) -> str:
+    return f'W/"{version}"'
+
+
+def parse_resource(body: bytes, resource_type: str) -> dict[str, Any]:
+    if not body:
+        raise invalid("A resource body is required")
+    try:
+        resource = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise invalid(f"Malformed JSON: {exc}") from None
+    if not isinstance(resource, dict):
+        raise invalid("The body must be a JSON object")
+    actual = resource.get("resourceType")
+    if actual != resource_type:
+        raise invalid(
+            f"resourceType '{str(actual)[:40]}' does not match the endpoint '{resource_type}'", "resourceType"
+        )
+    return resource
+
+
+def select_kind(kinds: list[ResourceKind], resource: dict[str, Any]) -> ResourceKind:
+    profiles = (resource.get("meta") or {}).get("profile") if isinstance(resource.get("meta"), dict) else None
+    if isinstance(profiles, list):
+        for url in profiles:
+            kind = BY_PROFILE.get(url if isinstance(url, str) else "")
+            if kind is not None:
+                if kind.resource_type != resource["resourceType"]:
+                    raise invalid(f"Profile {url} is not a {resource['resourceType']} profile", "meta.profile")
+                return kind
+    matching = [k for k in kinds if k.accepts(resource)]
+    if not matching:
+        raise FhirError.one(
+            422, "business-rule",
+            f"Cannot tell which {resource['resourceType']} profile applies; name it in meta.profile",
+        )
+    return matching[0]
+
+
+def validate_or_raise(call: Call, kind: ResourceKind, resource: dict[str, Any]) -> dict[str, Any]:
+    resource, issues = validate_resource(resource, kind.profile, lenient=call.lenient)
+    errors = [i for i in issues if i.severity in ("error", "fatal")]
+    if errors:
+        raise FhirError(400, [i.to_fhir() for i in issues])
+    call.warnings.extend(i.to_fhir() for i in issues)
+    return resource
+
+
+def written_response(call: Call, written: Written, status: int) -> HttpResponse:
+    headers = [
+        ("ETag", etag(written.version)),
+        ("Last-Modified", http_date(written.last_updated)),
+        ("Location", f"{call.base_url}/{written.kind.resource_type}/{written.id}/_history/{written.version}"),
+    ]
+    if call.warnings:
+        headers.append(("Warning", "199 hifhir \"" + "; ".join(
+            w["diagnostics"].replace('"', "'") for w in call.warnings)[:900] + "\""))
+    if call.prefer_return == "minimal":
+        return HttpResponse(status, b"", None, headers)
+    if call.prefer_return == "OperationOutcome":
+        info = [issue("informational", f"{written.operation} {written.kind.resource_type}/{written.id}",
+                      severity="information"), *call.warnings]
+        return HttpResponse(status, orjson.dumps(operation_outcome(info)), call.content_type, headers)
+    return HttpResponse(status, written.body or b"", call.content_type, headers)
+
+
+def _if_match_version(header: str) -> str:
+    value = header.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    return value.strip('"')
+
+
+# --- read / vread -------------------------------------------------------------------------------------
+
+
+def read(call: Call, resource_type: str, res_id: str, version: str | None = None) -> HttpResponse:
+    kinds_for(resource_type)
+    check_id(res_id)
+    stmt = select(rv.c.version, rv.c.operation, rv.c.body, rv.c.last_updated, rv.c.kind).where(
+        rv.c.res_type == resource_type, rv.c.res_id == res_id
+    )
+    if version is None:
+        stmt = stmt.order_by(rv.c.version.desc()).limit(1)
+    else:
+        if not version.isdigit() or len(version) > 9:
+            raise not_found(f"Version '{version[:20]}' of {resource_type}/{res_id} not found")
+        stmt = stmt.where(rv.c.version == int(version))
+    with call.engine.connect() as conn:
+        row = conn.execute(stmt).first()
+    if row is None:
+        what = f"{resource_type}/{res_id}" + (f"/_history/{version}" if version else "")
+        raise not_found(f"{what} not found")
+    require_right(call, KINDS[row.kind].rights.read, f"read {resource_type}")
+    headers = [("ETag", etag(row.version)), ("Last-Modified", http_date(row.last_updated))]
+    if row.operation == "delete":
+        raise FhirError(410, [issue("deleted", f"{resource_type}/{res_id} was deleted")], dict(headers))
+    return HttpResponse(200, row.body, call.content_type, headers)
+
+
+# --- search -------------------------------------------------------------------------------------------
+
+
+def search(call: Call, resource_type: str, items: list[tuple[str, str]]) -> HttpResponse:
+    kinds = kinds_for(resource_type)
+    for kind in kinds:
+        require_right(call, kind.rights.read, f"search {resource_type}")
+    req = parse_search(
+        resource_type, kinds, items, strict=call.strict_handling,
+        page_default=call.settings.page_size_default, page_max=call.settings.page_size_max,
+    )
+    with call.engine.connect() as conn:
+        result = execute_search(conn, req)
+    body = build_searchset(call.base_url, req, result, summary_elements())
+    return HttpResponse(200, body, call.content_type)
+
+
+# --- create / update / delete -------------------------------------------------------------------------
+
+
+def _conflict_from_integrity(exc: IntegrityError) -> FhirError:
+    return FhirError.one(409, "conflict", "The write conflicts with existing data (a code or key is already used)")
+
+
+def create(call: Call, resource_type: str, body: bytes) -> HttpResponse:
+    kinds = kinds_for(resource_type)
+    resource = parse_resource(body, resource_type)
+    kind = select_kind(kinds, resource)
+    _require_writable(kind)
+    require_right(call, kind.rights.create, f"create {resource_type}")
+    resource = validate_or_raise(call, kind, resource)
+    try:
+        with transaction(call.engine, write=True) as conn:
+            ctx = WriteContext(conn, call.principal.username, lenient=call.lenient)
+            ctx.new_id = str(uuid.uuid4())
+            pk = kind.write(ctx, resource, None)
+            ctx.mark(kind.name, pk)
+            written = ctx.flush()[(kind.name, pk)]
+    except IntegrityError as exc:
+        raise _conflict_from_integrity(exc) from None
+    return written_response(call, written, 201)
+
+
+def _require_writable(kind: ResourceKind) -> None:
+    if not kind.writable:
+        raise FhirError.one(405, "not-supported", f"{kind.resource_type} ({kind.name}) is read-only: it comes "
+                            "from server configuration")
+
+
+def _find_current(conn: Connection, kinds: list[ResourceKind], res_id: str, lock: bool) -> tuple[ResourceKind, Any] | None:
+    for kind in kinds:
+        row = kind.current_row(conn, res_id, for_update=lock)
+        if row is not None:
+            return kind, row
+    return None
+
+
+def update_resource(call: Call, resource_type: str, res_id: str, body: bytes) -> HttpResponse:
+    kinds = kinds_for(resource_type)
+    check_id(res_id)
+    resource = parse_resource(body, resource_type)
+    if resource.get("id") != res_id:
+        raise invalid(f"The resource id must be present and equal '{res_id}'", f"{resource_type}.id")
+    kind = select_kind(kinds, resource)
+    _require_writable(kind)
+    resource = validate_or_raise(call, kind, resource)
+    try:
+        with transaction(call.engine, write=True) as conn:
+            found = _find_current(conn, kinds, res_id, call.is_postgres)
+            ctx = WriteContext(conn, call.principal.username, lenient=call.lenient)
+            if found is None:
+                require_right(call, kind.rights.create, f"create {resource_type}")
+                if call.if_match is not None:
+                    raise FhirError.one(412, "conflict", f"{resource_type}/{res_id} does not exist (If-Match)")
+                ctx.new_id, ctx.id_from_client = res_id, True
+                pk = kind.write(ctx, resource, None)
+                status = 201
+            else:
+                current_kind, row = found
+                if current_kind is not kind:
+                    raise invalid(
+                        f"{resource_type}/{res_id} is a {current_kind.name}; it cannot become a {kind.name}"
+                    )
+                require_right(call, kind.rights.update, f"update {resource_type}")
+                if call.if_match is not None and _if_match_version(call.if_match) != str(row.version_id):
+                    raise FhirError.one(
+                        412, "conflict",
+                        f"Version conflict: {resource_type}/{res_id} is at version {row.version_id}",
+                    )
+                if row.deleted:
+                    conn.execute(update(kind.table).where(kind.table.c.pk == row.pk).values(deleted=False))
+                pk = kind.write(ctx, resource, row)
+                status = 200
+            ctx.mark(kind.name, pk)
+            written = ctx.flush()[(kind.name, pk)]
+    except IntegrityError as exc:
+        raise _conflict_from_integrity(exc) from None
+    return written_response(call, written, status)
+
+
+def delete(call: Call, resource_type: str, res_id: str) -> HttpResponse:
+    kinds = kinds_for(resource_type)
+    check_id(res_id)
+    with transaction(call.engine, write=True) as conn:
+        found = _find_current(conn, kinds, res_id, call.is_postgres)
+        if found is None:
+            raise not_found(f"{resource_type}/{res_id} not found")
+        kind, row = found
+        _require_writable(kind)
+        require_right(call, kind.rights.delete, f"delete {resource_type}")
+        if call.if_match is not None and _if_match_version(call.if_match) != str(row.version_id):
+            raise FhirError.one(412, "conflict", f"Version conflict: {resource_type}/{res_id} is at version "
+                                f"{row.version_id}")
+        if row.deleted:
+            return HttpResponse(204, b"", None)
+        ctx = WriteContext(conn, call.principal.username, lenient=call.lenient)
+        kind.delete(ctx, row)
+        ctx.deleted.append((kind, row.pk))
+        written = ctx.flush()[(kind.name, row.pk)]
+    headers = [("ETag", etag(written.version))]
+    if call.prefer_return == "OperationOutcome":
+        info = operation_outcome([issue("informational", f"Deleted {resource_type}/{res_id}",
+                                        severity="information")])
+        return HttpResponse(200, orjson.dumps(info), call.content_type, headers)
+    return HttpResponse(204, b"", None, headers)
+
+
+# --- history ------------------------------------------------------------------------------------------
+
+_METHOD_STATUS = {"create": ("POST", "201"), "update": ("PUT", "200"), "delete": ("DELETE", "204")}
+
+
+def history(call: Call, resource_type: str, res_id: str | None, items: list[tuple[str, str]]) -> HttpResponse:
+    kinds = kinds_for(resource_type)
+    for kind in kinds:
+        require_right(call, kind.rights.read, f"read the history of {resource_type}")
+    if res_id is not None:
+        check_id(res_id)
+    count = call.settings.page_size_default
+    conds = [rv.c.res_type == resource_type]
+    if res_id is not None:
+        conds.append(rv.c.res_id == res_id)
+    passthrough: list[tuple[str, str]] = []
+    for key, value in items:
+        if key == "_count":
+            if not value.isdigit() or len(value) > 9:
+                raise invalid("_count must be a non-negative integer", "_count")
+            count = min(int(value), call.settings.page_size_max)
+            passthrough.append((key, value))
+        elif key == "_since":
+            conds.append(rv.c.last_updated >= since_us(value))
+            passthrough.append((key, value))
+        elif key == "_cursor":
+            _backward, values = decode_cursor(value)
+            if not isinstance(values[0], int):
+                raise invalid("Invalid paging cursor", "_cursor")
+            conds.append(rv.c.seq < values[0])
+        elif key in ("_format", "_pretty"):
+            continue
+        elif call.strict_handling:
+            raise FhirError.one(400, "not-supported", f"Unknown history parameter '{key}'", expression=key)
+    stmt = (
+        select(rv.c.seq, rv.c.res_id, rv.c.version, rv.c.operation, rv.c.body, rv.c.last_updated)
+        .where(and_(*conds))
+        .order_by(rv.c.seq.desc())
+        .limit(count + 1)
+    )
+    with call.engine.connect() as conn:
+        rows = conn.execute(stmt).all()
+    if res_id is not None and not rows and not any(k == "_cursor" for k, _ in items):
+        with call.engine.connect() as conn:
+            exists = conn.execute(select(rv.c.seq).where(rv.c.res_type == resource_type,
+                                                         rv.c.res_id == res_id).limit(1)).first()
+        if exists is None:
+            raise not_found(f"{resource_type}/{res_id} not found")
+    page = rows[:count]
+    path = f"{call.base_url}/{resource_type}" + (f"/{res_id}" if res_id else "") + "/_history"
+    from urllib.parse import urlencode
+
+    query = urlencode(passthrough)
+    self_url = path + (f"?{query}" if query else "")
+    links = [{"relation": "self", "url": self_url}]
+    if len(rows) > count and page:
+        sep = "&" if query else "?"
+        links.append({"relation": "next",
+                      "url": f"{self_url}{sep}_cursor={encode_cursor([page[-1].seq, 0], False)}"})
+    entries = []
+    for row in page:
+        method, status = _METHOD_STATUS[row.operation]
+        entry: dict[str, Any] = {"fullUrl": f"{call.base_url}/{resource_type}/{row.res_id}"}
+        if row.body is not None:
+            entry["resource"] = orjson.Fragment(row.body)
+        entry["request"] = {"method": method,
+                            "url": resource_type if method == "POST" else f"{resource_type}/{row.res_id}"}
+        entry["response"] = {"status": status, "etag": etag(row.version),
+                             "lastModified": http_date(row.last_updated)}
+        entries.append(entry)
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history", "link": links}
+    if entries:
+        bundle["entry"] = entries
+    return HttpResponse(200, orjson.dumps(bundle), call.content_type)
+
+
+# --- $validate ----------------------------------------------------------------------------------------
+
+
+def validate_operation(call: Call, resource_type: str, res_id: str | None, body: bytes) -> HttpResponse:
+    """Runs the whole write path (structure, profile, references, business rules) and rolls it back."""
+    kinds = kinds_for(resource_type)
+    try:
+        payload = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError as exc:
+        raise invalid(f"Malformed JSON: {exc}") from None
+    if isinstance(payload, dict) and payload.get("resourceType") == "Parameters":
+        found = [p.get("resource") for p in payload.get("parameter") or () if isinstance(p, dict)
+                 and p.get("name") == "resource"]
+        if not found:
+            raise invalid("Parameters must carry a 'resource' parameter")
+        payload = found[0]
+    resource = parse_resource(orjson.dumps(payload), resource_type)
+    issues: list[dict[str, Any]] = []
+    try:
+        kind = select_kind(kinds, resource)
+        resource, found_issues = validate_resource(resource, kind.profile, lenient=call.lenient)
+        issues.extend(i.to_fhir() for i in found_issues)
+        if not any(i["severity"] in ("error", "fatal") for i in issues):
+            _dry_run_write(call, kind, resource, res_id)
+    except FhirError as exc:
+        issues.extend(exc.issues)
+    if not any(i["severity"] in ("error", "fatal") for i in issues):
+        issues.append(issue("informational", "Validation successful", severity="information"))
+    return json_response(200, operation_outcome(issues), call.content_type)
+
+
+class _Rollback(Exception):
+    pass
+
+
+def _dry_run_write(call: Call, kind: ResourceKind, resource: dict[str, Any], res_id: str | None) -> None:
+    try:
+        with transaction(call.engine, write=True) as conn:
+            ctx = WriteContext(conn, call.principal.username, lenient=call.lenient)
+            row = kind.current_row(conn, res_id) if res_id else None
+            ctx.new_id, ctx.id_from_client = (res_id, True) if res_id else (str(uuid.uuid4()), False)
+            pk = kind.write(ctx, resource, row)
+            ctx.mark(kind.name, pk)
+            ctx.flush()
+            raise _Rollback
+    except _Rollback:
+        pass
+    except IntegrityError as exc:
+        raise _conflict_from_integrity(exc) from None

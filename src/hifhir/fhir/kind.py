@@ -1,0 +1,212 @@
+"""The contract every IG profile implements, and the write context that versions what a write touched.
+
+A *kind* is one IG profile backed by one entity table (Organization has three kinds: health facility, policy
+holder, insurer). The REST layer, search, history and the CapabilityStatement only talk to kinds; adding a
+profile means writing one module in `profiles/` and one registry line.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from sqlalchemy import Connection, Row, Table, insert, select, update
+
+from hifhir.fhir.errors import FhirError, business_rule
+from hifhir.store.tables import resource_version
+
+if TYPE_CHECKING:
+    from hifhir.fhir.search import SearchParam
+
+IG = "https://openimis.github.io/openimis_fhir_r4_ig"
+PROFILE_BASE = f"{IG}/StructureDefinition/"
+EXT = PROFILE_BASE
+CS = f"{IG}/CodeSystem/"
+IDENTIFIER_SYSTEM = f"{CS}openimis-identifiers"
+
+
+@dataclass(frozen=True, slots=True)
+class Rights:
+    """openIMIS right codes guarding each interaction; None means any authenticated user."""
+
+    read: int | None = None
+    create: int | None = None
+    update: int | None = None
+    delete: int | None = None
+
+
+class ResourceKind:
+    """Base class for a profile ↔ entity mapping. Subclasses set the class attributes and override hooks."""
+
+    resource_type: str = ""
+    name: str = ""
+    profile_id: str = ""
+    table: Table
+    code_column: str | None = "code"  # the column behind identifier[Code]
+    rights: Rights = Rights()
+    writable: bool = True
+    search_params: dict[str, SearchParam]
+    sort_params: dict[str, Any]
+
+    @property
+    def profile(self) -> str:
+        return PROFILE_BASE + self.profile_id
+
+    def accepts(self, resource: dict[str, Any]) -> bool:
+        """For types with several kinds: does this incoming resource belong to this kind?"""
+        return True
+
+    def render(self, conn: Connection, pks: list[int]) -> dict[int, dict[str, Any]]:
+        """to_fhir for a batch of rows: the resource without resourceType, id and meta."""
+        raise NotImplementedError
+
+    def write(self, ctx: WriteContext, resource: dict[str, Any], current: Row | None) -> int:
+        """from_fhir plus domain rules; inserts or updates the entity and returns its pk (ctx.mark is implicit)."""
+        raise NotImplementedError
+
+    def delete(self, ctx: WriteContext, current: Row) -> None:
+        """Domain rules for a logical delete (e.g. a family head cannot just vanish). Default: allowed."""
+
+    def current_row(self, conn: Connection, res_id: str, *, for_update: bool = False) -> Row | None:
+        stmt = select(self.table).where(self.table.c.id == res_id)
+        if for_update:
+            stmt = stmt.with_for_update()
+        return conn.execute(stmt).first()
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def instant(us: int) -> str:
+    return datetime.fromtimestamp(us / 1_000_000, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class Written:
+    kind: ResourceKind
+    pk: int
+    id: str
+    version: int
+    last_updated: int
+    body: bytes | None
+    operation: str
+
+
+@dataclass
+class WriteContext:
+    """Everything one write transaction needs; collects the entities whose FHIR representation changed."""
+
+    conn: Connection
+    user_name: str | None
+    lenient: bool = False
+    new_id: str = ""  # the id a create will get (server UUID for POST, the URL id for update-as-create)
+    id_from_client: bool = False
+    now: int = field(default_factory=now_us)
+    touched: dict[str, set[int]] = field(default_factory=dict)
+    deleted: list[tuple[ResourceKind, int]] = field(default_factory=list)
+
+    def mark(self, kind_name: str, pk: int) -> None:
+        self.touched.setdefault(kind_name, set()).add(pk)
+
+    def resolve(
+        self, reference: Any, target_types: Iterable[str], expression: str, *, kinds: Iterable[str] = ()
+    ) -> tuple[ResourceKind, int]:
+        """Resolve a literal reference `Type/id` to a current entity; a missing or deleted target is a 422."""
+        from hifhir.fhir.registry import kinds_of_type, parse_reference
+
+        ref = reference.get("reference") if isinstance(reference, dict) else None
+        if not isinstance(ref, str):
+            raise business_rule("A literal reference 'Type/id' is required", expression)
+        parsed = parse_reference(ref)
+        allowed = set(target_types)
+        if parsed is None or parsed[0] not in allowed:
+            raise business_rule(
+                f"Reference '{ref}' must point to {' or '.join(sorted(allowed))}", expression
+            )
+        rtype, rid = parsed
+        wanted = set(kinds)
+        for kind in kinds_of_type(rtype):
+            if wanted and kind.name not in wanted:
+                continue
+            row = self.conn.execute(
+                select(kind.table.c.pk, kind.table.c.deleted).where(kind.table.c.id == rid)
+            ).first()
+            if row is not None and not row.deleted:
+                return kind, row.pk
+        raise business_rule(f"Referenced resource {rtype}/{rid} does not exist or is deleted", expression)
+
+    def flush(self) -> dict[tuple[str, int], Written]:
+        """Bump versions, render and append one history row per touched entity (in this transaction)."""
+        from hifhir.fhir.registry import KINDS
+
+        out: dict[tuple[str, int], Written] = {}
+        history_rows: list[dict[str, Any]] = []
+        for kind_name, pks in self.touched.items():
+            kind = KINDS[kind_name]
+            t = kind.table
+            pk_list = sorted(pks)
+            self.conn.execute(
+                update(t)
+                .where(t.c.pk.in_(pk_list))
+                .values(version_id=t.c.version_id + 1, last_updated=self.now)
+            )
+            rows = self.conn.execute(
+                select(t.c.pk, t.c.id, t.c.version_id).where(t.c.pk.in_(pk_list))
+            ).all()
+            bodies = kind.render(self.conn, pk_list)
+            for row in rows:
+                resource: dict[str, Any] = {
+                    "resourceType": kind.resource_type,
+                    "id": row.id,
+                    "meta": {
+                        "versionId": str(row.version_id),
+                        "lastUpdated": instant(self.now),
+                        "profile": [kind.profile],
+                    },
+                }
+                resource.update(bodies[row.pk])
+                body = orjson.dumps(resource)
+                op = "create" if row.version_id == 1 else "update"
+                out[(kind_name, row.pk)] = Written(kind, row.pk, row.id, row.version_id, self.now, body, op)
+                history_rows.append(self._history_row(kind, row.id, row.version_id, op, body))
+        for kind, pk in self.deleted:
+            t = kind.table
+            self.conn.execute(
+                update(t)
+                .where(t.c.pk == pk)
+                .values(version_id=t.c.version_id + 1, last_updated=self.now, deleted=True)
+            )
+            row = self.conn.execute(select(t.c.id, t.c.version_id).where(t.c.pk == pk)).one()
+            out[(kind.name, pk)] = Written(kind, pk, row.id, row.version_id, self.now, None, "delete")
+            history_rows.append(self._history_row(kind, row.id, row.version_id, "delete", None))
+        if history_rows:
+            self.conn.execute(insert(resource_version), history_rows)
+        self.touched.clear()
+        self.deleted.clear()
+        return out
+
+    def _history_row(
+        self, kind: ResourceKind, res_id: str, version: int, op: str, body: bytes | None
+    ) -> dict[str, Any]:
+        return {
+            "res_type": kind.resource_type,
+            "res_id": res_id,
+            "kind": kind.name,
+            "version": version,
+            "last_updated": self.now,
+            "operation": op,
+            "user_name": self.user_name,
+            "body": body,
+        }
+
+
+def require(condition: bool, diagnostics: str, expression: str | None = None, status: int = 422) -> None:
+    if not condition:
+        code = "business-rule" if status == 422 else "invalid"
+        raise FhirError.one(status, code, diagnostics, expression=expression)
+

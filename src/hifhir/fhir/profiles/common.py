@@ -1,0 +1,99 @@
+"""Pieces every profile mapping shares: ids and UUID identifiers, code-list lookups, address parts."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import Connection, Row, Table, select
+
+from hifhir.fhir.elements import identifier_value
+from hifhir.fhir.errors import conflict
+from hifhir.fhir.kind import WriteContext, require
+from hifhir.store.tables import location
+
+
+def is_uuid(value: str | None) -> bool:
+    if not value or len(value) != 36:
+        return False
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def resolve_new_id(ctx: WriteContext, resource: dict[str, Any], table: Table) -> tuple[str, str | None]:
+    """(id, uuid) for a new entity. A client-supplied identifier[UUID] becomes the id of a POSTed resource,
+    as openIMIS clients expect; a PUT keeps the URL id and records the UUID beside it."""
+    rtype = resource["resourceType"]
+    client_uuid = identifier_value(resource, "UUID")
+    if client_uuid is not None:
+        require(is_uuid(client_uuid), "identifier[UUID] must be a UUID", f"{rtype}.identifier")
+        taken = ctx.conn.execute(select(table.c.pk).where(
+            (table.c.uuid == client_uuid) | (table.c.id == client_uuid))).first()
+        if taken is not None:
+            raise conflict(f"identifier[UUID] {client_uuid} is already used", f"{rtype}.identifier")
+    if ctx.id_from_client:
+        return ctx.new_id, client_uuid or (ctx.new_id if is_uuid(ctx.new_id) else None)
+    new_id = client_uuid or ctx.new_id
+    return new_id, new_id
+
+
+def uuid_of(row: Row) -> str | None:
+    return row.uuid
+
+
+def check_unique_code(conn: Connection, table: Table, column: str, code: str, current: Row | None,
+                      what: str, expression: str) -> None:
+    q = select(table.c.pk).where(table.c[column] == code, table.c.deleted.is_(False))
+    if current is not None:
+        q = q.where(table.c.pk != current.pk)
+    if conn.execute(q).first() is not None:
+        raise conflict(f"{what} {code} is already used", expression)
+
+
+def location_names(conn: Connection, pks: set[int]) -> dict[int, Row]:
+    """For each location pk: the row joined with its region, district and ward names, in one query."""
+    if not pks:
+        return {}
+    r, d, w = location.alias("r"), location.alias("d"), location.alias("w")
+    rows = conn.execute(
+        select(location.c.pk, location.c.id, location.c.name, location.c.type,
+               r.c.name.label("region"), d.c.name.label("district"), w.c.name.label("ward"))
+        .select_from(location.outerjoin(r, r.c.pk == location.c.region_pk)
+                     .outerjoin(d, d.c.pk == location.c.district_pk)
+                     .outerjoin(w, w.c.pk == location.c.ward_pk))
+        .where(location.c.pk.in_(pks))
+    ).all()
+    return {row.pk: row for row in rows}
+
+
+def location_of_level(ctx: WriteContext, ref: Any, level: str, expression: str) -> int:
+    """Resolve a Location reference that must be of one level (V village, D district…)."""
+    _, pk = ctx.resolve(ref, ["Location"], expression)
+    actual = ctx.conn.execute(select(location.c.type).where(location.c.pk == pk)).scalar_one()
+    names = {"R": "region", "D": "district", "W": "ward", "V": "village"}
+    require(actual == level, f"The location must be a {names[level]}, not a {names[actual]}", expression)
+    return pk
+
+
+def configured_code(ctx: WriteContext, list_name: str, concept: dict[str, Any] | None, expression: str) -> str | None:
+    """The code of a CodeableConcept bound to an openIMIS code list; unknown codes are a 422."""
+    from hifhir.fhir.elements import first_code
+    from hifhir.store.codelists import code_display
+
+    code = first_code(concept)
+    if code is None:
+        return None
+    require(code_display(ctx.conn, list_name, code) is not None,
+            f"Code '{code}' is not in the configured list {list_name}", expression)
+    return code
+
+
+def concept_from_list(list_name: str, code: str | None, labels: dict[str, str]) -> dict[str, Any] | None:
+    from hifhir.fhir.elements import ig_concept
+
+    if code is None:
+        return None
+    return ig_concept(list_name, code, labels.get(code))

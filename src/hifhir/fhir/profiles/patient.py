@@ -1,0 +1,375 @@
+"""OpenIMISPatient ↔ insuree (domain §2.5, §3.1.1)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from datetime import date
+from typing import Any
+
+from sqlalchemy import Connection, Row, delete, func, insert, or_, select, update
+
+from hifhir.fhir.elements import (
+    coding,
+    ext,
+    ext_value,
+    extension,
+    first_code,
+    identifier_value,
+    identifiers,
+    reference,
+    sub_extension,
+    telecom_value,
+    telecoms,
+)
+from hifhir.fhir.errors import conflict
+from hifhir.fhir.kind import ResourceKind, Rights, WriteContext, require
+from hifhir.fhir.profiles.common import (
+    check_unique_code,
+    concept_from_list,
+    configured_code,
+    location_names,
+    location_of_level,
+    resolve_new_id,
+    uuid_of,
+)
+from hifhir.fhir.profiles.location import LOCATION_DEPENDENTS, LOCATION_IN_USE
+from hifhir.fhir.search import common_params, common_sorts
+from hifhir.fhir.searchparams import (
+    SortKey,
+    any_token_param,
+    bool_param,
+    date_param,
+    normalise_text,
+    reference_param,
+    string_param,
+    subquery_string_param,
+    token_param,
+)
+from hifhir.store.codelists import displays
+from hifhir.store.tables import family, health_facility, insuree, insuree_photo, location
+
+GENDERS = {"male": "M", "female": "F", "other": "O", "unknown": "U"}
+GENDER_OUT = {v: k for k, v in GENDERS.items()}
+MARITAL = {"M": "M", "S": "S", "D": "D", "W": "W", "UNK": "N"}
+MARITAL_OUT = {"M": ("M", "Married"), "S": ("S", "Never Married"), "D": ("D", "Divorced"), "W": ("W", "Widowed"),
+               "N": ("UNK", "unknown")}
+MARITAL_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus"
+PUBLIC_BASE = os.environ.get("HIFHIR_PUBLIC_BASE_URL", "http://127.0.0.1:8080/fhir").rstrip("/")
+
+
+def _village_match(match: Any, level_col: str | None) -> Any:
+    """Insurees whose village (or the village's ancestor at `level_col`) matches a name."""
+    if level_col is None:
+        return select(location.c.pk).where(match(location.c.name_norm))
+    named = select(location.c.pk).where(match(location.c.name_norm))
+    return select(location.c.pk).where(location.c[level_col].in_(named))
+
+
+class PatientKind(ResourceKind):
+    resource_type = "Patient"
+    name = "patient"
+    profile_id = "openimis-patient"
+    table = insuree
+    code_column = "chf_id"
+    rights = Rights(read=101101, create=101102, update=101103, delete=101104)
+
+    def __init__(self) -> None:
+        t = insuree
+        self.search_params = {
+            **common_params(self),
+            "family": string_param("family", t.c.family_norm, raw_columns=(t.c.last_name,), doc="Last name"),
+            "given": string_param("given", t.c.given_norm, raw_columns=(t.c.other_names,), doc="Other names"),
+            "name": string_param("name", t.c.family_norm, t.c.given_norm,
+                                 raw_columns=(t.c.last_name, t.c.other_names), doc="Last or other names"),
+            "birthdate": date_param("birthdate", t.c.dob, doc="Date of birth"),
+            "gender": token_param("gender", t.c.gender, codes=GENDERS,
+                                  systems=frozenset({"http://hl7.org/fhir/administrative-gender"})),
+            "phone": token_param("phone", t.c.phone, systems=frozenset({"phone"})),
+            "email": token_param("email", t.c.email, systems=frozenset({"email"})),
+            "telecom": any_token_param("telecom", t.c.phone, t.c.email, doc="Phone number or e-mail"),
+            "active": bool_param("active", t.c.has_active_policy, doc="Has an active policy"),
+            "group": reference_param("group", t.c.family_pk, family, "Group", doc="The family (Group)"),
+            "general-practitioner": reference_param("general-practitioner", t.c.hf_pk, health_facility,
+                                                    "Organization", doc="First point of service"),
+            "address-city": subquery_string_param("address-city", t.c.village_pk,
+                                                  lambda m: _village_match(m, None), doc="Village name"),
+            "address-district": subquery_string_param("address-district", t.c.village_pk,
+                                                      lambda m: _village_match(m, "district_pk"),
+                                                      doc="District name"),
+            "address-state": subquery_string_param("address-state", t.c.village_pk,
+                                                   lambda m: _village_match(m, "region_pk"), doc="Region name"),
+            "address-municipality": subquery_string_param("address-municipality", t.c.village_pk,
+                                                          lambda m: _village_match(m, "ward_pk"),
+                                                          doc="Ward / municipality name"),
+            "address": subquery_string_param(
+                "address", t.c.village_pk,
+                lambda m: select(location.c.pk).where(or_(
+                    location.c.pk.in_(_village_match(m, None)),
+                    location.c.pk.in_(_village_match(m, "ward_pk")),
+                    location.c.pk.in_(_village_match(m, "district_pk")),
+                    location.c.pk.in_(_village_match(m, "region_pk")))),
+                doc="Any part of the address: village, ward, district or region name"),
+        }
+        self.sort_params = {
+            **common_sorts(self),
+            "family": SortKey(t.c.family_norm),
+            "given": SortKey(t.c.given_norm),
+            "name": SortKey(t.c.family_norm),
+            "birthdate": SortKey(t.c.dob, "date"),
+            "gender": SortKey(t.c.gender),
+        }
+
+    # --- to FHIR ---------------------------------------------------------------------------------------
+
+    def render(self, conn: Connection, pks: list[int]) -> dict[int, dict[str, Any]]:
+        head = insuree.alias("head")
+        hf = health_facility.alias("hf")
+        rows = conn.execute(
+            select(insuree, family.c.id.label("family_id"), head.c.last_name.label("head_last"),
+                   head.c.other_names.label("head_other"), hf.c.id.label("hf_id"),
+                   insuree_photo.c.content_type.label("photo_type"), insuree_photo.c.title.label("photo_title"),
+                   insuree_photo.c.creation.label("photo_creation"), insuree_photo.c.hash.label("photo_hash"),
+                   func.length(insuree_photo.c.data).label("photo_size"))
+            .select_from(
+                insuree.outerjoin(family, family.c.pk == insuree.c.family_pk)
+                .outerjoin(head, head.c.pk == family.c.head_insuree_pk)
+                .outerjoin(hf, hf.c.pk == insuree.c.hf_pk)
+                .outerjoin(insuree_photo, insuree_photo.c.insuree_pk == insuree.c.pk))
+            .where(insuree.c.pk.in_(pks))
+        ).all()
+        places = location_names(conn, {r.village_pk for r in rows if r.village_pk})
+        labels = {name: displays(conn, name) for name in (
+            "patient-education-level", "patient-profession", "patient-identification-type",
+            "patient-contact-relationship")}
+        return {row.pk: self._to_fhir(row, places, labels) for row in rows}
+
+    def _to_fhir(self, row: Row, places: dict[int, Row], labels: dict[str, dict[str, str]]) -> dict[str, Any]:
+        exts: list[dict[str, Any]] = [ext("patient-is-head", "valueBoolean", bool(row.is_head))]
+        for list_name, col in (("patient-education-level", row.education), ("patient-profession", row.profession)):
+            concept = concept_from_list(list_name, col, labels[list_name])
+            if concept:
+                exts.append(ext(list_name, "valueCodeableConcept", concept))
+        if row.id_number:
+            parts: list[dict[str, Any]] = [{"url": "number", "valueString": row.id_number}]
+            id_type = concept_from_list("patient-identification-type", row.id_type,
+                                        labels["patient-identification-type"])
+            if id_type:
+                parts.append({"url": "type", "valueCodeableConcept": id_type})
+            exts.append({"extension": parts, "url": ext("patient-identification", "x", None)["url"]})
+        exts.append(ext("patient-card-issued", "valueBoolean", bool(row.card_issued)))
+        if row.family_id:
+            exts.append(ext("patient-group-reference", "valueReference", reference("Group", row.family_id)))
+        if row.vulnerability is not None:
+            exts.append(ext("patient-vulnerability-status", "valueBoolean", bool(row.vulnerability)))
+        res: dict[str, Any] = {
+            "extension": exts,
+            "identifier": identifiers(row.chf_id, uuid_of(row)),
+            "active": bool(row.has_active_policy),
+            "name": [{"use": "official", "family": row.last_name, "given": row.other_names.split(" ")}],
+        }
+        tel = telecoms(phone=row.phone, email=row.email)
+        if tel:
+            res["telecom"] = tel
+        res["gender"] = GENDER_OUT.get(row.gender, "unknown")
+        res["birthDate"] = row.dob.isoformat()
+        if row.village_pk in places:
+            place = places[row.village_pk]
+            address: dict[str, Any] = {
+                "extension": [ext("address-municipality", "valueString", place.ward),
+                              ext("address-location-reference", "valueReference", reference("Location", place.id))],
+                "use": row.address_use,
+                "type": "physical",
+            }
+            if row.address_line:
+                address["line"] = [row.address_line]
+            address.update({"city": place.name, "district": place.district, "state": place.region})
+            res["address"] = [address]
+        if row.marital:
+            code, display = MARITAL_OUT[row.marital]
+            res["maritalStatus"] = {"coding": [coding(MARITAL_SYSTEM, code, display)]}
+        if row.photo_type:
+            res["photo"] = [{"contentType": row.photo_type, "url": f"{PUBLIC_BASE}/Patient/{row.id}/$photo",
+                             "size": row.photo_size, "title": row.photo_title, "creation": row.photo_creation,
+                             **({"hash": row.photo_hash} if row.photo_hash else {})}]
+        if row.relationship and row.head_last is not None:
+            rel = concept_from_list("patient-contact-relationship", row.relationship,
+                                    labels["patient-contact-relationship"])
+            res["contact"] = [{"relationship": [rel],
+                               "name": {"family": row.head_last, "given": row.head_other.split(" ")}}]
+        if row.hf_id:
+            res["generalPractitioner"] = [reference("Organization", row.hf_id)]
+        return res
+
+    # --- from FHIR -------------------------------------------------------------------------------------
+
+    def write(self, ctx: WriteContext, resource: dict[str, Any], current: Row | None) -> int:
+        conn = ctx.conn
+        chf_id = identifier_value(resource, "Code")
+        require(bool(chf_id) and len(chf_id) <= 12,
+                "The insurance number (identifier Code) is required, at most 12 characters", "Patient.identifier")
+        check_unique_code(conn, insuree, "chf_id", chf_id, current, "Insurance number", "Patient.identifier")
+        name = (resource.get("name") or [{}])[0]
+        last_name = name.get("family") or ""
+        other_names = " ".join(name.get("given") or [])
+        require(0 < len(last_name) <= 100, "name.family is required (at most 100 characters)", "Patient.name[0].family")
+        require(0 < len(other_names) <= 100, "name.given is required (at most 100 characters)", "Patient.name[0].given")
+        dob = date.fromisoformat(resource["birthDate"][:10])
+        require(dob <= date.today(), "birthDate cannot be in the future", "Patient.birthDate")
+        values: dict[str, Any] = {
+            "chf_id": chf_id, "last_name": last_name, "other_names": other_names,
+            "family_norm": normalise_text(last_name), "given_norm": normalise_text(other_names),
+            "dob": dob, "gender": GENDERS[resource["gender"]],
+            "phone": telecom_value(resource, "phone"), "email": telecom_value(resource, "email"),
+            "marital": MARITAL.get(first_code(resource.get("maritalStatus")) or "", None),
+            "is_head": bool(ext_value(resource, "patient-is-head", "valueBoolean")),
+            "card_issued": bool(ext_value(resource, "patient-card-issued", "valueBoolean")),
+            "vulnerability": ext_value(resource, "patient-vulnerability-status", "valueBoolean"),
+            "education": configured_code(ctx, "patient-education-level",
+                                         ext_value(resource, "patient-education-level", "valueCodeableConcept"),
+                                         "Patient.extension[educationLevel]"),
+            "profession": configured_code(ctx, "patient-profession",
+                                          ext_value(resource, "patient-profession", "valueCodeableConcept"),
+                                          "Patient.extension[profession]"),
+        }
+        values.update(self._identification(ctx, resource))
+        values.update(self._address(ctx, resource))
+        values["relationship"] = self._relationship(ctx, resource)
+        values["hf_pk"] = self._first_service_point(ctx, resource)
+        for key, limit in (("phone", 50), ("email", 100), ("address_line", 200)):
+            require(values[key] is None or len(values[key]) <= limit, f"{key} is at most {limit} characters",
+                    "Patient")
+        family_pk = self._family(ctx, resource, current, values["is_head"])
+        values["family_pk"] = family_pk
+
+        if current is None:
+            values["id"], values["uuid"] = resolve_new_id(ctx, resource, insuree)
+            pk = int(conn.execute(insert(insuree).values(**values)).inserted_primary_key[0])
+        else:
+            pk = int(current.pk)
+            if current.is_head and current.family_pk is not None and family_pk != current.family_pk:
+                raise conflict("This insuree heads a family: appoint another head or delete the family first",
+                               "Patient.extension[group]")
+            if current.is_head and current.family_pk == family_pk and not values["is_head"]:
+                raise conflict("A family needs a head: make another member head through the Group first",
+                               "Patient.extension[isHead]")
+            values["uuid"] = identifier_value(resource, "UUID") or current.uuid
+            conn.execute(update(insuree).where(insuree.c.pk == pk).values(**values))
+            if current.family_pk is not None:
+                ctx.mark("group", current.family_pk)  # member list, quantity or head name may have changed
+        if family_pk is not None:
+            ctx.mark("group", family_pk)
+            if current is not None and family_pk == current.family_pk and current.is_head:
+                self._mark_family_members(ctx, family_pk)  # the head's name shows in members' contact
+        self._photo(ctx, resource, pk)
+        return pk
+
+    def delete(self, ctx: WriteContext, current: Row) -> None:
+        if current.family_pk is not None:
+            require(not current.is_head,
+                    "This insuree heads a family: delete the family or appoint another head first")
+            ctx.conn.execute(update(insuree).where(insuree.c.pk == current.pk).values(family_pk=None))
+            ctx.mark("group", current.family_pk)
+
+    # --- pieces ----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _identification(ctx: WriteContext, resource: dict[str, Any]) -> dict[str, Any]:
+        ident = extension(resource, "patient-identification")
+        if ident is None:
+            return {"id_number": None, "id_type": None}
+        number = (sub_extension(ident, "number") or {}).get("valueString")
+        type_ext = sub_extension(ident, "type")
+        id_type = configured_code(ctx, "patient-identification-type",
+                                  type_ext.get("valueCodeableConcept") if type_ext else None,
+                                  "Patient.extension[identification].extension[type]")
+        require(number is None or len(number) <= 25, "Identification number is at most 25 characters",
+                "Patient.extension[identification]")
+        return {"id_number": number, "id_type": id_type}
+
+    @staticmethod
+    def _address(ctx: WriteContext, resource: dict[str, Any]) -> dict[str, Any]:
+        addresses = resource.get("address") or []
+        require(len(addresses) == 1, "Exactly one address (family 'home' or the insuree's own 'temp')",
+                "Patient.address")
+        address = addresses[0]
+        loc = extension(address, "address-location-reference")
+        require(loc is not None, "The address needs the village (extension address-location-reference)",
+                "Patient.address[0].extension")
+        village_pk = location_of_level(ctx, loc.get("valueReference"), "V",
+                                       "Patient.address[0].extension[location]")
+        line = " ".join(address.get("line") or []) or None
+        return {"village_pk": village_pk, "address_line": line,
+                "address_use": "temp" if address.get("use") == "temp" else "home"}
+
+    @staticmethod
+    def _relationship(ctx: WriteContext, resource: dict[str, Any]) -> str | None:
+        contacts = resource.get("contact") or []
+        if not contacts:
+            return None
+        relationships = contacts[0].get("relationship") or []
+        return configured_code(ctx, "patient-contact-relationship", relationships[0] if relationships else None,
+                               "Patient.contact[0].relationship")
+
+    @staticmethod
+    def _first_service_point(ctx: WriteContext, resource: dict[str, Any]) -> int | None:
+        gps = resource.get("generalPractitioner") or []
+        require(len(gps) <= 1, "At most one first point of service", "Patient.generalPractitioner")
+        if not gps:
+            return None
+        _, pk = ctx.resolve(gps[0], ["Organization"], "Patient.generalPractitioner[0]", kinds=["health-facility"])
+        return pk
+
+    @staticmethod
+    def _family(ctx: WriteContext, resource: dict[str, Any], current: Row | None, is_head: bool) -> int | None:
+        group_ref = ext_value(resource, "patient-group-reference", "valueReference")
+        if group_ref is None:
+            return None
+        _, family_pk = ctx.resolve(group_ref, ["Group"], "Patient.extension[group]")
+        head_pk = ctx.conn.execute(select(family.c.head_insuree_pk).where(family.c.pk == family_pk)).scalar()
+        if is_head and (current is None or head_pk != current.pk):
+            raise conflict("The family already has a head; an insuree joining it cannot be head",
+                           "Patient.extension[isHead]")
+        return family_pk
+
+    @staticmethod
+    def _mark_family_members(ctx: WriteContext, family_pk: int) -> None:
+        for (pk,) in ctx.conn.execute(select(insuree.c.pk).where(
+                insuree.c.family_pk == family_pk, insuree.c.deleted.is_(False), insuree.c.relationship.is_not(None))):
+            ctx.mark("patient", pk)
+
+    @staticmethod
+    def _photo(ctx: WriteContext, resource: dict[str, Any], pk: int) -> None:
+        photos = resource.get("photo") or []
+        if not photos:
+            return
+        photo = photos[0]
+        if "data" not in photo:
+            return  # the URL slice is what GET returns; sending it back keeps the stored photo
+        try:
+            data = base64.b64decode(photo["data"], validate=True)
+        except (binascii.Error, ValueError):
+            raise conflict("photo.data is not valid base64", "Patient.photo[0].data") from None
+        for key in ("contentType", "title", "creation"):
+            require(bool(photo.get(key)), f"photo.{key} is required", f"Patient.photo[0].{key}")
+        ctx.conn.execute(delete(insuree_photo).where(insuree_photo.c.insuree_pk == pk))
+        ctx.conn.execute(insert(insuree_photo).values(
+            insuree_pk=pk, content_type=photo["contentType"][:100], title=photo["title"][:250],
+            creation=photo["creation"][:40], hash=(photo.get("hash") or None), data=data))
+
+
+def _village_in_use(conn: Connection, location_pk: int) -> str | None:
+    row = conn.execute(select(insuree.c.chf_id).where(
+        insuree.c.village_pk == location_pk, insuree.c.deleted.is_(False)).limit(1)).first()
+    return f"insuree {row.chf_id}" if row else None
+
+
+def _mark_insurees_in(ctx: WriteContext, subtree: Any) -> None:
+    for (pk,) in ctx.conn.execute(select(insuree.c.pk).where(
+            insuree.c.village_pk.in_(subtree), insuree.c.deleted.is_(False))):
+        ctx.mark("patient", pk)
+
+
+LOCATION_IN_USE.append(_village_in_use)
+LOCATION_DEPENDENTS.append(_mark_insurees_in)

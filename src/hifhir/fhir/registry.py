@@ -1,0 +1,47 @@
+"""The one table of supported kinds. Adding a profile = one module in `profiles/` plus one line here."""
+
+from __future__ import annotations
+
+import re
+
+from hifhir.fhir.kind import ResourceKind
+from hifhir.fhir.profiles.group import GroupKind
+from hifhir.fhir.profiles.location import LocationKind
+from hifhir.fhir.profiles.organization import (
+    HealthFacilityKind,
+    InsurerKind,
+    PolicyHolderKind,
+)
+from hifhir.fhir.profiles.patient import PatientKind
+
+ALL_KINDS: list[ResourceKind] = [
+    PatientKind(),
+    GroupKind(),
+    LocationKind(),
+    HealthFacilityKind(),
+    PolicyHolderKind(),
+    InsurerKind(),
+]
+
+KINDS: dict[str, ResourceKind] = {k.name: k for k in ALL_KINDS}
+TYPES: dict[str, list[ResourceKind]] = {}
+for _kind in ALL_KINDS:
+    TYPES.setdefault(_kind.resource_type, []).append(_kind)
+BY_PROFILE: dict[str, ResourceKind] = {k.profile: k for k in ALL_KINDS}
+
+ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_REF_RE = re.compile(r"^(?:.*/)?([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?$")
+
+
+def kinds_of_type(resource_type: str) -> list[ResourceKind]:
+    return TYPES.get(resource_type, [])
+
+
+def parse_reference(ref: str) -> tuple[str, str] | None:
+    """`Type/id`, `base/Type/id` or `Type/id/_history/v` → (Type, id)."""
+    m = _REF_RE.match(ref)
+    return (m.group(1), m.group(2)) if m else None
+
+
+def valid_id(value: str) -> bool:
+    return bool(ID_RE.match(value))

@@ -1,0 +1,405 @@
+"""Search execution: parameter parsing, SQL per kind, keyset paging merged across kinds, Bundle assembly.
+
+Paging is keyset, never offset: the cursor carries the sort values of the last entry plus (kind rank, pk).
+Entity pks only grow, so pages neither skip nor repeat existing matches while other writes happen.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import heapq
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+from sqlalchemy import Connection, and_, func, or_, select
+
+from hifhir.fhir.errors import FhirError, invalid, issue
+from hifhir.fhir.kind import ResourceKind
+from hifhir.fhir.searchparams import (
+    SearchParam,
+    SortKey,
+    id_param,
+    identifier_param,
+    instant_param,
+)
+from hifhir.store.tables import resource_version as rv
+
+RESULT_PARAMS = {"_count", "_sort", "_total", "_summary", "_elements", "_cursor", "_format", "_pretty"}
+UNSUPPORTED_RESULT_PARAMS = {"_include", "_revinclude", "_contained", "_containedType", "_has"}
+
+
+def common_params(kind: ResourceKind) -> dict[str, SearchParam]:
+    t = kind.table
+    params = {
+        "_id": id_param(t.c.id),
+        "_lastUpdated": instant_param("_lastUpdated", t.c.last_updated, "When the resource last changed"),
+    }
+    code_col = t.c[kind.code_column] if kind.code_column else None
+    params["identifier"] = identifier_param(t.c.id, code_col)
+    return params
+
+
+def common_sorts(kind: ResourceKind) -> dict[str, SortKey]:
+    t = kind.table
+    return {"_id": SortKey(t.c.id), "_lastUpdated": SortKey(t.c.last_updated, "int")}
+
+
+@dataclass
+class SearchRequest:
+    resource_type: str
+    kinds: list[ResourceKind]
+    criteria: dict[str, list[tuple[str | None, list[str]]]] = field(default_factory=dict)
+    count: int = 10
+    sort: list[tuple[str, bool]] = field(default_factory=list)  # (name, descending)
+    total: str = "none"
+    summary: str | None = None
+    elements: list[str] | None = None
+    cursor: list[Any] | None = None
+    backward: bool = False
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+    passthrough: list[tuple[str, str]] = field(default_factory=list)  # params echoed in links
+
+
+def _split_values(raw: str) -> list[str]:
+    # Commas separate OR-ed values; `\,` is a literal comma.
+    parts, cur, i = [], [], 0
+    while i < len(raw):
+        ch = raw[i]
+        if ch == "\\" and i + 1 < len(raw) and raw[i + 1] == ",":
+            cur.append(",")
+            i += 2
+            continue
+        if ch == ",":
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+        i += 1
+    parts.append("".join(cur))
+    return parts
+
+
+def parse_search(
+    resource_type: str,
+    kinds: list[ResourceKind],
+    items: list[tuple[str, str]],
+    *,
+    strict: bool,
+    page_default: int,
+    page_max: int,
+) -> SearchRequest:
+    req = SearchRequest(resource_type, kinds, count=page_default)
+    known = set().union(*(set(k.search_params) for k in kinds))
+    for key, value in items:
+        name, _, modifier = key.partition(":")
+        if name in RESULT_PARAMS:
+            _apply_result_param(req, name, value, page_max)
+            if name not in ("_cursor", "_format", "_pretty"):
+                req.passthrough.append((key, value))
+            continue
+        if name not in known or name in UNSUPPORTED_RESULT_PARAMS:
+            msg = f"Unknown or unsupported search parameter '{key}' for {resource_type}"
+            if strict:
+                raise FhirError.one(400, "not-supported", msg, expression=key)
+            req.warnings.append(issue("not-supported", msg + " (ignored)", severity="warning", expression=key))
+            continue
+        if value == "":
+            continue  # an empty value means "no constraint" in FHIR
+        req.criteria.setdefault(name, []).append((modifier or None, _split_values(value)))
+        req.passthrough.append((key, value))
+    return req
+
+
+def _apply_result_param(req: SearchRequest, name: str, value: str, page_max: int) -> None:
+    if name == "_count":
+        if not value.isdigit() or len(value) > 9:
+            raise invalid("_count must be a non-negative integer", "_count")
+        req.count = min(int(value), page_max)
+    elif name == "_sort":
+        for part in value.split(","):
+            desc = part.startswith("-")
+            key = part[1:] if desc else part
+            if not key:
+                continue
+            if not all(key in k.sort_params for k in req.kinds):
+                raise invalid(f"Cannot sort {req.resource_type} by '{key}'", "_sort")
+            req.sort.append((key, desc))
+    elif name == "_total":
+        if value not in ("none", "estimate", "accurate"):
+            raise invalid("_total must be none, estimate or accurate", "_total")
+        req.total = value
+    elif name == "_summary":
+        if value not in ("true", "false", "count", "data", "text"):
+            raise invalid("_summary must be true, false, count, data or text", "_summary")
+        req.summary = value
+    elif name == "_elements":
+        req.elements = [e.strip() for e in value.split(",") if e.strip()]
+        for e in req.elements:
+            if not e.replace("_", "").isalnum():
+                raise invalid(f"Invalid element name '{e[:40]}' in _elements", "_elements")
+    elif name == "_cursor":
+        req.backward, req.cursor = decode_cursor(value)
+
+
+def encode_cursor(values: list[Any], backward: bool) -> str:
+    payload = orjson.dumps([1 if backward else 0, values])
+    return base64.urlsafe_b64encode(payload).decode().rstrip("=")
+
+
+def decode_cursor(token: str) -> tuple[bool, list[Any]]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        direction, values = orjson.loads(raw)
+        if direction not in (0, 1) or not isinstance(values, list) or len(values) < 2:
+            raise ValueError
+        if not all(isinstance(v, str | int | None) for v in values):
+            raise ValueError
+        return bool(direction), values
+    except (ValueError, binascii.Error, orjson.JSONDecodeError, TypeError):
+        raise invalid("Invalid paging cursor", "_cursor") from None
+
+
+def _where(kind: ResourceKind, req: SearchRequest) -> list[Any] | None:
+    """The WHERE clauses for one kind; None when the kind cannot match (a parameter only another kind has)."""
+    t = kind.table
+    clauses: list[Any] = [t.c.deleted.is_(False)]
+    for name, occurrences in req.criteria.items():
+        param = kind.search_params.get(name)
+        if param is None:
+            return None
+        for modifier, values in occurrences:
+            clauses.append(param.build(modifier, values))
+    return clauses
+
+
+def _sort_keys(kind: ResourceKind, req: SearchRequest) -> list[tuple[Any, bool, str]]:
+    keys = [(kind.sort_params[name].expression, desc, kind.sort_params[name].kind) for name, desc in req.sort]
+    return keys
+
+
+def _coerce(value: Any, kind: str) -> Any:
+    if value is None:
+        return None
+    if kind == "date":
+        return date.fromisoformat(value) if isinstance(value, str) else value
+    return value
+
+
+def _keyset_condition(
+    keys: list[tuple[Any, bool, str]], values: list[Any], tail: str, pk_col: Any, pk_value: int
+) -> Any:
+    """Rows strictly after the cursor in (keys…, rank, pk) order; `tail` encodes how rank compares."""
+    ors = []
+    prefix: list[Any] = []
+    for (expr, desc, kind), raw in zip(keys, values, strict=True):
+        value = _coerce(raw, kind)
+        ors.append(and_(*prefix, expr < value if desc else expr > value))
+        prefix.append(expr == value)
+    if tail == "after":  # this kind ranks after the cursor's: equal sort values qualify
+        ors.append(and_(*prefix) if prefix else True)
+    elif tail == "same":
+        ors.append(and_(*prefix, pk_col > pk_value))
+    return or_(*ors) if ors else False
+
+
+def _sort_value(value: Any) -> Any:
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+@dataclass(slots=True)
+class Hit:
+    sort_key: tuple[Any, ...]
+    cursor: list[Any]
+    res_id: str
+    body: bytes
+
+
+def _order_tuple(values: list[Any], descs: list[bool], rank: int, pk: int) -> tuple[Any, ...]:
+    out: list[Any] = []
+    for v, desc in zip(values, descs, strict=True):
+        out.append(_Desc(v) if desc else _Asc(v))
+    return (*out, rank, pk)
+
+
+class _Asc:
+    __slots__ = ("v",)
+
+    def __init__(self, v: Any) -> None:
+        self.v = v
+
+    def __lt__(self, other: _Asc) -> bool:
+        if self.v is None or other.v is None:
+            return self.v is None and other.v is not None
+        return bool(self.v < other.v)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Asc) and self.v == other.v
+
+
+class _Desc(_Asc):
+    def __lt__(self, other: _Asc) -> bool:
+        if self.v is None or other.v is None:
+            return self.v is not None and other.v is None
+        return bool(self.v > other.v)
+
+
+def _query_kind(
+    conn: Connection, kind: ResourceKind, rank: int, req: SearchRequest, limit: int, reverse: bool
+) -> list[Hit]:
+    t = kind.table
+    keys = _sort_keys(kind, req)
+    descs = [d != reverse for _, d, _ in keys]
+    where = _where(kind, req)
+    if where is None:
+        return []
+    eff_keys = [(e, d, k) for (e, _, k), d in zip(keys, descs, strict=True)]
+    if req.cursor is not None:
+        *sort_vals, c_rank, c_pk = req.cursor
+        if len(sort_vals) != len(keys):
+            raise invalid("Paging cursor does not match _sort", "_cursor")
+        if not reverse:
+            tail = "after" if rank > c_rank else "same" if rank == c_rank else "before"
+        else:
+            tail = "after" if rank < c_rank else "same" if rank == c_rank else "before"
+        pk_cond_col = t.c.pk
+        cond = _keyset_condition(eff_keys, sort_vals, tail, pk_cond_col, c_pk)
+        if tail == "same" and reverse:
+            # pk order flips when paging backwards
+            cond = _keyset_condition_reverse_pk(eff_keys, sort_vals, t.c.pk, c_pk)
+        where.append(cond)
+    order = [e.desc() if d else e.asc() for e, d, _ in eff_keys]
+    order.append(t.c.pk.desc() if reverse else t.c.pk.asc())
+    stmt = (
+        select(t.c.pk, t.c.id, rv.c.body, *[e for e, _, _ in eff_keys])
+        .select_from(
+            t.join(
+                rv,
+                and_(rv.c.res_type == kind.resource_type, rv.c.res_id == t.c.id, rv.c.version == t.c.version_id),
+            )
+        )
+        .where(*where)
+        .order_by(*order)
+        .limit(limit)
+    )
+    hits = []
+    for row in conn.execute(stmt):
+        sort_vals = [_sort_value(v) for v in row[3:]]
+        hits.append(
+            Hit(
+                _order_tuple(list(row[3:]), [d for _, d, _ in eff_keys], -rank if reverse else rank,
+                             -row.pk if reverse else row.pk),
+                [*sort_vals, rank, row.pk],
+                row.id,
+                row.body,
+            )
+        )
+    return hits
+
+
+def _keyset_condition_reverse_pk(keys: list[tuple[Any, bool, str]], values: list[Any], pk_col: Any, pk: int) -> Any:
+    ors = []
+    prefix: list[Any] = []
+    for (expr, desc, kind), raw in zip(keys, values, strict=True):
+        value = _coerce(raw, kind)
+        ors.append(and_(*prefix, expr < value if desc else expr > value))
+        prefix.append(expr == value)
+    ors.append(and_(*prefix, pk_col < pk))
+    return or_(*ors)
+
+
+@dataclass
+class SearchResult:
+    hits: list[Hit]
+    total: int | None
+    has_next: bool
+    has_prev: bool
+
+
+def execute_search(conn: Connection, req: SearchRequest) -> SearchResult:
+    total = None
+    if req.total in ("accurate", "estimate") or req.summary == "count":
+        total = 0
+        for kind in req.kinds:
+            where = _where(kind, req)
+            if where is not None:
+                total += conn.execute(select(func.count()).select_from(kind.table).where(*where)).scalar_one()
+        if req.summary == "count" or req.count == 0:
+            return SearchResult([], total, False, False)
+    if req.count == 0:
+        return SearchResult([], total, False, False)
+    limit = req.count + 1
+    reverse = req.backward
+    streams = [_query_kind(conn, kind, rank, req, limit, reverse) for rank, kind in enumerate(req.kinds)]
+    merged = list(heapq.merge(*streams, key=lambda h: h.sort_key)) if len(streams) > 1 else streams[0]
+    more = len(merged) > req.count
+    page = merged[: req.count]
+    if reverse:
+        page.reverse()
+        return SearchResult(page, total, has_next=True, has_prev=more)
+    return SearchResult(page, total, has_next=more, has_prev=req.cursor is not None)
+
+
+def bundle_links(base_url: str, req: SearchRequest, result: SearchResult) -> list[dict[str, str]]:
+    query = urlencode(req.passthrough)
+    self_url = f"{base_url}/{req.resource_type}" + (f"?{query}" if query else "")
+    links = [{"relation": "self", "url": self_url}]
+    sep = "&" if query else "?"
+    if result.hits and result.has_next:
+        links.append({"relation": "next", "url": f"{self_url}{sep}_cursor={encode_cursor(result.hits[-1].cursor, False)}"})
+    if result.hits and result.has_prev:
+        links.append(
+            {"relation": "previous", "url": f"{self_url}{sep}_cursor={encode_cursor(result.hits[0].cursor, True)}"}
+        )
+    return links
+
+
+MANDATORY_ELEMENTS = ("resourceType", "id", "meta")
+
+
+def subset(body: bytes, keep: set[str]) -> orjson.Fragment | dict[str, Any]:
+    resource = orjson.loads(body)
+    out = {k: v for k, v in resource.items() if k in keep or k in MANDATORY_ELEMENTS}
+    meta = dict(out.get("meta") or {})
+    meta["tag"] = [*meta.get("tag", []), {
+        "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}]
+    out["meta"] = meta
+    return out
+
+
+def build_searchset(
+    base_url: str, req: SearchRequest, result: SearchResult, summary_elements: dict[str, set[str]]
+) -> bytes:
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if result.total is not None:
+        bundle["total"] = result.total
+    bundle["link"] = bundle_links(base_url, req, result)
+    entries: list[dict[str, Any]] = []
+    keep: set[str] | None = None
+    if req.elements:
+        keep = set(req.elements)
+    elif req.summary == "true":
+        keep = summary_elements.get(req.resource_type, set())
+    for hit in result.hits:
+        if keep is not None:
+            resource: Any = subset(hit.body, keep)
+        elif req.summary in ("data", "text"):
+            resource = orjson.Fragment(hit.body)  # stored resources carry no narrative
+        else:
+            resource = orjson.Fragment(hit.body)
+        entries.append(
+            {"fullUrl": f"{base_url}/{req.resource_type}/{hit.res_id}", "resource": resource,
+             "search": {"mode": "match"}}
+        )
+    if req.warnings:
+        entries.append(
+            {"resource": {"resourceType": "OperationOutcome", "issue": req.warnings}, "search": {"mode": "outcome"}}
+        )
+    if entries:
+        bundle["entry"] = entries
+    return orjson.dumps(bundle)

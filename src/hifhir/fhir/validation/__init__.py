@@ -1,0 +1,1 @@
+"""Building blocks of hifhir.fhir.validate (schema layer, profile plans, terminology)."""

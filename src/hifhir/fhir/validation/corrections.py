@@ -1,0 +1,61 @@
+"""IG corrections: the only place where the validator deviates from the IG artefacts.
+
+Each entry fixes a defect of the openIMIS FHIR R4 IG 1.0.0 documented in the shared IG
+research report (``shared/ig/README.md`` §9). The compiled plans are patched from these
+tables, so the StructureDefinitions/ValueSets under ``data/ig`` stay byte-identical to the
+SUSHI output.
+"""
+
+from __future__ import annotations
+
+B = "https://openimis.github.io/openimis_fhir_r4_ig"
+SD = f"{B}/StructureDefinition/"
+
+# (profile url, element id) -> new max ("*" or an int as str).
+# README §9.3: InsurancePlan `plan.generalCost` is 1..1 but has 7 slices (lumpsum,
+# premiumAdult, ...); real products carry several costs, so it is implemented as 1..*.
+MAX_OVERRIDES: dict[tuple[str, str], str] = {
+    (SD + "openimis-insurance-plan", "InsurancePlan.plan.generalCost"): "*",
+}
+
+# (profile url, sliced element id) -> extra discriminator values accepted although no
+# slice matches them (the closed slicing is opened for exactly these values).
+# README §9.8: Claim.supportingInfo slicing is closed with slices explanation/guarantee/
+# attachment, but the IG CodeSystem claim-supporting-info-category also has
+# `justification`, which could otherwise never be sent.
+CLOSED_SLICING_EXTRA_VALUES: dict[tuple[str, str], frozenset[str]] = {
+    (SD + "openimis-claim", "Claim.supportingInfo"): frozenset({"justification"}),
+}
+
+# (profile url, element id prefix, constraint key): invariants not enforced there.
+# README §9.4 / §1c: the IG's CoverageEligibilityResponse `item`/`service` slices of
+# insurance.item require both category and productOrService, contradicting base ces-1
+# (category XOR productOrService). We follow the IG: ces-1 is not enforced on those slices
+# (it stays enforced on the `benefit` slice and on unsliced items).
+SKIPPED_CONSTRAINTS: frozenset[tuple[str, str, str]] = frozenset(
+    {
+        (
+            SD + "openimis-coverage-eligibility-response",
+            "CoverageEligibilityResponse.insurance.item:item",
+            "ces-1",
+        ),
+        (
+            SD + "openimis-coverage-eligibility-response",
+            "CoverageEligibilityResponse.insurance.item:service",
+            "ces-1",
+        ),
+    }
+)
+
+# value set url -> extra (system, code) pairs accepted in that value set.
+# README §9.5: the FSH alias `GroupTypeCS` = http://hl7.org/fhir/group-type shadows the
+# local CodeSystem group-type, so VS group-type includes the *core* group-type system and
+# the examples code family type `H` with the core system. We accept the local codes with
+# both the intended system ({B}/CodeSystem/group-type) and the core system.
+_GROUP_TYPE_CODES = ("C", "G", "H", "O", "P", "S", "T")
+VALUESET_ADDITIONS: dict[str, frozenset[tuple[str, str]]] = {
+    f"{B}/ValueSet/group-type": frozenset(
+        [(f"{B}/CodeSystem/group-type", c) for c in _GROUP_TYPE_CODES]
+        + [("http://hl7.org/fhir/group-type", c) for c in _GROUP_TYPE_CODES]
+    ),
+}
