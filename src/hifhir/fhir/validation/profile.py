@@ -884,6 +884,10 @@ class ProfileRegistry:
             if sd.get("type") == resource_type and sd.get("kind") == "resource"
         )
 
+    def resource_profiles(self) -> list[str]:
+        """All IG profiles of resources (not extensions)."""
+        return sorted(u for u, sd in self._sds.items() if sd.get("kind") == "resource")
+
     def resource_type_of(self, url: str) -> str | None:
         sd = self.structure_definition(url)
         return None if sd is None else str(sd.get("type"))

@@ -102,6 +102,33 @@ def _patch(defs: dict[str, Any]) -> None:
                 p["minItems"] = 1
                 if pname.startswith("_") and "$ref" in p.get("items", {}):
                     p["items"] = {"oneOf": [{"type": "null"}, p["items"]]}
+    for d in defs.values():
+        props = d.get("properties")
+        if not isinstance(props, dict):
+            continue
+        for pname, p in list(props.items()):
+            # the FHIRVersion enum of the 4.0.1 schema stops at 4.0.0
+            for holder in (p, p.get("items", {})):
+                enum = holder.get("enum")
+                if isinstance(enum, list) and "4.0.0" in enum and "4.0.1" not in enum:
+                    enum.append("4.0.1")
+            # the generator omitted `_x` for canonical-typed elements (72 of them, e.g.
+            # StructureDefinition._baseDefinition), which SUSHI and HL7 tools do emit
+            if pname.startswith("_") or f"_{pname}" in props:
+                continue
+            if p.get("$ref") == "#/definitions/canonical":
+                props[f"_{pname}"] = {"$ref": "#/definitions/Element"}
+            elif p.get("items", {}).get("$ref") == "#/definitions/canonical":
+                props[f"_{pname}"] = {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {"oneOf": [{"type": "null"}, {"$ref": "#/definitions/Element"}]},
+                }
+    # FHIR strings forbid control characters other than TAB/CR/LF; the schema's
+    # `[ \r\n\t\S]` also rejects Unicode spaces (NBSP in pasted names, HL7's own
+    # CodeSystems), a false positive for text fields.
+    for name in ("string", "markdown"):
+        defs[name]["pattern"] = "^[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F]+$"
     ext = defs["Extension"]
     value_keys = [k for k in ext["properties"] if k.startswith("value")]
     ext["required"] = ["url"]

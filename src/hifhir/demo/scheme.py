@@ -1,0 +1,249 @@
+"""The openIMIS demo scheme (domain §5), stored through the same path as API writes.
+
+Every entity is a FHIR resource validated against its IG profile and written by its kind's `write()`; one
+`WriteContext.flush()` at the end renders all of them and appends their version-1 history rows. So the demo is
+exactly what a client POSTing the same resources would have produced, and stays so when a mapping changes.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from sqlalchemy import Connection, Engine, insert, select, update
+
+from hifhir.auth.passwords import hash_password
+from hifhir.auth.users import create_user
+from hifhir.demo import resources as res
+from hifhir.demo.names import FEMALE_NAMES, LAST_NAMES, MALE_NAMES
+from hifhir.fhir.kind import WriteContext
+from hifhir.fhir.validate import has_errors, validate_resource
+from hifhir.store.db import transaction
+from hifhir.store.tables import app_user, location, user_district
+
+DEMO_PASSWORD = "admin123"
+DEMO_USER_NAME = "demo"  # user_name on the history rows the demo writes
+MARKER_CODE = "R1"  # the demo is loaded when this location exists
+
+REGIONS: tuple[tuple[str, str], ...] = (("R1", "Ultha"), ("R2", "Tahida"))
+# (code, name, HF code prefix) — the prefixes give the openIMIS-style HF codes RAHOS001, JMHC001, UPDS001…
+DISTRICTS: tuple[tuple[str, str, str], ...] = (
+    ("R1D1", "Rapta", "RA"), ("R1D2", "Jambero", "JM"), ("R1D3", "Uptol", "UP"),
+    ("R2D1", "Rajo", "RJ"), ("R2D2", "Vida", "VI"),
+)
+WARDS: tuple[tuple[str, str], ...] = (
+    ("R1D1M1", "Achi"), ("R1D1M2", "Jamu"), ("R1D2M1", "Holobo"), ("R1D2M2", "Lukozi"),
+    ("R1D3M1", "Kitaba"), ("R1D3M2", "Mazeru"), ("R2D1M1", "Jaber"), ("R2D1M2", "Rubeho"),
+    ("R2D2M1", "Mlali"), ("R2D2M2", "Vidunda"),
+)
+VILLAGES: tuple[tuple[str, str], ...] = (
+    ("R1D1M1V1", "Rachla"), ("R1D1M1V2", "Darbu"), ("R1D1M2V1", "Jamula"),
+    ("R1D2M1V1", "Kinoni"), ("R1D2M1V2", "Mbuyuni"), ("R1D2M2V1", "Lutindi"),
+    ("R1D3M1V1", "Kibaoni"), ("R1D3M1V2", "Majengo"), ("R1D3M2V1", "Ntoma"),
+    ("R2D1M1V1", "Kisanga"), ("R2D1M1V2", "Ngerengere"), ("R2D1M2V1", "Mkuyuni"),
+    ("R2D2M1V1", "Mgeta"), ("R2D2M2V1", "Nyandira"),
+)
+# One hospital (both in- and out-patient), one health centre and one dispensary (out-patient) per district.
+HF_LEVELS: tuple[tuple[str, str, str, str], ...] = (
+    ("H", "B", "HOS001", "District Hospital"), ("C", "O", "HC001", "Health Centre"), ("D", "O", "DS001", "Dispensary"),
+)
+# 21 families, 60 insurees (domain §5): sizes sum to 60, three single-person households (heads 2 F + 1 M),
+# 18 couples (14 with a male head), and 21 children alternating M/F: 30 M / 30 F overall.
+FAMILY_SIZES: tuple[int, ...] = (4, 3, 3, 2, 5, 3, 1, 3, 2, 4, 3, 1, 3, 2, 3, 4, 2, 1, 3, 4, 4)
+SINGLE_HEAD_GENDERS: tuple[str, ...] = ("F", "M", "F")
+FEMALE_HEADED_COUPLES = frozenset({3, 9, 14, 19})  # indexes into FAMILY_SIZES
+# Families per village (index into VILLAGES): every village has one, the larger R1 villages a second.
+FAMILY_VILLAGES: tuple[int, ...] = (0, 0, 1, 2, 2, 3, 4, 4, 5, 6, 7, 7, 8, 9, 10, 11, 12, 13, 0, 3, 6)
+POLICY_HOLDERS: tuple[dict[str, Any], ...] = (
+    {"code": "PH0001", "name": "Ultha Coffee Growers Cooperative", "village": 0, "legal_form": "3",
+     "activity": "2", "contact": "Baraka Mwangi", "email": "info@ulthacoffee.example", "phone": "+255754100200",
+     "address_line": "Plot 12, Rachla market road"},
+    {"code": "PH0002", "name": "Tahida Builders Ltd", "village": 9, "legal_form": "2", "activity": "3",
+     "contact": "Neema Massawe", "email": "office@tahidabuilders.example", "phone": "+255713400500",
+     "address_line": "Kisanga industrial area"},
+)
+FIRST_CHF_N = 7070707  # gives 070707070, the classic openIMIS demo insurance number
+
+
+class DemoDataError(RuntimeError):
+    """A demo resource failed validation or a write: a mapping and the demo drifted apart."""
+
+
+@dataclass
+class SchemeWriter:
+    """Creates resources through the kinds in one transaction; `flush()` versions everything at once."""
+
+    conn: Connection
+    ctx: WriteContext
+
+    @classmethod
+    def open(cls, conn: Connection) -> SchemeWriter:
+        return cls(conn, WriteContext(conn, DEMO_USER_NAME))
+
+    def create(self, kind_name: str, resource: dict[str, Any]) -> tuple[int, str]:
+        """Validate like the API does, then write; returns (pk, id)."""
+        from hifhir.fhir.registry import KINDS
+
+        kind = KINDS[kind_name]
+        resource, issues = validate_resource(resource, kind.profile)
+        if has_errors(issues):
+            raise DemoDataError(f"demo {kind_name} {resource.get('identifier')} is invalid: "
+                                f"{[i.to_fhir() for i in issues]}")
+        self.ctx.new_id = str(uuid.uuid4())
+        self.ctx.id_from_client = False
+        pk = kind.write(self.ctx, resource, None)
+        self.ctx.mark(kind.name, pk)
+        return pk, self.ctx.new_id
+
+    def flush(self) -> None:
+        self.ctx.flush()
+
+
+def demo_loaded(conn: Connection) -> bool:
+    return conn.execute(select(location.c.pk).where(
+        location.c.code == MARKER_CODE, location.c.deleted.is_(False))).first() is not None
+
+
+def load_demo_scheme(engine: Engine) -> None:
+    """Load the demo scheme once; a database that already has location R1 is left untouched."""
+    from hifhir.setup import ensure_admin
+
+    # ensure_admin only acts on a database without any user: run it before the demo users exist, otherwise a
+    # fresh demo database would have no `Admin` (cli `serve --demo-if-empty` loads the demo first).
+    ensure_admin(engine)
+    with transaction(engine, write=True) as conn:
+        if demo_loaded(conn):
+            return
+        _load(conn)
+
+
+def _load(conn: Connection) -> None:
+    rng = random.Random(20240501)  # fixed: the demo is the same data set on every install
+    w = SchemeWriter.open(conn)
+    ids: dict[str, str] = {}
+    pks: dict[str, int] = {}
+
+    def add_location(code: str, name: str, level: str, parent: str | None) -> None:
+        pk, rid = w.create("location", res.location_resource(code, name, level, ids.get(parent or "")))
+        ids[code], pks[code] = rid, pk
+
+    for code, name in REGIONS:
+        add_location(code, name, "R", None)
+    for code, name, _ in DISTRICTS:
+        add_location(code, name, "D", code[:2])
+    for code, name in WARDS:
+        add_location(code, name, "W", code[:4])
+    for code, name in VILLAGES:
+        add_location(code, name, "V", code[:6])
+
+    hfs: list[tuple[str, int, str, str]] = []  # (code, pk, id, district code)
+    for dcode, dname, prefix in DISTRICTS:
+        for level, care, suffix, label in HF_LEVELS:
+            code = prefix + suffix
+            phone = f"+2552{rng.randrange(10_000_000, 99_999_999)}"
+            pk, rid = w.create("health-facility", res.health_facility_resource(
+                code, f"{dname} {label}", level, care, "G", ids[dcode], phone=phone,
+                address_line=f"{dname} town, P.O. Box {rng.randrange(10, 999)}"))
+            hfs.append((code, pk, rid, dcode))
+    hf_by_district = {d: [h for h in hfs if h[3] == d] for d, _, _ in DISTRICTS}
+
+    for ph in POLICY_HOLDERS:
+        w.create("policy-holder", res.policy_holder_resource(
+            ph["code"], ph["name"], ids[VILLAGES[ph["village"]][0]], legal_form=ph["legal_form"],
+            activity=ph["activity"], contact=ph["contact"], email=ph["email"], phone=ph["phone"],
+            address_line=ph["address_line"]))
+
+    _families(w, rng, ids, hf_by_district)
+    w.flush()
+    _users(conn, rng, pks, hfs)
+
+
+def _chf_numbers(rng: random.Random, count: int) -> list[str]:
+    numbers = [FIRST_CHF_N]
+    while len(numbers) < count:
+        n = rng.randrange(10_000_000, 100_000_000)
+        if n not in numbers:
+            numbers.append(n)
+    return [res.chf_id(n) for n in numbers]
+
+
+def _families(w: SchemeWriter, rng: random.Random, ids: dict[str, str],
+              hf_by_district: dict[str, list[tuple[str, int, str, str]]]) -> None:
+    chfs = iter(_chf_numbers(rng, sum(FAMILY_SIZES)))
+    singles = iter(SINGLE_HEAD_GENDERS)
+    child_gender = iter(["M", "F"] * 11)
+    for index, size in enumerate(FAMILY_SIZES):
+        vcode = VILLAGES[FAMILY_VILLAGES[index]][0]
+        village_id = ids[vcode]
+        district_hfs = hf_by_district[vcode[:4]]
+        last_name = rng.choice(LAST_NAMES)
+        if size == 1:
+            head_gender = next(singles)
+        else:
+            head_gender = "F" if index in FEMALE_HEADED_COUPLES else "M"
+        head_year = rng.randrange(1950, 1996)
+        line = f"House {rng.randrange(1, 200)}, {VILLAGES[FAMILY_VILLAGES[index]][1]}"
+
+        def person(gender: str, year: int, *, is_head: bool, family_id: str | None, relationship: str | None,
+                   marital: str, surname: str, chf: str) -> dict[str, Any]:
+            adult = year <= 2006
+            given = rng.choice(MALE_NAMES if gender == "M" else FEMALE_NAMES)
+            return res.patient_resource(
+                chf=chf, last_name=surname, other_names=given, gender=gender,
+                dob=date(year, rng.randrange(1, 13), rng.randrange(1, 29)), village_id=village_id,
+                is_head=is_head, family_id=family_id, relationship=relationship, marital=marital,
+                phone=f"+2557{rng.randrange(10_000_000, 99_999_999)}" if adult and rng.random() < 0.6 else None,
+                education=str(rng.choice((2, 2, 3, 3, 4, 7))) if adult else "1" if year >= 2019 else "2",
+                profession=str(rng.choice((1, 2, 3, 3, 4))) if adult else None,
+                id_number=f"N{rng.randrange(10**8, 10**9)}" if adult and rng.random() < 0.5 else None,
+                id_type="N", card_issued=rng.random() < 0.7, vulnerable=rng.random() < 0.1,
+                hf_id=rng.choice(district_hfs)[2], address_line=line if is_head else None,
+            )
+
+        head_chf = next(chfs)
+        head_marital = "S" if size == 1 else "M"
+        _, head_id = w.create("patient", person(head_gender, head_year, is_head=True, family_id=None,
+                                                relationship=None, marital=head_marital, surname=last_name,
+                                                chf=head_chf))
+        confirmation = (f"CNF{rng.randrange(10**6, 10**7)}", rng.choice("AB")) if rng.random() < 0.5 else None
+        _, family_id = w.create("group", res.group_resource(
+            code=head_chf, village_id=village_id, member_ids=[head_id], poverty=rng.random() < 0.3,
+            family_type="H", address_line=line, confirmation=confirmation))
+        if size >= 2:
+            spouse_gender = "F" if head_gender == "M" else "M"
+            spouse_name = last_name if rng.random() < 0.7 else rng.choice(LAST_NAMES)
+            w.create("patient", person(spouse_gender, head_year + rng.randrange(-6, 7), is_head=False,
+                                       family_id=family_id, relationship="8", marital="M", surname=spouse_name,
+                                       chf=next(chfs)))
+        for _ in range(size - 2):
+            year = rng.randrange(max(head_year + 18, 1975), 2024)
+            w.create("patient", person(next(child_gender), year, is_head=False, family_id=family_id,
+                                       relationship="4", marital="S" if year > 2000 else "M", surname=last_name,
+                                       chf=next(chfs)))
+
+
+def _users(conn: Connection, rng: random.Random, pks: dict[str, int], hfs: list[tuple[str, int, str, str]]) -> None:
+    """Admin_Fr, one claim administrator per HF and 14 enrolment officers (one per village), as in the demo."""
+    password_hash = hash_password(DEMO_PASSWORD)  # argon2 is slow on purpose: hash once, share the hash
+
+    def add(username: str, role_name: str, last_name: str, other_names: str, districts: list[int],
+            hf_pk: int | None = None, language: str = "en") -> None:
+        if conn.execute(select(app_user.c.pk).where(app_user.c.username == username)).first() is not None:
+            return  # created by an earlier, partial demo load: users are not versioned, keep it
+        user_pk = create_user(conn, username, DEMO_PASSWORD, roles=[role_name], last_name=last_name,
+                              other_names=other_names, password_hash=password_hash)
+        if hf_pk is not None or language != "en":
+            conn.execute(update(app_user).where(app_user.c.pk == user_pk).values(hf_pk=hf_pk, language=language))
+        if districts:
+            conn.execute(insert(user_district), [{"user_pk": user_pk, "location_pk": d} for d in districts])
+
+    add("Admin_Fr", "IMIS Administrator", "Admin", "Fr", [], language="fr")
+    for code, hf_pk, _, dcode in hfs:
+        given = rng.choice(MALE_NAMES + FEMALE_NAMES)
+        add(f"{code}1", "Claim Administrator", rng.choice(LAST_NAMES), given, [pks[dcode]], hf_pk=hf_pk)
+    for i, (vcode, _) in enumerate(VILLAGES, start=1):
+        given = rng.choice(MALE_NAMES + FEMALE_NAMES)
+        add(f"E{i:05d}", "Enrolment Officer", rng.choice(LAST_NAMES), given, [pks[vcode[:4]]])
