@@ -1,9 +1,10 @@
 -- wrk script: authenticated POST /fhir/Patient of IG-valid insurees (the shape of tests/builders.py patient()).
---   wrk -t2 -c32 -d10s --latency -s bench/post.lua http://127.0.0.1:PORT -- TOKEN_FILE DATA_FILE PREFIX PHASE
--- DATA_FILE (written by bench/run.py) has tab-separated lines "F<TAB>json-string" (family names),
--- "G<TAB>json-string" (given names) and "V<TAB>village-id". Each request gets a fresh 9-digit CHFID:
--- PREFIX (digits no existing CHFID starts with), PHASE (0 warm-up, 1 measurement), the thread number and a
--- per-thread counter, so no two requests of one run (nor of the warm-up) collide.
+--   wrk -t2 -c32 -d10s --latency -s bench/post.lua http://127.0.0.1:PORT -- TOKEN DATA CHFIDS THREADS
+-- TOKEN is a file holding the bearer token. DATA (written by bench/run.py) has tab-separated lines
+-- "F<TAB>json-string" (family names), "G<TAB>json-string" (given names) and "V<TAB>village-id". CHFIDS lists
+-- 9-digit CHFIDs that no insuree has, one a line: thread t (0-based) of THREADS sends the (t+1)th, then every
+-- THREADS-th after it, so each request creates a new insuree. Past the end of the list the last one is
+-- repeated: those requests fail with 409 and show as non-2xx (bench/run.py sizes the list to avoid that).
 
 local threads = 0
 
@@ -32,8 +33,8 @@ local template = '{"resourceType":"Patient",'
 local genders = { "male", "female" }
 local families, givens, villages = {}, {}, {}
 local headers
-local chfid_format
-local counter = 0
+local chfids = {}
+local next_chfid, stride
 
 function init(args)
   local fh = assert(io.open(args[1], "r"))
@@ -52,9 +53,16 @@ function init(args)
   end
   fh:close()
   assert(#families > 0 and #givens > 0 and #villages > 0, "incomplete POST data file")
-  local prefix, phase = args[3], tonumber(args[4])
-  local width = 9 - #prefix - 2
-  chfid_format = prefix .. phase .. (thread_id or 0) .. "%0" .. width .. "d"
+  fh = assert(io.open(args[3], "r"))
+  for line in fh:lines() do
+    if line ~= "" then
+      chfids[#chfids + 1] = line
+    end
+  end
+  fh:close()
+  stride = assert(tonumber(args[4]), "THREADS missing")
+  next_chfid = (thread_id or 0) + 1
+  assert(next_chfid <= #chfids, "not enough CHFIDs")
   headers = {
     ["Authorization"] = "Bearer " .. token,
     ["Accept"] = "application/fhir+json",
@@ -64,9 +72,12 @@ function init(args)
 end
 
 function request()
-  counter = counter + 1
+  local chfid = chfids[next_chfid]
+  if next_chfid + stride <= #chfids then
+    next_chfid = next_chfid + stride
+  end
   local birth = string.format("%04d-%02d-%02d", math.random(1950, 2020), math.random(1, 12), math.random(1, 28))
-  local body = string.format(template, string.format(chfid_format, counter),
+  local body = string.format(template, chfid,
     families[math.random(#families)], givens[math.random(#givens)], genders[math.random(2)], birth,
     villages[math.random(#villages)])
   return wrk.format("POST", "/fhir/Patient", headers, body)

@@ -69,22 +69,25 @@ class HifhirApp:
         try:
             content_type = self._response_type(request)
             if request.method in ("POST", "PUT", "PATCH"):
-                request.body = await read_body(receive, self.settings.max_body_bytes, headers.get("content-length"))
+                request.body = await read_body(receive, self.settings.max_body_bytes,
+                                               headers.get("content-length"))
             response = self._dispatch(request, content_type)
         except FhirError as exc:
             response = outcome_response(exc, content_type)
         except BodyTooLarge:
-            response = outcome_response(FhirError.one(
-                413, "too-costly", f"Request body larger than {self.settings.max_body_bytes} bytes"), content_type)
+            too_large = f"Request body larger than {self.settings.max_body_bytes} bytes"
+            response = outcome_response(FhirError.one(413, "too-costly", too_large), content_type)
         except DataError:
-            response = outcome_response(invalid("A value is out of range or too long for its field"), content_type)
+            response = outcome_response(invalid("A value is out of range or too long for its field"),
+                                        content_type)
         except OperationalError:
             log.exception("database unavailable")
-            response = outcome_response(FhirError.one(503, "transient", "Database busy or unavailable; retry"),
-                                        content_type)
+            response = outcome_response(
+                FhirError.one(503, "transient", "Database busy or unavailable; retry"), content_type)
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
-            response = outcome_response(FhirError.one(500, "exception", "Internal server error"), content_type)
+            response = outcome_response(FhirError.one(500, "exception", "Internal server error"),
+                                        content_type)
         await send_response(send, response)
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
@@ -162,6 +165,9 @@ class HifhirApp:
         if n == 3 and third == "_history":
             self._only(method, "GET")
             return rest.history(call, rtype, second, request.query)
+        if n == 3 and third == "$photo" and rtype == "Patient":
+            self._only(method, "GET")
+            return rest.patient_photo(call, second)
         if n == 3 and third == "$validate":
             self._only(method, "POST")
             self._check_body_type(request)
@@ -214,11 +220,14 @@ class HifhirApp:
         fmt = None
         if "_format" in request.raw_query:
             fmt = request.query_value("_format")
-        if fmt is not None and fmt.split(";")[0].strip() not in _FORMAT_OK:
-            raise FhirError.one(406, "not-supported", "Only JSON is supported (_format=json)")
+        if fmt is not None:
+            wanted = _media_type(fmt)
+            if wanted not in _FORMAT_OK:
+                raise FhirError.one(406, "not-supported", "Only JSON is supported (_format=json)")
+            return JSON if wanted == JSON else FHIR_JSON
         accept = request.headers.get("accept", "")
-        if fmt is None and accept:
-            kinds = [a.split(";")[0].strip() for a in accept.split(",")]
+        if accept:
+            kinds = [_media_type(a) for a in accept.split(",")]
             if not any(k in _JSON_TYPES or k in ("*/*", "application/*") for k in kinds):
                 raise FhirError.one(406, "not-supported", "Only application/fhir+json and application/json "
                                     "are supported")
@@ -229,7 +238,7 @@ class HifhirApp:
     @staticmethod
     def _check_body_type(request: HttpRequest) -> None:
         ctype = request.headers.get("content-type")
-        if ctype is not None and ctype.split(";")[0].strip() not in _JSON_TYPES:
+        if ctype is not None and _media_type(ctype) not in _JSON_TYPES:
             raise FhirError.one(415, "not-supported", "Send application/fhir+json or application/json")
 
     @staticmethod
@@ -237,7 +246,7 @@ class HifhirApp:
         ctype = request.headers.get("content-type", "")
         if not request.body:
             return []
-        if not ctype.startswith("application/x-www-form-urlencoded"):
+        if _media_type(ctype) != "application/x-www-form-urlencoded":
             raise FhirError.one(415, "not-supported", "POST _search takes application/x-www-form-urlencoded")
         try:
             return parse_qsl(request.body.decode("utf-8"), keep_blank_values=True, max_num_fields=200)
@@ -268,6 +277,11 @@ class HifhirApp:
         return FhirError(405, [{"severity": "error", "code": "not-supported",
                                 "diagnostics": f"Method {method[:10]} not allowed here"}],
                          {"Allow": allowed} if allowed else {})
+
+
+def _media_type(value: str) -> str:
+    """`Application/FHIR+JSON; charset=utf-8` → `application/fhir+json` (media types ignore case)."""
+    return value.split(";")[0].strip().lower()
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> HifhirApp:

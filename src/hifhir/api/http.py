@@ -52,7 +52,8 @@ class HttpResponse:
 
 
 def json_response(status: int, payload: Any, content_type: str = FHIR_JSON, **headers: str) -> HttpResponse:
-    return HttpResponse(status, orjson.dumps(payload), content_type, [(k.replace("_", "-"), v) for k, v in headers.items()])
+    extra = [(k.replace("_", "-"), v) for k, v in headers.items()]
+    return HttpResponse(status, orjson.dumps(payload), content_type, extra)
 
 
 def outcome_response(error: FhirError, content_type: str = FHIR_JSON) -> HttpResponse:

@@ -71,6 +71,23 @@ def require_right(call: Call, right: int | None, what: str) -> None:
         raise forbidden(f"User '{call.principal.username}' lacks right {right} to {what}")
 
 
+def readable_kinds(call: Call, kinds: list[ResourceKind], what: str) -> list[ResourceKind]:
+    """The kinds of a type the user may read; 403 when there is none (checked before any lookup, so that a
+    user without the right cannot tell which ids exist)."""
+    allowed = [k for k in kinds if call.principal.has(k.rights.read)]
+    if not allowed:
+        require_right(call, kinds[0].rights.read, what)
+    return allowed
+
+
+def require_any_right(call: Call, kinds: list[ResourceKind], interactions: tuple[str, ...],
+                      what: str) -> None:
+    """403 unless the user holds the right of one of `interactions` on one writable kind of the type."""
+    writable = [k for k in kinds if k.writable] or kinds
+    if not any(call.principal.has(getattr(k.rights, i)) for k in writable for i in interactions):
+        require_right(call, getattr(writable[0].rights, interactions[0]), what)
+
+
 def etag(version: int) -> str:
     return f'W/"{version}"'
 
@@ -99,7 +116,8 @@ def select_kind(kinds: list[ResourceKind], resource: dict[str, Any]) -> Resource
             kind = BY_PROFILE.get(url if isinstance(url, str) else "")
             if kind is not None:
                 if kind.resource_type != resource["resourceType"]:
-                    raise invalid(f"Profile {url} is not a {resource['resourceType']} profile", "meta.profile")
+                    raise invalid(f"Profile {url} is not a {resource['resourceType']} profile",
+                                  "meta.profile")
                 return kind
     matching = [k for k in kinds if k.accepts(resource)]
     if not matching:
@@ -148,7 +166,7 @@ def _if_match_version(header: str) -> str:
 
 
 def read(call: Call, resource_type: str, res_id: str, version: str | None = None) -> HttpResponse:
-    kinds_for(resource_type)
+    readable_kinds(call, kinds_for(resource_type), f"read {resource_type}")
     check_id(res_id)
     stmt = select(rv.c.version, rv.c.operation, rv.c.body, rv.c.last_updated, rv.c.kind).where(
         rv.c.res_type == resource_type, rv.c.res_id == res_id
@@ -176,12 +194,12 @@ def read(call: Call, resource_type: str, res_id: str, version: str | None = None
 
 def search(call: Call, resource_type: str, items: list[tuple[str, str]]) -> HttpResponse:
     kinds = kinds_for(resource_type)
-    for kind in kinds:
-        require_right(call, kind.rights.read, f"search {resource_type}")
+    allowed = readable_kinds(call, kinds, f"search {resource_type}")
     req = parse_search(
         resource_type, kinds, items, strict=call.strict_handling,
         page_default=call.settings.page_size_default, page_max=call.settings.page_size_max,
     )
+    req.kinds = allowed  # e.g. a Clerk searching Organization sees the insurer, not health facilities
     with call.engine.connect() as conn:
         result = execute_search(conn, req)
     body = build_searchset(call.base_url, req, result, summary_elements())
@@ -192,7 +210,8 @@ def search(call: Call, resource_type: str, items: list[tuple[str, str]]) -> Http
 
 
 def _conflict_from_integrity(exc: IntegrityError) -> FhirError:
-    return FhirError.one(409, "conflict", "The write conflicts with existing data (a code or key is already used)")
+    return FhirError.one(409, "conflict",
+                         "The write conflicts with existing data (a code or key is already used)")
 
 
 def create(call: Call, resource_type: str, body: bytes) -> HttpResponse:
@@ -216,11 +235,12 @@ def create(call: Call, resource_type: str, body: bytes) -> HttpResponse:
 
 def _require_writable(kind: ResourceKind) -> None:
     if not kind.writable:
-        raise FhirError.one(405, "not-supported", f"{kind.resource_type} ({kind.name}) is read-only: it comes "
-                            "from server configuration")
+        raise FhirError.one(405, "not-supported", f"{kind.resource_type} ({kind.name}) is read-only: "
+                            "it comes from server configuration")
 
 
-def _find_current(conn: Connection, kinds: list[ResourceKind], res_id: str, lock: bool) -> tuple[ResourceKind, Any] | None:
+def _find_current(conn: Connection, kinds: list[ResourceKind], res_id: str,
+                  lock: bool) -> tuple[ResourceKind, Any] | None:
     for kind in kinds:
         row = kind.current_row(conn, res_id, for_update=lock)
         if row is not None:
@@ -236,6 +256,7 @@ def update_resource(call: Call, resource_type: str, res_id: str, body: bytes) ->
         raise invalid(f"The resource id must be present and equal '{res_id}'", f"{resource_type}.id")
     kind = select_kind(kinds, resource)
     _require_writable(kind)
+    require_any_right(call, [kind], ("update", "create"), f"update {resource_type}")
     resource = validate_or_raise(call, kind, resource)
     try:
         with transaction(call.engine, write=True) as conn:
@@ -244,7 +265,8 @@ def update_resource(call: Call, resource_type: str, res_id: str, body: bytes) ->
             if found is None:
                 require_right(call, kind.rights.create, f"create {resource_type}")
                 if call.if_match is not None:
-                    raise FhirError.one(412, "conflict", f"{resource_type}/{res_id} does not exist (If-Match)")
+                    raise FhirError.one(412, "conflict",
+                                        f"{resource_type}/{res_id} does not exist (If-Match)")
                 ctx.new_id, ctx.id_from_client = res_id, True
                 pk = kind.write(ctx, resource, None)
                 status = 201
@@ -273,6 +295,7 @@ def update_resource(call: Call, resource_type: str, res_id: str, body: bytes) ->
 
 def delete(call: Call, resource_type: str, res_id: str) -> HttpResponse:
     kinds = kinds_for(resource_type)
+    require_any_right(call, kinds, ("delete",), f"delete {resource_type}")
     check_id(res_id)
     with transaction(call.engine, write=True) as conn:
         found = _find_current(conn, kinds, res_id, call.is_postgres)
@@ -300,19 +323,27 @@ def delete(call: Call, resource_type: str, res_id: str) -> HttpResponse:
 
 # --- history ------------------------------------------------------------------------------------------
 
-_METHOD_STATUS = {"create": ("POST", "201"), "update": ("PUT", "200"), "delete": ("DELETE", "204")}
+_METHOD_STATUS = {"create": ("POST", "201"), "put": ("PUT", "201"), "update": ("PUT", "200"),
+                  "delete": ("DELETE", "204")}
 
 
 def history(call: Call, resource_type: str, res_id: str | None, items: list[tuple[str, str]]) -> HttpResponse:
     kinds = kinds_for(resource_type)
-    for kind in kinds:
-        require_right(call, kind.rights.read, f"read the history of {resource_type}")
-    if res_id is not None:
-        check_id(res_id)
+    what = f"read the history of {resource_type}"
+    allowed = readable_kinds(call, kinds, what)
     count = call.settings.page_size_default
     conds = [rv.c.res_type == resource_type]
     if res_id is not None:
+        check_id(res_id)
+        with call.engine.connect() as conn:
+            kind_name = conn.execute(select(rv.c.kind).where(rv.c.res_type == resource_type,
+                                                             rv.c.res_id == res_id).limit(1)).scalar()
+        if kind_name is None:
+            raise not_found(f"{resource_type}/{res_id} not found")
+        require_right(call, KINDS[kind_name].rights.read, what)
         conds.append(rv.c.res_id == res_id)
+    elif len(allowed) < len(kinds):
+        conds.append(rv.c.kind.in_([k.name for k in allowed]))
     passthrough: list[tuple[str, str]] = []
     for key, value in items:
         if key == "_count":
@@ -321,7 +352,8 @@ def history(call: Call, resource_type: str, res_id: str | None, items: list[tupl
             count = min(int(value), call.settings.page_size_max)
             passthrough.append((key, value))
         elif key == "_since":
-            conds.append(rv.c.last_updated >= since_us(value))
+            # an unencoded `+hh:mm` offset arrives as a space, which no instant contains
+            conds.append(rv.c.last_updated >= since_us(value.replace(" ", "+")))
             passthrough.append((key, value))
         elif key == "_cursor":
             _backward, values = decode_cursor(value)
@@ -340,12 +372,6 @@ def history(call: Call, resource_type: str, res_id: str | None, items: list[tupl
     )
     with call.engine.connect() as conn:
         rows = conn.execute(stmt).all()
-    if res_id is not None and not rows and not any(k == "_cursor" for k, _ in items):
-        with call.engine.connect() as conn:
-            exists = conn.execute(select(rv.c.seq).where(rv.c.res_type == resource_type,
-                                                         rv.c.res_id == res_id).limit(1)).first()
-        if exists is None:
-            raise not_found(f"{resource_type}/{res_id} not found")
     page = rows[:count]
     path = f"{call.base_url}/{resource_type}" + (f"/{res_id}" if res_id else "") + "/_history"
     from urllib.parse import urlencode
@@ -378,8 +404,14 @@ def history(call: Call, resource_type: str, res_id: str | None, items: list[tupl
 
 
 def validate_operation(call: Call, resource_type: str, res_id: str | None, body: bytes) -> HttpResponse:
-    """Runs the whole write path (structure, profile, references, business rules) and rolls it back."""
+    """Runs the whole write path (structure, profile, references, business rules) and rolls it back.
+
+    The dry run resolves references and checks uniqueness, so it needs a right to write the type: without
+    one, $validate would tell anybody which ids and codes exist."""
     kinds = kinds_for(resource_type)
+    require_any_right(call, kinds, ("create", "update"), f"validate {resource_type}")
+    if res_id is not None:
+        check_id(res_id)
     try:
         payload = orjson.loads(body) if body else None
     except orjson.JSONDecodeError as exc:
@@ -393,11 +425,14 @@ def validate_operation(call: Call, resource_type: str, res_id: str | None, body:
     resource = parse_resource(orjson.dumps(payload), resource_type)
     issues: list[dict[str, Any]] = []
     try:
+        if res_id is not None and resource.get("id") != res_id:
+            issues.append(issue("invalid", f"The resource id must be present and equal '{res_id}'",
+                                expression=f"{resource_type}.id"))
         kind = select_kind(kinds, resource)
         resource, found_issues = validate_resource(resource, kind.profile, lenient=call.lenient)
         issues.extend(i.to_fhir() for i in found_issues)
         if not any(i["severity"] in ("error", "fatal") for i in issues):
-            _dry_run_write(call, kind, resource, res_id)
+            _dry_run_write(call, kinds, kind, resource, res_id)
     except FhirError as exc:
         issues.extend(exc.issues)
     if not any(i["severity"] in ("error", "fatal") for i in issues):
@@ -409,11 +444,23 @@ class _Rollback(Exception):
     pass
 
 
-def _dry_run_write(call: Call, kind: ResourceKind, resource: dict[str, Any], res_id: str | None) -> None:
+def _dry_run_write(call: Call, kinds: list[ResourceKind], kind: ResourceKind, resource: dict[str, Any],
+                   res_id: str | None) -> None:
+    """The write `create` (res_id None) or `update` would do, with the same checks, rolled back."""
+    _require_writable(kind)
     try:
         with transaction(call.engine, write=True) as conn:
             ctx = WriteContext(conn, call.principal.username, lenient=call.lenient)
-            row = kind.current_row(conn, res_id) if res_id else None
+            found = _find_current(conn, kinds, res_id, False) if res_id else None
+            row = None
+            if found is None:
+                require_right(call, kind.rights.create, f"create {kind.resource_type}")
+            else:
+                current_kind, row = found
+                if current_kind is not kind:
+                    raise invalid(f"{kind.resource_type}/{res_id} is a {current_kind.name}; "
+                                  f"it cannot become a {kind.name}")
+                require_right(call, kind.rights.update, f"update {kind.resource_type}")
             ctx.new_id, ctx.id_from_client = (res_id, True) if res_id else (str(uuid.uuid4()), False)
             pk = kind.write(ctx, resource, row)
             ctx.mark(kind.name, pk)
@@ -423,3 +470,20 @@ def _dry_run_write(call: Call, kind: ResourceKind, resource: dict[str, Any], res
         pass
     except IntegrityError as exc:
         raise _conflict_from_integrity(exc) from None
+
+
+# --- Patient photo ----------------------------------------------------------------------------------------
+
+
+def patient_photo(call: Call, res_id: str) -> HttpResponse:
+    """The insuree photo that Patient.photo.url points to (the IG's GET slice carries a URL, not the data)."""
+    from hifhir.fhir.profiles.patient import load_photo
+
+    readable_kinds(call, kinds_for("Patient"), "read Patient")
+    check_id(res_id)
+    with call.engine.connect() as conn:
+        photo = load_photo(conn, res_id)
+    if photo is None:
+        raise not_found(f"Patient/{res_id} has no photo")
+    content_type, data = photo
+    return HttpResponse(200, data, content_type, [("Cache-Control", "private, max-age=300")])

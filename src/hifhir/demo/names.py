@@ -25,7 +25,8 @@ MALE_NAMES: tuple[str, ...] = (
     "Juma", "Baraka", "Amani", "Hamisi", "Daudi", "Joseph", "John", "Peter", "Emmanuel", "Godfrey",
     "Ibrahim", "Hassan", "Salim", "Musa", "Yusuf", "Kato", "Tumaini", "Jabari", "Elia", "Paulo",
     "Yohana", "Petro", "Stephano", "Abdallah", "Rashidi", "Omari", "Idrisa", "Khamis", "Issa", "Hussein",
-    "Bakari", "Shabani", "Athumani", "Kassimu", "Erasto", "Frederick", "Gabriel", "Samweli", "Zakaria", "Eliya",
+    "Bakari", "Shabani", "Athumani", "Kassimu", "Erasto", "Frederick", "Gabriel", "Samweli", "Zakaria",
+    "Eliya",
     "Kennedy", "Dennis", "Brian", "Kevin", "Collins", "Wycliffe", "Evans", "Moses", "Isaac", "David",
     "Mathayo", "Simoni", "Andrea", "Luka", "Marko", "Filipo", "Nuhu", "Ally", "Seif", "Hemedi",
 )
@@ -44,8 +45,8 @@ REGION_NAMES: tuple[str, ...] = (
     "Kusini", "Magharibi", "Mashariki", "Kaskazini", "Pwani", "Ziwani", "Milimani", "Bondeni", "Nyandaroni",
     "Tambarare", "Mabondeni", "Visiwani", "Kilimani", "Mtoni", "Kitongoji", "Jangwani",
 )
-_ONSETS = ("Ki", "Ma", "Mba", "Nya", "Mwa", "Bu", "Ka", "Lu", "Mi", "Nga", "Ru", "Sa", "Tu", "Che", "Ngo", "Ita",
-           "Ku", "Li", "Mo", "Chi", "Ze", "Ha", "Igu", "Ma")
+_ONSETS = ("Ki", "Ma", "Mba", "Nya", "Mwa", "Bu", "Ka", "Lu", "Mi", "Nga", "Ru", "Sa", "Tu", "Che", "Ngo",
+           "Ita", "Ku", "Li", "Mo", "Chi", "Ze", "Ha", "Igu", "Ma")
 _MIDDLES = ("la", "ru", "nga", "si", "mbo", "ko", "wa", "te", "li", "no", "ba", "ge", "tu", "nde", "ri", "ma",
             "ta", "ye", "ndu", "ho")
 _ENDINGS = ("ni", "ra", "la", "ne", "wa", "mo", "ka", "ti", "ro", "zi", "ngo", "mbe", "ga", "nyi", "ma", "to")

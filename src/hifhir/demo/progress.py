@@ -27,6 +27,7 @@ class Progress:
         self.done = 0
         self.started = time.monotonic()
         self._drawn = 0.0
+        self._drawn_done = -1
         # A log file or CI pipe gets whole lines (no carriage returns), fewer of them.
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
         if not self._tty:
@@ -51,6 +52,7 @@ class Progress:
                 f"{rate:,.0f}/s elapsed {_clock(elapsed)} ETA {_clock(eta)}")
 
     def _draw(self, now: float) -> None:
+        self._drawn_done = self.done
         text = self.line(now)
         if self._tty:
             self.stream.write("\r" + text + "\x1b[K")
@@ -61,7 +63,7 @@ class Progress:
     def close(self) -> None:
         if not self.enabled:
             return
-        if self._drawn == 0.0 or not self._tty:
+        if self._drawn_done != self.done:
             self._draw(time.monotonic())
         if self._tty:
             self.stream.write("\n")

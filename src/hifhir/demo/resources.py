@@ -51,7 +51,7 @@ def _address(location_id: str, place: Place, *, use: str | None = None, line: st
 
 
 def chf_id(n: int) -> str:
-    """A 9-digit insurance number valid under the openIMIS CHF rule (domain §2.5): 8 digits N, then N mod 7."""
+    """A 9-digit insurance number valid under the openIMIS CHF rule (domain §2.5): N on 8 digits, N mod 7."""
     if not 0 < n < 100_000_000:
         raise ValueError("N must have at most 8 digits and not be 0")
     return f"{n:08d}{n % 7}"
@@ -85,14 +85,9 @@ def location_resource(code: str, name: str, level: str, parent_id: str | None) -
 
 
 def health_facility_resource(code: str, name: str, level: str, care_type: str, legal_form: str,
-                             district_id: str, *, phone: str | None = None,
+                             district_id: str, place: Place, *, phone: str | None = None,
                              address_line: str | None = None) -> dict[str, Any]:
-    address: dict[str, Any] = {
-        "extension": [ext("address-location-reference", "valueReference", reference("Location", district_id))],
-        "type": "physical",
-    }
-    if address_line:
-        address["line"] = [address_line]
+    address = _address(district_id, place, line=address_line)
     res: dict[str, Any] = {
         "resourceType": "Organization",
         "meta": _meta("openimis-health-facility-organization"),
@@ -113,24 +108,23 @@ def health_facility_resource(code: str, name: str, level: str, care_type: str, l
     return res
 
 
-def policy_holder_resource(code: str, name: str, village_id: str, *, legal_form: str, activity: str,
-                           contact: str, email: str, phone: str, address_line: str) -> dict[str, Any]:
+def policy_holder_resource(code: str, name: str, village_id: str, place: Place, *, legal_form: str,
+                           activity: str, contact: str, email: str, phone: str,
+                           address_line: str) -> dict[str, Any]:
     return {
         "resourceType": "Organization",
         "meta": _meta("openimis-policy-holder-organization"),
         "extension": [
             ext("organization-ph-legal-form", "valueCodeableConcept",
                 ig_concept("organization-ph-legal-form", legal_form)),
-            ext("organization-ph-activity", "valueCodeableConcept", ig_concept("organization-ph-activity", activity)),
+            ext("organization-ph-activity", "valueCodeableConcept",
+                ig_concept("organization-ph-activity", activity)),
         ],
         "identifier": [_identifier("Code", code)],
         "type": [{"coding": [coding(ORG_TYPE_SYSTEM, "bus")]}],
         "name": name,
         "telecom": [{"system": "email", "value": email}, {"system": "phone", "value": phone}],
-        "address": [{
-            "extension": [ext("address-location-reference", "valueReference", reference("Location", village_id))],
-            "line": [address_line],
-        }],
+        "address": [_address(village_id, place, line=address_line, with_type=False)],
         "contact": [{"name": {"text": contact}}],
     }
 
@@ -143,9 +137,11 @@ def patient_resource(
     gender: str,
     dob: date,
     village_id: str,
+    place: Place,
     is_head: bool,
     family_id: str | None = None,
     relationship: str | None = None,
+    head_name: tuple[str, str] | None = None,
     marital: str | None = None,
     phone: str | None = None,
     email: str | None = None,
@@ -158,30 +154,29 @@ def patient_resource(
     hf_id: str | None = None,
     address_line: str | None = None,
 ) -> dict[str, Any]:
-    """An OpenIMISPatient as an enrolment client sends it. `gender` is M/F; the address is the family's ('home')."""
+    """An OpenIMISPatient as an enrolment client sends it.
+
+    `gender` is M/F; the address is the family's ('home'); `head_name` (family, given) goes with
+    `relationship` into contact[0], which the profile requires to carry the head's name."""
     exts: list[dict[str, Any]] = [ext("patient-is-head", "valueBoolean", is_head)]
     if education:
         exts.append(ext("patient-education-level", "valueCodeableConcept",
                         ig_concept("patient-education-level", education)))
     if profession:
-        exts.append(ext("patient-profession", "valueCodeableConcept", ig_concept("patient-profession", profession)))
+        exts.append(ext("patient-profession", "valueCodeableConcept",
+                        ig_concept("patient-profession", profession)))
     if id_number:
         parts: list[dict[str, Any]] = [{"url": "number", "valueString": id_number}]
         if id_type:
-            parts.append({"url": "type", "valueCodeableConcept": ig_concept("patient-identification-type", id_type)})
+            parts.append({"url": "type",
+                          "valueCodeableConcept": ig_concept("patient-identification-type", id_type)})
         exts.append({"extension": parts, "url": PROFILE_BASE + "patient-identification"})
     exts.append(ext("patient-card-issued", "valueBoolean", card_issued))
     if family_id:
         exts.append(ext("patient-group-reference", "valueReference", reference("Group", family_id)))
     if vulnerable is not None:
         exts.append(ext("patient-vulnerability-status", "valueBoolean", vulnerable))
-    address: dict[str, Any] = {
-        "extension": [ext("address-location-reference", "valueReference", reference("Location", village_id))],
-        "use": "home",
-        "type": "physical",
-    }
-    if address_line:
-        address["line"] = [address_line]
+    address = _address(village_id, place, use="home", line=address_line)
     res: dict[str, Any] = {
         "resourceType": "Patient",
         "meta": _meta("openimis-patient"),
@@ -197,21 +192,19 @@ def patient_resource(
         res["telecom"] = telecom
     if marital:
         res["maritalStatus"] = {"coding": [coding(MARITAL_SYSTEM, MARITAL_CODES[marital])]}
-    if relationship:
-        res["contact"] = [{"relationship": [ig_concept("patient-contact-relationship", relationship)]}]
+    if relationship and head_name:
+        res["contact"] = [{"relationship": [ig_concept("patient-contact-relationship", relationship)],
+                           "name": {"family": head_name[0], "given": head_name[1].split(" ")}}]
     if hf_id:
         res["generalPractitioner"] = [reference("Organization", hf_id)]
     return res
 
 
-def group_resource(*, code: str, village_id: str, member_ids: list[str], poverty: bool, family_type: str,
-                   address_line: str | None = None, confirmation: tuple[str, str] | None = None) -> dict[str, Any]:
+def group_resource(*, code: str, village_id: str, place: Place, member_ids: list[str], poverty: bool,
+                   family_type: str, address_line: str | None = None,
+                   confirmation: tuple[str, str] | None = None) -> dict[str, Any]:
     """An OpenIMISGroup (family); `code` is the head's insurance number, as openIMIS defaults it."""
-    address: dict[str, Any] = {
-        "extension": [ext("address-location-reference", "valueReference", reference("Location", village_id))],
-    }
-    if address_line:
-        address["line"] = [address_line]
+    address = _address(village_id, place, use="home", line=address_line)
     exts: list[dict[str, Any]] = [
         ext("group-address", "valueAddress", address),
         ext("group-poverty-status", "valueBoolean", poverty),
@@ -219,9 +212,9 @@ def group_resource(*, code: str, village_id: str, member_ids: list[str], poverty
     ]
     if confirmation is not None:
         number, ctype = confirmation
+        concept = ig_concept("group-confirmation-type", ctype)
         exts.append({"extension": [{"url": "number", "valueString": number},
-                                   {"url": "type", "valueCodeableConcept": ig_concept("group-confirmation-type",
-                                                                                      ctype)}],
+                                   {"url": "type", "valueCodeableConcept": concept}],
                      "url": PROFILE_BASE + "group-confirmation"})
     return {
         "resourceType": "Group",

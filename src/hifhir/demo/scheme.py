@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -48,7 +49,8 @@ VILLAGES: tuple[tuple[str, str], ...] = (
 )
 # One hospital (both in- and out-patient), one health centre and one dispensary (out-patient) per district.
 HF_LEVELS: tuple[tuple[str, str, str, str], ...] = (
-    ("H", "B", "HOS001", "District Hospital"), ("C", "O", "HC001", "Health Centre"), ("D", "O", "DS001", "Dispensary"),
+    ("H", "B", "HOS001", "District Hospital"), ("C", "O", "HC001", "Health Centre"),
+    ("D", "O", "DS001", "Dispensary"),
 )
 # 21 families, 60 insurees (domain §5): sizes sum to 60, three single-person households (heads 2 F + 1 M),
 # 18 couples (14 with a male head), and 21 children alternating M/F: 30 M / 30 F overall.
@@ -59,7 +61,8 @@ FEMALE_HEADED_COUPLES = frozenset({3, 9, 14, 19})  # indexes into FAMILY_SIZES
 FAMILY_VILLAGES: tuple[int, ...] = (0, 0, 1, 2, 2, 3, 4, 4, 5, 6, 7, 7, 8, 9, 10, 11, 12, 13, 0, 3, 6)
 POLICY_HOLDERS: tuple[dict[str, Any], ...] = (
     {"code": "PH0001", "name": "Ultha Coffee Growers Cooperative", "village": 0, "legal_form": "3",
-     "activity": "2", "contact": "Baraka Mwangi", "email": "info@ulthacoffee.example", "phone": "+255754100200",
+     "activity": "2", "contact": "Baraka Mwangi", "email": "info@ulthacoffee.example",
+     "phone": "+255754100200",
      "address_line": "Plot 12, Rachla market road"},
     {"code": "PH0002", "name": "Tahida Builders Ltd", "village": 9, "legal_form": "2", "activity": "3",
      "contact": "Neema Massawe", "email": "office@tahidabuilders.example", "phone": "+255713400500",
@@ -130,6 +133,14 @@ def _load(conn: Connection) -> None:
         pk, rid = w.create("location", res.location_resource(code, name, level, ids.get(parent or "")))
         ids[code], pks[code] = rid, pk
 
+    names = {code: name for code, name in REGIONS + WARDS + VILLAGES}
+    names.update({code: name for code, name, _ in DISTRICTS})
+
+    def place(code: str) -> res.Place:
+        """Address names of a district (4-char code) or village (8-char code)."""
+        return res.Place(names[code[:2]], names[code[:4]], names.get(code[:6]) if len(code) == 8 else None,
+                         names[code] if len(code) == 8 else None)
+
     for code, name in REGIONS:
         add_location(code, name, "R", None)
     for code, name, _ in DISTRICTS:
@@ -145,18 +156,19 @@ def _load(conn: Connection) -> None:
             code = prefix + suffix
             phone = f"+2552{rng.randrange(10_000_000, 99_999_999)}"
             pk, rid = w.create("health-facility", res.health_facility_resource(
-                code, f"{dname} {label}", level, care, "G", ids[dcode], phone=phone,
+                code, f"{dname} {label}", level, care, "G", ids[dcode], place(dcode), phone=phone,
                 address_line=f"{dname} town, P.O. Box {rng.randrange(10, 999)}"))
             hfs.append((code, pk, rid, dcode))
     hf_by_district = {d: [h for h in hfs if h[3] == d] for d, _, _ in DISTRICTS}
 
     for ph in POLICY_HOLDERS:
         w.create("policy-holder", res.policy_holder_resource(
-            ph["code"], ph["name"], ids[VILLAGES[ph["village"]][0]], legal_form=ph["legal_form"],
+            ph["code"], ph["name"], ids[VILLAGES[ph["village"]][0]], place(VILLAGES[ph["village"]][0]),
+            legal_form=ph["legal_form"],
             activity=ph["activity"], contact=ph["contact"], email=ph["email"], phone=ph["phone"],
             address_line=ph["address_line"]))
 
-    _families(w, rng, ids, hf_by_district)
+    _families(w, rng, ids, place, hf_by_district)
     w.flush()
     _users(conn, rng, pks, hfs)
 
@@ -164,69 +176,79 @@ def _load(conn: Connection) -> None:
 def _chf_numbers(rng: random.Random, count: int) -> list[str]:
     numbers = [FIRST_CHF_N]
     while len(numbers) < count:
-        n = rng.randrange(10_000_000, 100_000_000)
+        n = rng.randrange(10_000_000, 20_000_000)  # below the synthetic population's numbers
         if n not in numbers:
             numbers.append(n)
     return [res.chf_id(n) for n in numbers]
 
 
-def _families(w: SchemeWriter, rng: random.Random, ids: dict[str, str],
+@dataclass
+class _Household:
+    """What every member of one demo family shares."""
+
+    village_id: str
+    place: res.Place
+    hf_ids: list[str]
+    line: str
+    family_id: str | None = None
+    head_name: tuple[str, str] | None = None
+
+
+def _person(rng: random.Random, hh: _Household, chf: str, gender: str, year: int, surname: str, *,
+            relationship: str | None, marital: str) -> dict[str, Any]:
+    adult = year <= 2006
+    given = rng.choice(MALE_NAMES if gender == "M" else FEMALE_NAMES)
+    phone = f"+2557{rng.randrange(10_000_000, 99_999_999)}" if adult and rng.random() < 0.6 else None
+    education = str(rng.choice((2, 2, 3, 3, 4, 7))) if adult else "1" if year >= 2019 else "2"
+    return res.patient_resource(
+        chf=chf, last_name=surname, other_names=given, gender=gender,
+        dob=date(year, rng.randrange(1, 13), rng.randrange(1, 29)), village_id=hh.village_id, place=hh.place,
+        is_head=hh.family_id is None, family_id=hh.family_id, relationship=relationship,
+        head_name=hh.head_name, marital=marital, phone=phone, education=education,
+        profession=str(rng.choice((1, 2, 3, 3, 4))) if adult else None,
+        id_number=f"N{rng.randrange(10**8, 10**9)}" if adult and rng.random() < 0.5 else None, id_type="N",
+        card_issued=rng.random() < 0.7, vulnerable=rng.random() < 0.1, hf_id=rng.choice(hh.hf_ids),
+        address_line=hh.line if hh.family_id is None else None,
+    )
+
+
+def _families(w: SchemeWriter, rng: random.Random, ids: dict[str, str], place_of: Callable[[str], res.Place],
               hf_by_district: dict[str, list[tuple[str, int, str, str]]]) -> None:
+    """Head first, then the family (Group) with the head as only member, then the members referencing it:
+    the order an enrolment client uses."""
     chfs = iter(_chf_numbers(rng, sum(FAMILY_SIZES)))
     singles = iter(SINGLE_HEAD_GENDERS)
     child_gender = iter(["M", "F"] * 11)
     for index, size in enumerate(FAMILY_SIZES):
-        vcode = VILLAGES[FAMILY_VILLAGES[index]][0]
-        village_id = ids[vcode]
-        district_hfs = hf_by_district[vcode[:4]]
+        vcode, vname = VILLAGES[FAMILY_VILLAGES[index]]
+        hh = _Household(ids[vcode], place_of(vcode), [h[2] for h in hf_by_district[vcode[:4]]],
+                        f"House {rng.randrange(1, 200)}, {vname}")
         last_name = rng.choice(LAST_NAMES)
-        if size == 1:
-            head_gender = next(singles)
-        else:
-            head_gender = "F" if index in FEMALE_HEADED_COUPLES else "M"
+        head_gender = next(singles) if size == 1 else "F" if index in FEMALE_HEADED_COUPLES else "M"
         head_year = rng.randrange(1950, 1996)
-        line = f"House {rng.randrange(1, 200)}, {VILLAGES[FAMILY_VILLAGES[index]][1]}"
-
-        def person(gender: str, year: int, *, is_head: bool, family_id: str | None, relationship: str | None,
-                   marital: str, surname: str, chf: str) -> dict[str, Any]:
-            adult = year <= 2006
-            given = rng.choice(MALE_NAMES if gender == "M" else FEMALE_NAMES)
-            return res.patient_resource(
-                chf=chf, last_name=surname, other_names=given, gender=gender,
-                dob=date(year, rng.randrange(1, 13), rng.randrange(1, 29)), village_id=village_id,
-                is_head=is_head, family_id=family_id, relationship=relationship, marital=marital,
-                phone=f"+2557{rng.randrange(10_000_000, 99_999_999)}" if adult and rng.random() < 0.6 else None,
-                education=str(rng.choice((2, 2, 3, 3, 4, 7))) if adult else "1" if year >= 2019 else "2",
-                profession=str(rng.choice((1, 2, 3, 3, 4))) if adult else None,
-                id_number=f"N{rng.randrange(10**8, 10**9)}" if adult and rng.random() < 0.5 else None,
-                id_type="N", card_issued=rng.random() < 0.7, vulnerable=rng.random() < 0.1,
-                hf_id=rng.choice(district_hfs)[2], address_line=line if is_head else None,
-            )
-
         head_chf = next(chfs)
-        head_marital = "S" if size == 1 else "M"
-        _, head_id = w.create("patient", person(head_gender, head_year, is_head=True, family_id=None,
-                                                relationship=None, marital=head_marital, surname=last_name,
-                                                chf=head_chf))
+        head = _person(rng, hh, head_chf, head_gender, head_year, last_name, relationship=None,
+                       marital="S" if size == 1 else "M")
+        _, head_id = w.create("patient", head)
         confirmation = (f"CNF{rng.randrange(10**6, 10**7)}", rng.choice("AB")) if rng.random() < 0.5 else None
-        _, family_id = w.create("group", res.group_resource(
-            code=head_chf, village_id=village_id, member_ids=[head_id], poverty=rng.random() < 0.3,
-            family_type="H", address_line=line, confirmation=confirmation))
+        _, hh.family_id = w.create("group", res.group_resource(
+            code=head_chf, village_id=hh.village_id, place=hh.place, member_ids=[head_id],
+            poverty=rng.random() < 0.3, family_type="H", address_line=hh.line, confirmation=confirmation))
+        hh.head_name = (head["name"][0]["family"], " ".join(head["name"][0]["given"]))
         if size >= 2:
-            spouse_gender = "F" if head_gender == "M" else "M"
             spouse_name = last_name if rng.random() < 0.7 else rng.choice(LAST_NAMES)
-            w.create("patient", person(spouse_gender, head_year + rng.randrange(-6, 7), is_head=False,
-                                       family_id=family_id, relationship="8", marital="M", surname=spouse_name,
-                                       chf=next(chfs)))
+            w.create("patient", _person(rng, hh, next(chfs), "F" if head_gender == "M" else "M",
+                                        head_year + rng.randrange(-6, 7), spouse_name, relationship="8",
+                                        marital="M"))
         for _ in range(size - 2):
             year = rng.randrange(max(head_year + 18, 1975), 2024)
-            w.create("patient", person(next(child_gender), year, is_head=False, family_id=family_id,
-                                       relationship="4", marital="S" if year > 2000 else "M", surname=last_name,
-                                       chf=next(chfs)))
+            w.create("patient", _person(rng, hh, next(chfs), next(child_gender), year, last_name,
+                                        relationship="4", marital="S" if year > 2000 else "M"))
 
 
-def _users(conn: Connection, rng: random.Random, pks: dict[str, int], hfs: list[tuple[str, int, str, str]]) -> None:
-    """Admin_Fr, one claim administrator per HF and 14 enrolment officers (one per village), as in the demo."""
+def _users(conn: Connection, rng: random.Random, pks: dict[str, int],
+           hfs: list[tuple[str, int, str, str]]) -> None:
+    """Admin_Fr, one claim administrator per HF, 14 enrolment officers (one per village), as in the demo."""
     password_hash = hash_password(DEMO_PASSWORD)  # argon2 is slow on purpose: hash once, share the hash
 
     def add(username: str, role_name: str, last_name: str, other_names: str, districts: list[int],
@@ -236,7 +258,8 @@ def _users(conn: Connection, rng: random.Random, pks: dict[str, int], hfs: list[
         user_pk = create_user(conn, username, DEMO_PASSWORD, roles=[role_name], last_name=last_name,
                               other_names=other_names, password_hash=password_hash)
         if hf_pk is not None or language != "en":
-            conn.execute(update(app_user).where(app_user.c.pk == user_pk).values(hf_pk=hf_pk, language=language))
+            conn.execute(update(app_user).where(app_user.c.pk == user_pk).values(
+                hf_pk=hf_pk, language=language))
         if districts:
             conn.execute(insert(user_district), [{"user_pk": user_pk, "location_pk": d} for d in districts])
 

@@ -119,26 +119,66 @@ class WriteContext:
         """Resolve a literal reference `Type/id` to a current entity; a missing or deleted target is a 422."""
         from hifhir.fhir.registry import kinds_of_type, parse_reference
 
-        ref = reference.get("reference") if isinstance(reference, dict) else None
+        allowed = set(target_types)
+        wanted = set(kinds)
+        if not isinstance(reference, dict):
+            raise business_rule("A reference is required", expression)
+        ref = reference.get("reference")
+        if ref is None and isinstance(reference.get("identifier"), dict):
+            return self._resolve_logical(reference, allowed, wanted, expression)
         if not isinstance(ref, str):
             raise business_rule("A literal reference 'Type/id' is required", expression)
         parsed = parse_reference(ref)
-        allowed = set(target_types)
         if parsed is None or parsed[0] not in allowed:
             raise business_rule(
-                f"Reference '{ref}' must point to {' or '.join(sorted(allowed))}", expression
+                f"Reference '{ref[:100]}' must point to {' or '.join(sorted(allowed))}", expression
             )
         rtype, rid = parsed
-        wanted = set(kinds)
         for kind in kinds_of_type(rtype):
             if wanted and kind.name not in wanted:
                 continue
-            row = self.conn.execute(
-                select(kind.table.c.pk, kind.table.c.deleted).where(kind.table.c.id == rid)
-            ).first()
-            if row is not None and not row.deleted:
-                return kind, row.pk
+            found = self._current_pk(kind, kind.table.c.id == rid)
+            # openIMIS clients also put business codes where ids belong; the compatible alias resolves them.
+            if found is None and self.lenient and kind.code_column:
+                found = self._current_pk(kind, kind.table.c[kind.code_column] == rid)
+            if found is not None:
+                return kind, found
         raise business_rule(f"Referenced resource {rtype}/{rid} does not exist or is deleted", expression)
+
+    def _resolve_logical(
+        self, reference: dict[str, Any], allowed: set[str], wanted: set[str], expression: str
+    ) -> tuple[ResourceKind, int]:
+        """`{type, identifier: {type: Code|UUID, value}}`, the logical references openIMIS clients send."""
+        from hifhir.fhir.registry import kinds_of_type
+
+        rtype = reference.get("type")
+        if rtype not in allowed:
+            raise business_rule(
+                f"A logical reference needs 'type' ({' or '.join(sorted(allowed))})", expression
+            )
+        ident = reference["identifier"]
+        value = ident.get("value")
+        codings = ((ident.get("type") or {}).get("coding") or [{}]) if isinstance(ident.get("type"), dict) else [{}]
+        type_code = str((codings[0] or {}).get("code") or "").lower()
+        if not isinstance(value, str) or not value:
+            raise business_rule("A logical reference needs identifier.value", expression)
+        for kind in kinds_of_type(rtype):
+            if wanted and kind.name not in wanted:
+                continue
+            t = kind.table
+            if type_code == "code" and kind.code_column:
+                found = self._current_pk(kind, t.c[kind.code_column] == value)
+            else:
+                found = self._current_pk(kind, (t.c.uuid == value) | (t.c.id == value))
+            if found is not None:
+                return kind, found
+        raise business_rule(f"No current {rtype} has identifier {value[:64]}", expression)
+
+    def _current_pk(self, kind: ResourceKind, condition: Any) -> int | None:
+        row = self.conn.execute(
+            select(kind.table.c.pk).where(condition, kind.table.c.deleted.is_(False)).limit(1)
+        ).first()
+        return None if row is None else int(row.pk)
 
     def flush(self) -> dict[tuple[str, int], Written]:
         """Bump versions, render and append one history row per touched entity (in this transaction)."""
@@ -172,6 +212,8 @@ class WriteContext:
                 resource.update(bodies[row.pk])
                 body = orjson.dumps(resource)
                 op = "create" if row.version_id == 1 else "update"
+                if op == "create" and self.id_from_client:
+                    op = "put"  # update-as-create: history must show PUT Type/id, answered 201
                 out[(kind_name, row.pk)] = Written(kind, row.pk, row.id, row.version_id, self.now, body, op)
                 history_rows.append(self._history_row(kind, row.id, row.version_id, op, body))
         for kind, pk in self.deleted:

@@ -105,13 +105,50 @@ def parse_search(
             msg = f"Unknown or unsupported search parameter '{key}' for {resource_type}"
             if strict:
                 raise FhirError.one(400, "not-supported", msg, expression=key)
-            req.warnings.append(issue("not-supported", msg + " (ignored)", severity="warning", expression=key))
+            req.warnings.append(
+                issue("not-supported", msg + " (ignored)", severity="warning", expression=key)
+            )
             continue
         if value == "":
             continue  # an empty value means "no constraint" in FHIR
         req.criteria.setdefault(name, []).append((modifier or None, _split_values(value)))
         req.passthrough.append((key, value))
+    if req.cursor is not None:
+        _check_cursor(req)
     return req
+
+
+_MAX_INT = 2**63 - 1
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and -_MAX_INT <= value <= _MAX_INT
+
+
+def _cursor_value_ok(value: Any, kind: str) -> bool:
+    if value is None:
+        return True
+    if kind == "int":
+        return _is_int(value)
+    if kind == "date":
+        try:
+            date.fromisoformat(value)
+        except (TypeError, ValueError):
+            return False
+        return True
+    return isinstance(value, str)
+
+
+def _check_cursor(req: SearchRequest) -> None:
+    """A cursor is opaque to clients but travels through their hands: check every value's type against the
+    sort keys before it reaches SQL, so that a forged or stale cursor is a 400, never a 500."""
+    *sort_vals, rank, pk = req.cursor or [None, None]
+    ok = len(sort_vals) == len(req.sort) and _is_int(rank) and 0 <= rank < len(req.kinds) and _is_int(pk)
+    if ok:
+        sort_kinds = [req.kinds[rank].sort_params[name].kind for name, _desc in req.sort]
+        ok = all(_cursor_value_ok(v, k) for v, k in zip(sort_vals, sort_kinds, strict=True))
+    if not ok:
+        raise invalid("Invalid paging cursor (or it does not match _sort)", "_cursor")
 
 
 def _apply_result_param(req: SearchRequest, name: str, value: str, page_max: int) -> None:
@@ -143,6 +180,8 @@ def _apply_result_param(req: SearchRequest, name: str, value: str, page_max: int
                 raise invalid(f"Invalid element name '{e[:40]}' in _elements", "_elements")
     elif name == "_cursor":
         req.backward, req.cursor = decode_cursor(value)
+    elif name == "_pretty" and value not in ("true", "false"):
+        raise invalid("_pretty must be true or false", "_pretty")
 
 
 def encode_cursor(values: list[Any], backward: bool) -> str:
@@ -156,7 +195,8 @@ def decode_cursor(token: str) -> tuple[bool, list[Any]]:
         direction, values = orjson.loads(raw)
         if direction not in (0, 1) or not isinstance(values, list) or len(values) < 2:
             raise ValueError
-        if not all(isinstance(v, str | int | None) for v in values):
+        # Only what encode_cursor writes: None, strings and 64-bit integers (no booleans, floats, big ints).
+        if not all(v is None or (isinstance(v, str) and len(v) <= 1024) or _is_int(v) for v in values):
             raise ValueError
         return bool(direction), values
     except (ValueError, binascii.Error, orjson.JSONDecodeError, TypeError):
@@ -260,9 +300,7 @@ def _query_kind(
         return []
     eff_keys = [(e, d, k) for (e, _, k), d in zip(keys, descs, strict=True)]
     if req.cursor is not None:
-        *sort_vals, c_rank, c_pk = req.cursor
-        if len(sort_vals) != len(keys):
-            raise invalid("Paging cursor does not match _sort", "_cursor")
+        *sort_vals, c_rank, c_pk = req.cursor  # checked by _check_cursor
         if not reverse:
             tail = "after" if rank > c_rank else "same" if rank == c_rank else "before"
         else:
@@ -280,7 +318,8 @@ def _query_kind(
         .select_from(
             t.join(
                 rv,
-                and_(rv.c.res_type == kind.resource_type, rv.c.res_id == t.c.id, rv.c.version == t.c.version_id),
+                and_(rv.c.res_type == kind.resource_type, rv.c.res_id == t.c.id,
+                     rv.c.version == t.c.version_id),
             )
         )
         .where(*where)
@@ -302,7 +341,9 @@ def _query_kind(
     return hits
 
 
-def _keyset_condition_reverse_pk(keys: list[tuple[Any, bool, str]], values: list[Any], pk_col: Any, pk: int) -> Any:
+def _keyset_condition_reverse_pk(
+    keys: list[tuple[Any, bool, str]], values: list[Any], pk_col: Any, pk: int
+) -> Any:
     ors = []
     prefix: list[Any] = []
     for (expr, desc, kind), raw in zip(keys, values, strict=True):
@@ -351,11 +392,11 @@ def bundle_links(base_url: str, req: SearchRequest, result: SearchResult) -> lis
     links = [{"relation": "self", "url": self_url}]
     sep = "&" if query else "?"
     if result.hits and result.has_next:
-        links.append({"relation": "next", "url": f"{self_url}{sep}_cursor={encode_cursor(result.hits[-1].cursor, False)}"})
+        cursor = encode_cursor(result.hits[-1].cursor, False)
+        links.append({"relation": "next", "url": f"{self_url}{sep}_cursor={cursor}"})
     if result.hits and result.has_prev:
-        links.append(
-            {"relation": "previous", "url": f"{self_url}{sep}_cursor={encode_cursor(result.hits[0].cursor, True)}"}
-        )
+        cursor = encode_cursor(result.hits[0].cursor, True)
+        links.append({"relation": "previous", "url": f"{self_url}{sep}_cursor={cursor}"})
     return links
 
 
@@ -397,9 +438,8 @@ def build_searchset(
              "search": {"mode": "match"}}
         )
     if req.warnings:
-        entries.append(
-            {"resource": {"resourceType": "OperationOutcome", "issue": req.warnings}, "search": {"mode": "outcome"}}
-        )
+        outcome = {"resourceType": "OperationOutcome", "issue": req.warnings}
+        entries.append({"resource": outcome, "search": {"mode": "outcome"}})
     if entries:
         bundle["entry"] = entries
     return orjson.dumps(bundle)

@@ -8,21 +8,26 @@ from __future__ import annotations
 
 import calendar
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, false, not_, or_, select, true
+from sqlalchemy import Boolean, ColumnElement, and_, false, literal, not_, or_, select, true
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import FunctionElement
 
-from hifhir.fhir.errors import invalid
+from hifhir.fhir.errors import FhirError, invalid
 from hifhir.fhir.kind import IDENTIFIER_SYSTEM
 
 Clause = ColumnElement[bool]
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 _STRING_RE = re.compile(r"^[\w\s'’.\-(),&]{1,100}$", re.UNICODE)
-_TOKEN_RE = re.compile(r"^[A-Za-z0-9\-._@+:/]{1,128}$")
+# The code part of a token (what follows `system|`). No '/': no code, phone, e-mail or identifier value this
+# server stores has one, and a slash in a code is far more often a path-traversal probe than data.
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9\-._@+:]{1,128}$")
 _ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _DATE_RE = re.compile(
     r"^(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
@@ -30,9 +35,20 @@ _DATE_RE = re.compile(
 )
 
 
+# Combining diacritical marks (U+0300–U+036F): the accents of Latin, Greek and Cyrillic letters, once
+# decomposed. Marks of other scripts (Devanagari vowel signs, nukta…) are part of the letter and are kept.
+_DIACRITICS_RE = re.compile("[\u0300-\u036f]")
+
+
 def normalise_text(value: str) -> str:
-    """The folded form stored in *_norm columns: case-insensitive matching, like FHIR string search."""
-    return value.casefold().strip()
+    """The folded form stored in *_norm columns and compared with folded search values.
+
+    FHIR string search matches "after both have been normalized by case and accent": compatibility
+    decomposition, accents dropped, Unicode case folding (ß → ss), recomposition (NFC), outer spaces trimmed.
+    "Pérez", "PEREZ" and "perez" all fold to "perez".
+    """
+    decomposed = _DIACRITICS_RE.sub("", unicodedata.normalize("NFKD", value))
+    return unicodedata.normalize("NFC", decomposed.casefold()).strip()
 
 
 def _escape_like(value: str) -> str:
@@ -84,24 +100,79 @@ def check_string(value: str, expression: str) -> str:
     return value
 
 
-def string_param(name: str, *norm_columns: Any, raw_columns: tuple[Any, ...] = (), doc: str = "") -> SearchParam:
-    """FHIR string search on pre-folded columns: starts-with by default, `:exact`, `:contains`."""
+class _HasWord(FunctionElement[bool]):
+    """`haystack` (space-separated values) holds `word` as one whole value, case- and accent-sensitively.
+
+    Not LIKE: SQLite's LIKE ignores ASCII case, which `:exact` must not."""
+
+    type = Boolean()
+    inherit_cache = True
+    name = "has_word"
+
+
+def _compile_has_word(position_function: str) -> Callable[..., str]:
+    def compile_(element: _HasWord, compiler: Any, **kw: Any) -> str:
+        haystack, word = (compiler.process(c, **kw) for c in element.clauses)
+        return f"{position_function}(' ' || {haystack} || ' ', ' ' || {word} || ' ') > 0"
+
+    return compile_
+
+
+compiles(_HasWord)(_compile_has_word("strpos"))  # PostgreSQL
+compiles(_HasWord, "sqlite")(_compile_has_word("instr"))
+
+
+def _is_one_of(column: Any, columns: tuple[Any, ...]) -> bool:
+    return any(column is c for c in columns)
+
+
+def string_param(
+    name: str,
+    *norm_columns: Any,
+    raw_columns: tuple[Any, ...] = (),
+    word_columns: tuple[Any, ...] = (),
+    doc: str = "",
+) -> SearchParam:
+    """FHIR string search on pre-folded columns: starts-with by default, `:exact`, `:contains`.
+
+    `word_columns` names the columns (folded or raw) that hold several space-separated values, like the given
+    names joined in one column: the default search then matches the start of any of the values, and `:exact`
+    any whole value (as for `HumanName.given`, which is a list).
+    """
     raw = raw_columns or norm_columns
 
     def clause(value: str, modifier: str | None, expression: str) -> Clause:
         check_string(value, expression)
         if modifier == "exact":
-            return or_(*[c == value for c in raw])
+            return or_(*[
+                or_(c == value, _HasWord(c, literal(value))) if _is_one_of(c, word_columns) else c == value
+                for c in raw
+            ])
         folded = normalise_text(value)
         if modifier == "contains":
             pattern = f"%{_escape_like(folded)}%"
             return or_(*[c.like(pattern, escape="\\") for c in norm_columns])
         # A range on the folded column uses its b-tree index on both engines (LIKE would not on SQLite).
-        return or_(*[and_(c >= folded, c < folded + "\U0010ffff") for c in norm_columns])
+        options = []
+        for c in norm_columns:
+            options.append(and_(c >= folded, c < folded + "\U0010ffff"))
+            if _is_one_of(c, word_columns):
+                options.append(c.like(f"% {_escape_like(folded)}%", escape="\\"))
+        return or_(*options)
 
     return SearchParam(
         name, "string", clause, frozenset({"exact", "contains"}), doc, _missing_for(*norm_columns)
     )
+
+
+def _raw_column_of(norm_col: Any) -> Any | None:
+    """The raw sibling of a folded `<x>_norm` column (`location.name` for `location.name_norm`), which
+    `:exact` compares; None when there is none."""
+    col_name = getattr(norm_col, "name", None)
+    table = getattr(norm_col, "table", None)
+    if isinstance(col_name, str) and col_name.endswith("_norm") and table is not None:
+        return table.c.get(col_name.removesuffix("_norm"))
+    return None
 
 
 def subquery_string_param(
@@ -113,7 +184,9 @@ def subquery_string_param(
         check_string(value, expression)
 
         def matcher(norm_col: Any) -> Clause:
-            return string_param(name, norm_col).clause(value, modifier, expression)
+            raw = _raw_column_of(norm_col)
+            param = string_param(name, norm_col, raw_columns=() if raw is None else (raw,))
+            return param.clause(value, modifier, expression)
 
         return column.in_(make_subquery(matcher))
 
@@ -256,7 +329,9 @@ def parse_reference_value(value: str, target_type: str, expression: str) -> str:
     return rid
 
 
-def reference_param(name: str, column: Any, target_table: Any, target_type: str, doc: str = "") -> SearchParam:
+def reference_param(
+    name: str, column: Any, target_table: Any, target_type: str, doc: str = ""
+) -> SearchParam:
     """`param=Type/id` or `param=id` → `column IN (SELECT pk FROM target WHERE id = :id)`."""
 
     def clause(value: str, modifier: str | None, expression: str) -> Clause:
@@ -286,8 +361,11 @@ def parse_prefixed(value: str) -> tuple[str, str]:
 def parse_date_range(text: str, expression: str) -> DateRange:
     m = _DATE_RE.match(text)
     if not m:
-        raise invalid(f"Invalid date '{text[:40]}' for '{expression}' (use YYYY[-MM[-DD[Thh:mm[:ss]][Z|±hh:mm]]])",
-                      expression)
+        raise invalid(
+            f"Invalid date '{text[:40]}' for '{expression}' "
+            "(use YYYY[-MM[-DD[Thh:mm[:ss[.ffffff]]][Z|±hh:mm]]])",
+            expression,
+        )
     try:
         y = int(m["y"])
         if m["m"] is None:
@@ -305,8 +383,6 @@ def parse_date_range(text: str, expression: str) -> DateRange:
         if m["tz"] and m["tz"] != "Z":
             sign = 1 if m["tz"][0] == "+" else -1
             hh, mm = int(m["tz"][1:3]), int(m["tz"][4:6])
-            from datetime import timezone
-
             tz = timezone(sign * timedelta(hours=hh, minutes=mm))
         if m["S"] is None:
             lo = datetime(y, mo, d, int(m["H"]), int(m["M"]), tzinfo=tz)
@@ -316,8 +392,12 @@ def parse_date_range(text: str, expression: str) -> DateRange:
         lo = datetime(y, mo, d, int(m["H"]), int(m["M"]), int(m["S"]), micro, tzinfo=tz)
         step = timedelta(microseconds=10 ** (6 - (len(frac) - 1))) if frac else timedelta(seconds=1)
         return DateRange(lo, lo + step)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:  # e.g. 2021-02-30, or 9999-12 whose end is past year 9999
         raise invalid(f"Invalid date '{text[:40]}' for '{expression}': {exc}", expression) from None
+
+
+def _out_of_range(text: str, expression: str) -> FhirError:
+    return invalid(f"Date '{text[:40]}' is out of the supported range for '{expression}'", expression)
 
 
 def _approx(rng: DateRange) -> DateRange:
@@ -326,8 +406,12 @@ def _approx(rng: DateRange) -> DateRange:
     return DateRange(rng.lo - delta, rng.hi + delta)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _to_us(moment: datetime) -> int:
-    return int(moment.timestamp() * 1_000_000)
+    """Microseconds since the epoch, in exact integer arithmetic (no float rounding)."""
+    return (moment - _EPOCH) // timedelta(microseconds=1)
 
 
 def instant_param(name: str, column: Any, doc: str = "") -> SearchParam:
@@ -336,8 +420,11 @@ def instant_param(name: str, column: Any, doc: str = "") -> SearchParam:
     def clause(value: str, modifier: str | None, expression: str) -> Clause:
         prefix, text = parse_prefixed(value)
         rng = parse_date_range(text, expression)
-        if prefix == "ap":
-            rng = _approx(rng)
+        try:
+            if prefix == "ap":
+                rng = _approx(rng)
+        except OverflowError:
+            raise _out_of_range(text, expression) from None
         lo, hi = _to_us(rng.lo), _to_us(rng.hi)
         return {
             "eq": lambda: and_(column >= lo, column < hi),
@@ -370,20 +457,25 @@ def date_param(name: str, column: Any, doc: str = "") -> SearchParam:
     def clause(value: str, modifier: str | None, expression: str) -> Clause:
         prefix, text = parse_prefixed(value)
         rng = parse_date_range(text, expression)
-        if prefix == "ap":
-            rng = _approx(rng)
-        lo_c, hi_f = _ceil_day(rng.lo), _floor_day(rng.hi)
-        eq = and_(column >= lo_c, column < hi_f)
+        try:
+            if prefix == "ap":
+                rng = _approx(rng)
+            # The target is a whole day [d, d+1); the search range is [lo, hi) (FHIR R4 search §2.1.1.4.5).
+            floor_lo, ceil_lo = _floor_day(rng.lo), _ceil_day(rng.lo)
+            floor_hi, ceil_hi = _floor_day(rng.hi), _ceil_day(rng.hi)
+        except OverflowError:  # a day bound past 9999-12-31 or before 0001-01-01
+            raise _out_of_range(text, expression) from None
+        eq = and_(column >= ceil_lo, column < floor_hi)
         return {
-            "eq": lambda: eq,
-            "ap": lambda: and_(column >= _floor_day(rng.lo), column < _ceil_day(rng.hi)),
+            "eq": lambda: eq,  # the day lies within the search range
+            "ap": lambda: and_(column >= floor_lo, column < ceil_hi),  # overlaps the widened range
             "ne": lambda: not_(eq),
-            "gt": lambda: column >= hi_f,
-            "sa": lambda: column >= _ceil_day(rng.hi),
-            "ge": lambda: column >= min(lo_c, hi_f),
-            "lt": lambda: column < lo_c,
-            "eb": lambda: column < _floor_day(rng.lo),
-            "le": lambda: column < max(lo_c, hi_f),
+            "gt": lambda: column >= floor_hi,  # the day overlaps [hi, ∞)
+            "sa": lambda: column >= ceil_hi,  # the day starts at or after hi
+            "ge": lambda: column >= floor_lo,  # the day overlaps [lo, ∞)
+            "lt": lambda: column < ceil_lo,  # the day overlaps (-∞, lo)
+            "eb": lambda: column < floor_lo,  # the day ends at or before lo
+            "le": lambda: column < ceil_hi,  # the day overlaps (-∞, hi)
         }[prefix]()
 
     return SearchParam(name, "date", clause, frozenset(), doc, _missing_for(column))

@@ -68,7 +68,7 @@ resource_version = Table(
     Column("kind", String(40), nullable=False),  # which profile/entity the version belongs to
     Column("version", Integer, nullable=False),
     Column("last_updated", BigInteger, nullable=False),
-    Column("operation", String(8), nullable=False),  # create | update | delete
+    Column("operation", String(8), nullable=False),  # create (POST) | put (update-as-create) | update | delete
     Column("user_name", String(50)),
     Column("body", LargeBinary),  # the FHIR JSON of this version; NULL for a delete
     UniqueConstraint("res_type", "res_id", "version", name="uq_resource_version_key"),

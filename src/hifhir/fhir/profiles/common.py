@@ -40,6 +40,20 @@ def resolve_new_id(ctx: WriteContext, resource: dict[str, Any], table: Table) ->
     return new_id, new_id
 
 
+def uuid_for_update(ctx: WriteContext, resource: dict[str, Any], table: Table, current: Row) -> str | None:
+    """identifier[UUID] on update: kept when absent; a changed value must be a UUID no other row uses."""
+    rtype = resource["resourceType"]
+    value = identifier_value(resource, "UUID")
+    if value is None or value == current.uuid:
+        return current.uuid
+    require(is_uuid(value), "identifier[UUID] must be a UUID", f"{rtype}.identifier")
+    taken = ctx.conn.execute(select(table.c.pk).where(
+        ((table.c.uuid == value) | (table.c.id == value)) & (table.c.pk != current.pk))).first()
+    if taken is not None:
+        raise conflict(f"identifier[UUID] {value} is already used", f"{rtype}.identifier")
+    return value
+
+
 def uuid_of(row: Row) -> str | None:
     return row.uuid
 
@@ -78,7 +92,8 @@ def location_of_level(ctx: WriteContext, ref: Any, level: str, expression: str) 
     return pk
 
 
-def configured_code(ctx: WriteContext, list_name: str, concept: dict[str, Any] | None, expression: str) -> str | None:
+def configured_code(ctx: WriteContext, list_name: str, concept: dict[str, Any] | None,
+                    expression: str) -> str | None:
     """The code of a CodeableConcept bound to an openIMIS code list; unknown codes are a 422."""
     from hifhir.fhir.elements import first_code
     from hifhir.store.codelists import code_display

@@ -27,6 +27,7 @@ from hifhir.fhir.profiles.common import (
     location_names,
     location_of_level,
     resolve_new_id,
+    uuid_for_update,
     uuid_of,
 )
 from hifhir.fhir.profiles.location import LOCATION_DEPENDENTS, LOCATION_IN_USE
@@ -35,7 +36,8 @@ from hifhir.fhir.searchparams import SortKey, bool_param, reference_param, strin
 from hifhir.store.codelists import displays
 from hifhir.store.tables import family, insuree
 
-# IG defect (ig/README.md §9.5): the example codes the family type in core group-type; both systems are accepted.
+# IG defect (ig/README.md §9.5): the example codes the family type in core group-type; both systems are
+# accepted.
 GROUP_TYPE_SYSTEMS = {CS + "group-type", "http://hl7.org/fhir/group-type"}
 
 
@@ -54,8 +56,14 @@ class GroupKind(ResourceKind):
             "member": reference_param(
                 "member", t.c.pk, select(insuree.c.family_pk.label("pk"), insuree.c.id).subquery(), "Patient",
                 doc="A member (Patient)"),
-            "name": string_param("name", select(head.c.family_norm).where(
-                head.c.pk == t.c.head_insuree_pk).scalar_subquery(), doc="Family (head's) last name"),
+            # Group.name is rendered "<head's last name> <head's other names>": search that whole string.
+            "name": string_param(
+                "name",
+                select(head.c.family_norm + " " + head.c.given_norm).where(
+                    head.c.pk == t.c.head_insuree_pk).scalar_subquery(),
+                raw_columns=(select(head.c.last_name + " " + head.c.other_names).where(
+                    head.c.pk == t.c.head_insuree_pk).scalar_subquery(),),
+                doc="Family name: the head's last and other names"),
             "type": token_param("type", t.c.family_type, doc="Family type code (group-type)"),
             "poverty": bool_param("poverty", t.c.poverty, doc="Poverty status"),
             "actual": bool_param("actual", family.c.deleted.is_(False)),
@@ -68,8 +76,8 @@ class GroupKind(ResourceKind):
         rows = {r.pk: r for r in conn.execute(select(family).where(family.c.pk.in_(pks)))}
         members: dict[int, list[Row]] = {pk: [] for pk in pks}
         for m in conn.execute(
-            select(insuree.c.pk, insuree.c.id, insuree.c.family_pk, insuree.c.last_name, insuree.c.other_names,
-                   insuree.c.has_active_policy)
+            select(insuree.c.pk, insuree.c.id, insuree.c.family_pk, insuree.c.last_name,
+                   insuree.c.other_names, insuree.c.has_active_policy)
             .where(insuree.c.family_pk.in_(pks), insuree.c.deleted.is_(False))
             .order_by(insuree.c.pk)
         ):
@@ -82,8 +90,10 @@ class GroupKind(ResourceKind):
             head = next((m for m in members[pk] if m.pk == row.head_insuree_pk), None)
             place = places[row.location_pk]
             address: dict[str, Any] = {
-                "extension": [ext("address-municipality", "valueString", place.ward),
-                              ext("address-location-reference", "valueReference", reference("Location", place.id))],
+                "extension": [
+                    ext("address-municipality", "valueString", place.ward),
+                    ext("address-location-reference", "valueReference", reference("Location", place.id)),
+                ],
                 "use": "home", "type": "physical",
             }
             if row.address:
@@ -93,11 +103,13 @@ class GroupKind(ResourceKind):
             if row.poverty is not None:
                 exts.append(ext("group-poverty-status", "valueBoolean", bool(row.poverty)))
             if row.family_type:
-                exts.append(ext("group-type", "valueCodeableConcept", {"coding": [coding(
-                    row.family_type_system or CS + "group-type", row.family_type, type_labels.get(row.family_type))]}))
+                type_coding = coding(row.family_type_system or CS + "group-type", row.family_type,
+                                     type_labels.get(row.family_type))
+                exts.append(ext("group-type", "valueCodeableConcept", {"coding": [type_coding]}))
             if row.confirmation_no:
                 parts: list[dict[str, Any]] = [{"url": "number", "valueString": row.confirmation_no}]
-                concept = concept_from_list("group-confirmation-type", row.confirmation_type, confirmation_labels)
+                concept = concept_from_list("group-confirmation-type", row.confirmation_type,
+                                            confirmation_labels)
                 if concept:
                     parts.append({"url": "type", "valueCodeableConcept": concept})
                 exts.append({"extension": parts, "url": ext("group-confirmation", "x", None)["url"]})
@@ -152,7 +164,8 @@ class GroupKind(ResourceKind):
         if type_coding is not None:
             system = type_coding.get("system") or CS + "group-type"
             require(system in GROUP_TYPE_SYSTEMS, "Unknown family type system", "Group.extension[groupType]")
-            family_type = configured_code(ctx, "group-type", {"coding": [type_coding]}, "Group.extension[groupType]")
+            family_type = configured_code(ctx, "group-type", {"coding": [type_coding]},
+                                          "Group.extension[groupType]")
         confirmation = extension(resource, "group-confirmation")
         confirmation_no = confirmation_type = None
         if confirmation is not None:
@@ -170,15 +183,15 @@ class GroupKind(ResourceKind):
             "address": " ".join(address.get("line") or []) or None,
             "confirmation_no": confirmation_no, "confirmation_type": confirmation_type,
         }
-        require(values["address"] is None or len(values["address"]) <= 200, "Address is at most 200 characters",
-                "Group.extension[address]")
+        require(values["address"] is None or len(values["address"]) <= 200,
+                "Address is at most 200 characters", "Group.extension[address]")
         if current is None:
             values["id"], values["uuid"] = resolve_new_id(ctx, resource, family)
             pk = int(conn.execute(insert(family).values(**values)).inserted_primary_key[0])
             previous: set[int] = set()
         else:
             pk = int(current.pk)
-            values["uuid"] = identifier_value(resource, "UUID") or current.uuid
+            values["uuid"] = uuid_for_update(ctx, resource, family, current)
             conn.execute(update(family).where(family.c.pk == pk).values(**values))
             previous = {r.pk for r in conn.execute(select(insuree.c.pk).where(
                 insuree.c.family_pk == pk, insuree.c.deleted.is_(False)))}
@@ -187,8 +200,8 @@ class GroupKind(ResourceKind):
 
     @staticmethod
     def _head(members: dict[int, Row], code: str | None, current: Row | None) -> int:
-        flagged = [pk for pk, m in members.items() if m.is_head and (m.family_pk is None or
-                                                                     (current is not None and m.family_pk == current.pk))]
+        flagged = [pk for pk, m in members.items() if m.is_head and (
+            m.family_pk is None or (current is not None and m.family_pk == current.pk))]
         by_code = [pk for pk, m in members.items() if code is not None and m.chf_id == code]
         if by_code:
             return by_code[0]
@@ -197,8 +210,8 @@ class GroupKind(ResourceKind):
         if current is not None and current.head_insuree_pk in members:
             return int(current.head_insuree_pk)
         require(len(flagged) <= 1, "Only one member can be the head (isHead)", "Group.member")
-        raise conflict("A family needs a head: one member must have isHead=true or the insurance number given as "
-                       "the family Code", "Group.member")
+        raise conflict("A family needs a head: one member must have isHead=true or the insurance number "
+                       "given as the family Code", "Group.member")
 
     @staticmethod
     def _attach(ctx: WriteContext, family_pk: int, head_pk: int, member_pks: list[int], previous: set[int],
@@ -216,7 +229,8 @@ class GroupKind(ResourceKind):
             ctx.mark("patient", pk)
 
     def delete(self, ctx: WriteContext, current: Row) -> None:
-        """Members stay registered as insurees, detached from the family (openIMIS FamilyService.set_deleted)."""
+        """Members stay registered as insurees, detached from the family
+        (openIMIS FamilyService.set_deleted)."""
         for (pk,) in ctx.conn.execute(select(insuree.c.pk).where(
                 insuree.c.family_pk == current.pk, insuree.c.deleted.is_(False))).all():
             ctx.conn.execute(update(insuree).where(insuree.c.pk == pk).values(family_pk=None, is_head=False))

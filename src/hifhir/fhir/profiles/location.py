@@ -8,7 +8,7 @@ from sqlalchemy import Connection, Row, insert, or_, select, update
 
 from hifhir.fhir.elements import coding, first_code, identifier_value, identifiers, reference
 from hifhir.fhir.kind import CS, ResourceKind, Rights, WriteContext, require
-from hifhir.fhir.profiles.common import resolve_new_id, uuid_of
+from hifhir.fhir.profiles.common import resolve_new_id, uuid_for_update, uuid_of
 from hifhir.fhir.search import common_params, common_sorts
 from hifhir.fhir.searchparams import (
     SortKey,
@@ -77,8 +77,8 @@ class LocationKind(ResourceKind):
     def write(self, ctx: WriteContext, resource: dict[str, Any], current: Row | None) -> int:
         conn = ctx.conn
         code = identifier_value(resource, "Code")
-        require(bool(code) and len(code) <= 8, "Location code (identifier Code) is required, at most 8 characters",
-                "Location.identifier")
+        require(bool(code) and len(code) <= 8,
+                "Location code (identifier Code) is required, at most 8 characters", "Location.identifier")
         level = first_code(resource.get("physicalType"))
         require(level in LEVELS, "physicalType must be R, D, W or V", "Location.physicalType")
         name = resource.get("name") or ""
@@ -98,7 +98,8 @@ class LocationKind(ResourceKind):
             require(prow.type == wanted_parent,
                     f"A {LEVELS[level]} must be part of a {LEVELS[wanted_parent]}, not a {LEVELS[prow.type]}",
                     "Location.partOf")
-            ancestors = {"region_pk": prow.region_pk, "district_pk": prow.district_pk, "ward_pk": prow.ward_pk}
+            ancestors = {"region_pk": prow.region_pk, "district_pk": prow.district_pk,
+                         "ward_pk": prow.ward_pk}
             ancestors[{"R": "region_pk", "D": "district_pk", "W": "ward_pk"}[prow.type]] = prow.pk
 
         values = {"code": code, "name": name, "name_norm": normalise_text(name), "type": level,
@@ -113,8 +114,14 @@ class LocationKind(ResourceKind):
                 .limit(1)).first()
             require(has_children is None, "Cannot change the level of a location that has sub-locations",
                     "Location.physicalType")
+            # What attaches to a location attaches to one level (HF → district, insuree/family → village…).
+            for check in LOCATION_IN_USE:
+                used = check(conn, current.pk)
+                require(used is None,
+                        f"Cannot change the level of location {current.code}: it is used by {used}",
+                        "Location.physicalType")
         require(parent_pk != current.pk, "A location cannot be its own parent", "Location.partOf")
-        values["uuid"] = identifier_value(resource, "UUID") or current.uuid
+        values["uuid"] = uuid_for_update(ctx, resource, location, current)
         conn.execute(update(location).where(location.c.pk == current.pk).values(**values))
         if (parent_pk, ancestors) != (current.parent_pk, {k: current._mapping[k] for k in ancestors}):
             self._refresh_descendants(conn, current.pk)
@@ -124,9 +131,11 @@ class LocationKind(ResourceKind):
 
     def delete(self, ctx: WriteContext, current: Row) -> None:
         child = ctx.conn.execute(
-            select(location.c.code).where(location.c.parent_pk == current.pk, location.c.deleted.is_(False)).limit(1)
+            select(location.c.code)
+            .where(location.c.parent_pk == current.pk, location.c.deleted.is_(False)).limit(1)
         ).first()
-        require(child is None, f"Location {current.code} still has sub-locations (e.g. {child.code if child else ''})")
+        require(child is None,
+                f"Location {current.code} still has sub-locations (e.g. {child.code if child else ''})")
         for check in LOCATION_IN_USE:
             used = check(ctx.conn, current.pk)
             require(used is None, f"Location {current.code} is still used by {used}")
@@ -151,7 +160,8 @@ class LocationKind(ResourceKind):
             for child in children:
                 prow = conn.execute(select(location).where(location.c.pk == child.parent_pk)).one()
                 anc = {"region_pk": prow.region_pk, "district_pk": prow.district_pk, "ward_pk": prow.ward_pk}
-                anc[{"R": "region_pk", "D": "district_pk", "W": "ward_pk", "V": "ward_pk"}[prow.type]] = prow.pk
+                level_col = {"R": "region_pk", "D": "district_pk", "W": "ward_pk", "V": "ward_pk"}
+                anc[level_col[prow.type]] = prow.pk
                 conn.execute(update(location).where(location.c.pk == child.pk).values(**anc))
             frontier = [c.pk for c in children]
 
@@ -164,7 +174,7 @@ LOCATION_DEPENDENTS: list[Any] = []  # (ctx, location_pk) -> marks entities whos
 
 def mark_location_dependents(ctx: WriteContext, location_pk: int) -> None:
     subtree = select(location.c.pk).where(or_(
-        location.c.pk == location_pk, location.c.region_pk == location_pk, location.c.district_pk == location_pk,
-        location.c.ward_pk == location_pk))
+        location.c.pk == location_pk, location.c.region_pk == location_pk,
+        location.c.district_pk == location_pk, location.c.ward_pk == location_pk))
     for mark in LOCATION_DEPENDENTS:
         mark(ctx, subtree)

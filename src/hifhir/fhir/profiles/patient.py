@@ -8,7 +8,7 @@ import os
 from datetime import date
 from typing import Any
 
-from sqlalchemy import Connection, Row, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Row, and_, delete, false, func, insert, or_, select, update
 
 from hifhir.fhir.elements import (
     coding,
@@ -23,7 +23,7 @@ from hifhir.fhir.elements import (
     telecom_value,
     telecoms,
 )
-from hifhir.fhir.errors import conflict
+from hifhir.fhir.errors import FhirError, conflict
 from hifhir.fhir.kind import ResourceKind, Rights, WriteContext, require
 from hifhir.fhir.profiles.common import (
     check_unique_code,
@@ -32,17 +32,21 @@ from hifhir.fhir.profiles.common import (
     location_names,
     location_of_level,
     resolve_new_id,
+    uuid_for_update,
     uuid_of,
 )
 from hifhir.fhir.profiles.location import LOCATION_DEPENDENTS, LOCATION_IN_USE
 from hifhir.fhir.search import common_params, common_sorts
 from hifhir.fhir.searchparams import (
+    Clause,
+    SearchParam,
     SortKey,
-    any_token_param,
     bool_param,
+    check_token,
     date_param,
     normalise_text,
     reference_param,
+    split_token,
     string_param,
     subquery_string_param,
     token_param,
@@ -53,8 +57,8 @@ from hifhir.store.tables import family, health_facility, insuree, insuree_photo,
 GENDERS = {"male": "M", "female": "F", "other": "O", "unknown": "U"}
 GENDER_OUT = {v: k for k, v in GENDERS.items()}
 MARITAL = {"M": "M", "S": "S", "D": "D", "W": "W", "UNK": "N"}
-MARITAL_OUT = {"M": ("M", "Married"), "S": ("S", "Never Married"), "D": ("D", "Divorced"), "W": ("W", "Widowed"),
-               "N": ("UNK", "unknown")}
+MARITAL_OUT = {"M": ("M", "Married"), "S": ("S", "Never Married"), "D": ("D", "Divorced"),
+               "W": ("W", "Widowed"), "N": ("UNK", "unknown")}
 MARITAL_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus"
 PUBLIC_BASE = os.environ.get("HIFHIR_PUBLIC_BASE_URL", "http://127.0.0.1:8080/fhir").rstrip("/")
 
@@ -65,6 +69,33 @@ def _village_match(match: Any, level_col: str | None) -> Any:
         return select(location.c.pk).where(match(location.c.name_norm))
     named = select(location.c.pk).where(match(location.c.name_norm))
     return select(location.c.pk).where(location.c[level_col].in_(named))
+
+
+def _birth_date(value: str) -> date:
+    """openIMIS stores a full date of birth; FHIR also allows YYYY and YYYY-MM, which cannot round-trip."""
+    require(len(value) == 10, f"birthDate must be a full date (YYYY-MM-DD), not '{value[:20]}'",
+            "Patient.birthDate")
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise FhirError.one(400, "value", f"birthDate '{value}' is not a calendar date",
+                            expression="Patient.birthDate") from None
+
+
+def _telecom_param() -> SearchParam:
+    """`telecom`: the system part (ContactPoint.system) selects the column; none (or `|`) means either."""
+    columns = {"phone": insuree.c.phone, "email": insuree.c.email}
+
+    def clause(value: str, modifier: str | None, expression: str) -> Clause:
+        system, code = split_token(value, expression)
+        check_token(code, expression)
+        if system:
+            return columns[system] == code if system in columns else false()
+        return or_(*[c == code for c in columns.values()])
+
+    return SearchParam("telecom", "token", clause, frozenset(), "Phone number or e-mail (system phone|email)",
+                       lambda missing: and_(*[c.is_(None) for c in columns.values()]) if missing
+                       else or_(*[c.is_not(None) for c in columns.values()]))
 
 
 class PatientKind(ResourceKind):
@@ -80,15 +111,19 @@ class PatientKind(ResourceKind):
         self.search_params = {
             **common_params(self),
             "family": string_param("family", t.c.family_norm, raw_columns=(t.c.last_name,), doc="Last name"),
-            "given": string_param("given", t.c.given_norm, raw_columns=(t.c.other_names,), doc="Other names"),
+            # other_names may hold several names separated by spaces (rendered as the one given the profile
+            # allows): each name matches on its own, as it would in a HumanName.given list.
+            "given": string_param("given", t.c.given_norm, raw_columns=(t.c.other_names,),
+                                  word_columns=(t.c.given_norm, t.c.other_names), doc="Other names"),
             "name": string_param("name", t.c.family_norm, t.c.given_norm,
-                                 raw_columns=(t.c.last_name, t.c.other_names), doc="Last or other names"),
+                                 raw_columns=(t.c.last_name, t.c.other_names),
+                                 word_columns=(t.c.given_norm, t.c.other_names), doc="Last or other names"),
             "birthdate": date_param("birthdate", t.c.dob, doc="Date of birth"),
             "gender": token_param("gender", t.c.gender, codes=GENDERS,
                                   systems=frozenset({"http://hl7.org/fhir/administrative-gender"})),
             "phone": token_param("phone", t.c.phone, systems=frozenset({"phone"})),
             "email": token_param("email", t.c.email, systems=frozenset({"email"})),
-            "telecom": any_token_param("telecom", t.c.phone, t.c.email, doc="Phone number or e-mail"),
+            "telecom": _telecom_param(),
             "active": bool_param("active", t.c.has_active_policy, doc="Has an active policy"),
             "group": reference_param("group", t.c.family_pk, family, "Group", doc="The family (Group)"),
             "general-practitioner": reference_param("general-practitioner", t.c.hf_pk, health_facility,
@@ -99,7 +134,8 @@ class PatientKind(ResourceKind):
                                                       lambda m: _village_match(m, "district_pk"),
                                                       doc="District name"),
             "address-state": subquery_string_param("address-state", t.c.village_pk,
-                                                   lambda m: _village_match(m, "region_pk"), doc="Region name"),
+                                                   lambda m: _village_match(m, "region_pk"),
+                                                   doc="Region name"),
             "address-municipality": subquery_string_param("address-municipality", t.c.village_pk,
                                                           lambda m: _village_match(m, "ward_pk"),
                                                           doc="Ward / municipality name"),
@@ -129,7 +165,8 @@ class PatientKind(ResourceKind):
         rows = conn.execute(
             select(insuree, family.c.id.label("family_id"), head.c.last_name.label("head_last"),
                    head.c.other_names.label("head_other"), hf.c.id.label("hf_id"),
-                   insuree_photo.c.content_type.label("photo_type"), insuree_photo.c.title.label("photo_title"),
+                   insuree_photo.c.content_type.label("photo_type"),
+                   insuree_photo.c.title.label("photo_title"),
                    insuree_photo.c.creation.label("photo_creation"), insuree_photo.c.hash.label("photo_hash"),
                    func.length(insuree_photo.c.data).label("photo_size"))
             .select_from(
@@ -147,7 +184,8 @@ class PatientKind(ResourceKind):
 
     def _to_fhir(self, row: Row, places: dict[int, Row], labels: dict[str, dict[str, str]]) -> dict[str, Any]:
         exts: list[dict[str, Any]] = [ext("patient-is-head", "valueBoolean", bool(row.is_head))]
-        for list_name, col in (("patient-education-level", row.education), ("patient-profession", row.profession)):
+        for list_name, col in (("patient-education-level", row.education),
+                               ("patient-profession", row.profession)):
             concept = concept_from_list(list_name, col, labels[list_name])
             if concept:
                 exts.append(ext(list_name, "valueCodeableConcept", concept))
@@ -167,7 +205,8 @@ class PatientKind(ResourceKind):
             "extension": exts,
             "identifier": identifiers(row.chf_id, uuid_of(row)),
             "active": bool(row.has_active_policy),
-            "name": [{"use": "official", "family": row.last_name, "given": row.other_names.split(" ")}],
+            # The profile allows one given (1..1): the other names come back as they were stored, one string.
+            "name": [{"use": "official", "family": row.last_name, "given": [row.other_names]}],
         }
         tel = telecoms(phone=row.phone, email=row.email)
         if tel:
@@ -177,8 +216,10 @@ class PatientKind(ResourceKind):
         if row.village_pk in places:
             place = places[row.village_pk]
             address: dict[str, Any] = {
-                "extension": [ext("address-municipality", "valueString", place.ward),
-                              ext("address-location-reference", "valueReference", reference("Location", place.id))],
+                "extension": [
+                    ext("address-municipality", "valueString", place.ward),
+                    ext("address-location-reference", "valueReference", reference("Location", place.id)),
+                ],
                 "use": row.address_use,
                 "type": "physical",
             }
@@ -197,7 +238,7 @@ class PatientKind(ResourceKind):
             rel = concept_from_list("patient-contact-relationship", row.relationship,
                                     labels["patient-contact-relationship"])
             res["contact"] = [{"relationship": [rel],
-                               "name": {"family": row.head_last, "given": row.head_other.split(" ")}}]
+                               "name": {"family": row.head_last, "given": [row.head_other]}}]
         if row.hf_id:
             res["generalPractitioner"] = [reference("Organization", row.hf_id)]
         return res
@@ -208,27 +249,31 @@ class PatientKind(ResourceKind):
         conn = ctx.conn
         chf_id = identifier_value(resource, "Code")
         require(bool(chf_id) and len(chf_id) <= 12,
-                "The insurance number (identifier Code) is required, at most 12 characters", "Patient.identifier")
+                "The insurance number (identifier Code) is required, at most 12 characters",
+                "Patient.identifier")
         check_unique_code(conn, insuree, "chf_id", chf_id, current, "Insurance number", "Patient.identifier")
         name = (resource.get("name") or [{}])[0]
         last_name = name.get("family") or ""
         other_names = " ".join(name.get("given") or [])
-        require(0 < len(last_name) <= 100, "name.family is required (at most 100 characters)", "Patient.name[0].family")
-        require(0 < len(other_names) <= 100, "name.given is required (at most 100 characters)", "Patient.name[0].given")
-        dob = date.fromisoformat(resource["birthDate"][:10])
+        require(0 < len(last_name) <= 100, "name.family is required (at most 100 characters)",
+                "Patient.name[0].family")
+        require(0 < len(other_names) <= 100, "name.given is required (at most 100 characters)",
+                "Patient.name[0].given")
+        dob = _birth_date(resource["birthDate"])
         require(dob <= date.today(), "birthDate cannot be in the future", "Patient.birthDate")
         values: dict[str, Any] = {
             "chf_id": chf_id, "last_name": last_name, "other_names": other_names,
             "family_norm": normalise_text(last_name), "given_norm": normalise_text(other_names),
             "dob": dob, "gender": GENDERS[resource["gender"]],
             "phone": telecom_value(resource, "phone"), "email": telecom_value(resource, "email"),
-            "marital": MARITAL.get(first_code(resource.get("maritalStatus")) or "", None),
+            "marital": MARITAL.get(first_code(resource.get("maritalStatus")) or ""),
             "is_head": bool(ext_value(resource, "patient-is-head", "valueBoolean")),
             "card_issued": bool(ext_value(resource, "patient-card-issued", "valueBoolean")),
             "vulnerability": ext_value(resource, "patient-vulnerability-status", "valueBoolean"),
-            "education": configured_code(ctx, "patient-education-level",
-                                         ext_value(resource, "patient-education-level", "valueCodeableConcept"),
-                                         "Patient.extension[educationLevel]"),
+            "education": configured_code(
+                ctx, "patient-education-level",
+                ext_value(resource, "patient-education-level", "valueCodeableConcept"),
+                "Patient.extension[educationLevel]"),
             "profession": configured_code(ctx, "patient-profession",
                                           ext_value(resource, "patient-profession", "valueCodeableConcept"),
                                           "Patient.extension[profession]"),
@@ -254,7 +299,7 @@ class PatientKind(ResourceKind):
             if current.is_head and current.family_pk == family_pk and not values["is_head"]:
                 raise conflict("A family needs a head: make another member head through the Group first",
                                "Patient.extension[isHead]")
-            values["uuid"] = identifier_value(resource, "UUID") or current.uuid
+            values["uuid"] = uuid_for_update(ctx, resource, insuree, current)
             conn.execute(update(insuree).where(insuree.c.pk == pk).values(**values))
             if current.family_pk is not None:
                 ctx.mark("group", current.family_pk)  # member list, quantity or head name may have changed
@@ -309,8 +354,8 @@ class PatientKind(ResourceKind):
         if not contacts:
             return None
         relationships = contacts[0].get("relationship") or []
-        return configured_code(ctx, "patient-contact-relationship", relationships[0] if relationships else None,
-                               "Patient.contact[0].relationship")
+        return configured_code(ctx, "patient-contact-relationship",
+                               relationships[0] if relationships else None, "Patient.contact[0].relationship")
 
     @staticmethod
     def _first_service_point(ctx: WriteContext, resource: dict[str, Any]) -> int | None:
@@ -318,11 +363,13 @@ class PatientKind(ResourceKind):
         require(len(gps) <= 1, "At most one first point of service", "Patient.generalPractitioner")
         if not gps:
             return None
-        _, pk = ctx.resolve(gps[0], ["Organization"], "Patient.generalPractitioner[0]", kinds=["health-facility"])
+        _, pk = ctx.resolve(gps[0], ["Organization"], "Patient.generalPractitioner[0]",
+                            kinds=["health-facility"])
         return pk
 
     @staticmethod
-    def _family(ctx: WriteContext, resource: dict[str, Any], current: Row | None, is_head: bool) -> int | None:
+    def _family(ctx: WriteContext, resource: dict[str, Any], current: Row | None,
+                is_head: bool) -> int | None:
         group_ref = ext_value(resource, "patient-group-reference", "valueReference")
         if group_ref is None:
             return None
@@ -336,7 +383,8 @@ class PatientKind(ResourceKind):
     @staticmethod
     def _mark_family_members(ctx: WriteContext, family_pk: int) -> None:
         for (pk,) in ctx.conn.execute(select(insuree.c.pk).where(
-                insuree.c.family_pk == family_pk, insuree.c.deleted.is_(False), insuree.c.relationship.is_not(None))):
+                insuree.c.family_pk == family_pk, insuree.c.deleted.is_(False),
+                insuree.c.relationship.is_not(None))):
             ctx.mark("patient", pk)
 
     @staticmethod
@@ -373,3 +421,12 @@ def _mark_insurees_in(ctx: WriteContext, subtree: Any) -> None:
 
 LOCATION_IN_USE.append(_village_in_use)
 LOCATION_DEPENDENTS.append(_mark_insurees_in)
+
+
+def load_photo(conn: Connection, res_id: str) -> tuple[str, bytes] | None:
+    row = conn.execute(
+        select(insuree_photo.c.content_type, insuree_photo.c.data)
+        .select_from(insuree_photo.join(insuree, insuree.c.pk == insuree_photo.c.insuree_pk))
+        .where(insuree.c.id == res_id, insuree.c.deleted.is_(False))
+    ).first()
+    return None if row is None else (row.content_type, bytes(row.data))

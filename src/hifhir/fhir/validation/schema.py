@@ -136,6 +136,11 @@ def _patch(defs: dict[str, Any]) -> None:
     ext["anyOf"] = [{"required": ["extension"]}] + [{"required": [k]} for k in value_keys]
     narrative = defs["Narrative"]
     narrative["required"] = sorted(set(narrative.get("required", [])) | {"status"})
+    # The generator left `"type": "object"` off complex definitions, so a string or an array given where a
+    # CodeableConcept or Reference belongs would pass (and crash the mapping later).
+    for d in defs.values():
+        if isinstance(d.get("properties"), dict):
+            d.setdefault("type", "object")
 
 
 class SchemaLayer:
@@ -209,11 +214,15 @@ class SchemaLayer:
             return
         root = prefix or rtype
         v = self.validator(rtype)
-        if not v.is_valid(resource):
-            for err in v.iter_errors(resource):
-                issue = self._translate(err, root, lenient)
-                if issue is not None:
-                    issues.append(issue)
+        try:
+            if not v.is_valid(resource):
+                for err in v.iter_errors(resource):
+                    issue = self._translate(err, root, lenient)
+                    if issue is not None:
+                        issues.append(issue)
+        except ValueError:  # jsonschema_rs gives up on very deep nesting (orjson accepts 1,024 levels)
+            issues.append(error("structure", root, "The resource is nested too deeply"))
+            return
         for path, nested in nested_resources(resource, root):
             self._validate(nested, path, lenient, issues)
 

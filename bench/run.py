@@ -1,0 +1,1122 @@
+"""Benchmark the hifhir server with wrk on SQLite and PostgreSQL (`make bench`; see bench/README.md).
+
+    python -m bench.run [--backend sqlite|postgresql|both] [--insurees 100000] [--duration 10]
+                        [--connections 32] [--keep-db]
+
+For each backend: a fresh database populated by `hifhir demo-data --insurees N`, the server started exactly as
+`make run` starts it (`hifhir serve --migrate`, default workers), then wrk (a separate process, 2 threads,
+authenticated) against each scenario, while the server's memory (RSS of its process tree) is sampled. The
+results table goes to bench/results/<timestamp>.md and stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import random
+import re
+import resource
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BENCH_DIR = REPO_ROOT / "bench"
+VAR_DIR = REPO_ROOT / "var" / "bench"
+RESULTS_DIR = BENCH_DIR / "results"
+BIN_DIR = REPO_ROOT / ".venv" / "bin"
+
+ADMIN = {"username": "Admin", "password": "admin123"}
+PG_DATABASE = "hifhir_bench"
+SAMPLE_SIZE = 1000
+VILLAGE_SAMPLE = 200
+MEMORY_LIMIT_MB = 300.0
+SAMPLE_INTERVAL_S = 0.5
+QUIET_CORES = 0.3
+POST_CAPACITY_RPS = 5000
+SERVER_READY_TIMEOUT_S = 120.0
+DEMO_RETRY_S = 60.0
+IG = "https://openimis.github.io/openimis_fhir_r4_ig"
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not be set up or run."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Scenarios and results
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    key: str
+    label: str
+    target: float | None  # req/s the issue asks for; None for the ceiling
+    method: str = "GET"
+
+
+CEILING = Scenario("ceiling", "GET /healthz (ceiling)", None)
+SCENARIOS: tuple[Scenario, ...] = (
+    CEILING,
+    Scenario("read", "GET Patient/{id}", 4000.0),
+    Scenario("identifier", "GET Patient?identifier=", 3000.0),
+    Scenario("family", "GET Patient?family=&_count=20", 1000.0),
+    Scenario("create", "POST Patient", 1000.0, "POST"),
+)
+
+
+@dataclass(slots=True)
+class WrkResult:
+    requests: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    socket_errors: int
+    raw: str
+
+
+@dataclass(slots=True)
+class Measurement:
+    backend: str
+    scenario: Scenario
+    wrk: WrkResult
+    peak_rss_mb: float
+    rss_breakdown: str  # per process of the server tree at the peak, e.g. "supervisor 89, workers 60+58"
+    # Cores kept busy during the measurement (user + system time over wall time): by the server process tree,
+    # by the PostgreSQL processes, by wrk, and by everything else on the machine.
+    server_cpu: float
+    db_cpu: float | None
+    wrk_cpu: float
+    other_cpu: float
+    profile: Profile | None = None
+    ratio: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        target = self.scenario.target
+        ok = self.wrk.requests > 0 and self.wrk.non_2xx == 0 and self.wrk.socket_errors == 0
+        return ok and (target is None or self.wrk.rps >= target)
+
+
+@dataclass(slots=True)
+class BackendRun:
+    backend: str
+    insurees: int
+    measurements: list[Measurement] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def peak_rss_mb(self) -> float:
+        return max((m.peak_rss_mb for m in self.measurements), default=0.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Processes: memory and CPU of a process tree, read from /proc
+
+
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # Fields after the ")" that closes the command name: state, ppid, ...
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
+def process_tree(root: int) -> list[int]:
+    children = _children_map()
+    pids, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        todo.extend(children.get(pid, []))
+    return pids
+
+
+def rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def cpu_ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    # utime and stime are fields 14 and 15 of stat; fields[0] here is field 3 (state).
+    return int(fields[11]) + int(fields[12])
+
+
+def tree_cpu_ticks(root: int) -> dict[int, int]:
+    return {pid: cpu_ticks(pid) for pid in process_tree(root)}
+
+
+def process_role(pid: int, root: int) -> str:
+    if pid == root:
+        return "supervisor"
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return "other"
+    if b"resource_tracker" in cmdline:
+        return "tracker"
+    if b"spawn_main" in cmdline or b"hifhir" in cmdline:
+        return "worker"
+    return "other"
+
+
+def describe_tree_rss(root: int, sizes: dict[int, int]) -> str:
+    """"supervisor 89, workers 60+58, tracker 12" (MB) from pid -> VmRSS kB."""
+    by_role: dict[str, list[float]] = {}
+    for pid, kb in sizes.items():
+        by_role.setdefault(process_role(pid, root), []).append(kb / 1024)
+    parts = []
+    for role in ("supervisor", "worker", "tracker", "other"):
+        if role in by_role:
+            values = sorted(by_role[role], reverse=True)
+            name = role + "s" if len(values) > 1 else role
+            parts.append(f"{name} {'+'.join(f'{v:.0f}' for v in values)}")
+    return ", ".join(parts)
+
+
+def wait_server_idle(root: int, max_wait_s: float = 180.0) -> None:
+    """Wait until the server tree is idle: requests that wrk left in flight (a slow scenario can leave up to one
+    per connection, still being processed after wrk closed it) must not eat into the next measurement."""
+    hz = os.sysconf("SC_CLK_TCK")
+    deadline = time.monotonic() + max_wait_s
+    announced = False
+    while time.monotonic() < deadline:
+        before = tree_cpu_ticks(root)
+        time.sleep(0.5)
+        if _cpu_delta(before, tree_cpu_ticks(root)) / hz / 0.5 < 0.05:
+            return
+        if not announced:
+            log("waiting for the server to finish the requests left in flight")
+            announced = True
+    log(f"the server is still busy after {max_wait_s:.0f}s; measuring anyway")
+
+
+def system_busy_ticks() -> int:
+    """Ticks all CPUs spent on anything but idle and iowait since boot (first line of /proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return sum(values) - values[3] - values[4]
+
+
+def wait_for_quiet(max_wait_s: float, threshold: float = QUIET_CORES) -> float:
+    """Wait until the machine is idle (others below `threshold` cores over one second), at most max_wait_s.
+
+    The benchmark shares the 2 cores with whatever else runs (other test suites, builds): measuring while they
+    run mostly measures them. Returns the busy cores seen last.
+    """
+    hz = os.sysconf("SC_CLK_TCK")
+    deadline = time.monotonic() + max_wait_s
+    announced = False
+    while True:
+        before = system_busy_ticks()
+        time.sleep(1.0)
+        busy = (system_busy_ticks() - before) / hz
+        if busy < threshold or time.monotonic() >= deadline:
+            if busy >= threshold:
+                log(f"the machine is still busy ({busy:.2f} cores used by other processes); measuring anyway")
+            return busy
+        if not announced:
+            log(f"waiting (up to {max_wait_s:.0f}s) for other processes to settle: {busy:.2f} cores busy")
+            announced = True
+
+
+class MemorySampler:
+    """Peak of the summed VmRSS of a process tree, sampled every SAMPLE_INTERVAL_S in a thread."""
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.peak_kb = 0
+        self.peak_breakdown: dict[int, int] = {}  # pid -> VmRSS kB at the peak
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        sizes = {pid: rss_kb(pid) for pid in process_tree(self.root)}
+        total = sum(sizes.values())
+        if total > self.peak_kb:
+            self.peak_kb, self.peak_breakdown = total, sizes
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(SAMPLE_INTERVAL_S)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+# --------------------------------------------------------------------------------------------------
+# Databases
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def hifhir_bin() -> Path:
+    path = BIN_DIR / "hifhir"
+    if not path.exists():
+        path = Path(sys.executable).parent / "hifhir"
+    if not path.exists():
+        raise BenchError("no hifhir executable in .venv/bin; run `make bootstrap`")
+    return path
+
+
+def server_env(database_url: str, port: int | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["HIFHIR_DATABASE_URL"] = database_url
+    # `make run` uses the default worker count (one per core); a stray HIFHIR_WORKERS would change that.
+    env.pop("HIFHIR_WORKERS", None)
+    if port is not None:
+        env["HIFHIR_PORT"] = str(port)
+        env["HIFHIR_HOST"] = "127.0.0.1"
+    return env
+
+
+def load_demo_data(database_url: str, insurees: int, retry_for_s: float) -> None:
+    """Populate the database with `hifhir demo-data --insurees N`.
+
+    The generator may not be available yet in a tree under development: retry for up to retry_for_s.
+    """
+    argv = [str(hifhir_bin()), "demo-data", "--insurees", str(insurees)]
+    deadline = time.monotonic() + retry_for_s
+    while True:
+        log(f"populating: {' '.join(argv[1:])}")
+        started = time.monotonic()
+        proc = subprocess.run(argv, cwd=REPO_ROOT, env=server_env(database_url), stdin=subprocess.DEVNULL,
+                              check=False)
+        if proc.returncode == 0:
+            log(f"populated {insurees} insurees in {time.monotonic() - started:.0f}s")
+            return
+        if time.monotonic() >= deadline:
+            raise BenchError(f"hifhir demo-data failed with exit code {proc.returncode}")
+        log(f"hifhir demo-data failed ({proc.returncode}); retrying in {DEMO_RETRY_S:.0f}s")
+        time.sleep(DEMO_RETRY_S)
+
+
+def sqlite_insuree_count(path: Path) -> int | None:
+    if not path.exists():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            return int(conn.execute("select count(*) from insuree").fetchone()[0])
+    except sqlite3.Error:
+        return None
+
+
+def prepare_sqlite(insurees: int, keep_db: bool, retry_for_s: float) -> str:
+    """A fresh SQLite database with N insurees; returns its URL.
+
+    The populated database is kept as a template (var/bench/sqlite-N.db) and copied for each run, so the
+    rows that POST adds never leak into the next run. With --keep-db a template is reused when its marker file
+    (sqlite-N.json, written once population succeeded) still matches the insurees in it.
+    """
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    template = VAR_DIR / f"sqlite-{insurees}.db"
+    marker = template.with_suffix(".json")
+    count = sqlite_insuree_count(template)
+    try:
+        recorded = json.loads(marker.read_text()).get("count")
+    except (OSError, ValueError):
+        recorded = None
+    if keep_db and count is not None and count == recorded:
+        log(f"reusing {template.relative_to(REPO_ROOT)} ({count} insurees)")
+    else:
+        marker.unlink(missing_ok=True)
+        remove_sqlite(template)
+        load_demo_data(f"sqlite:///{template}", insurees, retry_for_s)
+        count = sqlite_insuree_count(template)
+        if count is None or count < insurees:
+            raise BenchError(f"demo-data left {count} insurees in {template}, expected {insurees}")
+        marker.write_text(json.dumps({"insurees": insurees, "count": count}) + "\n")
+    run_db = VAR_DIR / "sqlite-run.db"
+    remove_sqlite(run_db)
+    # The backup API copies a consistent snapshot, including anything still in the WAL.
+    with contextlib.closing(sqlite3.connect(template)) as src, \
+            contextlib.closing(sqlite3.connect(run_db)) as dst:
+        src.backup(dst)
+    return f"sqlite:///{run_db}"
+
+
+def cleanup_sqlite(insurees: int, keep_db: bool) -> None:
+    remove_sqlite(VAR_DIR / "sqlite-run.db")
+    if not keep_db:
+        remove_sqlite(VAR_DIR / f"sqlite-{insurees}.db")
+        (VAR_DIR / f"sqlite-{insurees}.json").unlink(missing_ok=True)
+
+
+def remove_sqlite(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def bench_pg_cluster() -> Iterator[tuple[str, Path]]:
+    """A throw-away PostgreSQL cluster from tests.pg_cluster under var/bench/pg; yields (admin URL, data dir).
+
+    tests.pg_cluster keeps its one cluster in var/test-pg, and its start() wipes whatever runs there: a
+    benchmark would kill the cluster of a `make test` running at the same time in this checkout (and vice
+    versa). So its state paths are pointed at var/bench/pg for the duration (REPO_ROOT only names the /tmp
+    fallback used when the server user cannot reach var/).
+    """
+    from tests import pg_cluster
+
+    names = ("REPO_ROOT", "STATE_DIR", "URL_FILE", "STATE_FILE", "LOCK_FILE")
+    saved = {name: getattr(pg_cluster, name) for name in names}
+    state_dir = VAR_DIR / "pg"
+    overrides = {
+        "REPO_ROOT": state_dir,
+        "STATE_DIR": state_dir,
+        "URL_FILE": state_dir / "url",
+        "STATE_FILE": state_dir / "state.json",
+        "LOCK_FILE": state_dir / ".lock",
+    }
+    for name, value in overrides.items():
+        setattr(pg_cluster, name, value)
+    try:
+        log("starting a PostgreSQL cluster (tests.pg_cluster) under var/bench/pg")
+        url = pg_cluster.start()
+        state = pg_cluster.ClusterState.load()
+        if state is None:
+            raise BenchError("tests.pg_cluster started but left no state.json")
+        try:
+            yield url, Path(state.data_dir)
+        finally:
+            pg_cluster.stop()
+            log("PostgreSQL cluster stopped")
+    finally:
+        for name, value in saved.items():
+            setattr(pg_cluster, name, value)
+
+
+def postmaster_pid(data_dir: Path) -> int | None:
+    try:
+        return int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+
+
+def pg_server_version(admin_url: str) -> str:
+    import psycopg
+
+    conninfo = admin_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(conninfo) as conn:
+        row = conn.execute("show server_version").fetchone()
+    return str(row[0]) if row else "?"
+
+
+def analyze(database_url: str) -> None:
+    """Collect planner statistics (ANALYZE), for --analyze experiments."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(database_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            started = time.monotonic()
+            conn.exec_driver_sql("ANALYZE")
+            log(f"ANALYZE took {time.monotonic() - started:.1f}s")
+    finally:
+        engine.dispose()
+
+
+# --------------------------------------------------------------------------------------------------
+# Samples for the request scripts
+
+
+@dataclass(slots=True)
+class Samples:
+    ids: list[str]
+    chfids: list[str]
+    families: list[str]
+    givens: list[str]
+    villages: list[str]
+    taken_chfids: set[str]
+    insurees: int
+
+    def fresh_chfids(self, count: int, rng: random.Random) -> list[str]:
+        """`count` distinct CHFIDs that no insuree or family has (nor any handed out before by this object).
+
+        Valid under the openIMIS rule the demo generator follows: N on 8 digits, then N mod 7.
+        """
+        fresh: list[str] = []
+        while len(fresh) < count:
+            n = rng.randrange(1, 10**8)
+            chfid = f"{n:08d}{n % 7}"
+            if chfid not in self.taken_chfids:
+                self.taken_chfids.add(chfid)
+                fresh.append(chfid)
+        return fresh
+
+
+def pick_samples(database_url: str, size: int) -> Samples:
+    from sqlalchemy import create_engine, func, select
+
+    from hifhir.store.tables import family, insuree, location
+
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(insuree.c.id, insuree.c.chf_id, insuree.c.last_name, insuree.c.other_names)
+                .where(insuree.c.deleted.is_(False))
+                .order_by(func.random())
+                .limit(size)
+            ).all()
+            villages = conn.execute(
+                select(location.c.id)
+                .where(location.c.type == "V", location.c.deleted.is_(False))
+                .order_by(func.random())
+                .limit(VILLAGE_SAMPLE)
+            ).scalars().all()
+            # Every CHFID ever used (deleted rows too) and the family codes (openIMIS keeps both in one number
+            # space), so the ones POST sends are surely new.
+            taken = set(conn.execute(select(insuree.c.chf_id)).scalars())
+            insurees = len(taken)
+            taken.update(conn.execute(select(family.c.code)).scalars())
+    finally:
+        engine.dispose()
+    if not rows:
+        raise BenchError("the database holds no insurees")
+    if not villages:
+        raise BenchError("the database holds no villages")
+    return Samples(
+        ids=[r.id for r in rows],
+        chfids=[r.chf_id for r in rows],
+        families=sorted({r.last_name for r in rows}),
+        givens=sorted({r.other_names for r in rows}),
+        villages=list(villages),
+        taken_chfids=taken,
+        insurees=insurees,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The server
+
+
+class Server:
+    """`hifhir serve --migrate` as `make run` starts it, in a session of its own (stoppable as a group)."""
+
+    def __init__(self, database_url: str, log_path: Path, workers: int = 0) -> None:
+        self.workers = workers  # 0: the default of `make run` (HIFHIR_WORKERS unset: one per core)
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.database_url = database_url
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        argv = [str(hifhir_bin()), "serve", "--migrate"]
+        if self.workers:
+            argv += ["--workers", str(self.workers)]
+        with self.log_path.open("wb") as out:
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=REPO_ROOT,
+                env=server_env(self.database_url, self.port),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + SERVER_READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(f"the server exited ({self.proc.returncode}); see {self.log_path}")
+            with contextlib.suppress(OSError):
+                status, _ = http(self.base + "/fhir/metadata", timeout=2.0)
+                if status == 200:
+                    self._wait_for_workers()
+                    return
+            time.sleep(0.2)
+        raise BenchError(f"the server did not answer /fhir/metadata within {SERVER_READY_TIMEOUT_S:.0f}s")
+
+    def _wait_for_workers(self) -> None:
+        # One worker answering does not mean all have imported the app; give the rest a moment and hit the
+        # endpoint a few times so each worker has served at least once before wrk starts.
+        time.sleep(1.0)
+        for _ in range(20):
+            http(self.base + "/fhir/metadata", timeout=5.0)
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise BenchError("server not started")
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        # uvicorn's supervisor shuts its workers down on SIGINT, like Ctrl-C after `make run`.
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            log("server did not stop within 20s; killing its process group")
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+
+def http(url: str, *, method: str = "GET", body: bytes | None = None, token: str | None = None,
+         timeout: float = 30.0) -> tuple[int, bytes]:
+    headers = {"Accept": "application/fhir+json"}
+    if body is not None:
+        headers["Content-Type"] = "application/fhir+json" if "/fhir/" in url else "application/json"
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=body, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def login(base: str) -> str:
+    status, body = http(base + "/api/api_fhir_r4/login/", method="POST", body=json.dumps(ADMIN).encode())
+    if status != 200:
+        raise BenchError(f"login failed: {status} {body[:300]!r}")
+    return str(json.loads(body)["token"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Request scripts
+
+
+def patient_body(chfid: str, family: str, given: str, village_id: str) -> dict[str, Any]:
+    """The resource bench/post.lua sends (the shape of tests/builders.py patient())."""
+    ext = f"{IG}/StructureDefinition/"
+    return {
+        "resourceType": "Patient",
+        "meta": {"profile": [f"{ext}openimis-patient"]},
+        "extension": [{"url": f"{ext}patient-is-head", "valueBoolean": False}],
+        "identifier": [{
+            "type": {"coding": [{"system": f"{IG}/CodeSystem/openimis-identifiers", "code": "Code"}]},
+            "value": chfid,
+        }],
+        "name": [{"use": "official", "family": family, "given": [given]}],
+        "gender": "female",
+        "birthDate": "1990-01-01",
+        "address": [{
+            "extension": [
+                {"url": f"{ext}address-municipality", "valueString": "Ward"},
+                {"url": f"{ext}address-location-reference",
+                 "valueReference": {"reference": f"Location/{village_id}"}},
+            ],
+            "use": "home", "type": "physical", "state": "Region", "district": "District", "city": "Village",
+        }],
+    }
+
+
+def request_paths(scenario: Scenario, samples: Samples) -> list[str]:
+    if scenario.key == "ceiling":
+        return ["/healthz"]
+    if scenario.key == "read":
+        return [f"/fhir/Patient/{quote(i, safe='')}" for i in samples.ids]
+    if scenario.key == "identifier":
+        return [f"/fhir/Patient?identifier={quote(c, safe='')}" for c in samples.chfids]
+    if scenario.key == "family":
+        return [f"/fhir/Patient?family={quote(f, safe='')}&_count=20" for f in samples.families]
+    raise ValueError(scenario.key)
+
+
+@dataclass(slots=True)
+class Scripts:
+    token_file: Path
+    get_files: dict[str, Path]
+    post_file: Path
+    chfid_files: dict[int, Path]  # phase (0 warm-up, 1 measurement) -> fresh CHFIDs, one a line
+
+
+def write_scripts(work_dir: Path, token: str, samples: Samples, chfids_per_phase: dict[int, int]) -> Scripts:
+    work_dir.mkdir(parents=True, exist_ok=True)
+    token_file = work_dir / "token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    get_files: dict[str, Path] = {}
+    for scenario in SCENARIOS:
+        if scenario.method == "GET":
+            path = work_dir / f"{scenario.key}.paths"
+            path.write_text("\n".join(request_paths(scenario, samples)) + "\n")
+            get_files[scenario.key] = path
+    post_file = work_dir / "create.data"
+    lines = [f"F\t{json.dumps(f)}" for f in samples.families]
+    lines += [f"G\t{json.dumps(g)}" for g in samples.givens]
+    lines += [f"V\t{v}" for v in samples.villages]
+    post_file.write_text("\n".join(lines) + "\n")
+    rng = random.Random()
+    chfid_files: dict[int, Path] = {}
+    for phase, count in chfids_per_phase.items():
+        path = work_dir / f"create.chfids.{phase}"
+        path.write_text("\n".join(samples.fresh_chfids(count, rng)) + "\n")
+        chfid_files[phase] = path
+    return Scripts(token_file, get_files, post_file, chfid_files)
+
+
+def verify(base: str, token: str, samples: Samples) -> None:
+    """One request per scenario with urllib: a broken endpoint fails loudly instead of benchmarking errors."""
+    checks: list[tuple[str, str, bytes | None, int]] = [
+        ("GET", "/healthz", None, 200),
+        ("GET", f"/fhir/Patient/{quote(samples.ids[0], safe='')}", None, 200),
+        ("GET", f"/fhir/Patient?identifier={quote(samples.chfids[0], safe='')}", None, 200),
+        ("GET", f"/fhir/Patient?family={quote(samples.families[0], safe='')}&_count=20", None, 200),
+    ]
+    chfid = samples.fresh_chfids(1, random.Random())[0]
+    body = patient_body(chfid, samples.families[0], samples.givens[0], samples.villages[0])
+    checks.append(("POST", "/fhir/Patient", json.dumps(body).encode(), 201))
+    for method, path, payload, expected in checks:
+        status, answer = http(base + path, method=method, body=payload, token=token)
+        if status != expected:
+            raise BenchError(f"{method} {path} answered {status}, expected {expected}: {answer[:500]!r}")
+        if "identifier=" in path or "family=" in path:
+            entries = json.loads(answer).get("entry") or []
+            if not entries:
+                raise BenchError(f"{method} {path} found nothing")
+            if "identifier=" in path and len(entries) != 1:
+                raise BenchError(f"{method} {path} found {len(entries)} patients, expected 1")
+    log("verified: every scenario answers 200/201")
+
+
+# --------------------------------------------------------------------------------------------------
+# wrk
+
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def _duration_ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if not match:
+        raise ValueError(f"unknown wrk duration {text!r}")
+    return float(match.group(1)) * _UNITS_MS[match.group(2)]
+
+
+def parse_wrk(output: str) -> WrkResult:
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    total = re.search(r"(\d+) requests in", output)
+    p50 = re.search(r"^\s+50%\s+(\S+)", output, re.MULTILINE)
+    p99 = re.search(r"^\s+99%\s+(\S+)", output, re.MULTILINE)
+    if not (rps and total and p50 and p99):
+        raise BenchError(f"cannot parse wrk output:\n{output}")
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    return WrkResult(
+        requests=int(total.group(1)),
+        rps=float(rps.group(1)),
+        p50_ms=_duration_ms(p50.group(1)),
+        p99_ms=_duration_ms(p99.group(1)),
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+        socket_errors=sum(int(g) for g in sock.groups()) if sock else 0,
+        raw=output,
+    )
+
+
+def wrk_argv(scenario: Scenario, scripts: Scripts, base: str, *, duration: float, connections: int,
+             threads: int, phase: int) -> list[str]:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise BenchError("wrk is not installed; run `make bench-deps` (scripts/install-test-deps.sh --bench)")
+    argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
+            "--timeout", "10s"]
+    if scenario.method == "GET":
+        argv += ["-s", str(BENCH_DIR / "get.lua"), base, "--", str(scripts.token_file),
+                 str(scripts.get_files[scenario.key])]
+    else:
+        argv += ["-s", str(BENCH_DIR / "post.lua"), base, "--", str(scripts.token_file),
+                 str(scripts.post_file), str(scripts.chfid_files[phase]), str(threads)]
+    return argv
+
+
+def run_wrk(argv: list[str]) -> str:
+    proc = subprocess.run(argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          check=False)
+    if proc.returncode != 0:
+        raise BenchError(f"wrk failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout
+
+
+def measure(backend: str, scenario: Scenario, scripts: Scripts, server: Server, args: argparse.Namespace,
+            db_root: int | None) -> Measurement:
+    common = {"connections": args.connections, "threads": args.threads}
+    wait_server_idle(server.pid)
+    if args.quiet_wait > 0:
+        wait_for_quiet(args.quiet_wait)
+    if args.warmup > 0:
+        run_wrk(wrk_argv(scenario, scripts, server.base, duration=args.warmup, phase=0, **common))
+    argv = wrk_argv(scenario, scripts, server.base, duration=args.duration, phase=1, **common)
+    hz = os.sysconf("SC_CLK_TCK")
+    before = tree_cpu_ticks(server.pid)
+    db_before = tree_cpu_ticks(db_root) if db_root else {}
+    busy_before = system_busy_ticks()
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    self_before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.monotonic()
+    prof_out = profile_path(backend, scenario)
+    profiler = start_profiler(server.pid, args.duration, prof_out) if args.profile else None
+    with MemorySampler(server.pid) as sampler:
+        output = run_wrk(argv)
+    elapsed = time.monotonic() - started
+    profile = finish_profiler(profiler, prof_out) if profiler else None
+    busy = (system_busy_ticks() - busy_before) / hz / elapsed
+    after = tree_cpu_ticks(server.pid)
+    db_after = tree_cpu_ticks(db_root) if db_root else {}
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    self_after = resource.getrusage(resource.RUSAGE_SELF)
+    server_cpu = _cpu_delta(before, after) / hz / elapsed
+    db_cpu = _cpu_delta(db_before, db_after) / hz / elapsed if db_root else None
+    # wrk is the only child that ended during the measurement, so RUSAGE_CHILDREN grew by its time alone.
+    wrk_cpu = _rusage_s(children_before, children_after) / elapsed
+    own_cpu = _rusage_s(self_before, self_after) / elapsed
+    return Measurement(
+        backend=backend,
+        scenario=scenario,
+        wrk=parse_wrk(output),
+        peak_rss_mb=sampler.peak_kb / 1024,
+        rss_breakdown=describe_tree_rss(server.pid, sampler.peak_breakdown),
+        server_cpu=server_cpu,
+        db_cpu=db_cpu,
+        wrk_cpu=wrk_cpu,
+        other_cpu=max(0.0, busy - server_cpu - (db_cpu or 0.0) - wrk_cpu - own_cpu),
+        profile=profile,
+    )
+
+
+def _rusage_s(before: resource.struct_rusage, after: resource.struct_rusage) -> float:
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def _cpu_delta(before: dict[int, int], after: dict[int, int]) -> int:
+    # Processes that ended during the run (e.g. PostgreSQL backends of closed connections) are lost; new ones
+    # count from zero.
+    return sum(ticks - before.get(pid, 0) for pid, ticks in after.items())
+
+
+# --------------------------------------------------------------------------------------------------
+# Profiling (--profile): py-spy on the server's workers during the measurement
+
+
+@dataclass(slots=True)
+class Profile:
+    samples: int
+    self_top: list[tuple[str, float]]  # (frame, share of samples with it on top of the stack)
+    total_top: list[tuple[str, float]]  # (frame, share of samples with it anywhere on the stack)
+
+
+def profile_path(backend: str, scenario: Scenario) -> Path:
+    return VAR_DIR / "profiles" / f"{backend}-{scenario.key}.txt"
+
+
+def py_spy() -> str:
+    found = shutil.which("py-spy") or (str(BIN_DIR / "py-spy") if (BIN_DIR / "py-spy").exists() else None)
+    if found is None:
+        raise BenchError("--profile needs py-spy: .venv/bin/pip install py-spy")
+    return found
+
+
+def start_profiler(server_pid: int, duration: float, out: Path) -> subprocess.Popen[bytes]:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.unlink(missing_ok=True)
+    # --nonblocking samples without pausing the workers (a little less exact, much less overhead).
+    argv = [py_spy(), "record", "--subprocesses", "--nonblocking", "--format", "raw", "--rate", "200",
+            "-d", str(max(1, round(duration))), "-p", str(server_pid), "-o", str(out)]
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def finish_profiler(proc: subprocess.Popen[bytes], out: Path) -> Profile | None:
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    if not out.exists():
+        log(f"py-spy wrote no profile: {err.decode(errors='replace').strip()[-500:]}")
+        return None
+    return summarize_profile(out.read_text())
+
+
+_FRAME_LINE = re.compile(r":\d+\)$")
+# With --subprocesses every stack starts with the processes (supervisor, worker), whose quoted command
+# lines may contain ";".
+_PROCESS_FRAME = re.compile(r'^(?:process \d+:"(?:[^"\\]|\\.)*";?)+')
+
+
+def summarize_profile(collapsed: str, top: int = 12) -> Profile:
+    """Self and inclusive shares per frame ("function (file)") from py-spy's collapsed-stack output."""
+    self_counts: dict[str, int] = {}
+    total_counts: dict[str, int] = {}
+    samples = 0
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_FRAME_LINE.sub(")", f) for f in _PROCESS_FRAME.sub("", stack).split(";") if f]
+        if not frames:
+            continue
+        samples += count
+        self_counts[frames[-1]] = self_counts.get(frames[-1], 0) + count
+        for frame in set(frames):
+            total_counts[frame] = total_counts.get(frame, 0) + count
+    if not samples:
+        return Profile(0, [], [])
+
+    def ranked(counts: dict[str, int], skip_above: float = 1.0) -> list[tuple[str, float]]:
+        shares = [(frame, n / samples) for frame, n in counts.items() if n / samples <= skip_above]
+        return sorted(shares, key=lambda item: -item[1])[:top]
+
+    # Frames on (nearly) every stack - the event loop, uvicorn's protocol - say nothing.
+    return Profile(samples, ranked(self_counts), ranked(total_counts, skip_above=0.9))
+
+
+# --------------------------------------------------------------------------------------------------
+# Orchestration
+
+
+def run_backend(backend: str, args: argparse.Namespace) -> BackendRun:
+    run = BackendRun(backend, args.insurees)
+    with contextlib.ExitStack() as stack:
+        db_root: int | None = None
+        if backend == "sqlite":
+            # Registered first, so it runs last: after the server has stopped.
+            stack.callback(cleanup_sqlite, args.insurees, args.keep_db)
+            database_url = prepare_sqlite(args.insurees, args.keep_db, args.demo_retry)
+            run.notes.append(f"SQLite {sqlite3.sqlite_version} (WAL), database copied from "
+                             f"var/bench/sqlite-{args.insurees}.db")
+        else:
+            from tests import pg_cluster
+
+            admin_url, data_dir = stack.enter_context(bench_pg_cluster())
+            database_url = pg_cluster.create_database(admin_url, PG_DATABASE)
+            load_demo_data(database_url, args.insurees, args.demo_retry)
+            db_root = postmaster_pid(data_dir)
+            run.notes.append(f"PostgreSQL {pg_server_version(admin_url)} (tests.pg_cluster settings: fsync, "
+                             "synchronous_commit and full_page_writes off)")
+        if args.analyze:
+            analyze(database_url)
+            run.notes.append("ANALYZE run on the database before the server started (--analyze: NOT what "
+                             "`make run` does)")
+        server = Server(database_url, VAR_DIR / f"server-{backend}.log", args.workers)
+        stack.callback(server.stop)
+        server.start()
+        log(f"{backend}: server pid {server.pid} on {server.base}")
+        token = login(server.base)
+        samples = pick_samples(database_url, args.sample)
+        run.notes.append(
+            f"{samples.insurees:,} insurees in the database; {len(samples.ids)} sampled ids/CHFIDs, "
+            f"{len(samples.families)} family names, {len(samples.villages)} villages"
+        )
+        # Enough fresh CHFIDs for POST at POST_CAPACITY_RPS in each phase; past that wrk would reuse them (409).
+        capacity = {0: int(args.warmup * POST_CAPACITY_RPS) + 1, 1: int(args.duration * POST_CAPACITY_RPS)}
+        scripts = write_scripts(VAR_DIR / f"wrk-{backend}", token, samples, capacity)
+        verify(server.base, token, samples)
+        selected = [s for s in SCENARIOS if s.key in args.scenarios or s is CEILING]
+        for scenario in selected:
+            log(f"{backend}: {scenario.label} for {args.duration:g}s ({args.connections} connections)")
+            m = measure(backend, scenario, scripts, server, args, db_root)
+            run.measurements.append(m)
+            log(f"{backend}: {scenario.label}: {m.wrk.rps:,.0f} req/s, p50 {m.wrk.p50_ms:.2f} ms, "
+                f"p99 {m.wrk.p99_ms:.2f} ms, non-2xx {m.wrk.non_2xx}, peak RSS {m.peak_rss_mb:.0f} MB")
+        ceiling = next(m for m in run.measurements if m.scenario is CEILING)
+        for m in run.measurements:
+            m.ratio = m.wrk.rps / ceiling.wrk.rps if ceiling.wrk.rps else None
+    return run
+
+
+def machine_description() -> str:
+    model = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False).stdout
+    wrk = wrk_version.split(" Copyright")[0]
+    return (f"{os.cpu_count()} cores ({model}), {mem_gb:.0f} GB RAM, Linux {platform.release()}, "
+            f"Python {platform.python_version()}, {wrk.strip()}")
+
+
+def _fmt_ms(value: float) -> str:
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}"
+
+
+def render(runs: list[BackendRun], args: argparse.Namespace, started: datetime) -> str:
+    lines = [
+        f"# hifhir benchmark {started:%Y-%m-%d %H:%M}",
+        "",
+        f"- machine: {machine_description()}",
+        f"- load: wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s --latency "
+        f"(after a {args.warmup:g}s warm-up), authenticated; {args.insurees:,} insurees",
+        f"- server: `hifhir serve --migrate` (as `make run`), {args.workers or os.cpu_count()} workers"
+        f"{'' if not args.workers else ' (--workers: NOT the make run default)'}, on the same machine as wrk",
+    ]
+    for run in runs:
+        for note in run.notes:
+            lines.append(f"- {run.backend}: {note}")
+    lines += [
+        "",
+        "| backend | scenario | req/s | p50 ms | p99 ms | non-2xx | ratio to ceiling | target | pass |",
+        "|---|---|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for run in runs:
+        for m in run.measurements:
+            w = m.wrk
+            non_2xx = str(w.non_2xx) + (f" (+{w.socket_errors} socket errors)" if w.socket_errors else "")
+            if not w.requests:
+                non_2xx += " (no request completed)"
+            target = f"≥ {m.scenario.target:,.0f}" if m.scenario.target else "(ceiling)"
+            ratio = f"{m.ratio:.2f}" if m.ratio is not None else "—"
+            lines.append(
+                f"| {run.backend} | {m.scenario.label} | {w.rps:,.0f} | {_fmt_ms(w.p50_ms)} "
+                f"| {_fmt_ms(w.p99_ms)} | {non_2xx} | {ratio} | {target} | {'pass' if m.passed else 'FAIL'} |"
+            )
+    lines += [
+        "",
+        "Server memory (sum of VmRSS over the `hifhir serve` process tree, sampled every "
+        f"{SAMPLE_INTERVAL_S:g} s; limit {MEMORY_LIMIT_MB:.0f} MB) and CPU (cores kept busy during the "
+        "measurement: user + system time over wall time):",
+        "",
+        "| backend | scenario | peak RSS MB | per process MB | memory | server CPU | db CPU | wrk CPU "
+        "| other CPU |",
+        "|---|---|--:|---|---|--:|--:|--:|--:|",
+    ]
+    for run in runs:
+        for m in run.measurements:
+            per_process = m.rss_breakdown
+            verdict = "pass" if m.peak_rss_mb <= MEMORY_LIMIT_MB else "FAIL"
+            db_cpu = f"{m.db_cpu:.2f}" if m.db_cpu is not None else "—"
+            lines.append(
+                f"| {run.backend} | {m.scenario.label} | {m.peak_rss_mb:.0f} | {per_process} | {verdict} "
+                f"| {m.server_cpu:.2f} | {db_cpu} | {m.wrk_cpu:.2f} | {m.other_cpu:.2f} |"
+            )
+    for run in runs:
+        for m in run.measurements:
+            if m.profile is None or not m.profile.samples:
+                continue
+            title = f"Profile {run.backend} / {m.scenario.label} (py-spy, {m.profile.samples} samples):"
+            lines += ["", title, "", "| self | function | | inclusive | function |", "|--:|---|---|--:|---|"]
+            for i in range(max(len(m.profile.self_top), len(m.profile.total_top))):
+                left = m.profile.self_top[i] if i < len(m.profile.self_top) else None
+                right = m.profile.total_top[i] if i < len(m.profile.total_top) else None
+                lines.append(
+                    (f"| {left[1]:.0%} | `{left[0]}` |" if left else "| | |")
+                    + (f" | {right[1]:.0%} | `{right[0]}` |" if right else " | | |")
+                )
+    lines += [
+        "",
+        "other CPU: everything else on the machine (e.g. another test suite); well above 0 means the figures "
+        "of that row are depressed by outside load.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument("--insurees", type=int, default=100_000, help="insurees to load (default 100000)")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per scenario (default 10)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds before each scenario")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+    parser.add_argument("--sample", type=int, default=SAMPLE_SIZE, help="ids/identifiers/names to pick from")
+    parser.add_argument("--keep-db", action="store_true",
+                        help="reuse var/bench/sqlite-N.db when it holds N insurees, and keep it afterwards")
+    parser.add_argument("--scenarios", default=",".join(s.key for s in SCENARIOS),
+                        help="comma-separated subset of " + ", ".join(s.key for s in SCENARIOS)
+                        + " (the ceiling always runs)")
+    parser.add_argument("--quiet-wait", type=float, default=60.0, metavar="SECONDS",
+                        help="before each scenario, wait up to this long for other processes to go idle "
+                        "(default 60; 0 to skip)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="server workers (default: as `make run`, one per core); for experiments only")
+    parser.add_argument("--analyze", action="store_true",
+                        help="run ANALYZE on the populated database before starting the server (experiment)")
+    parser.add_argument("--profile", action="store_true",
+                        help="run py-spy on the workers during each measurement (costs some throughput); "
+                        "summaries go into the results, stacks to var/bench/profiles/")
+    parser.add_argument("--check", action="store_true",
+                        help="exit with status 2 when a target or the memory limit is missed")
+    parser.add_argument("--demo-retry", type=float, default=0.0, metavar="SECONDS",
+                        help="keep retrying a failing `hifhir demo-data` for this long (default: no retry)")
+    args = parser.parse_args(argv)
+    args.scenarios = {s.strip() for s in args.scenarios.split(",") if s.strip()}
+    unknown = args.scenarios - {s.key for s in SCENARIOS}
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = datetime.now()
+    backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
+    runs: list[BackendRun] = []
+    try:
+        for backend in backends:
+            runs.append(run_backend(backend, args))
+    except BenchError as exc:
+        log(f"error: {exc}")
+        return 1
+    report = render(runs, args, started)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    out = RESULTS_DIR / f"{started:%Y%m%d-%H%M%S}.md"
+    out.write_text(report)
+    print(report)
+    log(f"written to {out.relative_to(REPO_ROOT)}")
+    if any(m.wrk.non_2xx or m.wrk.socket_errors for run in runs for m in run.measurements):
+        log("error: some requests failed (non-2xx or socket errors); the figures are not meaningful")
+        return 1
+    missed = [m for run in runs for m in run.measurements if not m.passed]
+    over = [run for run in runs if run.peak_rss_mb > MEMORY_LIMIT_MB]
+    return 2 if args.check and (missed or over) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
