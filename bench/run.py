@@ -211,6 +211,31 @@ def describe_tree_rss(root: int, sizes: dict[int, int]) -> str:
     return ", ".join(parts)
 
 
+def renice(root: int, nice: int) -> None:
+    """Set the nice level of a process tree and of its scheduler autogroup.
+
+    With autogroups (kernel.sched_autogroup_enabled, the default) the CPU is shared fairly between sessions
+    first and the per-process nice level only counts inside a session: the server (a session of its own),
+    wrk (this process's session) and PostgreSQL each need their autogroup's nice set too.
+    """
+    for pid in process_tree(root):
+        with contextlib.suppress(ProcessLookupError):
+            os.setpriority(os.PRIO_PROCESS, pid, nice)
+    set_autogroup_nice(root, nice)
+
+
+def set_autogroup_nice(pid: int | str, nice: int) -> int | None:
+    """Set the autogroup nice of `pid` ("self" for this process); returns the previous level, if any."""
+    path = Path(f"/proc/{pid}/autogroup")
+    try:
+        previous = int(path.read_text().split("nice", 1)[1])
+        path.write_text(f"{nice}\n")
+        return previous
+    except (OSError, ValueError, IndexError) as exc:
+        log(f"cannot set the autogroup nice of {pid}: {exc}")
+        return None
+
+
 def wait_server_idle(root: int, max_wait_s: float = 180.0) -> None:
     """Wait until the server tree is idle: requests that wrk left in flight (a slow scenario can leave up to one
     per connection, still being processed after wrk closed it) must not eat into the next measurement."""
@@ -773,7 +798,10 @@ def wrk_argv(scenario: Scenario, scripts: Scripts, base: str, *, duration: float
     return argv
 
 
-def run_wrk(argv: list[str]) -> str:
+def run_wrk(argv: list[str], nice: int = 0) -> str:
+    if nice:
+        # nice(1) adjusts relative to this process's level; preexec_fn is unsafe with the sampler thread.
+        argv = ["nice", "-n", str(nice - os.getpriority(os.PRIO_PROCESS, 0)), *argv]
     proc = subprocess.run(argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           check=False)
     if proc.returncode != 0:
@@ -788,7 +816,7 @@ def measure(backend: str, scenario: Scenario, scripts: Scripts, server: Server, 
     if args.quiet_wait > 0:
         wait_for_quiet(args.quiet_wait)
     if args.warmup > 0:
-        run_wrk(wrk_argv(scenario, scripts, server.base, duration=args.warmup, phase=0, **common))
+        run_wrk(wrk_argv(scenario, scripts, server.base, duration=args.warmup, phase=0, **common), args.nice)
     argv = wrk_argv(scenario, scripts, server.base, duration=args.duration, phase=1, **common)
     hz = os.sysconf("SC_CLK_TCK")
     before = tree_cpu_ticks(server.pid)
@@ -800,7 +828,7 @@ def measure(backend: str, scenario: Scenario, scripts: Scripts, server: Server, 
     prof_out = profile_path(backend, scenario)
     profiler = start_profiler(server.pid, args.duration, prof_out) if args.profile else None
     with MemorySampler(server.pid) as sampler:
-        output = run_wrk(argv)
+        output = run_wrk(argv, args.nice)
     elapsed = time.monotonic() - started
     profile = finish_profiler(profiler, prof_out) if profiler else None
     busy = (system_busy_ticks() - busy_before) / hz / elapsed
@@ -945,6 +973,11 @@ def run_backend(backend: str, args: argparse.Namespace) -> BackendRun:
         stack.callback(server.stop)
         server.start()
         log(f"{backend}: server pid {server.pid} on {server.base}")
+        if args.nice:
+            renice(server.pid, args.nice)
+            if db_root:
+                renice(db_root, args.nice)  # backends forked later inherit the postmaster's priority
+            run.notes.append(f"server{', PostgreSQL' if db_root else ''} and wrk run at nice {args.nice}")
         token = login(server.base)
         samples = pick_samples(database_url, args.sample)
         run.notes.append(
@@ -1081,6 +1114,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true",
                         help="run py-spy on the workers during each measurement (costs some throughput); "
                         "summaries go into the results, stacks to var/bench/profiles/")
+    parser.add_argument("--nice", type=int, default=0, metavar="N",
+                        help="run the server, PostgreSQL and wrk at this nice level (e.g. -10, needs root) so "
+                        "that other work on a shared machine disturbs the measurement less")
     parser.add_argument("--check", action="store_true",
                         help="exit with status 2 when a target or the memory limit is missed")
     parser.add_argument("--demo-retry", type=float, default=0.0, metavar="SECONDS",
@@ -1093,17 +1129,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    # SystemExit unwinds the ExitStacks, so the server and the PostgreSQL cluster are stopped.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    # A background job of a non-interactive shell inherits SIGINT ignored; take Ctrl-C / kill -INT anyway.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     started = datetime.now()
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     runs: list[BackendRun] = []
+    # wrk runs in this process's session: its autogroup needs the priority too (restored afterwards).
+    own_autogroup_nice = set_autogroup_nice("self", args.nice) if args.nice else None
     try:
         for backend in backends:
             runs.append(run_backend(backend, args))
     except BenchError as exc:
         log(f"error: {exc}")
         return 1
+    finally:
+        if own_autogroup_nice is not None:
+            set_autogroup_nice("self", own_autogroup_nice)
     report = render(runs, args, started)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = RESULTS_DIR / f"{started:%Y%m%d-%H%M%S}.md"

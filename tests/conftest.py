@@ -147,8 +147,9 @@ def client(app: HifhirApp) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-def api(client: TestClient) -> Api:
-    return Api(client, login(client, ADMIN))
+def api(client: TestClient, app: HifhirApp) -> Api:
+    # Login (argon2, deliberately slow) is tested on its own; other tests take a token straight from the issuer.
+    return Api(client, app.tokens.issue(ADMIN[0])[0])
 
 
 @pytest.fixture

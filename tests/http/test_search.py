@@ -959,3 +959,8 @@ def test_last_updated_calendar_boundaries_and_offsets(api, engine, loc):
         if got != want:
             failures.append(f"_lastUpdated={value}: got {sorted(got)}, expected {sorted(want)}")
     assert not failures, "\n".join(failures)
+
+
+def test_last_updated_with_an_unencoded_plus_offset_is_read_as_a_time_zone(api):
+    resp = api.get("Patient?_lastUpdated=ge2000-01-01T00:00:00+00:00")
+    assert resp.status_code == 200, resp.text

@@ -359,6 +359,8 @@ def parse_prefixed(value: str) -> tuple[str, str]:
 
 
 def parse_date_range(text: str, expression: str) -> DateRange:
+    # An unencoded "+" of a time-zone offset arrives as a space; a date never contains one otherwise.
+    text = text.replace(" ", "+")
     m = _DATE_RE.match(text)
     if not m:
         raise invalid(

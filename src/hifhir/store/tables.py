@@ -23,6 +23,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
+from sqlalchemy.types import TypeEngine
 
 metadata = MetaData(
     naming_convention={
@@ -36,10 +37,16 @@ metadata = MetaData(
 NOT_DELETED = text("deleted = false")
 
 
+def SortText(length: int) -> TypeEngine[str]:  # noqa: N802 - reads like the type it builds
+    """Text compared byte-wise on both engines: prefix search ranges and the cross-kind merge of keyset paging
+    assume byte order, which a PostgreSQL database with a linguistic default collation would not give."""
+    return String(length).with_variant(String(length, collation="C"), "postgresql")
+
+
 def resource_columns() -> list[Column]:
     return [
         Column("pk", Integer, primary_key=True, autoincrement=True),
-        Column("id", String(64), nullable=False, unique=True),
+        Column("id", SortText(64), nullable=False, unique=True),
         Column("uuid", String(36)),  # identifier[UUID]; equals id for server-created resources
         Column("version_id", Integer, nullable=False, server_default="0"),
         Column("last_updated", BigInteger, nullable=False, server_default="0", index=True),
@@ -96,7 +103,7 @@ location = Table(
     *resource_columns(),
     Column("code", String(8), nullable=False),
     Column("name", String(50), nullable=False),
-    Column("name_norm", String(50), nullable=False, index=True),
+    Column("name_norm", SortText(50), nullable=False, index=True),
     Column("type", String(1), nullable=False),  # R | D | W | V
     Column("parent_pk", Integer, ForeignKey("location.pk")),
     # Denormalised ancestors so address searches and location scoping need no recursive query.
@@ -118,7 +125,7 @@ health_facility = Table(
     *resource_columns(),
     Column("code", String(8), nullable=False),
     Column("name", String(100), nullable=False),
-    Column("name_norm", String(100), nullable=False, index=True),
+    Column("name_norm", SortText(100), nullable=False, index=True),
     Column("legal_form", String(1), nullable=False),
     Column("level", String(1), nullable=False),
     Column("sub_level", String(1)),
@@ -140,7 +147,7 @@ policy_holder = Table(
     *resource_columns(),
     Column("code", String(32), nullable=False),
     Column("trade_name", String(255), nullable=False),
-    Column("name_norm", String(255), nullable=False, index=True),
+    Column("name_norm", SortText(255), nullable=False, index=True),
     Column("legal_form", String(8)),
     Column("activity", String(8)),
     Column("address", String(255)),
@@ -159,7 +166,7 @@ insurer_org = Table(
     *resource_columns(),
     Column("code", String(32), nullable=False),
     Column("name", String(255), nullable=False),
-    Column("name_norm", String(255), nullable=False),
+    Column("name_norm", SortText(255), nullable=False),
     Column("email", String(255)),
     Column("phone", String(50)),
     Column("fax", String(50)),
@@ -191,8 +198,8 @@ insuree = Table(
     Column("chf_id", String(12), nullable=False),
     Column("last_name", String(100), nullable=False),
     Column("other_names", String(100), nullable=False),
-    Column("family_norm", String(100), nullable=False),
-    Column("given_norm", String(100), nullable=False),
+    Column("family_norm", SortText(100), nullable=False),
+    Column("given_norm", SortText(100), nullable=False),
     Column("dob", Date, nullable=False),
     Column("gender", String(1), nullable=False),  # M | F | O | U
     Column("marital", String(3)),

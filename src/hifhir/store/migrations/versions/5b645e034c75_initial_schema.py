@@ -1,15 +1,15 @@
 """initial schema
 
-Revision ID: 3508301c1b0d
+Revision ID: 5b645e034c75
 Revises: 
-Create Date: 2026-11-25 17:19:22.599082
+Create Date: 2026-11-25 17:52:45.701850
 """
 
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '3508301c1b0d'
+revision = '5b645e034c75'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -29,14 +29,14 @@ def upgrade() -> None:
     )
     op.create_table('insurer_org',
     sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
-    sa.Column('id', sa.String(length=64), nullable=False),
+    sa.Column('id', sa.String(length=64).with_variant(sa.String(length=64, collation='C'), 'postgresql'), nullable=False),
     sa.Column('uuid', sa.String(length=36), nullable=True),
     sa.Column('version_id', sa.Integer(), server_default='0', nullable=False),
     sa.Column('last_updated', sa.BigInteger(), server_default='0', nullable=False),
     sa.Column('deleted', sa.Boolean(), server_default=sa.text('(false)'), nullable=False),
     sa.Column('code', sa.String(length=32), nullable=False),
     sa.Column('name', sa.String(length=255), nullable=False),
-    sa.Column('name_norm', sa.String(length=255), nullable=False),
+    sa.Column('name_norm', sa.String(length=255).with_variant(sa.String(length=255, collation='C'), 'postgresql'), nullable=False),
     sa.Column('email', sa.String(length=255), nullable=True),
     sa.Column('phone', sa.String(length=50), nullable=True),
     sa.Column('fax', sa.String(length=50), nullable=True),
@@ -48,14 +48,14 @@ def upgrade() -> None:
 
     op.create_table('location',
     sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
-    sa.Column('id', sa.String(length=64), nullable=False),
+    sa.Column('id', sa.String(length=64).with_variant(sa.String(length=64, collation='C'), 'postgresql'), nullable=False),
     sa.Column('uuid', sa.String(length=36), nullable=True),
     sa.Column('version_id', sa.Integer(), server_default='0', nullable=False),
     sa.Column('last_updated', sa.BigInteger(), server_default='0', nullable=False),
     sa.Column('deleted', sa.Boolean(), server_default=sa.text('(false)'), nullable=False),
     sa.Column('code', sa.String(length=8), nullable=False),
     sa.Column('name', sa.String(length=50), nullable=False),
-    sa.Column('name_norm', sa.String(length=50), nullable=False),
+    sa.Column('name_norm', sa.String(length=50).with_variant(sa.String(length=50, collation='C'), 'postgresql'), nullable=False),
     sa.Column('type', sa.String(length=1), nullable=False),
     sa.Column('parent_pk', sa.Integer(), nullable=True),
     sa.Column('region_pk', sa.Integer(), nullable=True),
@@ -102,7 +102,7 @@ def upgrade() -> None:
     )
     op.create_table('family',
     sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
-    sa.Column('id', sa.String(length=64), nullable=False),
+    sa.Column('id', sa.String(length=64).with_variant(sa.String(length=64, collation='C'), 'postgresql'), nullable=False),
     sa.Column('uuid', sa.String(length=36), nullable=True),
     sa.Column('version_id', sa.Integer(), server_default='0', nullable=False),
     sa.Column('last_updated', sa.BigInteger(), server_default='0', nullable=False),
@@ -128,14 +128,14 @@ def upgrade() -> None:
 
     op.create_table('health_facility',
     sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
-    sa.Column('id', sa.String(length=64), nullable=False),
+    sa.Column('id', sa.String(length=64).with_variant(sa.String(length=64, collation='C'), 'postgresql'), nullable=False),
     sa.Column('uuid', sa.String(length=36), nullable=True),
     sa.Column('version_id', sa.Integer(), server_default='0', nullable=False),
     sa.Column('last_updated', sa.BigInteger(), server_default='0', nullable=False),
     sa.Column('deleted', sa.Boolean(), server_default=sa.text('(false)'), nullable=False),
     sa.Column('code', sa.String(length=8), nullable=False),
     sa.Column('name', sa.String(length=100), nullable=False),
-    sa.Column('name_norm', sa.String(length=100), nullable=False),
+    sa.Column('name_norm', sa.String(length=100).with_variant(sa.String(length=100, collation='C'), 'postgresql'), nullable=False),
     sa.Column('legal_form', sa.String(length=1), nullable=False),
     sa.Column('level', sa.String(length=1), nullable=False),
     sa.Column('sub_level', sa.String(length=1), nullable=True),
@@ -158,14 +158,14 @@ def upgrade() -> None:
 
     op.create_table('policy_holder',
     sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
-    sa.Column('id', sa.String(length=64), nullable=False),
+    sa.Column('id', sa.String(length=64).with_variant(sa.String(length=64, collation='C'), 'postgresql'), nullable=False),
     sa.Column('uuid', sa.String(length=36), nullable=True),
     sa.Column('version_id', sa.Integer(), server_default='0', nullable=False),
     sa.Column('last_updated', sa.BigInteger(), server_default='0', nullable=False),
     sa.Column('deleted', sa.Boolean(), server_default=sa.text('(false)'), nullable=False),
     sa.Column('code', sa.String(length=32), nullable=False),
     sa.Column('trade_name', sa.String(length=255), nullable=False),
-    sa.Column('name_norm', sa.String(length=255), nullable=False),
+    sa.Column('name_norm', sa.String(length=255).with_variant(sa.String(length=255, collation='C'), 'postgresql'), nullable=False),
     sa.Column('legal_form', sa.String(length=8), nullable=True),
     sa.Column('activity', sa.String(length=8), nullable=True),
     sa.Column('address', sa.String(length=255), nullable=True),
@@ -207,7 +207,7 @@ def upgrade() -> None:
     )
     op.create_table('insuree',
     sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
-    sa.Column('id', sa.String(length=64), nullable=False),
+    sa.Column('id', sa.String(length=64).with_variant(sa.String(length=64, collation='C'), 'postgresql'), nullable=False),
     sa.Column('uuid', sa.String(length=36), nullable=True),
     sa.Column('version_id', sa.Integer(), server_default='0', nullable=False),
     sa.Column('last_updated', sa.BigInteger(), server_default='0', nullable=False),
@@ -215,8 +215,8 @@ def upgrade() -> None:
     sa.Column('chf_id', sa.String(length=12), nullable=False),
     sa.Column('last_name', sa.String(length=100), nullable=False),
     sa.Column('other_names', sa.String(length=100), nullable=False),
-    sa.Column('family_norm', sa.String(length=100), nullable=False),
-    sa.Column('given_norm', sa.String(length=100), nullable=False),
+    sa.Column('family_norm', sa.String(length=100).with_variant(sa.String(length=100, collation='C'), 'postgresql'), nullable=False),
+    sa.Column('given_norm', sa.String(length=100).with_variant(sa.String(length=100, collation='C'), 'postgresql'), nullable=False),
     sa.Column('dob', sa.Date(), nullable=False),
     sa.Column('gender', sa.String(length=1), nullable=False),
     sa.Column('marital', sa.String(length=3), nullable=True),
