@@ -53,7 +53,9 @@ def _worker() -> str:
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, Engine]]:
+def backend(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Settings, Engine]]:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('db')}/hifhir.db"
     else:

@@ -240,7 +240,7 @@ def test_renaming_a_location_rerenders_addresses(engine: Engine) -> None:
     put(engine, HealthFacilityKind(), example(HF_EXAMPLE))
     put(engine, PolicyHolderKind(), example(PH_EXAMPLE))
     # What LocationKind.write does on a rename, minus the Location's own version: rename, then let the
-    # registered LOCATION_DEPENDENTS mark whoever shows the name in an address.
+    # registered location users mark whoever shows the name in an address.
     with transaction(engine, write=True) as conn:
         ctx = WriteContext(conn, "tester")
         pk = conn.execute(select(location.c.pk).where(location.c.id == "Jimara-district")).scalar_one()

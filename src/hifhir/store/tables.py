@@ -37,7 +37,7 @@ metadata = MetaData(
 NOT_DELETED = text("deleted = false")
 
 
-def SortText(length: int) -> TypeEngine[str]:  # noqa: N802 - reads like the type it builds
+def SortText(length: int) -> TypeEngine[str]:
     """Text compared byte-wise on both engines: prefix search ranges and the cross-kind merge of keyset paging
     assume byte order, which a PostgreSQL database with a linguistic default collation would not give."""
     return String(length).with_variant(String(length, collation="C"), "postgresql")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Row, func, insert, select, update
+from sqlalchemy import Connection, Row, insert, select, update
 
 from hifhir.fhir.elements import (
     CS,
@@ -30,7 +30,7 @@ from hifhir.fhir.profiles.common import (
     uuid_for_update,
     uuid_of,
 )
-from hifhir.fhir.profiles.location import LOCATION_DEPENDENTS, LOCATION_IN_USE
+from hifhir.fhir.profiles.location import register_location_user
 from hifhir.fhir.search import common_params, common_sorts
 from hifhir.fhir.searchparams import SortKey, bool_param, reference_param, string_param, token_param
 from hifhir.store.codelists import displays
@@ -237,22 +237,4 @@ class GroupKind(ResourceKind):
             ctx.mark("patient", pk)
 
 
-def member_count(conn: Connection, family_pk: int) -> int:
-    return int(conn.execute(select(func.count()).where(
-        insuree.c.family_pk == family_pk, insuree.c.deleted.is_(False))).scalar_one())
-
-
-def _family_in_use(conn: Connection, location_pk: int) -> str | None:
-    row = conn.execute(select(family.c.code).where(
-        family.c.location_pk == location_pk, family.c.deleted.is_(False)).limit(1)).first()
-    return f"family {row.code}" if row else None
-
-
-def _mark_families_in(ctx: WriteContext, subtree: Any) -> None:
-    for (pk,) in ctx.conn.execute(select(family.c.pk).where(
-            family.c.location_pk.in_(subtree), family.c.deleted.is_(False))):
-        ctx.mark("group", pk)
-
-
-LOCATION_IN_USE.append(_family_in_use)
-LOCATION_DEPENDENTS.append(_mark_families_in)
+register_location_user("group", family, "location_pk", "code", "family")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, insert, or_, select, update
+from sqlalchemy import Connection, Row, Table, insert, or_, select, update
 
 from hifhir.fhir.elements import coding, first_code, identifier_value, identifiers, reference
 from hifhir.fhir.kind import CS, ResourceKind, Rights, WriteContext, require
@@ -115,11 +116,9 @@ class LocationKind(ResourceKind):
             require(has_children is None, "Cannot change the level of a location that has sub-locations",
                     "Location.physicalType")
             # What attaches to a location attaches to one level (HF → district, insuree/family → village…).
-            for check in LOCATION_IN_USE:
-                used = check(conn, current.pk)
-                require(used is None,
-                        f"Cannot change the level of location {current.code}: it is used by {used}",
-                        "Location.physicalType")
+            used = location_in_use(conn, current.pk)
+            require(used is None, f"Cannot change the level of location {current.code}: it is used by {used}",
+                    "Location.physicalType")
         require(parent_pk != current.pk, "A location cannot be its own parent", "Location.partOf")
         values["uuid"] = uuid_for_update(ctx, resource, location, current)
         conn.execute(update(location).where(location.c.pk == current.pk).values(**values))
@@ -136,9 +135,8 @@ class LocationKind(ResourceKind):
         ).first()
         require(child is None,
                 f"Location {current.code} still has sub-locations (e.g. {child.code if child else ''})")
-        for check in LOCATION_IN_USE:
-            used = check(ctx.conn, current.pk)
-            require(used is None, f"Location {current.code} is still used by {used}")
+        used = location_in_use(ctx.conn, current.pk)
+        require(used is None, f"Location {current.code} is still used by {used}")
 
     @staticmethod
     def _check_code_free(conn: Connection, code: str, current: Row | None) -> None:
@@ -166,15 +164,50 @@ class LocationKind(ResourceKind):
             frontier = [c.pk for c in children]
 
 
-# Other registers that hold a location reference plug in here (kept as data so this module needs no imports of
-# them): each returns a description of one user of the location, or None.
-LOCATION_IN_USE: list[Any] = []
-LOCATION_DEPENDENTS: list[Any] = []  # (ctx, location_pk) -> marks entities whose rendering shows the name
+@dataclass(frozen=True, slots=True)
+class LocationUser:
+    """A register whose rows sit in a location: deleting that location is refused while a current row uses it,
+    and renaming or moving it re-renders those rows (their FHIR addresses show the location names)."""
+
+    kind_name: str
+    table: Table
+    location_column: str
+    code_column: str
+    label: str
+
+    def in_use(self, conn: Connection, location_pk: int) -> str | None:
+        t = self.table
+        row = conn.execute(select(t.c[self.code_column]).where(
+            t.c[self.location_column] == location_pk, t.c.deleted.is_(False)).limit(1)).first()
+        return None if row is None else f"{self.label} {row[0]}"
+
+    def mark_in(self, ctx: WriteContext, subtree: Any) -> None:
+        t = self.table
+        for (pk,) in ctx.conn.execute(select(t.c.pk).where(
+                t.c[self.location_column].in_(subtree), t.c.deleted.is_(False))).all():
+            ctx.mark(self.kind_name, int(pk))
+
+
+# Filled by the modules of the registers that reference locations (so this module imports none of them).
+LOCATION_USERS: list[LocationUser] = []
+
+
+def register_location_user(kind_name: str, table: Table, location_column: str, code_column: str,
+                           label: str) -> None:
+    LOCATION_USERS.append(LocationUser(kind_name, table, location_column, code_column, label))
+
+
+def location_in_use(conn: Connection, location_pk: int) -> str | None:
+    for user in LOCATION_USERS:
+        used = user.in_use(conn, location_pk)
+        if used is not None:
+            return used
+    return None
 
 
 def mark_location_dependents(ctx: WriteContext, location_pk: int) -> None:
     subtree = select(location.c.pk).where(or_(
         location.c.pk == location_pk, location.c.region_pk == location_pk,
         location.c.district_pk == location_pk, location.c.ward_pk == location_pk))
-    for mark in LOCATION_DEPENDENTS:
-        mark(ctx, subtree)
+    for user in LOCATION_USERS:
+        user.mark_in(ctx, subtree)

@@ -51,7 +51,7 @@ from hifhir.fhir.profiles.common import (
     resolve_new_id,
     uuid_of,
 )
-from hifhir.fhir.profiles.location import LOCATION_DEPENDENTS, LOCATION_IN_USE
+from hifhir.fhir.profiles.location import register_location_user
 from hifhir.fhir.search import common_params, common_sorts
 from hifhir.fhir.searchparams import (
     Clause,
@@ -530,29 +530,5 @@ def sync_insurer(conn: Connection, cfg: InsurerConfig, user_name: str | None = N
 # moving one changes the address parts rendered in their FHIR versions.
 
 
-def _hf_using_location(conn: Connection, location_pk: int) -> str | None:
-    row = conn.execute(select(health_facility.c.code).where(
-        health_facility.c.location_pk == location_pk, health_facility.c.deleted.is_(False)).limit(1)).first()
-    return None if row is None else f"health facility {row.code}"
-
-
-def _ph_using_location(conn: Connection, location_pk: int) -> str | None:
-    row = conn.execute(select(policy_holder.c.code).where(
-        policy_holder.c.location_pk == location_pk, policy_holder.c.deleted.is_(False)).limit(1)).first()
-    return None if row is None else f"policy holder {row.code}"
-
-
-def _mark_in_subtree(table: Table, kind_name: str) -> Callable[[WriteContext, Any], None]:
-    def mark(ctx: WriteContext, subtree: Any) -> None:
-        for row in ctx.conn.execute(select(table.c.pk).where(
-                table.c.location_pk.in_(subtree), table.c.deleted.is_(False))).all():
-            ctx.mark(kind_name, int(row.pk))
-
-    return mark
-
-
-LOCATION_IN_USE.extend([_hf_using_location, _ph_using_location])
-LOCATION_DEPENDENTS.extend([
-    _mark_in_subtree(health_facility, HealthFacilityKind.name),
-    _mark_in_subtree(policy_holder, PolicyHolderKind.name),
-])
+register_location_user(HealthFacilityKind.name, health_facility, "location_pk", "code", "health facility")
+register_location_user(PolicyHolderKind.name, policy_holder, "location_pk", "code", "policy holder")

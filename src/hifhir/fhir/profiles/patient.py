@@ -35,7 +35,7 @@ from hifhir.fhir.profiles.common import (
     uuid_for_update,
     uuid_of,
 )
-from hifhir.fhir.profiles.location import LOCATION_DEPENDENTS, LOCATION_IN_USE
+from hifhir.fhir.profiles.location import register_location_user
 from hifhir.fhir.search import common_params, common_sorts
 from hifhir.fhir.searchparams import (
     Clause,
@@ -407,20 +407,7 @@ class PatientKind(ResourceKind):
             creation=photo["creation"][:40], hash=(photo.get("hash") or None), data=data))
 
 
-def _village_in_use(conn: Connection, location_pk: int) -> str | None:
-    row = conn.execute(select(insuree.c.chf_id).where(
-        insuree.c.village_pk == location_pk, insuree.c.deleted.is_(False)).limit(1)).first()
-    return f"insuree {row.chf_id}" if row else None
-
-
-def _mark_insurees_in(ctx: WriteContext, subtree: Any) -> None:
-    for (pk,) in ctx.conn.execute(select(insuree.c.pk).where(
-            insuree.c.village_pk.in_(subtree), insuree.c.deleted.is_(False))):
-        ctx.mark("patient", pk)
-
-
-LOCATION_IN_USE.append(_village_in_use)
-LOCATION_DEPENDENTS.append(_mark_insurees_in)
+register_location_user("patient", insuree, "village_pk", "chf_id", "insuree")
 
 
 def load_photo(conn: Connection, res_id: str) -> tuple[str, bytes] | None:

@@ -5,9 +5,8 @@ Revises:
 Create Date: 2026-11-25 17:52:45.701850
 """
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '5b645e034c75'
 down_revision = None
