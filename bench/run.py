@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -216,12 +217,20 @@ def renice(root: int, nice: int) -> None:
 
     With autogroups (kernel.sched_autogroup_enabled, the default) the CPU is shared fairly between sessions
     first and the per-process nice level only counts inside a session: the server (a session of its own),
-    wrk (this process's session) and PostgreSQL each need their autogroup's nice set too.
+    wrk (this process's session) and PostgreSQL (every backend calls setsid()) need their autogroups' nice
+    set too. Backends started later get neither, so this runs again right before each measurement.
     """
+    groups: set[str] = set()
     for pid in process_tree(root):
         with contextlib.suppress(ProcessLookupError):
             os.setpriority(os.PRIO_PROCESS, pid, nice)
-    set_autogroup_nice(root, nice)
+        try:
+            group = Path(f"/proc/{pid}/autogroup").read_text().split()[0]
+        except (OSError, IndexError):
+            continue
+        if group not in groups:
+            groups.add(group)
+            set_autogroup_nice(pid, nice)
 
 
 def set_autogroup_nice(pid: int | str, nice: int) -> int | None:
@@ -378,17 +387,19 @@ def prepare_sqlite(insurees: int, keep_db: bool, retry_for_s: float) -> str:
 
     The populated database is kept as a template (var/bench/sqlite-N.db) and copied for each run, so the
     rows that POST adds never leak into the next run. With --keep-db a template is reused when its marker file
-    (sqlite-N.json, written once population succeeded) still matches the insurees in it.
+    (sqlite-N.json, written once population succeeded) still matches the insurees in it and the code that
+    shaped it (see population_fingerprint).
     """
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     template = VAR_DIR / f"sqlite-{insurees}.db"
     marker = template.with_suffix(".json")
     count = sqlite_insuree_count(template)
+    fingerprint = population_fingerprint()
     try:
-        recorded = json.loads(marker.read_text()).get("count")
+        recorded = json.loads(marker.read_text())
     except (OSError, ValueError):
-        recorded = None
-    if keep_db and count is not None and count == recorded:
+        recorded = {}
+    if keep_db and count is not None and recorded == {"insurees": insurees, "count": count, "code": fingerprint}:
         log(f"reusing {template.relative_to(REPO_ROOT)} ({count} insurees)")
     else:
         marker.unlink(missing_ok=True)
@@ -397,7 +408,7 @@ def prepare_sqlite(insurees: int, keep_db: bool, retry_for_s: float) -> str:
         count = sqlite_insuree_count(template)
         if count is None or count < insurees:
             raise BenchError(f"demo-data left {count} insurees in {template}, expected {insurees}")
-        marker.write_text(json.dumps({"insurees": insurees, "count": count}) + "\n")
+        marker.write_text(json.dumps({"insurees": insurees, "count": count, "code": fingerprint}) + "\n")
     run_db = VAR_DIR / "sqlite-run.db"
     remove_sqlite(run_db)
     # The backup API copies a consistent snapshot, including anything still in the WAL.
@@ -412,6 +423,18 @@ def cleanup_sqlite(insurees: int, keep_db: bool) -> None:
     if not keep_db:
         remove_sqlite(VAR_DIR / f"sqlite-{insurees}.db")
         (VAR_DIR / f"sqlite-{insurees}.json").unlink(missing_ok=True)
+
+
+def population_fingerprint() -> str:
+    """A hash of the code that decides what a populated database holds: schema and migrations, the demo
+    generator and the profiles that render the stored FHIR versions. A kept database made by other code is
+    rebuilt rather than reused (a changed migration history would even stop `serve --migrate`)."""
+    src = REPO_ROOT / "src" / "hifhir"
+    digest = hashlib.sha256()
+    for root in (src / "store", src / "demo", src / "fhir" / "profiles"):
+        for path in sorted(root.rglob("*.py")):
+            digest.update(str(path.relative_to(src)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def remove_sqlite(path: Path) -> None:
@@ -818,6 +841,11 @@ def measure(backend: str, scenario: Scenario, scripts: Scripts, server: Server, 
     if args.warmup > 0:
         run_wrk(wrk_argv(scenario, scripts, server.base, duration=args.warmup, phase=0, **common), args.nice)
     argv = wrk_argv(scenario, scripts, server.base, duration=args.duration, phase=1, **common)
+    if args.nice:
+        # After the warm-up: it opened the pooled connections, i.e. the PostgreSQL backends to renice.
+        renice(server.pid, args.nice)
+        if db_root:
+            renice(db_root, args.nice)
     hz = os.sysconf("SC_CLK_TCK")
     before = tree_cpu_ticks(server.pid)
     db_before = tree_cpu_ticks(db_root) if db_root else {}
@@ -1015,6 +1043,17 @@ def machine_description() -> str:
             f"Python {platform.python_version()}, {wrk.strip()}")
 
 
+def code_version() -> str:
+    """The commit measured, and whether src/ had uncommitted changes (read-only git commands)."""
+    def git(*argv: str) -> str:
+        proc = subprocess.run(["git", *argv], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown commit"
+    dirty = git("status", "--porcelain", "--", "src")
+    return commit + (f" + uncommitted changes in {len(dirty.splitlines())} files under src/" if dirty else "")
+
+
 def _fmt_ms(value: float) -> str:
     return f"{value:.2f}" if value < 10 else f"{value:.1f}"
 
@@ -1024,6 +1063,7 @@ def render(runs: list[BackendRun], args: argparse.Namespace, started: datetime) 
         f"# hifhir benchmark {started:%Y-%m-%d %H:%M}",
         "",
         f"- machine: {machine_description()}",
+        f"- code: {code_version()}",
         f"- load: wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s --latency "
         f"(after a {args.warmup:g}s warm-up), authenticated; {args.insurees:,} insurees",
         f"- server: `hifhir serve --migrate` (as `make run`), {args.workers or os.cpu_count()} workers"

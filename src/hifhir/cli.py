@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 
 from sqlalchemy import select
@@ -46,8 +47,6 @@ def _database_is_empty(engine) -> bool:  # type: ignore[no-untyped-def]
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    import uvicorn
-
     from hifhir.setup import DEMO_ADMIN, ensure_admin, prepare
 
     engine = _engine(settings)
@@ -63,9 +62,13 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     print(f"hifhir serving FHIR R4 at {base}/fhir/ (openIMIS alias {base}/api/api_fhir_r4/)", flush=True)
     print(f"log in: POST {base}/api/api_fhir_r4/login/ with user '{DEMO_ADMIN[0]}', password "
           f"'{DEMO_ADMIN[1]}' (demo administrator)", flush=True)
-    uvicorn.run("hifhir.asgi:app", host=settings.host, port=settings.port, workers=args.workers or settings.workers,
-                log_level="warning", access_log=False, loop="uvloop", http="httptools", lifespan="on")
-    return 0
+    # Replace this process with a bare uvicorn supervisor: it then holds none of the modules the set-up above
+    # loaded (tens of MB), and the workers import the app themselves.
+    argv = [sys.executable, "-m", "uvicorn", "hifhir.asgi:app", "--host", settings.host, "--port", str(settings.port),
+            "--workers", str(args.workers or settings.workers), "--log-level", "warning", "--no-access-log",
+            "--loop", "uvloop", "--http", "httptools", "--lifespan", "on"]
+    os.execv(sys.executable, argv)
+    return 0  # not reached
 
 
 def cmd_user_create(settings: Settings, args: argparse.Namespace) -> int:

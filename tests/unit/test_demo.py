@@ -248,6 +248,8 @@ def test_chf_sequence_is_valid_and_distinct() -> None:
     assert len(set(tight)) == 999 and tight[-1] == chf_id(99_999_999)
     with pytest.raises(RuntimeError):
         ChfSequence(1, 99_999_000, 1000)
+    roomy = ChfSequence(5, 99_990_000, 5000).take(5000)  # gaps shrink near the end instead of overflowing
+    assert len(set(roomy)) == 5000 and roomy == sorted(roomy) and roomy[-1] <= chf_id(99_999_999)
 
 
 def test_progress_bar_reports_rate_and_eta() -> None:

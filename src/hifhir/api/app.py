@@ -94,6 +94,9 @@ class HifhirApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                from hifhir.fhir.validate import warm_up
+
+                warm_up()  # compile every profile now rather than inside the first requests
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 self.engine.dispose()

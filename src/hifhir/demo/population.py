@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, func, insert, select, text, update
 
 from hifhir.demo import resources as res
 from hifhir.demo.names import FEMALE_NAMES, LAST_NAMES, MALE_NAMES, REGION_NAMES, place_name
@@ -31,7 +31,7 @@ from hifhir.demo.scheme import DEMO_USER_NAME, SchemeWriter, load_demo_scheme
 from hifhir.fhir.kind import CS, WriteContext
 from hifhir.fhir.searchparams import normalise_text
 from hifhir.store.db import transaction
-from hifhir.store.tables import code_list_entry, family, health_facility, insuree, location
+from hifhir.store.tables import code_list_entry, family, health_facility, insuree, is_current, location
 
 INSUREES_PER_VILLAGE = 300  # domain §5 scale-up: a village of a few hundred enrolled people
 WARDS_PER_DISTRICT = 25
@@ -83,14 +83,18 @@ class ChfSequence:
         room = CHF_SPACE - self.n
         if room < count:
             raise RuntimeError(f"only {room:,} insurance numbers left above {self.n:08d}; cannot add {count:,}")
-        # Mean gap (1 + max_gap) / 2 keeps `count` numbers inside the room left.
+        # Mean gap (1 + max_gap) / 2 keeps `count` numbers inside the room left; `left` caps each gap so the
+        # numbers still to come always fit, whatever the draws.
         self.max_gap = max(1, min(CHF_MAX_GAP, 2 * room // max(count, 1) - 1))
+        self.left = count
 
     def take(self, count: int) -> list[str]:
         out = []
         randint, max_gap, n = self.rng.randint, self.max_gap, self.n
         for _ in range(count):
-            n = min(n + randint(1, max_gap), CHF_SPACE) if max_gap > 1 else n + 1
+            self.left -= 1
+            slack = CHF_SPACE - n - max(self.left, 0)
+            n += min(randint(1, max_gap), slack) if max_gap > 1 and slack > 1 else 1
             if n > CHF_SPACE:
                 raise RuntimeError("insurance number space exhausted")
             out.append(f"{n:08d}{n % 7}")
@@ -110,14 +114,18 @@ def highest_generated_chf(conn: Connection) -> int:
 
 
 def _free_chf_ids(conn: Connection, seq: ChfSequence, count: int) -> list[str]:
-    """`count` numbers used neither by a current insuree nor as a current family code."""
+    """`count` numbers used neither by a current insuree nor as a current family code.
+
+    The candidates are increasing 9-digit strings, so one range scan per table finds any that are taken
+    (an IN list of thousands of values would cost more to send and parse than to run)."""
     result: list[str] = []
     while len(result) < count:
         candidates = seq.take(count - len(result))
+        low, high = candidates[0], candidates[-1]
         taken = set(conn.execute(select(insuree.c.chf_id).where(
-            insuree.c.chf_id.in_(candidates), insuree.c.deleted.is_(False))).scalars())
+            insuree.c.chf_id.between(low, high), is_current(insuree))).scalars())
         taken.update(conn.execute(select(family.c.code).where(
-            family.c.code.in_(candidates), family.c.deleted.is_(False))).scalars())
+            family.c.code.between(low, high), is_current(family))).scalars())
         result.extend(c for c in candidates if c not in taken)
     return result
 
@@ -161,22 +169,22 @@ def _ensure_villages(engine: Engine, rng: random.Random, new_insurees: int, prog
     """
     with engine.connect() as conn:
         population = conn.execute(select(func.count()).select_from(insuree).where(
-            insuree.c.deleted.is_(False))).scalar_one()
+            is_current(insuree))).scalar_one()
         villages = conn.execute(select(func.count()).select_from(location).where(
-            location.c.type == "V", location.c.deleted.is_(False))).scalar_one()
+            location.c.type == "V", is_current(location))).scalar_one()
         missing = math.ceil((population + new_insurees) / INSUREES_PER_VILLAGE) - villages
         if missing <= 0:
             return
-        codes = set(conn.execute(select(location.c.code).where(location.c.deleted.is_(False))).scalars())
+        codes = set(conn.execute(select(location.c.code).where(is_current(location))).scalars())
         regions = {r.pk: r for r in conn.execute(
             select(location.c.pk, location.c.code, location.c.name).where(
-                location.c.type == "R", location.c.deleted.is_(False)))}
+                location.c.type == "R", is_current(location)))}
         ward_counts = dict(conn.execute(select(location.c.parent_pk, func.count()).where(
-            location.c.type == "W", location.c.deleted.is_(False)).group_by(location.c.parent_pk)).all())
+            location.c.type == "W", is_current(location)).group_by(location.c.parent_pk)).all())
         districts = [
             _District(d.pk, d.id, d.code, d.name, regions[d.region_pk].name, ward_counts.get(d.pk, 0))
             for d in conn.execute(select(location).where(
-                location.c.type == "D", location.c.deleted.is_(False)).order_by(location.c.pk))
+                location.c.type == "D", is_current(location)).order_by(location.c.pk))
             if len(d.code) <= 4 and d.region_pk in regions  # longer codes leave no room for W and V digits
         ]
         hf_codes = set(conn.execute(select(health_facility.c.code)).scalars())
@@ -232,7 +240,7 @@ def _create_structure(engine: Engine, rng: random.Random, new_regions: list[tupl
         for code, name in new_regions:
             region_ids[code] = w.create("location", res.location_resource(code, name, "R", None))[1]
         existing_regions = dict(conn.execute(select(location.c.code, location.c.id).where(
-            location.c.type == "R", location.c.deleted.is_(False))).all())
+            location.c.type == "R", is_current(location))).all())
         for d in new_districts:
             d.pk, d.id = w.create("location", res.location_resource(
                 d.code, d.name, "D", region_ids.get(d.region_code) or existing_regions[d.region_code]))
@@ -465,27 +473,43 @@ def _bisect(cum: list[float], x: float) -> int:
 _SET_HEAD = update(family).where(family.c.pk == bindparam("f_pk")).values(head_insuree_pk=bindparam("h_pk"))
 
 
+def _allocate_pks(conn: Connection, table: Table, count: int) -> list[int]:
+    """Reserve `count` primary keys, so the rows can go in by plain executemany.
+
+    INSERT … RETURNING over many rows becomes multi-row VALUES statements with tens of thousands of
+    placeholders, which psycopg re-parses on every execution (half the PostgreSQL run time); a plain
+    executemany is one short, cached statement, pipelined by psycopg 3. Knowing the pks up front also links
+    members to their family without reading anything back.
+    """
+    if conn.dialect.name == "postgresql":
+        # Drawn from the column's own sequence, so later API inserts never collide with them.
+        sequence = conn.execute(text("SELECT pg_get_serial_sequence(:t, 'pk')"), {"t": table.name}).scalar_one()
+        return sorted(conn.execute(text("SELECT nextval(:s) FROM generate_series(1, :n)"),
+                                   {"s": sequence, "n": count}).scalars())
+    # SQLite assigns max(rowid) + 1 itself; the batch transaction holds the write lock (BEGIN IMMEDIATE), so
+    # no other writer can take these keys in between.
+    top = conn.execute(select(func.max(table.c.pk))).scalar() or 0
+    return list(range(top + 1, top + 1 + count))
+
+
 def _write_batch(conn: Connection, batch: _Batch, seq: ChfSequence) -> None:
     chfs = iter(_free_chf_ids(conn, seq, batch.size))
-    for fam, members in zip(batch.families, batch.members, strict=True):
-        for m in members:
-            m["chf_id"] = next(chfs)
-        fam["code"] = members[0]["chf_id"]  # openIMIS default: the family code is the head's number
-    # Families first (head unknown yet), then the insurees pointing at them, then the heads: the FKs run both
-    # ways and are not deferrable. RETURNING with parameter order maps the generated pks back to the rows.
-    fam_pks = list(conn.execute(
-        insert(family).returning(family.c.pk, sort_by_parameter_order=True), batch.families).scalars())
+    fam_pks = _allocate_pks(conn, family, len(batch.families))
+    ins_pks = _allocate_pks(conn, insuree, batch.size)
     rows: list[dict[str, Any]] = []
-    for fam_pk, members in zip(fam_pks, batch.members, strict=True):
+    heads: list[dict[str, int]] = []
+    next_pk = iter(ins_pks)
+    for fam, fam_pk, members in zip(batch.families, fam_pks, batch.members, strict=True):
+        fam["pk"] = fam_pk
         for m in members:
-            m["family_pk"] = fam_pk
+            m["pk"], m["family_pk"], m["chf_id"] = next(next_pk), fam_pk, next(chfs)
             rows.append(m)
-    ins_pks = list(conn.execute(
-        insert(insuree).returning(insuree.c.pk, sort_by_parameter_order=True), rows).scalars())
-    heads, i = [], 0
-    for fam_pk, members in zip(fam_pks, batch.members, strict=True):
-        heads.append({"f_pk": fam_pk, "h_pk": ins_pks[i]})
-        i += len(members)
+        fam["code"] = members[0]["chf_id"]  # openIMIS default: the family code is the head's number
+        heads.append({"f_pk": fam_pk, "h_pk": members[0]["pk"]})
+    # Families first (head unknown yet), then the insurees pointing at them, then the heads: the foreign keys
+    # run both ways and are not deferrable on PostgreSQL.
+    conn.execute(insert(family), batch.families)
+    conn.execute(insert(insuree), rows)
     conn.execute(_SET_HEAD, heads)
     # Rows were inserted at version 0; flush() bumps them to 1, renders them through the kinds and appends the
     # history rows, exactly as for an API create.
@@ -506,10 +530,10 @@ def generate_population(engine: Engine, insurees: int, *, seed: int = 42, progre
         lists = _Lists.load(conn)
         villages = [_Village(r.pk, r.name, r.district_pk) for r in conn.execute(
             select(location.c.pk, location.c.name, location.c.district_pk).where(
-                location.c.type == "V", location.c.deleted.is_(False)).order_by(location.c.pk))]
+                location.c.type == "V", is_current(location)).order_by(location.c.pk))]
         hfs: dict[int, list[int]] = {}
         for hf in conn.execute(select(health_facility.c.pk, health_facility.c.location_pk).where(
-                health_facility.c.deleted.is_(False)).order_by(health_facility.c.pk)):
+                is_current(health_facility)).order_by(health_facility.c.pk)):
             hfs.setdefault(hf.location_pk, []).append(hf.pk)
         seq = ChfSequence(seed, highest_generated_chf(conn), insurees)
     gen = _Generator(rng, lists, villages, hfs)
@@ -519,3 +543,8 @@ def generate_population(engine: Engine, insurees: int, *, seed: int = 42, progre
             _write_batch(conn, batch, seq)
         bar.update(batch.size)
     bar.close()
+    if engine.dialect.name == "postgresql":
+        # Autovacuum would analyze the grown tables eventually; until then the planner sees them nearly empty.
+        with engine.connect() as conn:
+            conn.execute(text("ANALYZE insuree, family, resource_version, location"))
+            conn.commit()

@@ -21,9 +21,11 @@ from hifhir.auth.users import create_user
 from hifhir.demo import resources as res
 from hifhir.demo.names import FEMALE_NAMES, LAST_NAMES, MALE_NAMES
 from hifhir.fhir.kind import WriteContext
+from hifhir.fhir.registry import KINDS
 from hifhir.fhir.validate import has_errors, validate_resource
+from hifhir.setup import ensure_admin
 from hifhir.store.db import transaction
-from hifhir.store.tables import app_user, location, user_district
+from hifhir.store.tables import app_user, is_current, location, user_district
 
 DEMO_PASSWORD = "admin123"
 DEMO_USER_NAME = "demo"  # user_name on the history rows the demo writes
@@ -88,8 +90,6 @@ class SchemeWriter:
 
     def create(self, kind_name: str, resource: dict[str, Any]) -> tuple[int, str]:
         """Validate like the API does, then write; returns (pk, id)."""
-        from hifhir.fhir.registry import KINDS
-
         kind = KINDS[kind_name]
         resource, issues = validate_resource(resource, kind.profile)
         if has_errors(issues):
@@ -107,13 +107,11 @@ class SchemeWriter:
 
 def demo_loaded(conn: Connection) -> bool:
     return conn.execute(select(location.c.pk).where(
-        location.c.code == MARKER_CODE, location.c.deleted.is_(False))).first() is not None
+        location.c.code == MARKER_CODE, is_current(location))).first() is not None
 
 
 def load_demo_scheme(engine: Engine) -> None:
     """Load the demo scheme once; a database that already has location R1 is left untouched."""
-    from hifhir.setup import ensure_admin
-
     # ensure_admin only acts on a database without any user: run it before the demo users exist, otherwise a
     # fresh demo database would have no `Admin` (cli `serve --demo-if-empty` loads the demo first).
     ensure_admin(engine)

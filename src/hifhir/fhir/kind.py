@@ -17,7 +17,7 @@ import orjson
 from sqlalchemy import Connection, Row, Table, insert, select, update
 
 from hifhir.fhir.errors import FhirError, business_rule
-from hifhir.store.tables import resource_version
+from hifhir.store.tables import is_current, resource_version
 
 if TYPE_CHECKING:
     from hifhir.fhir.search import SearchParam
@@ -176,7 +176,7 @@ class WriteContext:
 
     def _current_pk(self, kind: ResourceKind, condition: Any) -> int | None:
         row = self.conn.execute(
-            select(kind.table.c.pk).where(condition, kind.table.c.deleted.is_(False)).limit(1)
+            select(kind.table.c.pk).where(condition, is_current(kind.table)).limit(1)
         ).first()
         return None if row is None else int(row.pk)
 

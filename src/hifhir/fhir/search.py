@@ -26,6 +26,7 @@ from hifhir.fhir.searchparams import (
     identifier_param,
     instant_param,
 )
+from hifhir.store.tables import is_current
 from hifhir.store.tables import resource_version as rv
 
 RESULT_PARAMS = {"_count", "_sort", "_total", "_summary", "_elements", "_cursor", "_format", "_pretty"}
@@ -206,7 +207,7 @@ def decode_cursor(token: str) -> tuple[bool, list[Any]]:
 def _where(kind: ResourceKind, req: SearchRequest) -> list[Any] | None:
     """The WHERE clauses for one kind; None when the kind cannot match (a parameter only another kind has)."""
     t = kind.table
-    clauses: list[Any] = [t.c.deleted.is_(False)]
+    clauses: list[Any] = [is_current(t)]
     for name, occurrences in req.criteria.items():
         param = kind.search_params.get(name)
         if param is None:
@@ -257,7 +258,8 @@ class Hit:
     sort_key: tuple[Any, ...]
     cursor: list[Any]
     res_id: str
-    body: bytes
+    version: int
+    body: bytes = b""
 
 
 def _order_tuple(values: list[Any], descs: list[bool], rank: int, pk: int) -> tuple[Any, ...]:
@@ -313,15 +315,10 @@ def _query_kind(
         where.append(cond)
     order = [e.desc() if d else e.asc() for e, d, _ in eff_keys]
     order.append(t.c.pk.desc() if reverse else t.c.pk.asc())
+    # Only the entity table here: joining the history table lets planners without statistics drive the query
+    # from it; the page's bodies are fetched afterwards by key (`_attach_bodies`).
     stmt = (
-        select(t.c.pk, t.c.id, rv.c.body, *[e for e, _, _ in eff_keys])
-        .select_from(
-            t.join(
-                rv,
-                and_(rv.c.res_type == kind.resource_type, rv.c.res_id == t.c.id,
-                     rv.c.version == t.c.version_id),
-            )
-        )
+        select(t.c.pk, t.c.id, t.c.version_id, *[e for e, _, _ in eff_keys])
         .where(*where)
         .order_by(*order)
         .limit(limit)
@@ -335,7 +332,7 @@ def _query_kind(
                              -row.pk if reverse else row.pk),
                 [*sort_vals, rank, row.pk],
                 row.id,
-                row.body,
+                row.version_id,
             )
         )
     return hits
@@ -380,10 +377,28 @@ def execute_search(conn: Connection, req: SearchRequest) -> SearchResult:
     merged = list(heapq.merge(*streams, key=lambda h: h.sort_key)) if len(streams) > 1 else streams[0]
     more = len(merged) > req.count
     page = merged[: req.count]
+    _attach_bodies(conn, req.resource_type, page)
     if reverse:
         page.reverse()
         return SearchResult(page, total, has_next=True, has_prev=more)
     return SearchResult(page, total, has_next=more, has_prev=req.cursor is not None)
+
+
+def _attach_bodies(conn: Connection, resource_type: str, page: list[Hit]) -> None:
+    """One keyed query for the stored FHIR JSON of the page's current versions."""
+    if not page:
+        return
+    # `res_id IN (…)` walks the unique (type, id, version) index; a row-value IN (id, version) would make SQLite
+    # scan another index. Older versions of the same ids come along and are dropped here.
+    wanted = {(h.res_id, h.version) for h in page}
+    rows = conn.execute(
+        select(rv.c.res_id, rv.c.version, rv.c.body).where(
+            rv.c.res_type == resource_type, rv.c.res_id.in_([h.res_id for h in page]),
+            rv.c.version.in_(sorted({h.version for h in page})))
+    )
+    bodies = {(r.res_id, r.version): r.body for r in rows if (r.res_id, r.version) in wanted}
+    for hit in page:
+        hit.body = bodies[(hit.res_id, hit.version)]
 
 
 def bundle_links(base_url: str, req: SearchRequest, result: SearchResult) -> list[dict[str, str]]:

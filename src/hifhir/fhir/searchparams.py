@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Boolean, ColumnElement, and_, false, literal, not_, or_, select, true
+from sqlalchemy import Boolean, ColumnElement, and_, false, literal, not_, or_, select, true, union
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 
 from hifhir.fhir.errors import FhirError, invalid
 from hifhir.fhir.kind import IDENTIFIER_SYSTEM
+from hifhir.store.tables import is_current
 
 Clause = ColumnElement[bool]
 
@@ -265,11 +266,26 @@ def identifier_param(id_column: Any, code_column: Any | None) -> SearchParam:
     `UUID|value` (type-qualified), and the standard `identifier:of-type=<system>|<type>|<value>`.
     """
 
+    table = id_column.table
+
+    # Each form becomes `pk IN (SELECT pk … UNION …)`: one indexed lookup per identifier column. An OR of the
+    # columns lets SQLite prefer a scan in pk order (to avoid sorting) over the unique indexes.
+    def by_uuid(value: str) -> list[Any]:
+        return [select(table.c.pk).where(table.c.id == value), select(table.c.pk).where(table.c.uuid == value)]
+
+    def by_code(value: str) -> list[Any]:
+        if code_column is None:
+            return []
+        return [select(table.c.pk).where(code_column == value, is_current(table))]
+
+    def matching(*selects: Any) -> Clause:
+        return table.c.pk.in_(union(*selects)) if selects else false()
+
     def typed(type_code: str, value: str) -> Clause:
         if type_code == "UUID":
-            return id_column == value
-        if type_code == "Code" and code_column is not None:
-            return code_column == value
+            return matching(*by_uuid(value))
+        if type_code == "Code":
+            return matching(*by_code(value))
         return false()
 
     def clause(value: str, modifier: str | None, expression: str) -> Clause:
@@ -290,10 +306,7 @@ def identifier_param(id_column: Any, code_column: Any | None) -> SearchParam:
                 return false()  # the IG never sets Identifier.system
         else:
             code = check_token(parts[0], expression)
-        options = [id_column == code]
-        if code_column is not None:
-            options.append(code_column == code)
-        return or_(*options)
+        return matching(*by_uuid(code), *by_code(code))
 
     return SearchParam(
         "identifier",

@@ -14,7 +14,7 @@ def make_engine(url: str) -> Engine:
         path = url.split("sqlite:///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, pool_size=8, max_overflow=8)
+        engine = create_engine(url, pool_size=4, max_overflow=12)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
@@ -24,7 +24,7 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=10000")
-            cur.execute("PRAGMA cache_size=-65536")
+            cur.execute("PRAGMA cache_size=-16384")  # 16 MB per connection keeps worker RSS bounded
             cur.close()
             # pysqlite's implicit BEGIN is deferred; take the write lock at BEGIN so two writers never deadlock
             # on a lock upgrade (SQLITE_BUSY without waiting on busy_timeout).

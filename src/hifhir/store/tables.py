@@ -21,8 +21,10 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    false,
     text,
 )
+from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeEngine
 
 metadata = MetaData(
@@ -34,7 +36,14 @@ metadata = MetaData(
     }
 )
 
-NOT_DELETED = text("deleted = false")
+# Spelled per dialect exactly as `is_current()` renders, so the planner can use the partial indexes.
+NOT_DELETED_SQLITE = text("deleted = 0")
+NOT_DELETED_PG = text("deleted = false")
+
+
+def is_current(table: Table) -> ColumnElement[bool]:
+    """Not logically deleted (renders `deleted = 0` / `deleted = false`, matching the partial indexes)."""
+    return table.c.deleted == false()
 
 
 def SortText(length: int) -> TypeEngine[str]:
@@ -47,7 +56,7 @@ def resource_columns() -> list[Column]:
     return [
         Column("pk", Integer, primary_key=True, autoincrement=True),
         Column("id", SortText(64), nullable=False, unique=True),
-        Column("uuid", String(36)),  # identifier[UUID]; equals id for server-created resources
+        Column("uuid", String(36), index=True),  # identifier[UUID]; equals id for server-created resources
         Column("version_id", Integer, nullable=False, server_default="0"),
         Column("last_updated", BigInteger, nullable=False, server_default="0", index=True),
         Column("deleted", Boolean, nullable=False, server_default=text("false")),
@@ -60,8 +69,8 @@ def current_unique(table_name: str, *columns: str) -> Index:
         f"uq_{table_name}_{'_'.join(columns)}_current",
         *columns,
         unique=True,
-        sqlite_where=NOT_DELETED,
-        postgresql_where=NOT_DELETED,
+        sqlite_where=NOT_DELETED_SQLITE,
+        postgresql_where=NOT_DELETED_PG,
     )
 
 
@@ -79,7 +88,7 @@ resource_version = Table(
     Column("user_name", String(50)),
     Column("body", LargeBinary),  # the FHIR JSON of this version; NULL for a delete
     UniqueConstraint("res_type", "res_id", "version", name="uq_resource_version_key"),
-    Index("ix_resource_version_type_time", "res_type", "last_updated"),
+    Index("ix_resource_version_type_seq", "res_type", "seq"),  # type history, newest first
     Index("ix_resource_version_time", "last_updated"),
 )
 

@@ -10,7 +10,7 @@ from sqlalchemy import Connection, Row, Table, select
 from hifhir.fhir.elements import identifier_value
 from hifhir.fhir.errors import conflict
 from hifhir.fhir.kind import WriteContext, require
-from hifhir.store.tables import location
+from hifhir.store.tables import is_current, location
 
 
 def is_uuid(value: str | None) -> bool:
@@ -60,7 +60,7 @@ def uuid_of(row: Row) -> str | None:
 
 def check_unique_code(conn: Connection, table: Table, column: str, code: str, current: Row | None,
                       what: str, expression: str) -> None:
-    q = select(table.c.pk).where(table.c[column] == code, table.c.deleted.is_(False))
+    q = select(table.c.pk).where(table.c[column] == code, is_current(table))
     if current is not None:
         q = q.where(table.c.pk != current.pk)
     if conn.execute(q).first() is not None:

@@ -34,7 +34,7 @@ from hifhir.fhir.profiles.location import register_location_user
 from hifhir.fhir.search import common_params, common_sorts
 from hifhir.fhir.searchparams import SortKey, bool_param, reference_param, string_param, token_param
 from hifhir.store.codelists import displays
-from hifhir.store.tables import family, insuree
+from hifhir.store.tables import family, insuree, is_current
 
 # IG defect (ig/README.md §9.5): the example codes the family type in core group-type; both systems are
 # accepted.
@@ -66,7 +66,7 @@ class GroupKind(ResourceKind):
                 doc="Family name: the head's last and other names"),
             "type": token_param("type", t.c.family_type, doc="Family type code (group-type)"),
             "poverty": bool_param("poverty", t.c.poverty, doc="Poverty status"),
-            "actual": bool_param("actual", family.c.deleted.is_(False)),
+            "actual": bool_param("actual", is_current(family)),
         }
         self.sort_params = {**common_sorts(self), "code": SortKey(t.c.code)}
 
@@ -78,7 +78,7 @@ class GroupKind(ResourceKind):
         for m in conn.execute(
             select(insuree.c.pk, insuree.c.id, insuree.c.family_pk, insuree.c.last_name,
                    insuree.c.other_names, insuree.c.has_active_policy)
-            .where(insuree.c.family_pk.in_(pks), insuree.c.deleted.is_(False))
+            .where(insuree.c.family_pk.in_(pks), is_current(insuree))
             .order_by(insuree.c.pk)
         ):
             members[m.family_pk].append(m)
@@ -194,7 +194,7 @@ class GroupKind(ResourceKind):
             values["uuid"] = uuid_for_update(ctx, resource, family, current)
             conn.execute(update(family).where(family.c.pk == pk).values(**values))
             previous = {r.pk for r in conn.execute(select(insuree.c.pk).where(
-                insuree.c.family_pk == pk, insuree.c.deleted.is_(False)))}
+                insuree.c.family_pk == pk, is_current(insuree)))}
         self._attach(ctx, pk, head_pk, member_pks, previous, members)
         return pk
 
@@ -232,7 +232,7 @@ class GroupKind(ResourceKind):
         """Members stay registered as insurees, detached from the family
         (openIMIS FamilyService.set_deleted)."""
         for (pk,) in ctx.conn.execute(select(insuree.c.pk).where(
-                insuree.c.family_pk == current.pk, insuree.c.deleted.is_(False))).all():
+                insuree.c.family_pk == current.pk, is_current(insuree))).all():
             ctx.conn.execute(update(insuree).where(insuree.c.pk == pk).values(family_pk=None, is_head=False))
             ctx.mark("patient", pk)
 

@@ -19,7 +19,7 @@ from hifhir.fhir.searchparams import (
     subquery_string_param,
     token_param,
 )
-from hifhir.store.tables import location
+from hifhir.store.tables import is_current, location
 
 LEVELS = {"R": "Region", "D": "District", "W": "Municipality/Ward", "V": "City/Village"}
 PARENT_LEVEL = {"R": None, "D": "R", "W": "D", "V": "W"}
@@ -111,7 +111,7 @@ class LocationKind(ResourceKind):
 
         if current.type != level:
             has_children = conn.execute(
-                select(location.c.pk).where(location.c.parent_pk == current.pk, location.c.deleted.is_(False))
+                select(location.c.pk).where(location.c.parent_pk == current.pk, is_current(location))
                 .limit(1)).first()
             require(has_children is None, "Cannot change the level of a location that has sub-locations",
                     "Location.physicalType")
@@ -131,7 +131,7 @@ class LocationKind(ResourceKind):
     def delete(self, ctx: WriteContext, current: Row) -> None:
         child = ctx.conn.execute(
             select(location.c.code)
-            .where(location.c.parent_pk == current.pk, location.c.deleted.is_(False)).limit(1)
+            .where(location.c.parent_pk == current.pk, is_current(location)).limit(1)
         ).first()
         require(child is None,
                 f"Location {current.code} still has sub-locations (e.g. {child.code if child else ''})")
@@ -140,7 +140,7 @@ class LocationKind(ResourceKind):
 
     @staticmethod
     def _check_code_free(conn: Connection, code: str, current: Row | None) -> None:
-        q = select(location.c.pk).where(location.c.code == code, location.c.deleted.is_(False))
+        q = select(location.c.pk).where(location.c.code == code, is_current(location))
         if current is not None:
             q = q.where(location.c.pk != current.pk)
         from hifhir.fhir.errors import conflict
@@ -178,13 +178,13 @@ class LocationUser:
     def in_use(self, conn: Connection, location_pk: int) -> str | None:
         t = self.table
         row = conn.execute(select(t.c[self.code_column]).where(
-            t.c[self.location_column] == location_pk, t.c.deleted.is_(False)).limit(1)).first()
+            t.c[self.location_column] == location_pk, is_current(t)).limit(1)).first()
         return None if row is None else f"{self.label} {row[0]}"
 
     def mark_in(self, ctx: WriteContext, subtree: Any) -> None:
         t = self.table
         for (pk,) in ctx.conn.execute(select(t.c.pk).where(
-                t.c[self.location_column].in_(subtree), t.c.deleted.is_(False))).all():
+                t.c[self.location_column].in_(subtree), is_current(t))).all():
             ctx.mark(self.kind_name, int(pk))
 
 

@@ -66,7 +66,7 @@ from hifhir.fhir.searchparams import (
     token_param,
 )
 from hifhir.store.codelists import displays, ig_concepts
-from hifhir.store.tables import health_facility, insurer_org, location, policy_holder
+from hifhir.store.tables import health_facility, insurer_org, is_current, location, policy_holder
 
 ORG_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/organization-type"
 HF_CARE_TYPES = ("I", "O", "B")
@@ -519,7 +519,7 @@ def sync_insurer(conn: Connection, cfg: InsurerConfig, user_name: str | None = N
     elif row.deleted or any(row._mapping[k] != v for k, v in values.items()):
         conn.execute(update(t).where(t.c.pk == row.pk).values(deleted=False, **values))
         ctx.mark(kind.name, int(row.pk))
-    for old in conn.execute(select(t.c.pk).where(t.c.id != cfg.id, t.c.deleted.is_(False))).all():
+    for old in conn.execute(select(t.c.pk).where(t.c.id != cfg.id, is_current(t))).all():
         ctx.deleted.append((kind, int(old.pk)))
     if ctx.touched or ctx.deleted:
         ctx.flush()

@@ -52,7 +52,7 @@ from hifhir.fhir.searchparams import (
     token_param,
 )
 from hifhir.store.codelists import displays
-from hifhir.store.tables import family, health_facility, insuree, insuree_photo, location
+from hifhir.store.tables import family, health_facility, insuree, insuree_photo, is_current, location
 
 GENDERS = {"male": "M", "female": "F", "other": "O", "unknown": "U"}
 GENDER_OUT = {v: k for k, v in GENDERS.items()}
@@ -383,7 +383,7 @@ class PatientKind(ResourceKind):
     @staticmethod
     def _mark_family_members(ctx: WriteContext, family_pk: int) -> None:
         for (pk,) in ctx.conn.execute(select(insuree.c.pk).where(
-                insuree.c.family_pk == family_pk, insuree.c.deleted.is_(False),
+                insuree.c.family_pk == family_pk, is_current(insuree),
                 insuree.c.relationship.is_not(None))):
             ctx.mark("patient", pk)
 
@@ -414,6 +414,6 @@ def load_photo(conn: Connection, res_id: str) -> tuple[str, bytes] | None:
     row = conn.execute(
         select(insuree_photo.c.content_type, insuree_photo.c.data)
         .select_from(insuree_photo.join(insuree, insuree.c.pk == insuree_photo.c.insuree_pk))
-        .where(insuree.c.id == res_id, insuree.c.deleted.is_(False))
+        .where(insuree.c.id == res_id, is_current(insuree))
     ).first()
     return None if row is None else (row.content_type, bytes(row.data))

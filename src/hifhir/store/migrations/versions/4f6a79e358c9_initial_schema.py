@@ -1,14 +1,15 @@
 """initial schema
 
-Revision ID: 5b645e034c75
+Revision ID: 4f6a79e358c9
 Revises: 
-Create Date: 2026-11-25 17:52:45.701850
+Create Date: 2026-11-25 18:05:31.915282
 """
 
-import sqlalchemy as sa
 from alembic import op
+import sqlalchemy as sa
 
-revision = '5b645e034c75'
+
+revision = '4f6a79e358c9'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -44,6 +45,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('insurer_org', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_insurer_org_last_updated'), ['last_updated'], unique=False)
+        batch_op.create_index(batch_op.f('ix_insurer_org_uuid'), ['uuid'], unique=False)
 
     op.create_table('location',
     sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
@@ -72,7 +74,8 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_location_last_updated'), ['last_updated'], unique=False)
         batch_op.create_index(batch_op.f('ix_location_name_norm'), ['name_norm'], unique=False)
         batch_op.create_index('ix_location_parent', ['parent_pk'], unique=False)
-        batch_op.create_index('uq_location_code_current', ['code'], unique=True, sqlite_where=sa.text('deleted = false'), postgresql_where=sa.text('deleted = false'))
+        batch_op.create_index(batch_op.f('ix_location_uuid'), ['uuid'], unique=False)
+        batch_op.create_index('uq_location_code_current', ['code'], unique=True, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
 
     op.create_table('resource_version',
     sa.Column('seq', sa.Integer(), autoincrement=True, nullable=False),
@@ -123,7 +126,8 @@ def upgrade() -> None:
     with op.batch_alter_table('family', schema=None) as batch_op:
         batch_op.create_index('ix_family_head', ['head_insuree_pk'], unique=False)
         batch_op.create_index(batch_op.f('ix_family_last_updated'), ['last_updated'], unique=False)
-        batch_op.create_index('uq_family_code_current', ['code'], unique=True, sqlite_where=sa.text('deleted = false'), postgresql_where=sa.text('deleted = false'))
+        batch_op.create_index(batch_op.f('ix_family_uuid'), ['uuid'], unique=False)
+        batch_op.create_index('uq_family_code_current', ['code'], unique=True, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
 
     op.create_table('health_facility',
     sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
@@ -153,7 +157,8 @@ def upgrade() -> None:
     with op.batch_alter_table('health_facility', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_health_facility_last_updated'), ['last_updated'], unique=False)
         batch_op.create_index(batch_op.f('ix_health_facility_name_norm'), ['name_norm'], unique=False)
-        batch_op.create_index('uq_health_facility_code_current', ['code'], unique=True, sqlite_where=sa.text('deleted = false'), postgresql_where=sa.text('deleted = false'))
+        batch_op.create_index(batch_op.f('ix_health_facility_uuid'), ['uuid'], unique=False)
+        batch_op.create_index('uq_health_facility_code_current', ['code'], unique=True, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
 
     op.create_table('policy_holder',
     sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
@@ -180,7 +185,8 @@ def upgrade() -> None:
     with op.batch_alter_table('policy_holder', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_policy_holder_last_updated'), ['last_updated'], unique=False)
         batch_op.create_index(batch_op.f('ix_policy_holder_name_norm'), ['name_norm'], unique=False)
-        batch_op.create_index('uq_policy_holder_code_current', ['code'], unique=True, sqlite_where=sa.text('deleted = false'), postgresql_where=sa.text('deleted = false'))
+        batch_op.create_index(batch_op.f('ix_policy_holder_uuid'), ['uuid'], unique=False)
+        batch_op.create_index('uq_policy_holder_code_current', ['code'], unique=True, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
 
     op.create_table('role_right',
     sa.Column('role_pk', sa.Integer(), nullable=False),
@@ -248,8 +254,9 @@ def upgrade() -> None:
         batch_op.create_index('ix_insuree_family_pk', ['family_pk'], unique=False)
         batch_op.create_index('ix_insuree_given_norm', ['given_norm'], unique=False)
         batch_op.create_index(batch_op.f('ix_insuree_last_updated'), ['last_updated'], unique=False)
+        batch_op.create_index(batch_op.f('ix_insuree_uuid'), ['uuid'], unique=False)
         batch_op.create_index('ix_insuree_village', ['village_pk'], unique=False)
-        batch_op.create_index('uq_insuree_chf_id_current', ['chf_id'], unique=True, sqlite_where=sa.text('deleted = false'), postgresql_where=sa.text('deleted = false'))
+        batch_op.create_index('uq_insuree_chf_id_current', ['chf_id'], unique=True, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
 
     op.create_table('insuree_photo',
     sa.Column('insuree_pk', sa.Integer(), nullable=False),
@@ -284,8 +291,9 @@ def downgrade() -> None:
     op.drop_table('user_district')
     op.drop_table('insuree_photo')
     with op.batch_alter_table('insuree', schema=None) as batch_op:
-        batch_op.drop_index('uq_insuree_chf_id_current', sqlite_where=sa.text('deleted = false'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index('uq_insuree_chf_id_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.drop_index('ix_insuree_village')
+        batch_op.drop_index(batch_op.f('ix_insuree_uuid'))
         batch_op.drop_index(batch_op.f('ix_insuree_last_updated'))
         batch_op.drop_index('ix_insuree_given_norm')
         batch_op.drop_index('ix_insuree_family_pk')
@@ -296,19 +304,22 @@ def downgrade() -> None:
     op.drop_table('app_user')
     op.drop_table('role_right')
     with op.batch_alter_table('policy_holder', schema=None) as batch_op:
-        batch_op.drop_index('uq_policy_holder_code_current', sqlite_where=sa.text('deleted = false'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index('uq_policy_holder_code_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index(batch_op.f('ix_policy_holder_uuid'))
         batch_op.drop_index(batch_op.f('ix_policy_holder_name_norm'))
         batch_op.drop_index(batch_op.f('ix_policy_holder_last_updated'))
 
     op.drop_table('policy_holder')
     with op.batch_alter_table('health_facility', schema=None) as batch_op:
-        batch_op.drop_index('uq_health_facility_code_current', sqlite_where=sa.text('deleted = false'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index('uq_health_facility_code_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index(batch_op.f('ix_health_facility_uuid'))
         batch_op.drop_index(batch_op.f('ix_health_facility_name_norm'))
         batch_op.drop_index(batch_op.f('ix_health_facility_last_updated'))
 
     op.drop_table('health_facility')
     with op.batch_alter_table('family', schema=None) as batch_op:
-        batch_op.drop_index('uq_family_code_current', sqlite_where=sa.text('deleted = false'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index('uq_family_code_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index(batch_op.f('ix_family_uuid'))
         batch_op.drop_index(batch_op.f('ix_family_last_updated'))
         batch_op.drop_index('ix_family_head')
 
@@ -320,13 +331,15 @@ def downgrade() -> None:
 
     op.drop_table('resource_version')
     with op.batch_alter_table('location', schema=None) as batch_op:
-        batch_op.drop_index('uq_location_code_current', sqlite_where=sa.text('deleted = false'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index('uq_location_code_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index(batch_op.f('ix_location_uuid'))
         batch_op.drop_index('ix_location_parent')
         batch_op.drop_index(batch_op.f('ix_location_name_norm'))
         batch_op.drop_index(batch_op.f('ix_location_last_updated'))
 
     op.drop_table('location')
     with op.batch_alter_table('insurer_org', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_insurer_org_uuid'))
         batch_op.drop_index(batch_op.f('ix_insurer_org_last_updated'))
 
     op.drop_table('insurer_org')
