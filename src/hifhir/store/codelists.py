@@ -6,7 +6,7 @@ import functools
 from pathlib import Path
 
 import orjson
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, bindparam, insert, select
 
 from hifhir.store.tables import code_list_entry
 
@@ -56,6 +56,13 @@ def code_display(conn: Connection, list_name: str, code: str) -> str | None:
     ).scalar()
 
 
-def displays(conn: Connection, list_name: str) -> dict[str, str]:
-    return {r.code: r.display for r in conn.execute(
-        select(code_list_entry.c.code, code_list_entry.c.display).where(code_list_entry.c.list_name == list_name))}
+_DISPLAYS = select(code_list_entry.c.list_name, code_list_entry.c.code, code_list_entry.c.display).where(
+    code_list_entry.c.list_name.in_(bindparam("names", expanding=True)))
+
+
+def displays_of(conn: Connection, list_names: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """Code → display for several lists in one query (read live: the lists are editable configuration)."""
+    out: dict[str, dict[str, str]] = {name: {} for name in list_names}
+    for row in conn.execute(_DISPLAYS, {"names": list(list_names)}):
+        out[row.list_name][row.code] = row.display
+    return out

@@ -33,7 +33,7 @@ from hifhir.fhir.profiles.common import (
 from hifhir.fhir.profiles.location import register_location_user
 from hifhir.fhir.search import common_params, common_sorts
 from hifhir.fhir.searchparams import SortKey, bool_param, reference_param, string_param, token_param
-from hifhir.store.codelists import displays
+from hifhir.store.codelists import displays_of
 from hifhir.store.tables import family, insuree, is_current
 
 # IG defect (ig/README.md §9.5): the example codes the family type in core group-type; both systems are
@@ -83,8 +83,8 @@ class GroupKind(ResourceKind):
         ):
             members[m.family_pk].append(m)
         places = location_names(conn, {r.location_pk for r in rows.values()})
-        confirmation_labels = displays(conn, "group-confirmation-type")
-        type_labels = displays(conn, "group-type")
+        labels = displays_of(conn, ("group-confirmation-type", "group-type"))
+        confirmation_labels, type_labels = labels["group-confirmation-type"], labels["group-type"]
         out = {}
         for pk, row in rows.items():
             head = next((m for m in members[pk] if m.pk == row.head_insuree_pk), None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, Table, insert, or_, select, update
+from sqlalchemy import Connection, Row, Table, bindparam, insert, or_, select, update
 
 from hifhir.fhir.elements import coding, first_code, identifier_value, identifiers, reference
 from hifhir.fhir.kind import CS, ResourceKind, Rights, WriteContext, require
@@ -23,6 +23,14 @@ from hifhir.store.tables import is_current, location
 
 LEVELS = {"R": "Region", "D": "District", "W": "Municipality/Ward", "V": "City/Village"}
 PARENT_LEVEL = {"R": None, "D": "R", "W": "D", "V": "W"}
+
+
+_PARENT = location.alias("parent")
+_RENDER = (
+    select(location, _PARENT.c.id.label("parent_id"))
+    .select_from(location.outerjoin(_PARENT, _PARENT.c.pk == location.c.parent_pk))
+    .where(location.c.pk.in_(bindparam("pks", expanding=True)))
+)
 
 
 class LocationKind(ResourceKind):
@@ -55,12 +63,7 @@ class LocationKind(ResourceKind):
         self.sort_params = {**common_sorts(self), "name": SortKey(t.c.name_norm), "type": SortKey(t.c.type)}
 
     def render(self, conn: Connection, pks: list[int]) -> dict[int, dict[str, Any]]:
-        parent = location.alias("parent")
-        rows = conn.execute(
-            select(location, parent.c.id.label("parent_id"))
-            .select_from(location.outerjoin(parent, parent.c.pk == location.c.parent_pk))
-            .where(location.c.pk.in_(pks))
-        ).all()
+        rows = conn.execute(_RENDER, {"pks": pks}).all()
         out = {}
         for row in rows:
             res: dict[str, Any] = {

@@ -65,7 +65,7 @@ from hifhir.fhir.searchparams import (
     subquery_string_param,
     token_param,
 )
-from hifhir.store.codelists import displays, ig_concepts
+from hifhir.store.codelists import displays_of, ig_concepts
 from hifhir.store.tables import health_facility, insurer_org, is_current, location, policy_holder
 
 ORG_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/organization-type"
@@ -269,8 +269,8 @@ class HealthFacilityKind(ResourceKind):
     def render(self, conn: Connection, pks: list[int]) -> dict[int, dict[str, Any]]:
         rows = conn.execute(select(health_facility).where(health_facility.c.pk.in_(pks))).all()
         places = location_names(conn, {row.location_pk for row in rows})
-        legal_labels = displays(conn, "organization-hf-legal-form")
-        level_labels = displays(conn, "organization-hf-level")
+        labels = displays_of(conn, ("organization-hf-legal-form", "organization-hf-level"))
+        legal_labels, level_labels = labels["organization-hf-legal-form"], labels["organization-hf-level"]
         care_labels = dict(ig_concepts("organization-hf-care-type"))
         out: dict[int, dict[str, Any]] = {}
         for row in rows:
@@ -379,8 +379,8 @@ class PolicyHolderKind(ResourceKind):
     def render(self, conn: Connection, pks: list[int]) -> dict[int, dict[str, Any]]:
         rows = conn.execute(select(policy_holder).where(policy_holder.c.pk.in_(pks))).all()
         places = location_names(conn, {row.location_pk for row in rows})
-        legal_labels = displays(conn, "organization-ph-legal-form")
-        activity_labels = displays(conn, "organization-ph-activity")
+        labels = displays_of(conn, ("organization-ph-legal-form", "organization-ph-activity"))
+        legal_labels, activity_labels = labels["organization-ph-legal-form"], labels["organization-ph-activity"]
         out: dict[int, dict[str, Any]] = {}
         for row in rows:
             extensions = []

@@ -8,7 +8,7 @@ import os
 from datetime import date
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, delete, false, func, insert, or_, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, delete, false, func, insert, or_, select, update
 
 from hifhir.fhir.elements import (
     coding,
@@ -51,7 +51,7 @@ from hifhir.fhir.searchparams import (
     subquery_string_param,
     token_param,
 )
-from hifhir.store.codelists import displays
+from hifhir.store.codelists import displays_of
 from hifhir.store.tables import family, health_facility, insuree, insuree_photo, is_current, location
 
 GENDERS = {"male": "M", "female": "F", "other": "O", "unknown": "U"}
@@ -96,6 +96,26 @@ def _telecom_param() -> SearchParam:
     return SearchParam("telecom", "token", clause, frozenset(), "Phone number or e-mail (system phone|email)",
                        lambda missing: and_(*[c.is_(None) for c in columns.values()]) if missing
                        else or_(*[c.is_not(None) for c in columns.values()]))
+
+
+# The render query is built once (aliases and statement construction cost more than running it).
+_HEAD = insuree.alias("head")
+_FSP = health_facility.alias("fsp")
+_RENDER = (
+    select(insuree, family.c.id.label("family_id"), _HEAD.c.last_name.label("head_last"),
+           _HEAD.c.other_names.label("head_other"), _FSP.c.id.label("hf_id"),
+           insuree_photo.c.content_type.label("photo_type"), insuree_photo.c.title.label("photo_title"),
+           insuree_photo.c.creation.label("photo_creation"), insuree_photo.c.hash.label("photo_hash"),
+           func.length(insuree_photo.c.data).label("photo_size"))
+    .select_from(
+        insuree.outerjoin(family, family.c.pk == insuree.c.family_pk)
+        .outerjoin(_HEAD, _HEAD.c.pk == family.c.head_insuree_pk)
+        .outerjoin(_FSP, _FSP.c.pk == insuree.c.hf_pk)
+        .outerjoin(insuree_photo, insuree_photo.c.insuree_pk == insuree.c.pk))
+    .where(insuree.c.pk.in_(bindparam("pks", expanding=True)))
+)
+_LABEL_LISTS = ("patient-education-level", "patient-profession", "patient-identification-type",
+                "patient-contact-relationship")
 
 
 class PatientKind(ResourceKind):
@@ -160,26 +180,9 @@ class PatientKind(ResourceKind):
     # --- to FHIR ---------------------------------------------------------------------------------------
 
     def render(self, conn: Connection, pks: list[int]) -> dict[int, dict[str, Any]]:
-        head = insuree.alias("head")
-        hf = health_facility.alias("hf")
-        rows = conn.execute(
-            select(insuree, family.c.id.label("family_id"), head.c.last_name.label("head_last"),
-                   head.c.other_names.label("head_other"), hf.c.id.label("hf_id"),
-                   insuree_photo.c.content_type.label("photo_type"),
-                   insuree_photo.c.title.label("photo_title"),
-                   insuree_photo.c.creation.label("photo_creation"), insuree_photo.c.hash.label("photo_hash"),
-                   func.length(insuree_photo.c.data).label("photo_size"))
-            .select_from(
-                insuree.outerjoin(family, family.c.pk == insuree.c.family_pk)
-                .outerjoin(head, head.c.pk == family.c.head_insuree_pk)
-                .outerjoin(hf, hf.c.pk == insuree.c.hf_pk)
-                .outerjoin(insuree_photo, insuree_photo.c.insuree_pk == insuree.c.pk))
-            .where(insuree.c.pk.in_(pks))
-        ).all()
+        rows = conn.execute(_RENDER, {"pks": pks}).all()
         places = location_names(conn, {r.village_pk for r in rows if r.village_pk})
-        labels = {name: displays(conn, name) for name in (
-            "patient-education-level", "patient-profession", "patient-identification-type",
-            "patient-contact-relationship")}
+        labels = displays_of(conn, _LABEL_LISTS)
         return {row.pk: self._to_fhir(row, places, labels) for row in rows}
 
     def _to_fhir(self, row: Row, places: dict[int, Row], labels: dict[str, dict[str, str]]) -> dict[str, Any]:
