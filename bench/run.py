@@ -999,7 +999,9 @@ def run_backend(backend: str, args: argparse.Namespace) -> BackendRun:
                              "`make run` does)")
         server = Server(database_url, VAR_DIR / f"server-{backend}.log", args.workers)
         stack.callback(server.stop)
+        version = code_version()  # the tree may change under a long run: record what this server loaded
         server.start()
+        run.notes.append(f"code: {version}")
         log(f"{backend}: server pid {server.pid} on {server.base}")
         if args.nice:
             renice(server.pid, args.nice)
@@ -1063,7 +1065,6 @@ def render(runs: list[BackendRun], args: argparse.Namespace, started: datetime) 
         f"# hifhir benchmark {started:%Y-%m-%d %H:%M}",
         "",
         f"- machine: {machine_description()}",
-        f"- code: {code_version()}",
         f"- load: wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s --latency "
         f"(after a {args.warmup:g}s warm-up), authenticated; {args.insurees:,} insurees",
         f"- server: `hifhir serve --migrate` (as `make run`), {args.workers or os.cpu_count()} workers"

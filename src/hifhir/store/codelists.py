@@ -47,13 +47,14 @@ def seed_code_lists(conn: Connection) -> int:
     return len(rows)
 
 
+_CODE_DISPLAY = select(code_list_entry.c.display).where(
+    code_list_entry.c.list_name == bindparam("list_name"), code_list_entry.c.code == bindparam("code"),
+    code_list_entry.c.active.is_(True))
+
+
 def code_display(conn: Connection, list_name: str, code: str) -> str | None:
     """The display of an active code, or None when the code is not configured."""
-    return conn.execute(
-        select(code_list_entry.c.display).where(
-            code_list_entry.c.list_name == list_name, code_list_entry.c.code == code,
-            code_list_entry.c.active.is_(True))
-    ).scalar()
+    return conn.execute(_CODE_DISPLAY, {"list_name": list_name, "code": code}).scalar()
 
 
 _DISPLAYS = select(code_list_entry.c.list_name, code_list_entry.c.code, code_list_entry.c.display).where(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Any
 
-from sqlalchemy import Connection, Row, Table, select
+from sqlalchemy import Connection, Row, Table, bindparam, select
 
 from hifhir.fhir.elements import identifier_value
 from hifhir.fhir.errors import conflict
@@ -58,41 +59,55 @@ def uuid_of(row: Row) -> str | None:
     return row.uuid
 
 
+@functools.cache
+def _code_taken(table: Table, column: str) -> Any:
+    t = table
+    return select(t.c.pk).where(t.c[column] == bindparam("code"), is_current(t), t.c.pk != bindparam("pk")).limit(1)
+
+
 def check_unique_code(conn: Connection, table: Table, column: str, code: str, current: Row | None,
                       what: str, expression: str) -> None:
-    q = select(table.c.pk).where(table.c[column] == code, is_current(table))
-    if current is not None:
-        q = q.where(table.c.pk != current.pk)
-    if conn.execute(q).first() is not None:
+    taken = conn.execute(_code_taken(table, column), {"code": code, "pk": -1 if current is None else current.pk})
+    if taken.first() is not None:
         raise conflict(f"{what} {code} is already used", expression)
 
 
-# Built once: an alias builds its column collection on creation, which costs more than the query itself.
+# Built once: aliases and statement construction cost more than running these queries.
 _REGION, _DISTRICT, _WARD = location.alias("r"), location.alias("d"), location.alias("w")
+_LOCATION_NAMES = (
+    select(location.c.pk, location.c.id, location.c.name, location.c.type,
+           _REGION.c.name.label("region"), _DISTRICT.c.name.label("district"), _WARD.c.name.label("ward"))
+    .select_from(location.outerjoin(_REGION, _REGION.c.pk == location.c.region_pk)
+                 .outerjoin(_DISTRICT, _DISTRICT.c.pk == location.c.district_pk)
+                 .outerjoin(_WARD, _WARD.c.pk == location.c.ward_pk))
+    .where(location.c.pk.in_(bindparam("pks", expanding=True)))
+)
+_LOCATION_BY_ID = select(location.c.pk, location.c.type).where(location.c.id == bindparam("id"), is_current(location))
+_LOCATION_TYPE = select(location.c.type).where(location.c.pk == bindparam("pk"))
+_LEVEL_NAMES = {"R": "region", "D": "district", "W": "ward", "V": "village"}
 
 
 def location_names(conn: Connection, pks: set[int]) -> dict[int, Row]:
     """For each location pk: the row joined with its region, district and ward names, in one query."""
     if not pks:
         return {}
-    rows = conn.execute(
-        select(location.c.pk, location.c.id, location.c.name, location.c.type,
-               _REGION.c.name.label("region"), _DISTRICT.c.name.label("district"), _WARD.c.name.label("ward"))
-        .select_from(location.outerjoin(_REGION, _REGION.c.pk == location.c.region_pk)
-                     .outerjoin(_DISTRICT, _DISTRICT.c.pk == location.c.district_pk)
-                     .outerjoin(_WARD, _WARD.c.pk == location.c.ward_pk))
-        .where(location.c.pk.in_(pks))
-    ).all()
-    return {row.pk: row for row in rows}
+    return {row.pk: row for row in conn.execute(_LOCATION_NAMES, {"pks": list(pks)})}
 
 
 def location_of_level(ctx: WriteContext, ref: Any, level: str, expression: str) -> int:
     """Resolve a Location reference that must be of one level (V village, D district…)."""
-    _, pk = ctx.resolve(ref, ["Location"], expression)
-    actual = ctx.conn.execute(select(location.c.type).where(location.c.pk == pk)).scalar_one()
-    names = {"R": "region", "D": "district", "W": "ward", "V": "village"}
-    require(actual == level, f"The location must be a {names[level]}, not a {names[actual]}", expression)
-    return pk
+    literal = ref.get("reference") if isinstance(ref, dict) else None
+    found = None
+    if isinstance(literal, str) and literal.startswith("Location/") and literal.count("/") == 1:
+        found = ctx.conn.execute(_LOCATION_BY_ID, {"id": literal[9:]}).first()  # the common case, one query
+    if found is not None:
+        pk, actual = found
+    else:
+        _, pk = ctx.resolve(ref, ["Location"], expression)
+        actual = ctx.conn.execute(_LOCATION_TYPE, {"pk": pk}).scalar_one()
+    require(actual == level, f"The location must be a {_LEVEL_NAMES[level]}, not a {_LEVEL_NAMES[actual]}",
+            expression)
+    return int(pk)
 
 
 def configured_code(ctx: WriteContext, list_name: str, concept: dict[str, Any] | None,
