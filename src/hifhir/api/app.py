@@ -46,6 +46,7 @@ class HifhirApp:
     def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
         self.settings = settings
         self.engine = engine or make_engine(settings.database_url)
+        self.reader = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self.tokens = TokenService(settings.jwt_secret, settings.token_lifetime_s)
         self.principals = PrincipalCache(self.engine)
 
@@ -125,6 +126,7 @@ class HifhirApp:
             return json_response(200, capability_statement(base_url), content_type)
         call = rest.Call(
             engine=self.engine,
+            reader=self.reader,
             settings=self.settings,
             base_url=base_url,
             principal=self._authenticate(request),

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, and_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 
 from hifhir.api.http import FHIR_JSON, HttpResponse, http_date, json_response
@@ -36,6 +36,7 @@ class Call:
     """What every interaction needs to know about the request it serves."""
 
     engine: Engine
+    reader: Engine  # the same pool in autocommit mode, for single-statement reads
     settings: Settings
     base_url: str
     principal: Principal
@@ -165,20 +166,25 @@ def _if_match_version(header: str) -> str:
 # --- read / vread -------------------------------------------------------------------------------------
 
 
+_VERSION_COLUMNS = (rv.c.version, rv.c.operation, rv.c.body, rv.c.last_updated, rv.c.kind)
+_LATEST = (select(*_VERSION_COLUMNS)
+           .where(rv.c.res_type == bindparam("type"), rv.c.res_id == bindparam("id"))
+           .order_by(rv.c.version.desc()).limit(1))
+_VERSION = select(*_VERSION_COLUMNS).where(
+    rv.c.res_type == bindparam("type"), rv.c.res_id == bindparam("id"), rv.c.version == bindparam("version"))
+
+
 def read(call: Call, resource_type: str, res_id: str, version: str | None = None) -> HttpResponse:
     readable_kinds(call, kinds_for(resource_type), f"read {resource_type}")
     check_id(res_id)
-    stmt = select(rv.c.version, rv.c.operation, rv.c.body, rv.c.last_updated, rv.c.kind).where(
-        rv.c.res_type == resource_type, rv.c.res_id == res_id
-    )
-    if version is None:
-        stmt = stmt.order_by(rv.c.version.desc()).limit(1)
-    else:
+    params: dict[str, Any] = {"type": resource_type, "id": res_id}
+    if version is not None:
         if not version.isdigit() or len(version) > 9:
             raise not_found(f"Version '{version[:20]}' of {resource_type}/{res_id} not found")
-        stmt = stmt.where(rv.c.version == int(version))
-    with call.engine.connect() as conn:
-        row = conn.execute(stmt).first()
+        params["version"] = int(version)
+    # One statement on an append-only table: it needs no transaction of its own (saves two round trips on PG).
+    with call.reader.connect() as conn:
+        row = conn.execute(_LATEST if version is None else _VERSION, params).first()
     if row is None:
         what = f"{resource_type}/{res_id}" + (f"/_history/{version}" if version else "")
         raise not_found(f"{what} not found")

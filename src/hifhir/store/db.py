@@ -30,8 +30,15 @@ def make_engine(url: str) -> Engine:
             # on a lock upgrade (SQLITE_BUSY without waiting on busy_timeout).
             dbapi_conn.isolation_level = None
 
+        @event.listens_for(engine, "checkout")
+        def _sqlite_manual_transactions(dbapi_conn, _record, _proxy) -> None:  # type: ignore[no-untyped-def]
+            # An AUTOCOMMIT checkout hands the connection back with pysqlite's implicit BEGIN re-armed.
+            dbapi_conn.isolation_level = None
+
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Connection) -> None:
+            if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+                return  # single-statement reads run without a transaction
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
 
         return engine
