@@ -246,8 +246,11 @@ def set_autogroup_nice(pid: int | str, nice: int) -> int | None:
 
 
 def wait_server_idle(root: int, max_wait_s: float = 180.0) -> None:
-    """Wait until the server tree is idle: requests that wrk left in flight (a slow scenario can leave up to one
-    per connection, still being processed after wrk closed it) must not eat into the next measurement."""
+    """Wait until the server tree is idle.
+
+    Requests that wrk left in flight (a slow scenario can leave one per connection, still processed after
+    wrk closed it) must not eat into the next measurement.
+    """
     hz = os.sysconf("SC_CLK_TCK")
     deadline = time.monotonic() + max_wait_s
     announced = False
@@ -399,7 +402,8 @@ def prepare_sqlite(insurees: int, keep_db: bool, retry_for_s: float) -> str:
         recorded = json.loads(marker.read_text())
     except (OSError, ValueError):
         recorded = {}
-    if keep_db and count is not None and recorded == {"insurees": insurees, "count": count, "code": fingerprint}:
+    expected = {"insurees": insurees, "count": count, "code": fingerprint}
+    if keep_db and count is not None and recorded == expected:
         log(f"reusing {template.relative_to(REPO_ROOT)} ({count} insurees)")
     else:
         marker.unlink(missing_ok=True)
@@ -901,7 +905,7 @@ def _cpu_delta(before: dict[int, int], after: dict[int, int]) -> int:
 class Profile:
     samples: int
     self_top: list[tuple[str, float]]  # (frame, share of samples with it on top of the stack)
-    total_top: list[tuple[str, float]]  # (frame, share of samples with it anywhere on the stack)
+    total_top: list[tuple[str, float]]  # (hifhir frame, share of samples with it anywhere on the stack)
 
 
 def profile_path(backend: str, scenario: Scenario) -> Path:
@@ -962,12 +966,13 @@ def summarize_profile(collapsed: str, top: int = 12) -> Profile:
     if not samples:
         return Profile(0, [], [])
 
-    def ranked(counts: dict[str, int], skip_above: float = 1.0) -> list[tuple[str, float]]:
-        shares = [(frame, n / samples) for frame, n in counts.items() if n / samples <= skip_above]
-        return sorted(shares, key=lambda item: -item[1])[:top]
+    def ranked(counts: dict[str, int]) -> list[tuple[str, float]]:
+        return sorted(((frame, n / samples) for frame, n in counts.items()), key=lambda item: -item[1])[:top]
 
-    # Frames on (nearly) every stack - the event loop, uvicorn's protocol - say nothing.
-    return Profile(samples, ranked(self_counts), ranked(total_counts, skip_above=0.9))
+    # Inclusive shares only for the project's own functions: the frames of the event loop, uvicorn and
+    # multiprocessing are on nearly every stack and say nothing.
+    own = {frame: n for frame, n in total_counts.items() if "(hifhir/" in frame}
+    return Profile(samples, ranked(self_counts), ranked(own))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1014,7 +1019,7 @@ def run_backend(backend: str, args: argparse.Namespace) -> BackendRun:
             f"{samples.insurees:,} insurees in the database; {len(samples.ids)} sampled ids/CHFIDs, "
             f"{len(samples.families)} family names, {len(samples.villages)} villages"
         )
-        # Enough fresh CHFIDs for POST at POST_CAPACITY_RPS in each phase; past that wrk would reuse them (409).
+        # Enough fresh CHFIDs for POST at POST_CAPACITY_RPS in each phase; past that wrk reuses them (409).
         capacity = {0: int(args.warmup * POST_CAPACITY_RPS) + 1, 1: int(args.duration * POST_CAPACITY_RPS)}
         scripts = write_scripts(VAR_DIR / f"wrk-{backend}", token, samples, capacity)
         verify(server.base, token, samples)
@@ -1114,7 +1119,8 @@ def render(runs: list[BackendRun], args: argparse.Namespace, started: datetime) 
             if m.profile is None or not m.profile.samples:
                 continue
             title = f"Profile {run.backend} / {m.scenario.label} (py-spy, {m.profile.samples} samples):"
-            lines += ["", title, "", "| self | function | | inclusive | function |", "|--:|---|---|--:|---|"]
+            lines += ["", title, "", "| self | function (any) | | inclusive | function (hifhir) |",
+                      "|--:|---|---|--:|---|"]
             for i in range(max(len(m.profile.self_top), len(m.profile.total_top))):
                 left = m.profile.self_top[i] if i < len(m.profile.self_top) else None
                 right = m.profile.total_top[i] if i < len(m.profile.total_top) else None
@@ -1156,8 +1162,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="run py-spy on the workers during each measurement (costs some throughput); "
                         "summaries go into the results, stacks to var/bench/profiles/")
     parser.add_argument("--nice", type=int, default=0, metavar="N",
-                        help="run the server, PostgreSQL and wrk at this nice level (e.g. -10, needs root) so "
-                        "that other work on a shared machine disturbs the measurement less")
+                        help="run the server, PostgreSQL and wrk at this nice level (e.g. -10, needs root) "
+                        "so that other work on a shared machine disturbs the measurement less")
     parser.add_argument("--check", action="store_true",
                         help="exit with status 2 when a target or the memory limit is missed")
     parser.add_argument("--demo-retry", type=float, default=0.0, metavar="SECONDS",

@@ -52,11 +52,11 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     engine = _engine(settings)
     if args.migrate:
         prepare(settings, engine)
+    ensure_admin(engine)
     if args.demo_if_empty and _database_is_empty(engine):
         from hifhir.demo import load_demo_scheme
 
         load_demo_scheme(engine)
-    ensure_admin(engine)
     engine.dispose()
     base = f"http://{settings.host}:{settings.port}"
     print(f"hifhir serving FHIR R4 at {base}/fhir/ (openIMIS alias {base}/api/api_fhir_r4/)", flush=True)

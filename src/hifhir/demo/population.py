@@ -140,7 +140,7 @@ class _District:
     code: str
     name: str
     region: str
-    wards: int
+    room: int  # how many more wards it takes: up to WARDS_PER_DISTRICT, and only as many as free codes
     region_code: str = ""
 
 
@@ -182,15 +182,17 @@ def _ensure_villages(engine: Engine, rng: random.Random, new_insurees: int, prog
         ward_counts = dict(conn.execute(select(location.c.parent_pk, func.count()).where(
             location.c.type == "W", is_current(location)).group_by(location.c.parent_pk)).all())
         districts = [
-            _District(d.pk, d.id, d.code, d.name, regions[d.region_pk].name, ward_counts.get(d.pk, 0))
+            _District(d.pk, d.id, d.code, d.name, regions[d.region_pk].name,
+                      min(WARDS_PER_DISTRICT - ward_counts.get(d.pk, 0),
+                          sum(f"{d.code}M{digit}" not in codes for digit in DIGITS36)))
             for d in conn.execute(select(location).where(
                 location.c.type == "D", is_current(location)).order_by(location.c.pk))
             if len(d.code) <= 4 and d.region_pk in regions  # longer codes leave no room for W and V digits
         ]
         hf_codes = set(conn.execute(select(health_facility.c.code)).scalars())
-    region_codes = sorted(r.code for r in regions.values())
 
-    # Plan: (district, [village counts per new ward]); new districts are created first in the same plan.
+    # The plan: one (district, village count) per new ward; the new regions and districts it needs are
+    # collected on the way and created first.
     plan: list[tuple[_District, int]] = []
     remaining = missing
     pool = iter(districts)
@@ -200,7 +202,7 @@ def _ensure_villages(engine: Engine, rng: random.Random, new_insurees: int, prog
     region_left = 0
     region: tuple[str, str] | None = None
     while remaining > 0:
-        if current is None or current.wards >= WARDS_PER_DISTRICT:
+        if current is None or current.room <= 0:
             current = next(pool, None)
             if current is None:
                 if region is None or region_left == 0:
@@ -210,19 +212,18 @@ def _ensure_villages(engine: Engine, rng: random.Random, new_insurees: int, prog
                     name = REGION_NAMES[len(new_regions) % len(REGION_NAMES)]
                     region = (code, name)
                     new_regions.append(region)
-                    region_codes.append(code)
                     region_left = DISTRICTS_PER_REGION
                 dcode = _next_code(region[0] + "D", codes)
                 if dcode is None:
                     region_left = 0
                     continue
                 region_left -= 1
-                current = _District(0, "", dcode, place_name(rng), region[1], 0, region[0])
+                current = _District(0, "", dcode, place_name(rng), region[1], WARDS_PER_DISTRICT, region[0])
                 new_districts.append(current)
             continue
         villages_in_ward = min(remaining, rng.choice((2, 3)))
         plan.append((current, villages_in_ward))
-        current.wards += 1
+        current.room -= 1
         remaining -= villages_in_ward
 
     if progress:
@@ -261,7 +262,7 @@ def _create_structure(engine: Engine, rng: random.Random, new_regions: list[tupl
             for district, count in chunk:
                 ward_code = _next_code(district.code + "M", codes)
                 if ward_code is None:
-                    raise RuntimeError(f"district {district.code} has no free ward code left")
+                    continue  # codes taken meanwhile (planned from free codes): a few villages fewer
                 ward_name = place_name(rng)
                 _, ward_id = w.create("location", res.location_resource(
                     ward_code, ward_name, "W", district.id))
@@ -338,7 +339,7 @@ class _Generator:
             self.cum_weights[i] = total
         self.hfs_by_district = hfs_by_district
         self.sizes = [s for s, _ in SIZE_WEIGHTS]
-        self.size_cum = []
+        self.size_cum: list[float] = []
         acc = 0.0
         for _, p in SIZE_WEIGHTS:
             acc += p
