@@ -182,7 +182,7 @@ def patient_resource(
         "meta": _meta("openimis-patient"),
         "extension": exts,
         "identifier": [_identifier("Code", chf)],
-        "name": [{"use": "official", "family": last_name, "given": other_names.split(" ")}],
+        "name": [{"use": "official", "family": last_name, "given": [other_names]}],
         "gender": {"M": "male", "F": "female"}[gender],
         "birthDate": dob.isoformat(),
         "address": [address],
@@ -194,7 +194,7 @@ def patient_resource(
         res["maritalStatus"] = {"coding": [coding(MARITAL_SYSTEM, MARITAL_CODES[marital])]}
     if relationship and head_name:
         res["contact"] = [{"relationship": [ig_concept("patient-contact-relationship", relationship)],
-                           "name": {"family": head_name[0], "given": head_name[1].split(" ")}}]
+                           "name": {"family": head_name[0], "given": [head_name[1]]}}]
     if hf_id:
         res["generalPractitioner"] = [reference("Organization", hf_id)]
     return res
