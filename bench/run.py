@@ -1111,7 +1111,7 @@ def render(runs: list[BackendRun], args: argparse.Namespace, started: datetime) 
             verdict = "pass" if m.peak_rss_mb <= MEMORY_LIMIT_MB else "FAIL"
             db_cpu = f"{m.db_cpu:.2f}" if m.db_cpu is not None else "—"
             lines.append(
-                f"| {run.backend} | {m.scenario.label} | {m.peak_rss_mb:.0f} | {per_process} | {verdict} "
+                f"| {run.backend} | {m.scenario.label} | {m.peak_rss_mb:.1f} | {per_process} | {verdict} "
                 f"| {m.server_cpu:.2f} | {db_cpu} | {m.wrk_cpu:.2f} | {m.other_cpu:.2f} |"
             )
     for run in runs:

@@ -206,7 +206,9 @@ def search(call: Call, resource_type: str, items: list[tuple[str, str]]) -> Http
         page_default=call.settings.page_size_default, page_max=call.settings.page_size_max,
     )
     req.kinds = allowed  # e.g. a Clerk searching Organization sees the insurer, not health facilities
-    with call.engine.connect() as conn:
+    # Autocommit is safe: bodies come from the append-only history by (id, version), so a write committed between
+    # the page query and the body query cannot make them disagree.
+    with call.reader.connect() as conn:
         result = execute_search(conn, req)
     body = build_searchset(call.base_url, req, result, summary_elements())
     return HttpResponse(200, body, call.content_type)
@@ -376,7 +378,7 @@ def history(call: Call, resource_type: str, res_id: str | None, items: list[tupl
         .order_by(rv.c.seq.desc())
         .limit(count + 1)
     )
-    with call.engine.connect() as conn:
+    with call.reader.connect() as conn:
         rows = conn.execute(stmt).all()
     page = rows[:count]
     path = f"{call.base_url}/{resource_type}" + (f"/{res_id}" if res_id else "") + "/_history"
@@ -487,7 +489,7 @@ def patient_photo(call: Call, res_id: str) -> HttpResponse:
 
     readable_kinds(call, kinds_for("Patient"), "read Patient")
     check_id(res_id)
-    with call.engine.connect() as conn:
+    with call.reader.connect() as conn:
         photo = load_photo(conn, res_id)
     if photo is None:
         raise not_found(f"Patient/{res_id} has no photo")

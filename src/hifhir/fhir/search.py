@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import orjson
-from sqlalchemy import Connection, and_, func, or_, select
+from sqlalchemy import Connection, and_, bindparam, func, or_, select
 
 from hifhir.fhir.errors import FhirError, invalid, issue
 from hifhir.fhir.kind import ResourceKind
@@ -384,6 +384,11 @@ def execute_search(conn: Connection, req: SearchRequest) -> SearchResult:
     return SearchResult(page, total, has_next=more, has_prev=req.cursor is not None)
 
 
+_BODIES = select(rv.c.res_id, rv.c.version, rv.c.body).where(
+    rv.c.res_type == bindparam("type"), rv.c.res_id.in_(bindparam("ids", expanding=True)),
+    rv.c.version.in_(bindparam("versions", expanding=True)))
+
+
 def _attach_bodies(conn: Connection, resource_type: str, page: list[Hit]) -> None:
     """One keyed query for the stored FHIR JSON of the page's current versions."""
     if not page:
@@ -391,11 +396,8 @@ def _attach_bodies(conn: Connection, resource_type: str, page: list[Hit]) -> Non
     # `res_id IN (…)` walks the unique (type, id, version) index; a row-value IN (id, version) would make SQLite
     # scan another index. Older versions of the same ids come along and are dropped here.
     wanted = {(h.res_id, h.version) for h in page}
-    rows = conn.execute(
-        select(rv.c.res_id, rv.c.version, rv.c.body).where(
-            rv.c.res_type == resource_type, rv.c.res_id.in_([h.res_id for h in page]),
-            rv.c.version.in_(sorted({h.version for h in page})))
-    )
+    rows = conn.execute(_BODIES, {"type": resource_type, "ids": [h.res_id for h in page],
+                                  "versions": sorted({h.version for h in page})})
     bodies = {(r.res_id, r.version): r.body for r in rows if (r.res_id, r.version) in wanted}
     for hit in page:
         hit.body = bodies[(hit.res_id, hit.version)]

@@ -29,6 +29,7 @@ _STRING_RE = re.compile(r"^[\w\s'’.\-(),&]{1,100}$", re.UNICODE)
 # The code part of a token (what follows `system|`). No '/': no code, phone, e-mail or identifier value this
 # server stores has one, and a slash in a code is far more often a path-traversal probe than data.
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9\-._@+:]{1,128}$")
+_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _DATE_RE = re.compile(
     r"^(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
@@ -271,7 +272,9 @@ def identifier_param(id_column: Any, code_column: Any | None) -> SearchParam:
     # Each form becomes `pk IN (SELECT pk … UNION …)`: one indexed lookup per identifier column. An OR of the
     # columns lets SQLite prefer a scan in pk order (to avoid sorting) over the unique indexes.
     def by_uuid(value: str) -> list[Any]:
-        return [select(table.c.pk).where(table.c.id == value), select(table.c.pk).where(table.c.uuid == value)]
+        by_id = select(table.c.pk).where(table.c.id == value)
+        # identifier[UUID] differs from the id only for resources PUT under a client id; it is always a UUID.
+        return [by_id, select(table.c.pk).where(table.c.uuid == value)] if _UUID_RE.match(value) else [by_id]
 
     def by_code(value: str) -> list[Any]:
         if code_column is None:

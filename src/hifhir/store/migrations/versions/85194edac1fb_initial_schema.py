@@ -1,15 +1,15 @@
 """initial schema
 
-Revision ID: 4f6a79e358c9
+Revision ID: 85194edac1fb
 Revises: 
-Create Date: 2026-11-25 18:05:31.915282
+Create Date: 2026-11-25 18:33:07.517616
 """
 
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '4f6a79e358c9'
+revision = '85194edac1fb'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -72,8 +72,8 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('location', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_location_last_updated'), ['last_updated'], unique=False)
-        batch_op.create_index(batch_op.f('ix_location_name_norm'), ['name_norm'], unique=False)
-        batch_op.create_index('ix_location_parent', ['parent_pk'], unique=False)
+        batch_op.create_index('ix_location_name_norm_current', ['name_norm'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.create_index('ix_location_parent_pk_current', ['parent_pk'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.create_index(batch_op.f('ix_location_uuid'), ['uuid'], unique=False)
         batch_op.create_index('uq_location_code_current', ['code'], unique=True, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
 
@@ -92,7 +92,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('resource_version', schema=None) as batch_op:
         batch_op.create_index('ix_resource_version_time', ['last_updated'], unique=False)
-        batch_op.create_index('ix_resource_version_type_time', ['res_type', 'last_updated'], unique=False)
+        batch_op.create_index('ix_resource_version_type_seq', ['res_type', 'seq'], unique=False)
 
     op.create_table('role',
     sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
@@ -156,7 +156,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('health_facility', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_health_facility_last_updated'), ['last_updated'], unique=False)
-        batch_op.create_index(batch_op.f('ix_health_facility_name_norm'), ['name_norm'], unique=False)
+        batch_op.create_index('ix_health_facility_name_norm_current', ['name_norm'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.create_index(batch_op.f('ix_health_facility_uuid'), ['uuid'], unique=False)
         batch_op.create_index('uq_health_facility_code_current', ['code'], unique=True, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
 
@@ -184,7 +184,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('policy_holder', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_policy_holder_last_updated'), ['last_updated'], unique=False)
-        batch_op.create_index(batch_op.f('ix_policy_holder_name_norm'), ['name_norm'], unique=False)
+        batch_op.create_index('ix_policy_holder_name_norm_current', ['name_norm'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.create_index(batch_op.f('ix_policy_holder_uuid'), ['uuid'], unique=False)
         batch_op.create_index('uq_policy_holder_code_current', ['code'], unique=True, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
 
@@ -249,13 +249,13 @@ def upgrade() -> None:
     sa.UniqueConstraint('id', name=op.f('uq_insuree_id'))
     )
     with op.batch_alter_table('insuree', schema=None) as batch_op:
-        batch_op.create_index('ix_insuree_dob', ['dob'], unique=False)
-        batch_op.create_index('ix_insuree_family_norm', ['family_norm', 'pk'], unique=False)
-        batch_op.create_index('ix_insuree_family_pk', ['family_pk'], unique=False)
-        batch_op.create_index('ix_insuree_given_norm', ['given_norm'], unique=False)
+        batch_op.create_index('ix_insuree_dob_current', ['dob'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.create_index('ix_insuree_family_norm_current', ['family_norm'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.create_index('ix_insuree_family_pk_current', ['family_pk'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.create_index('ix_insuree_given_norm_current', ['given_norm'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.create_index(batch_op.f('ix_insuree_last_updated'), ['last_updated'], unique=False)
         batch_op.create_index(batch_op.f('ix_insuree_uuid'), ['uuid'], unique=False)
-        batch_op.create_index('ix_insuree_village', ['village_pk'], unique=False)
+        batch_op.create_index('ix_insuree_village_pk_current', ['village_pk'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.create_index('uq_insuree_chf_id_current', ['chf_id'], unique=True, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
 
     op.create_table('insuree_photo',
@@ -292,13 +292,13 @@ def downgrade() -> None:
     op.drop_table('insuree_photo')
     with op.batch_alter_table('insuree', schema=None) as batch_op:
         batch_op.drop_index('uq_insuree_chf_id_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
-        batch_op.drop_index('ix_insuree_village')
+        batch_op.drop_index('ix_insuree_village_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.drop_index(batch_op.f('ix_insuree_uuid'))
         batch_op.drop_index(batch_op.f('ix_insuree_last_updated'))
-        batch_op.drop_index('ix_insuree_given_norm')
-        batch_op.drop_index('ix_insuree_family_pk')
-        batch_op.drop_index('ix_insuree_family_norm')
-        batch_op.drop_index('ix_insuree_dob')
+        batch_op.drop_index('ix_insuree_given_norm_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index('ix_insuree_family_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index('ix_insuree_family_norm_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index('ix_insuree_dob_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
 
     op.drop_table('insuree')
     op.drop_table('app_user')
@@ -306,14 +306,14 @@ def downgrade() -> None:
     with op.batch_alter_table('policy_holder', schema=None) as batch_op:
         batch_op.drop_index('uq_policy_holder_code_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.drop_index(batch_op.f('ix_policy_holder_uuid'))
-        batch_op.drop_index(batch_op.f('ix_policy_holder_name_norm'))
+        batch_op.drop_index('ix_policy_holder_name_norm_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.drop_index(batch_op.f('ix_policy_holder_last_updated'))
 
     op.drop_table('policy_holder')
     with op.batch_alter_table('health_facility', schema=None) as batch_op:
         batch_op.drop_index('uq_health_facility_code_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.drop_index(batch_op.f('ix_health_facility_uuid'))
-        batch_op.drop_index(batch_op.f('ix_health_facility_name_norm'))
+        batch_op.drop_index('ix_health_facility_name_norm_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.drop_index(batch_op.f('ix_health_facility_last_updated'))
 
     op.drop_table('health_facility')
@@ -326,15 +326,15 @@ def downgrade() -> None:
     op.drop_table('family')
     op.drop_table('role')
     with op.batch_alter_table('resource_version', schema=None) as batch_op:
-        batch_op.drop_index('ix_resource_version_type_time')
+        batch_op.drop_index('ix_resource_version_type_seq')
         batch_op.drop_index('ix_resource_version_time')
 
     op.drop_table('resource_version')
     with op.batch_alter_table('location', schema=None) as batch_op:
         batch_op.drop_index('uq_location_code_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.drop_index(batch_op.f('ix_location_uuid'))
-        batch_op.drop_index('ix_location_parent')
-        batch_op.drop_index(batch_op.f('ix_location_name_norm'))
+        batch_op.drop_index('ix_location_parent_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index('ix_location_name_norm_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.drop_index(batch_op.f('ix_location_last_updated'))
 
     op.drop_table('location')
