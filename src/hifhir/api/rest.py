@@ -28,6 +28,7 @@ from hifhir.fhir.searchparams import since_us
 from hifhir.fhir.summary import summary_elements
 from hifhir.fhir.validate import validate_resource
 from hifhir.store.db import transaction
+from hifhir.store.fast import FastStatement
 from hifhir.store.tables import resource_version as rv
 
 
@@ -167,11 +168,11 @@ def _if_match_version(header: str) -> str:
 
 
 _VERSION_COLUMNS = (rv.c.version, rv.c.operation, rv.c.body, rv.c.last_updated, rv.c.kind)
-_LATEST = (select(*_VERSION_COLUMNS)
-           .where(rv.c.res_type == bindparam("type"), rv.c.res_id == bindparam("id"))
-           .order_by(rv.c.version.desc()).limit(1))
-_VERSION = select(*_VERSION_COLUMNS).where(
-    rv.c.res_type == bindparam("type"), rv.c.res_id == bindparam("id"), rv.c.version == bindparam("version"))
+_LATEST = FastStatement(select(*_VERSION_COLUMNS)
+                        .where(rv.c.res_type == bindparam("type"), rv.c.res_id == bindparam("id"))
+                        .order_by(rv.c.version.desc()).limit(1))
+_VERSION = FastStatement(select(*_VERSION_COLUMNS).where(
+    rv.c.res_type == bindparam("type"), rv.c.res_id == bindparam("id"), rv.c.version == bindparam("version")))
 
 
 def read(call: Call, resource_type: str, res_id: str, version: str | None = None) -> HttpResponse:
@@ -184,7 +185,8 @@ def read(call: Call, resource_type: str, res_id: str, version: str | None = None
         params["version"] = int(version)
     # One statement on an append-only table: it needs no transaction of its own (saves two round trips on PG).
     with call.reader.connect() as conn:
-        row = conn.execute(_LATEST if version is None else _VERSION, params).first()
+        rows = (_LATEST if version is None else _VERSION).execute(conn, params)
+    row = rows[0] if rows else None
     if row is None:
         what = f"{resource_type}/{res_id}" + (f"/_history/{version}" if version else "")
         raise not_found(f"{what} not found")
