@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import heapq
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -26,6 +28,7 @@ from hifhir.fhir.searchparams import (
     identifier_param,
     instant_param,
 )
+from hifhir.store.fast import FastStatement
 from hifhir.store.tables import is_current
 from hifhir.store.tables import resource_version as rv
 
@@ -297,10 +300,15 @@ def _query_kind(
     t = kind.table
     keys = _sort_keys(kind, req)
     descs = [d != reverse for _, d, _ in keys]
+    eff_keys = [(e, d, k) for (e, _, k), d in zip(keys, descs, strict=True)]
+    cached = _cached_first_page(kind, req, eff_keys, reverse) if req.cursor is None else None
+    if cached is not None:
+        statement, params = cached
+        rows = statement.execute(conn, {**params, "page_limit": limit})
+        return [_hit(row, eff_keys, rank, reverse) for row in rows]
     where = _where(kind, req)
     if where is None:
         return []
-    eff_keys = [(e, d, k) for (e, _, k), d in zip(keys, descs, strict=True)]
     if req.cursor is not None:
         *sort_vals, c_rank, c_pk = req.cursor  # checked by _check_cursor
         if not reverse:
@@ -323,19 +331,61 @@ def _query_kind(
         .order_by(*order)
         .limit(limit)
     )
-    hits = []
-    for row in conn.execute(stmt):
-        sort_vals = [_sort_value(v) for v in row[3:]]
-        hits.append(
-            Hit(
-                _order_tuple(list(row[3:]), [d for _, d, _ in eff_keys], -rank if reverse else rank,
-                             -row.pk if reverse else row.pk),
-                [*sort_vals, rank, row.pk],
-                row.id,
-                row.version_id,
-            )
+    return [_hit(row, eff_keys, rank, reverse) for row in conn.execute(stmt)]
+
+
+def _hit(row: Any, eff_keys: list[tuple[Any, bool, str]], rank: int, reverse: bool) -> Hit:
+    pk, res_id, version = row[0], row[1], row[2]
+    sort_vals = list(row[3:])
+    return Hit(
+        _order_tuple(sort_vals, [d for _, d, _ in eff_keys], -rank if reverse else rank, -pk if reverse else pk),
+        [*[_sort_value(v) for v in sort_vals], rank, pk],
+        res_id,
+        version,
+    )
+
+
+# First pages of searches whose every criterion is a single value of a parameter with a parse/shaped split are
+# served by statements built once per shape (statement construction costs more than the query itself).
+_FIRST_PAGE_CACHE: dict[Hashable, FastStatement] = {}
+_FIRST_PAGE_CACHE_MAX = 512
+
+
+def _cached_first_page(
+    kind: ResourceKind, req: SearchRequest, eff_keys: list[tuple[Any, bool, str]], reverse: bool
+) -> tuple[FastStatement, dict[str, Any]] | None:
+    shapes: list[tuple[str, str | None, Hashable]] = []
+    params: dict[str, Any] = {}
+    for name, occurrences in sorted(req.criteria.items()):
+        param = kind.search_params.get(name)
+        if param is None or param.parse is None or param.shaped is None:
+            return None
+        for modifier, values in occurrences:
+            if len(values) != 1 or (modifier is not None and modifier not in param.modifiers):
+                return None
+            expression = f"{name}:{modifier}" if modifier else name
+            shape, vals = param.parse(values[0], modifier, expression)
+            prefix = f"c{len(shapes)}_"
+            shapes.append((name, modifier, shape))
+            params.update({prefix + k: v for k, v in vals.items()})
+    key = (kind.name, reverse, tuple(shapes), tuple(req.sort))
+    statement = _FIRST_PAGE_CACHE.get(key)
+    if statement is None:
+        t = kind.table
+        where: list[Any] = [is_current(t)]
+        for i, (name, _modifier, shape) in enumerate(shapes):
+            prefix = f"c{i}_"
+            names = [k[len(prefix):] for k in params if k.startswith(prefix)]
+            where.append(kind.search_params[name].shaped(shape, {n: bindparam(prefix + n) for n in names}))
+        order = [e.desc() if d else e.asc() for e, d, _ in eff_keys]
+        order.append(t.c.pk.desc() if reverse else t.c.pk.asc())
+        statement = FastStatement(
+            select(t.c.pk, t.c.id, t.c.version_id, *[e for e, _, _ in eff_keys])
+            .where(*where).order_by(*order).limit(bindparam("page_limit"))
         )
-    return hits
+        if len(_FIRST_PAGE_CACHE) < _FIRST_PAGE_CACHE_MAX:
+            _FIRST_PAGE_CACHE[key] = statement
+    return statement, params
 
 
 def _keyset_condition_reverse_pk(
@@ -384,9 +434,13 @@ def execute_search(conn: Connection, req: SearchRequest) -> SearchResult:
     return SearchResult(page, total, has_next=more, has_prev=req.cursor is not None)
 
 
-_BODIES = select(rv.c.res_id, rv.c.version, rv.c.body).where(
-    rv.c.res_type == bindparam("type"), rv.c.res_id.in_(bindparam("ids", expanding=True)),
-    rv.c.version.in_(bindparam("versions", expanding=True)))
+@functools.lru_cache(maxsize=128)
+def _bodies_statement(n_ids: int, n_versions: int) -> FastStatement:
+    """The body fetch for a page of n ids (one compiled statement per page size, run through the driver)."""
+    return FastStatement(select(rv.c.res_id, rv.c.version, rv.c.body).where(
+        rv.c.res_type == bindparam("type"),
+        rv.c.res_id.in_([bindparam(f"i{i}") for i in range(n_ids)]),
+        rv.c.version.in_([bindparam(f"v{i}") for i in range(n_versions)])))
 
 
 def _attach_bodies(conn: Connection, resource_type: str, page: list[Hit]) -> None:
@@ -396,8 +450,11 @@ def _attach_bodies(conn: Connection, resource_type: str, page: list[Hit]) -> Non
     # `res_id IN (…)` walks the unique (type, id, version) index; a row-value IN (id, version) would make SQLite
     # scan another index. Older versions of the same ids come along and are dropped here.
     wanted = {(h.res_id, h.version) for h in page}
-    rows = conn.execute(_BODIES, {"type": resource_type, "ids": [h.res_id for h in page],
-                                  "versions": sorted({h.version for h in page})})
+    versions = sorted({h.version for h in page})
+    params: dict[str, Any] = {"type": resource_type}
+    params.update((f"i{i}", h.res_id) for i, h in enumerate(page))
+    params.update((f"v{i}", v) for i, v in enumerate(versions))
+    rows = _bodies_statement(len(page), len(versions)).execute(conn, params)
     bodies = {(r.res_id, r.version): r.body for r in rows if (r.res_id, r.version) in wanted}
     for hit in page:
         hit.body = bodies[(hit.res_id, hit.version)]

@@ -9,13 +9,14 @@ from __future__ import annotations
 import calendar
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import Boolean, ColumnElement, and_, false, literal, not_, or_, select, true, union
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.sql.expression import FunctionElement
 
 from hifhir.fhir.errors import FhirError, invalid
@@ -65,6 +66,10 @@ class SearchParam:
     modifiers: frozenset[str] = frozenset()
     documentation: str = ""
     missing: Callable[[bool], Clause] | None = None
+    # Optional split of `clause` for statement caching: `parse` validates a value and returns the SQL shape plus
+    # the values to bind; `shaped` builds the clause from a shape and values that may be bind parameters.
+    parse: Callable[[str, str | None, str], tuple[Hashable, dict[str, Any]]] | None = None
+    shaped: Callable[[Hashable, dict[str, Any]], Clause] | None = None
 
     def build(self, modifier: str | None, values: list[str]) -> Clause:
         expression = f"{self.name}:{modifier}" if modifier else self.name
@@ -143,27 +148,36 @@ def string_param(
     """
     raw = raw_columns or norm_columns
 
-    def clause(value: str, modifier: str | None, expression: str) -> Clause:
+    def parse(value: str, modifier: str | None, expression: str) -> tuple[Hashable, dict[str, Any]]:
         check_string(value, expression)
         if modifier == "exact":
-            return or_(*[
-                or_(c == value, _HasWord(c, literal(value))) if _is_one_of(c, word_columns) else c == value
-                for c in raw
-            ])
+            return "exact", {"v": value}
         folded = normalise_text(value)
         if modifier == "contains":
-            pattern = f"%{_escape_like(folded)}%"
-            return or_(*[c.like(pattern, escape="\\") for c in norm_columns])
+            return "contains", {"pattern": f"%{_escape_like(folded)}%"}
+        return "prefix", {"lo": folded, "hi": folded + "\U0010ffff", "word": f"% {_escape_like(folded)}%"}
+
+    def shaped(shape: Hashable, vals: dict[str, Any]) -> Clause:
+        if shape == "exact":
+            value = vals["v"]
+            return or_(*[
+                or_(c == value, _HasWord(c, value if isinstance(value, BindParameter) else literal(value)))
+                if _is_one_of(c, word_columns) else c == value
+                for c in raw
+            ])
+        if shape == "contains":
+            return or_(*[c.like(vals["pattern"], escape="\\") for c in norm_columns])
         # A range on the folded column uses its b-tree index on both engines (LIKE would not on SQLite).
         options = []
         for c in norm_columns:
-            options.append(and_(c >= folded, c < folded + "\U0010ffff"))
+            options.append(and_(c >= vals["lo"], c < vals["hi"]))
             if _is_one_of(c, word_columns):
-                options.append(c.like(f"% {_escape_like(folded)}%", escape="\\"))
+                options.append(c.like(vals["word"], escape="\\"))
         return or_(*options)
 
     return SearchParam(
-        name, "string", clause, frozenset({"exact", "contains"}), doc, _missing_for(*norm_columns)
+        name, "string", _clause_of(parse, shaped), frozenset({"exact", "contains"}), doc,
+        _missing_for(*norm_columns), parse=parse, shaped=shaped,
     )
 
 
@@ -221,21 +235,27 @@ def token_param(
 ) -> SearchParam:
     """Token search on a coded column. `codes` maps the FHIR code to the stored value (e.g. male → M)."""
 
-    def clause(value: str, modifier: str | None, expression: str) -> Clause:
+    def parse(value: str, modifier: str | None, expression: str) -> tuple[Hashable, dict[str, Any]]:
         system, code = split_token(value, expression)
         check_token(code, expression)
         if system and systems and system not in systems:
-            return false()
+            return "none", {}
         if codes is not None:
             if code not in codes:
                 raise invalid(f"Unknown code '{code}' for '{expression}'", expression)
             stored: Any = codes[code]
         else:
             stored = code
-        match = column == stored
-        return not_(match) | column.is_(None) if modifier == "not" else match
+        return ("not" if modifier == "not" else "eq"), {"v": stored}
 
-    return SearchParam(name, "token", clause, frozenset({"not"}), doc, _missing_for(column))
+    def shaped(shape: Hashable, vals: dict[str, Any]) -> Clause:
+        if shape == "none":
+            return false()
+        match = column == vals["v"]
+        return not_(match) | column.is_(None) if shape == "not" else match
+
+    return SearchParam(name, "token", _clause_of(parse, shaped), frozenset({"not"}), doc, _missing_for(column),
+                       parse=parse, shaped=shaped)
 
 
 def any_token_param(name: str, *columns: Any, doc: str = "") -> SearchParam:
@@ -271,62 +291,70 @@ def identifier_param(id_column: Any, code_column: Any | None) -> SearchParam:
 
     # Each form becomes `pk IN (SELECT pk … UNION …)`: one indexed lookup per identifier column. An OR of the
     # columns lets SQLite prefer a scan in pk order (to avoid sorting) over the unique indexes.
-    def by_uuid(value: str) -> list[Any]:
-        by_id = select(table.c.pk).where(table.c.id == value)
-        # identifier[UUID] differs from the id only for resources PUT under a client id; it is always a UUID.
-        return [by_id, select(table.c.pk).where(table.c.uuid == value)] if _UUID_RE.match(value) else [by_id]
-
-    def by_code(value: str) -> list[Any]:
-        if code_column is None:
-            return []
-        return [select(table.c.pk).where(code_column == value, is_current(table))]
-
-    def matching(*selects: Any) -> Clause:
-        return table.c.pk.in_(union(*selects)) if selects else false()
-
-    def typed(type_code: str, value: str) -> Clause:
-        if type_code == "UUID":
-            return matching(*by_uuid(value))
-        if type_code == "Code":
-            return matching(*by_code(value))
-        return false()
-
-    def clause(value: str, modifier: str | None, expression: str) -> Clause:
+    def parse(value: str, modifier: str | None, expression: str) -> tuple[Hashable, dict[str, Any]]:
         parts = value.split("|")
         if modifier == "of-type" or len(parts) == 3:
             if len(parts) != 3 or parts[0] not in ("", IDENTIFIER_SYSTEM):
                 raise invalid(
                     f"'{expression}' takes <{IDENTIFIER_SYSTEM}>|Code|<value> or …|UUID|<value>", expression
                 )
-            check_token(parts[2], expression)
-            return typed(parts[1], parts[2])
-        if len(parts) == 2:
+            type_code, code = parts[1], check_token(parts[2], expression)
+        elif len(parts) == 2:
             qualifier, code = parts
             check_token(code, expression)
             if qualifier in ("Code", "UUID"):
-                return typed(qualifier, code)
-            if qualifier not in ("", IDENTIFIER_SYSTEM):
-                return false()  # the IG never sets Identifier.system
+                type_code = qualifier
+            elif qualifier in ("", IDENTIFIER_SYSTEM):
+                type_code = "any"
+            else:
+                type_code = "none"  # the IG never sets Identifier.system
         else:
-            code = check_token(parts[0], expression)
-        return matching(*by_uuid(code), *by_code(code))
+            type_code, code = "any", check_token(parts[0], expression)
+        return (type_code, bool(_UUID_RE.match(code))), {"v": code}
+
+    def shaped(shape: Hashable, vals: dict[str, Any]) -> Clause:
+        type_code, uuid_shaped = shape  # type: ignore[misc]
+        value = vals["v"]
+        selects: list[Any] = []
+        if type_code in ("UUID", "any"):
+            selects.append(select(table.c.pk).where(table.c.id == value))
+            # identifier[UUID] differs from the id only for resources PUT under a client id; always a UUID.
+            if uuid_shaped:
+                selects.append(select(table.c.pk).where(table.c.uuid == value))
+        if type_code in ("Code", "any") and code_column is not None:
+            selects.append(select(table.c.pk).where(code_column == value, is_current(table)))
+        return table.c.pk.in_(union(*selects)) if selects else false()
 
     return SearchParam(
         "identifier",
         "token",
-        clause,
+        _clause_of(parse, shaped),
         frozenset({"of-type"}),
         "Business Code or UUID identifier; `Code|x`, `UUID|x` or `:of-type=<openimis-identifiers>|Code|x`",
+        parse=parse,
+        shaped=shaped,
     )
 
 
 def id_param(id_column: Any) -> SearchParam:
-    def clause(value: str, modifier: str | None, expression: str) -> Clause:
+    def parse(value: str, modifier: str | None, expression: str) -> tuple[Hashable, dict[str, Any]]:
         if not _ID_RE.match(value):
             raise invalid(f"Invalid id '{value[:70]}' for '_id'", expression)
-        return id_column == value
+        return "id", {"v": value}
 
-    return SearchParam("_id", "token", clause, frozenset(), "Logical id of the resource")
+    def shaped(shape: Hashable, vals: dict[str, Any]) -> Clause:
+        return id_column == vals["v"]
+
+    return SearchParam("_id", "token", _clause_of(parse, shaped), frozenset(), "Logical id of the resource",
+                       parse=parse, shaped=shaped)
+
+
+def _clause_of(parse: Callable[[str, str | None, str], tuple[Hashable, dict[str, Any]]],
+               shaped: Callable[[Hashable, dict[str, Any]], Clause]) -> Callable[[str, str | None, str], Clause]:
+    def clause(value: str, modifier: str | None, expression: str) -> Clause:
+        return shaped(*parse(value, modifier, expression))
+
+    return clause
 
 
 # --- reference ----------------------------------------------------------------------------------------
