@@ -95,9 +95,12 @@ class HifhirApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                from hifhir.fhir.registry import ALL_KINDS
                 from hifhir.fhir.validate import warm_up
 
-                warm_up()  # compile every profile now rather than inside the first requests
+                # Compile the served profiles now rather than inside the first requests (only those: compiling
+                # every IG profile would cost each worker ~30 MB more).
+                warm_up([k.profile for k in ALL_KINDS])
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 self.engine.dispose()
