@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -1176,6 +1177,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+@contextlib.contextmanager
+def exclusive_run() -> Iterator[None]:
+    """One benchmark at a time per checkout; a second run waits for the first.
+
+    Runs share var/bench (databases, cluster, scripts) and would compete for the CPU anyway.
+    """
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    with (VAR_DIR / ".lock").open("a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            log(f"another benchmark (pid {holder}) is running in this checkout; waiting for it")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.truncate(0)
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _terminate(signum: int, _frame: object) -> None:
     # SystemExit unwinds the ExitStacks, so the server and the PostgreSQL cluster are stopped.
     raise SystemExit(128 + signum)
@@ -1186,6 +1211,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     # A background job of a non-interactive shell inherits SIGINT ignored; take Ctrl-C / kill -INT anyway.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    with exclusive_run():
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     started = datetime.now()
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     runs: list[BackendRun] = []
