@@ -443,7 +443,8 @@ def population_fingerprint() -> str:
 
 
 def remove_sqlite(path: Path) -> None:
-    for suffix in ("", "-wal", "-shm", "-journal"):
+    # ".writer-lock": the file the server's SQLite writer lock (hifhir.store.db.WriterLock) keeps beside it.
+    for suffix in ("", "-wal", "-shm", "-journal", ".writer-lock"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 

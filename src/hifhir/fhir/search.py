@@ -234,9 +234,11 @@ def _coerce(value: Any, kind: str) -> Any:
 
 
 def _keyset_condition(
-    keys: list[tuple[Any, bool, str]], values: list[Any], tail: str, pk_col: Any, pk_value: int
+    keys: list[tuple[Any, bool, str]], values: list[Any], tail: str, pk_col: Any, pk_value: int,
+    pk_descending: bool = False,
 ) -> Any:
-    """Rows strictly after the cursor in (keys…, rank, pk) order; `tail` encodes how rank compares."""
+    """Rows strictly after the cursor in (keys…, rank, pk) order; `tail` encodes how rank compares, and pk order
+    flips when paging backwards."""
     ors = []
     prefix: list[Any] = []
     for (expr, desc, kind), raw in zip(keys, values, strict=True):
@@ -246,7 +248,7 @@ def _keyset_condition(
     if tail == "after":  # this kind ranks after the cursor's: equal sort values qualify
         ors.append(and_(*prefix) if prefix else True)
     elif tail == "same":
-        ors.append(and_(*prefix, pk_col > pk_value))
+        ors.append(and_(*prefix, pk_col < pk_value if pk_descending else pk_col > pk_value))
     return or_(*ors) if ors else False
 
 
@@ -315,11 +317,7 @@ def _query_kind(
             tail = "after" if rank > c_rank else "same" if rank == c_rank else "before"
         else:
             tail = "after" if rank < c_rank else "same" if rank == c_rank else "before"
-        pk_cond_col = t.c.pk
-        cond = _keyset_condition(eff_keys, sort_vals, tail, pk_cond_col, c_pk)
-        if tail == "same" and reverse:
-            # pk order flips when paging backwards
-            cond = _keyset_condition_reverse_pk(eff_keys, sort_vals, t.c.pk, c_pk)
+        cond = _keyset_condition(eff_keys, sort_vals, tail, t.c.pk, c_pk, pk_descending=reverse)
         where.append(cond)
     order = [e.desc() if d else e.asc() for e, d, _ in eff_keys]
     order.append(t.c.pk.desc() if reverse else t.c.pk.asc())
@@ -386,19 +384,6 @@ def _cached_first_page(
         if len(_FIRST_PAGE_CACHE) < _FIRST_PAGE_CACHE_MAX:
             _FIRST_PAGE_CACHE[key] = statement
     return statement, params
-
-
-def _keyset_condition_reverse_pk(
-    keys: list[tuple[Any, bool, str]], values: list[Any], pk_col: Any, pk: int
-) -> Any:
-    ors = []
-    prefix: list[Any] = []
-    for (expr, desc, kind), raw in zip(keys, values, strict=True):
-        value = _coerce(raw, kind)
-        ors.append(and_(*prefix, expr < value if desc else expr > value))
-        prefix.append(expr == value)
-    ors.append(and_(*prefix, pk_col < pk))
-    return or_(*ors)
 
 
 @dataclass
