@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Row, insert, select, update
+from sqlalchemy import Connection, Row, select, update
 
 from hifhir.fhir.elements import (
     CS,
@@ -24,9 +24,11 @@ from hifhir.fhir.profiles.common import (
     check_unique_code,
     concept_from_list,
     configured_code,
+    insert_row,
     location_names,
     location_of_level,
     resolve_new_id,
+    update_row,
     uuid_for_update,
     uuid_of,
 )
@@ -187,12 +189,12 @@ class GroupKind(ResourceKind):
                 "Address is at most 200 characters", "Group.extension[address]")
         if current is None:
             values["id"], values["uuid"] = resolve_new_id(ctx, resource, family)
-            pk = int(conn.execute(insert(family).values(**values)).inserted_primary_key[0])
+            pk = insert_row(conn, family, values)
             previous: set[int] = set()
         else:
             pk = int(current.pk)
             values["uuid"] = uuid_for_update(ctx, resource, family, current)
-            conn.execute(update(family).where(family.c.pk == pk).values(**values))
+            update_row(conn, family, pk, values)
             previous = {r.pk for r in conn.execute(select(insuree.c.pk).where(
                 insuree.c.family_pk == pk, is_current(insuree)))}
         self._attach(ctx, pk, head_pk, member_pks, previous, members)

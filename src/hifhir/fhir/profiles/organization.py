@@ -45,10 +45,12 @@ from hifhir.fhir.profiles.common import (
     check_unique_code,
     concept_from_list,
     configured_code,
+    insert_row,
     is_uuid,
     location_names,
     location_of_level,
     resolve_new_id,
+    update_row,
     uuid_of,
 )
 from hifhir.fhir.profiles.location import register_location_user
@@ -338,9 +340,9 @@ class HealthFacilityKind(ResourceKind):
         }
         if current is None:
             values["id"], values["uuid"] = resolve_new_id(ctx, resource, health_facility)
-            return int(conn.execute(insert(health_facility).values(**values)).inserted_primary_key[0])
+            return insert_row(conn, health_facility, values)
         values["uuid"] = _uuid_for_update(ctx, resource, health_facility, current)
-        conn.execute(update(health_facility).where(health_facility.c.pk == current.pk).values(**values))
+        update_row(conn, health_facility, current.pk, values)
         return int(current.pk)
 
 
@@ -443,9 +445,9 @@ class PolicyHolderKind(ResourceKind):
         }
         if current is None:
             values["id"], values["uuid"] = resolve_new_id(ctx, resource, policy_holder)
-            return int(conn.execute(insert(policy_holder).values(**values)).inserted_primary_key[0])
+            return insert_row(conn, policy_holder, values)
         values["uuid"] = _uuid_for_update(ctx, resource, policy_holder, current)
-        conn.execute(update(policy_holder).where(policy_holder.c.pk == current.pk).values(**values))
+        update_row(conn, policy_holder, current.pk, values)
         return int(current.pk)
 
 

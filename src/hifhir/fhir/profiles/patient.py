@@ -29,9 +29,11 @@ from hifhir.fhir.profiles.common import (
     check_unique_code,
     concept_from_list,
     configured_code,
+    insert_row,
     location_names,
     location_of_level,
     resolve_new_id,
+    update_row,
     uuid_for_update,
     uuid_of,
 )
@@ -293,7 +295,7 @@ class PatientKind(ResourceKind):
 
         if current is None:
             values["id"], values["uuid"] = resolve_new_id(ctx, resource, insuree)
-            pk = int(conn.execute(insert(insuree).values(**values)).inserted_primary_key[0])
+            pk = insert_row(conn, insuree, values)
         else:
             pk = int(current.pk)
             if current.is_head and current.family_pk is not None and family_pk != current.family_pk:
@@ -303,7 +305,7 @@ class PatientKind(ResourceKind):
                 raise conflict("A family needs a head: make another member head through the Group first",
                                "Patient.extension[isHead]")
             values["uuid"] = uuid_for_update(ctx, resource, insuree, current)
-            conn.execute(update(insuree).where(insuree.c.pk == pk).values(**values))
+            update_row(conn, insuree, pk, values)
             if current.family_pk is not None:
                 ctx.mark("group", current.family_pk)  # member list, quantity or head name may have changed
         if family_pk is not None:
