@@ -8,6 +8,7 @@ IG = "https://openimis.github.io/openimis_fhir_r4_ig"
 EXT = f"{IG}/StructureDefinition/"
 CS = f"{IG}/CodeSystem/"
 PROFILE = EXT
+ORG_TYPE = "http://terminology.hl7.org/CodeSystem/organization-type"
 
 
 def ident(code: str, type_code: str = "Code") -> dict[str, Any]:
@@ -73,3 +74,19 @@ def group(code: str | None, member_ids: list[str], village_id: str) -> dict[str,
     if not code:
         del res["identifier"]
     return res
+
+
+def health_facility(code: str, district_id: str, *, state: str = "Ultha", district: str = "Rapta") -> dict[str, Any]:
+    """A health facility (Organization type prov) in a district; address names are derived by the server."""
+    return {
+        "resourceType": "Organization",
+        "meta": {"profile": [f"{PROFILE}openimis-health-facility-organization"]},
+        "extension": [{"url": f"{EXT}organization-hf-care-type", "valueCodeableConcept": {
+            "coding": [{"system": f"{CS}organization-hf-care-type", "code": "B"}]}}],
+        "identifier": [ident(code)],
+        "type": [{"coding": [{"system": ORG_TYPE, "code": "prov"}]}],
+        "name": f"Facility {code}",
+        "address": [{"extension": [{"url": f"{EXT}address-location-reference",
+                                    "valueReference": {"reference": f"Location/{district_id}"}}],
+                     "type": "physical", "state": state, "district": district}],
+    }

@@ -17,13 +17,13 @@ from hifhir.api.app import HifhirApp
 from hifhir.config import Settings
 from hifhir.store.db import transaction
 from hifhir.store.tables import family, health_facility, insuree, location, policy_holder, resource_version
-from tests.builders import CS, EXT, PROFILE, group, ident, patient
+from tests.builders import CS, EXT, group, ident, patient
+from tests.builders import health_facility as hf_body
 from tests.builders import location as location_body
 from tests.conftest import ADMIN, Api, _reset, login
 
 ENTITY_TABLES = (location, health_facility, policy_holder, family, insuree)
 TYPES = ("Patient", "Group", "Location", "Organization")
-ORG_TYPE = "http://terminology.hl7.org/CodeSystem/organization-type"
 TEN_MB = b'{"resourceType": "Patient", "x": "' + b"a" * (10 * 1024 * 1024) + b'"}'
 TRAVERSALS = ["..%2F..%2Fetc%2Fpasswd", "..%2F..%2Fetc%2Fpasswd/_history",
               "..%2F..%2Fetc%2Fpasswd/_history/1", "%2E%2E%2F%2E%2E%2Fetc%2Fpasswd", "..%5C..%5Cwindows"]
@@ -34,18 +34,7 @@ INJECTION_IDS = ["1' OR '1'='1", "1;DROP TABLE insuree", "a" * 65, "a" * 5000, "
 
 
 def hf(code: str, district_id: str) -> dict[str, Any]:
-    return {
-        "resourceType": "Organization",
-        "meta": {"profile": [f"{PROFILE}openimis-health-facility-organization"]},
-        "extension": [{"url": f"{EXT}organization-hf-care-type", "valueCodeableConcept": {
-            "coding": [{"system": f"{CS}organization-hf-care-type", "code": "B"}]}}],
-        "identifier": [ident(code)],
-        "type": [{"coding": [{"system": ORG_TYPE, "code": "prov"}]}],
-        "name": f"Facility {code}",
-        "address": [{"extension": [{"url": f"{EXT}address-location-reference",
-                                    "valueReference": {"reference": f"Location/{district_id}"}}],
-                     "type": "physical", "state": "Ultha", "district": "Rapta"}],
-    }
+    return hf_body(code, district_id)
 
 
 class World:

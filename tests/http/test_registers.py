@@ -7,11 +7,10 @@ from typing import Any
 
 import pytest
 
-from tests.builders import CS, EXT, PROFILE, ident, location, patient
+from tests.builders import CS, EXT, health_facility, ident, location, patient
 from tests.builders import group as family_group
 
 OO = "OperationOutcome"
-ORG_TYPE = "http://terminology.hl7.org/CodeSystem/organization-type"
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
@@ -62,18 +61,7 @@ def put(api: Any, resource: dict[str, Any], status: int = 200) -> dict[str, Any]
 
 
 def hf(code: str, district_id: str) -> dict[str, Any]:
-    return {
-        "resourceType": "Organization",
-        "meta": {"profile": [f"{PROFILE}openimis-health-facility-organization"]},
-        "extension": [{"url": f"{EXT}organization-hf-care-type", "valueCodeableConcept": {
-            "coding": [{"system": f"{CS}organization-hf-care-type", "code": "B"}]}}],
-        "identifier": [ident(code)],
-        "type": [{"coding": [{"system": ORG_TYPE, "code": "prov"}]}],
-        "name": f"Facility {code}",
-        "address": [{"extension": [{"url": f"{EXT}address-location-reference",
-                                    "valueReference": {"reference": f"Location/{district_id}"}}],
-                     "type": "physical", "state": "x", "district": "x"}],
-    }
+    return health_facility(code, district_id, state="x", district="x")
 
 
 @pytest.fixture

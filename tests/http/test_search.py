@@ -19,11 +19,10 @@ from starlette.testclient import TestClient
 from hifhir.api.app import HifhirApp
 from hifhir.fhir.registry import TYPES
 from hifhir.store.tables import insuree, resource_version
-from tests.builders import CS, group, ident, location, patient
+from tests.builders import CS, ORG_TYPE, group, ident, location, patient
 from tests.conftest import ADMIN, Api, _reset, load_example
 
 IDENTIFIERS = f"{CS}openimis-identifiers"
-ORG_TYPE = "http://terminology.hl7.org/CodeSystem/organization-type"
 SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}
 INSURER_ID = "openIMIS-Implementation"  # from the server configuration: always present
 
