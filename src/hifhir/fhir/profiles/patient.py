@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -30,7 +31,6 @@ from hifhir.fhir.profiles.common import (
     concept_from_list,
     configured_code,
     insert_row,
-    location_names,
     location_of_level,
     resolve_new_id,
     update_row,
@@ -53,8 +53,7 @@ from hifhir.fhir.searchparams import (
     subquery_string_param,
     token_param,
 )
-from hifhir.store.codelists import displays_of
-from hifhir.store.tables import family, health_facility, insuree, insuree_photo, is_current, location
+from hifhir.store.tables import code_list_entry, family, health_facility, insuree, insuree_photo, is_current, location
 
 GENDERS = {"male": "M", "female": "F", "other": "O", "unknown": "U"}
 GENDER_OUT = {v: k for k, v in GENDERS.items()}
@@ -101,23 +100,58 @@ def _telecom_param() -> SearchParam:
 
 
 # The render query is built once (aliases and statement construction cost more than running it).
-_HEAD = insuree.alias("head")
-_FSP = health_facility.alias("fsp")
-_RENDER = (
-    select(insuree, family.c.id.label("family_id"), _HEAD.c.last_name.label("head_last"),
-           _HEAD.c.other_names.label("head_other"), _FSP.c.id.label("hf_id"),
-           insuree_photo.c.content_type.label("photo_type"), insuree_photo.c.title.label("photo_title"),
-           insuree_photo.c.creation.label("photo_creation"), insuree_photo.c.hash.label("photo_hash"),
-           func.length(insuree_photo.c.data).label("photo_size"))
-    .select_from(
+_LABEL_LISTS = {  # code list → the insuree column holding its code
+    "patient-education-level": insuree.c.education,
+    "patient-profession": insuree.c.profession,
+    "patient-identification-type": insuree.c.id_type,
+    "patient-contact-relationship": insuree.c.relationship,
+}
+
+
+def _render_statement() -> Any:
+    """Everything a Patient shows, in one query: family and head, first service point, photo, the village and
+    its ancestors' names, and the displays of its coded fields (a create is then one read-back, not three)."""
+    head, fsp = insuree.alias("head"), health_facility.alias("fsp")
+    village, ward, district, region = (location.alias(n) for n in ("village", "ward", "district", "region"))
+    labels = {name: code_list_entry.alias(f"label{i}") for i, name in enumerate(_LABEL_LISTS)}
+    joined = (
         insuree.outerjoin(family, family.c.pk == insuree.c.family_pk)
-        .outerjoin(_HEAD, _HEAD.c.pk == family.c.head_insuree_pk)
-        .outerjoin(_FSP, _FSP.c.pk == insuree.c.hf_pk)
-        .outerjoin(insuree_photo, insuree_photo.c.insuree_pk == insuree.c.pk))
-    .where(insuree.c.pk.in_(bindparam("pks", expanding=True)))
-)
-_LABEL_LISTS = ("patient-education-level", "patient-profession", "patient-identification-type",
-                "patient-contact-relationship")
+        .outerjoin(head, head.c.pk == family.c.head_insuree_pk)
+        .outerjoin(fsp, fsp.c.pk == insuree.c.hf_pk)
+        .outerjoin(insuree_photo, insuree_photo.c.insuree_pk == insuree.c.pk)
+        .outerjoin(village, village.c.pk == insuree.c.village_pk)
+        .outerjoin(ward, ward.c.pk == village.c.ward_pk)
+        .outerjoin(district, district.c.pk == village.c.district_pk)
+        .outerjoin(region, region.c.pk == village.c.region_pk)
+    )
+    for name, column in _LABEL_LISTS.items():
+        label = labels[name]
+        joined = joined.outerjoin(label, and_(label.c.list_name == name, label.c.code == column))
+    return (
+        select(insuree, family.c.id.label("family_id"), head.c.last_name.label("head_last"),
+               head.c.other_names.label("head_other"), fsp.c.id.label("hf_id"),
+               insuree_photo.c.content_type.label("photo_type"), insuree_photo.c.title.label("photo_title"),
+               insuree_photo.c.creation.label("photo_creation"), insuree_photo.c.hash.label("photo_hash"),
+               func.length(insuree_photo.c.data).label("photo_size"),
+               village.c.id.label("village_id"), village.c.name.label("village_name"),
+               ward.c.name.label("ward_name"), district.c.name.label("district_name"),
+               region.c.name.label("region_name"),
+               *[labels[name].c.display.label(f"label_{i}") for i, name in enumerate(_LABEL_LISTS)])
+        .select_from(joined)
+        .where(insuree.c.pk.in_(bindparam("pks", expanding=True)))
+    )
+
+
+_RENDER = _render_statement()
+
+
+@dataclass(frozen=True, slots=True)
+class _Place:
+    id: str
+    name: str
+    ward: str | None
+    district: str | None
+    region: str | None
 
 
 class PatientKind(ResourceKind):
@@ -183,11 +217,19 @@ class PatientKind(ResourceKind):
 
     def render(self, conn: Connection, pks: list[int]) -> dict[int, dict[str, Any]]:
         rows = conn.execute(_RENDER, {"pks": pks}).all()
-        places = location_names(conn, {r.village_pk for r in rows if r.village_pk})
-        labels = displays_of(conn, _LABEL_LISTS)
+        places: dict[int, Any] = {}
+        labels: dict[str, dict[str, str]] = {name: {} for name in _LABEL_LISTS}
+        for row in rows:
+            if row.village_id is not None:
+                places[row.village_pk] = _Place(row.village_id, row.village_name, row.ward_name,
+                                                row.district_name, row.region_name)
+            for i, (name, column) in enumerate(_LABEL_LISTS.items()):
+                display = row._mapping[f"label_{i}"]
+                if display is not None:
+                    labels[name][row._mapping[column.name]] = display
         return {row.pk: self._to_fhir(row, places, labels) for row in rows}
 
-    def _to_fhir(self, row: Row, places: dict[int, Row], labels: dict[str, dict[str, str]]) -> dict[str, Any]:
+    def _to_fhir(self, row: Row, places: dict[int, Any], labels: dict[str, dict[str, str]]) -> dict[str, Any]:
         exts: list[dict[str, Any]] = [ext("patient-is-head", "valueBoolean", bool(row.is_head))]
         for list_name, col in (("patient-education-level", row.education),
                                ("patient-profession", row.profession)):
