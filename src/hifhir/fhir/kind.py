@@ -80,6 +80,13 @@ class ResourceKind:
 
 
 @functools.cache
+def _insert_statement(table: Table) -> Any:
+    # Executed with a dict of column values: `.values(**…)` would coerce every value into a new statement per
+    # call, which costs more than the INSERT itself.
+    return insert(table)
+
+
+@functools.cache
 def _bump_versions(table: Table) -> Any:
     """The next version of a batch of entities, with their ids (one statement: UPDATE … RETURNING)."""
     t = table
@@ -122,6 +129,14 @@ class WriteContext:
     now: int = field(default_factory=now_us)
     touched: dict[str, set[int]] = field(default_factory=dict)
     deleted: list[tuple[ResourceKind, int]] = field(default_factory=list)
+    created: dict[tuple[str, int], str] = field(default_factory=dict)  # (table, pk) → id, inserted at version 1
+
+    def insert(self, table: Table, values: dict[str, Any]) -> int:
+        """Insert a new entity already at version 1, so that flush needs no version bump for it."""
+        row = {**values, "version_id": 1, "last_updated": self.now}
+        pk = int(self.conn.execute(_insert_statement(table), row).inserted_primary_key[0])
+        self.created[(table.name, pk)] = values["id"]
+        return pk
 
     def mark(self, kind_name: str, pk: int) -> None:
         self.touched.setdefault(kind_name, set()).add(pk)
@@ -203,25 +218,29 @@ class WriteContext:
             kind = KINDS[kind_name]
             t = kind.table
             pk_list = sorted(pks)
-            rows = self.conn.execute(_bump_versions(t), {"pks": pk_list, "now": self.now}).all()
+            new = [pk for pk in pk_list if (t.name, pk) in self.created]
+            rows: list[Any] = [(pk, self.created[(t.name, pk)], 1) for pk in new]
+            existing = [pk for pk in pk_list if (t.name, pk) not in self.created]
+            if existing:
+                rows += self.conn.execute(_bump_versions(t), {"pks": existing, "now": self.now}).all()
             bodies = kind.render(self.conn, pk_list)
-            for row in rows:
+            for pk, res_id, version in rows:
                 resource: dict[str, Any] = {
                     "resourceType": kind.resource_type,
-                    "id": row.id,
+                    "id": res_id,
                     "meta": {
-                        "versionId": str(row.version_id),
+                        "versionId": str(version),
                         "lastUpdated": instant(self.now),
                         "profile": [kind.profile],
                     },
                 }
-                resource.update(bodies[row.pk])
+                resource.update(bodies[pk])
                 body = orjson.dumps(resource)
-                op = "create" if row.version_id == 1 else "update"
+                op = "create" if version == 1 else "update"
                 if op == "create" and self.id_from_client:
                     op = "put"  # update-as-create: history must show PUT Type/id, answered 201
-                out[(kind_name, row.pk)] = Written(kind, row.pk, row.id, row.version_id, self.now, body, op)
-                history_rows.append(self._history_row(kind, row.id, row.version_id, op, body))
+                out[(kind_name, pk)] = Written(kind, pk, res_id, version, self.now, body, op)
+                history_rows.append(self._history_row(kind, res_id, version, op, body))
         for kind, pk in self.deleted:
             t = kind.table
             self.conn.execute(
@@ -236,6 +255,7 @@ class WriteContext:
             self.conn.execute(insert(resource_version), history_rows)
         self.touched.clear()
         self.deleted.clear()
+        self.created.clear()
         return out
 
     def _history_row(

@@ -6,7 +6,7 @@ import functools
 import uuid
 from typing import Any
 
-from sqlalchemy import Connection, Row, Table, bindparam, insert, select, update
+from sqlalchemy import Connection, Row, Table, bindparam, select, update
 
 from hifhir.fhir.elements import identifier_value
 from hifhir.fhir.errors import conflict
@@ -66,18 +66,13 @@ def _code_taken(table: Table, column: str) -> Any:
 
 
 @functools.cache
-def _row_statements(table: Table) -> tuple[Any, Any]:
-    # Executed with a dict of column values: `.values(**…)` would coerce every value into a new statement per
-    # call, which costs more than the INSERT itself.
-    return insert(table), update(table).where(table.c.pk == bindparam("target_pk"))
-
-
-def insert_row(conn: Connection, table: Table, values: dict[str, Any]) -> int:
-    return int(conn.execute(_row_statements(table)[0], values).inserted_primary_key[0])
+def _update_statement(table: Table) -> Any:
+    # Executed with a dict of column values: `.values(**…)` would build and coerce a new statement per call.
+    return update(table).where(table.c.pk == bindparam("target_pk"))
 
 
 def update_row(conn: Connection, table: Table, pk: int, values: dict[str, Any]) -> None:
-    conn.execute(_row_statements(table)[1], {**values, "target_pk": pk})
+    conn.execute(_update_statement(table), {**values, "target_pk": pk})
 
 
 def check_unique_code(conn: Connection, table: Table, column: str, code: str, current: Row | None,

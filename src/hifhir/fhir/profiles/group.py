@@ -24,7 +24,6 @@ from hifhir.fhir.profiles.common import (
     check_unique_code,
     concept_from_list,
     configured_code,
-    insert_row,
     location_names,
     location_of_level,
     resolve_new_id,
@@ -189,7 +188,7 @@ class GroupKind(ResourceKind):
                 "Address is at most 200 characters", "Group.extension[address]")
         if current is None:
             values["id"], values["uuid"] = resolve_new_id(ctx, resource, family)
-            pk = insert_row(conn, family, values)
+            pk = ctx.insert(family, values)
             previous: set[int] = set()
         else:
             pk = int(current.pk)

@@ -9,7 +9,7 @@ from sqlalchemy import Connection, Row, Table, bindparam, or_, select, update
 
 from hifhir.fhir.elements import coding, first_code, identifier_value, identifiers, reference
 from hifhir.fhir.kind import CS, ResourceKind, Rights, WriteContext, require
-from hifhir.fhir.profiles.common import insert_row, resolve_new_id, update_row, uuid_for_update, uuid_of
+from hifhir.fhir.profiles.common import resolve_new_id, update_row, uuid_for_update, uuid_of
 from hifhir.fhir.search import common_params, common_sorts
 from hifhir.fhir.searchparams import (
     SortKey,
@@ -110,7 +110,7 @@ class LocationKind(ResourceKind):
                   "parent_pk": parent_pk, **ancestors}
         if current is None:
             values["id"], values["uuid"] = resolve_new_id(ctx, resource, location)
-            return insert_row(conn, location, values)
+            return ctx.insert(location, values)
 
         if current.type != level:
             has_children = conn.execute(

@@ -45,7 +45,6 @@ from hifhir.fhir.profiles.common import (
     check_unique_code,
     concept_from_list,
     configured_code,
-    insert_row,
     is_uuid,
     location_names,
     location_of_level,
@@ -340,7 +339,7 @@ class HealthFacilityKind(ResourceKind):
         }
         if current is None:
             values["id"], values["uuid"] = resolve_new_id(ctx, resource, health_facility)
-            return insert_row(conn, health_facility, values)
+            return ctx.insert(health_facility, values)
         values["uuid"] = _uuid_for_update(ctx, resource, health_facility, current)
         update_row(conn, health_facility, current.pk, values)
         return int(current.pk)
@@ -445,7 +444,7 @@ class PolicyHolderKind(ResourceKind):
         }
         if current is None:
             values["id"], values["uuid"] = resolve_new_id(ctx, resource, policy_holder)
-            return insert_row(conn, policy_holder, values)
+            return ctx.insert(policy_holder, values)
         values["uuid"] = _uuid_for_update(ctx, resource, policy_holder, current)
         update_row(conn, policy_holder, current.pk, values)
         return int(current.pk)

@@ -30,7 +30,6 @@ from hifhir.fhir.profiles.common import (
     check_unique_code,
     concept_from_list,
     configured_code,
-    insert_row,
     location_of_level,
     resolve_new_id,
     update_row,
@@ -337,7 +336,7 @@ class PatientKind(ResourceKind):
 
         if current is None:
             values["id"], values["uuid"] = resolve_new_id(ctx, resource, insuree)
-            pk = insert_row(conn, insuree, values)
+            pk = ctx.insert(insuree, values)
         else:
             pk = int(current.pk)
             if current.is_head and current.family_pk is not None and family_pk != current.family_pk:
