@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import Connection, Row, Table, bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
-from hifhir.fhir.errors import FhirError, business_rule
+from hifhir.fhir.errors import FhirError, business_rule, conflict
 from hifhir.store.tables import is_current, resource_version
 
 if TYPE_CHECKING:
@@ -87,6 +88,11 @@ def _insert_statement(table: Table) -> Any:
 
 
 @functools.cache
+def _update_statement(table: Table) -> Any:
+    return update(table).where(table.c.pk == bindparam("target_pk"))
+
+
+@functools.cache
 def _bump_versions(table: Table) -> Any:
     """The next version of a batch of entities, with their ids (one statement: UPDATE … RETURNING)."""
     t = table
@@ -130,13 +136,38 @@ class WriteContext:
     touched: dict[str, set[int]] = field(default_factory=dict)
     deleted: list[tuple[ResourceKind, int]] = field(default_factory=list)
     created: dict[tuple[str, int], str] = field(default_factory=dict)  # (table, pk) → id, inserted at version 1
+    # (table, column) → (value, message, expression) for uniqueness left to the partial unique indexes
+    unique: dict[tuple[str, str], tuple[str, str, str]] = field(default_factory=dict)
 
     def insert(self, table: Table, values: dict[str, Any]) -> int:
         """Insert a new entity already at version 1, so that flush needs no version bump for it."""
         row = {**values, "version_id": 1, "last_updated": self.now}
-        pk = int(self.conn.execute(_insert_statement(table), row).inserted_primary_key[0])
+        try:
+            pk = int(self.conn.execute(_insert_statement(table), row).inserted_primary_key[0])
+        except IntegrityError as exc:
+            raise self._unique_violation(table, exc) from None
         self.created[(table.name, pk)] = values["id"]
         return pk
+
+    def update(self, table: Table, pk: int, values: dict[str, Any]) -> None:
+        try:
+            self.conn.execute(_update_statement(table), {**values, "target_pk": pk})
+        except IntegrityError as exc:
+            raise self._unique_violation(table, exc) from None
+
+    def expect_unique(self, table: Table, column: str, value: str, what: str, expression: str) -> None:
+        """Uniqueness among current rows, enforced by the partial unique index rather than a SELECT first:
+        a violation becomes this 409 instead of a generic conflict."""
+        self.unique[(table.name, column)] = (value, what, expression)
+
+    def _unique_violation(self, table: Table, exc: IntegrityError) -> Exception:
+        text = str(exc.orig)
+        for (table_name, column), (value, what, expression) in self.unique.items():
+            # SQLite names the column ("insuree.chf_id"), PostgreSQL the index ("uq_insuree_chf_id_current").
+            if table_name == table.name and (f"{table_name}.{column}" in text or
+                                             f"uq_{table_name}_{column}_current" in text):
+                return conflict(f"{what} {value} is already used", expression)
+        return exc
 
     def mark(self, kind_name: str, pk: int) -> None:
         self.touched.setdefault(kind_name, set()).add(pk)

@@ -6,7 +6,7 @@ import functools
 import uuid
 from typing import Any
 
-from sqlalchemy import Connection, Row, Table, bindparam, select, update
+from sqlalchemy import Connection, Row, Table, bindparam, select
 
 from hifhir.fhir.elements import identifier_value
 from hifhir.fhir.errors import conflict
@@ -63,16 +63,6 @@ def uuid_of(row: Row) -> str | None:
 def _code_taken(table: Table, column: str) -> Any:
     t = table
     return select(t.c.pk).where(t.c[column] == bindparam("code"), is_current(t), t.c.pk != bindparam("pk")).limit(1)
-
-
-@functools.cache
-def _update_statement(table: Table) -> Any:
-    # Executed with a dict of column values: `.values(**…)` would build and coerce a new statement per call.
-    return update(table).where(table.c.pk == bindparam("target_pk"))
-
-
-def update_row(conn: Connection, table: Table, pk: int, values: dict[str, Any]) -> None:
-    conn.execute(_update_statement(table), {**values, "target_pk": pk})
 
 
 def check_unique_code(conn: Connection, table: Table, column: str, code: str, current: Row | None,

@@ -27,7 +27,6 @@ from hifhir.fhir.profiles.common import (
     location_names,
     location_of_level,
     resolve_new_id,
-    update_row,
     uuid_for_update,
     uuid_of,
 )
@@ -193,7 +192,7 @@ class GroupKind(ResourceKind):
         else:
             pk = int(current.pk)
             values["uuid"] = uuid_for_update(ctx, resource, family, current)
-            update_row(conn, family, pk, values)
+            ctx.update(family, pk, values)
             previous = {r.pk for r in conn.execute(select(insuree.c.pk).where(
                 insuree.c.family_pk == pk, is_current(insuree)))}
         self._attach(ctx, pk, head_pk, member_pks, previous, members)

@@ -9,7 +9,7 @@ from sqlalchemy import Connection, Row, Table, bindparam, or_, select, update
 
 from hifhir.fhir.elements import coding, first_code, identifier_value, identifiers, reference
 from hifhir.fhir.kind import CS, ResourceKind, Rights, WriteContext, require
-from hifhir.fhir.profiles.common import resolve_new_id, update_row, uuid_for_update, uuid_of
+from hifhir.fhir.profiles.common import resolve_new_id, uuid_for_update, uuid_of
 from hifhir.fhir.search import common_params, common_sorts
 from hifhir.fhir.searchparams import (
     SortKey,
@@ -124,7 +124,7 @@ class LocationKind(ResourceKind):
                     "Location.physicalType")
         require(parent_pk != current.pk, "A location cannot be its own parent", "Location.partOf")
         values["uuid"] = uuid_for_update(ctx, resource, location, current)
-        update_row(conn, location, current.pk, values)
+        ctx.update(location, current.pk, values)
         if (parent_pk, ancestors) != (current.parent_pk, {k: current._mapping[k] for k in ancestors}):
             self._refresh_descendants(conn, current.pk)
         if name != current.name or parent_pk != current.parent_pk:

@@ -49,7 +49,6 @@ from hifhir.fhir.profiles.common import (
     location_names,
     location_of_level,
     resolve_new_id,
-    update_row,
     uuid_of,
 )
 from hifhir.fhir.profiles.location import register_location_user
@@ -341,7 +340,7 @@ class HealthFacilityKind(ResourceKind):
             values["id"], values["uuid"] = resolve_new_id(ctx, resource, health_facility)
             return ctx.insert(health_facility, values)
         values["uuid"] = _uuid_for_update(ctx, resource, health_facility, current)
-        update_row(conn, health_facility, current.pk, values)
+        ctx.update(health_facility, current.pk, values)
         return int(current.pk)
 
 
@@ -446,7 +445,7 @@ class PolicyHolderKind(ResourceKind):
             values["id"], values["uuid"] = resolve_new_id(ctx, resource, policy_holder)
             return ctx.insert(policy_holder, values)
         values["uuid"] = _uuid_for_update(ctx, resource, policy_holder, current)
-        update_row(conn, policy_holder, current.pk, values)
+        ctx.update(policy_holder, current.pk, values)
         return int(current.pk)
 
 

@@ -27,12 +27,10 @@ from hifhir.fhir.elements import (
 from hifhir.fhir.errors import FhirError, conflict
 from hifhir.fhir.kind import ResourceKind, Rights, WriteContext, require
 from hifhir.fhir.profiles.common import (
-    check_unique_code,
     concept_from_list,
     configured_code,
     location_of_level,
     resolve_new_id,
-    update_row,
     uuid_for_update,
     uuid_of,
 )
@@ -292,12 +290,11 @@ class PatientKind(ResourceKind):
     # --- from FHIR -------------------------------------------------------------------------------------
 
     def write(self, ctx: WriteContext, resource: dict[str, Any], current: Row | None) -> int:
-        conn = ctx.conn
         chf_id = identifier_value(resource, "Code")
         require(bool(chf_id) and len(chf_id) <= 12,
                 "The insurance number (identifier Code) is required, at most 12 characters",
                 "Patient.identifier")
-        check_unique_code(conn, insuree, "chf_id", chf_id, current, "Insurance number", "Patient.identifier")
+        ctx.expect_unique(insuree, "chf_id", chf_id, "Insurance number", "Patient.identifier")
         name = (resource.get("name") or [{}])[0]
         last_name = name.get("family") or ""
         other_names = " ".join(name.get("given") or [])
@@ -346,7 +343,7 @@ class PatientKind(ResourceKind):
                 raise conflict("A family needs a head: make another member head through the Group first",
                                "Patient.extension[isHead]")
             values["uuid"] = uuid_for_update(ctx, resource, insuree, current)
-            update_row(conn, insuree, pk, values)
+            ctx.update(insuree, pk, values)
             if current.family_pk is not None:
                 ctx.mark("group", current.family_pk)  # member list, quantity or head name may have changed
         if family_pk is not None:
