@@ -10,11 +10,11 @@ import calendar
 import re
 import unicodedata
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Boolean, ColumnElement, and_, false, literal, not_, or_, select, true, union
+from sqlalchemy import Boolean, ColumnElement, and_, false, literal, not_, or_, select, union
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.sql.expression import FunctionElement
@@ -256,17 +256,6 @@ def token_param(
 
     return SearchParam(name, "token", _clause_of(parse, shaped), frozenset({"not"}), doc, _missing_for(column),
                        parse=parse, shaped=shaped)
-
-
-def any_token_param(name: str, *columns: Any, doc: str = "") -> SearchParam:
-    """A token matched exactly against any of several columns (e.g. telecom = phone or e-mail)."""
-
-    def clause(value: str, modifier: str | None, expression: str) -> Clause:
-        _system, code = split_token(value, expression)
-        check_token(code, expression)
-        return or_(*[c == code for c in columns])
-
-    return SearchParam(name, "token", clause, frozenset(), doc, _missing_for(*columns))
 
 
 def bool_param(name: str, column: Any, doc: str = "") -> SearchParam:
@@ -534,23 +523,6 @@ def date_param(name: str, column: Any, doc: str = "") -> SearchParam:
 class SortKey:
     expression: Any
     kind: str = "string"  # string | int | date
-
-
-@dataclass
-class ParamSet:
-    """What a kind declares: its search parameters and the sort keys `_sort` may use."""
-
-    params: dict[str, SearchParam] = field(default_factory=dict)
-    sorts: dict[str, SortKey] = field(default_factory=dict)
-
-    def add(self, *params: SearchParam) -> ParamSet:
-        for p in params:
-            self.params[p.name] = p
-        return self
-
-
-def always_true() -> Clause:
-    return true()
 
 
 def since_us(value: str) -> int:
