@@ -70,6 +70,9 @@ class SearchParam:
     # the values to bind; `shaped` builds the clause from a shape and values that may be bind parameters.
     parse: Callable[[str, str | None, str], tuple[Hashable, dict[str, Any]]] | None = None
     shaped: Callable[[Hashable, dict[str, Any]], Clause] | None = None
+    # Reference parameters: how the kind points at its targets (for chains, _has, _include, _revinclude).
+    paths: tuple[RefPath, ...] = ()
+    target_type: str | None = None
 
     def build(self, modifier: str | None, values: list[str]) -> Clause:
         expression = f"{self.name}:{modifier}" if modifier else self.name
@@ -362,18 +365,87 @@ def parse_reference_value(value: str, target_type: str, expression: str) -> str:
     return rid
 
 
-def reference_param(
-    name: str, column: Any, target_table: Any, target_type: str, doc: str = ""
-) -> SearchParam:
-    """`param=Type/id` or `param=id` → `column IN (SELECT pk FROM target WHERE id = :id)`."""
+@dataclass(frozen=True, slots=True)
+class RefPath:
+    """One way entities of a kind point at entities of another kind, as (source pk, target pk) pairs.
+
+    `owner` is the pk column of the referencing kind's table; `source` and `target` are the two columns that pair
+    them: for a plain foreign-key column (`column_ref`) source is the owner pk itself; for a link table or a
+    reverse foreign key (`link_ref`) both live in that other table, optionally restricted by `condition`.
+    The same description drives search by reference, chained parameters, `_has`, `_include` and `_revinclude`.
+    """
+
+    owner: Any
+    source: Any
+    target: Any
+    target_kind: str  # the registry name of the target kind
+    condition: Any = None
+
+    @property
+    def is_column(self) -> bool:
+        return self.source is self.owner
+
+    def sources_of(self, targets: Any) -> Any:
+        """SELECT of owner pks whose reference points into `targets` (a SELECT of target pks)."""
+        stmt = select(self.source).where(self.target.in_(targets))
+        return stmt if self.condition is None else stmt.where(self.condition)
+
+    def targets_of(self, owners: Any) -> Any:
+        """SELECT of target pks referenced by the owners in `owners` (a SELECT or a list of owner pks)."""
+        stmt = select(self.target).where(self.source.in_(owners), self.target.is_not(None))
+        return stmt if self.condition is None else stmt.where(self.condition)
+
+    def pairs(self, owners: list[int]) -> Any:
+        stmt = select(self.source, self.target).where(self.source.in_(owners), self.target.is_not(None))
+        return stmt if self.condition is None else stmt.where(self.condition)
+
+    def reverse_pairs(self, targets: list[int]) -> Any:
+        stmt = select(self.source, self.target).where(self.target.in_(targets))
+        return stmt if self.condition is None else stmt.where(self.condition)
+
+    def matches(self, targets: Any) -> Clause:
+        """The owner references one of `targets`."""
+        if self.is_column:
+            return self.target.in_(targets)
+        return self.owner.in_(self.sources_of(targets))
+
+
+def column_ref(column: Any, target_kind: str) -> RefPath:
+    """A reference held in a foreign-key column of the kind's own table."""
+    owner = column.table.c.pk
+    return RefPath(owner, owner, column, target_kind)
+
+
+def link_ref(owner: Any, source: Any, target: Any, target_kind: str, condition: Any = None) -> RefPath:
+    """A reference held elsewhere: a link table (role → villages) or a reverse key (family ← insuree.family_pk)."""
+    return RefPath(owner, source, target, target_kind, condition)
+
+
+def _kind_table(kind_name: str) -> Any:
+    from hifhir.fhir.registry import KINDS
+
+    return KINDS[kind_name].table
+
+
+def reference_param(name: str, target_type: str, *paths: RefPath, doc: str = "") -> SearchParam:
+    """`param=Type/id`, `param=id` or `param:Type=id`: the owner references that (current or not) target."""
 
     def clause(value: str, modifier: str | None, expression: str) -> Clause:
         if modifier is not None and modifier != target_type:
             raise invalid(f"'{expression}': this parameter references {target_type} only", expression)
         rid = parse_reference_value(value, target_type, expression)
-        return column.in_(select(target_table.c.pk).where(target_table.c.id == rid))
+        options = []
+        for path in paths:
+            target = _kind_table(path.target_kind)
+            options.append(path.matches(select(target.c.pk).where(target.c.id == rid)))
+        return options[0] if len(options) == 1 else or_(*options)
 
-    return SearchParam(name, "reference", clause, frozenset({target_type}), doc, _missing_for(column))
+    def missing(is_missing: bool) -> Clause:
+        present = or_(*[p.target.is_not(None) if p.is_column else p.owner.in_(select(p.source)) for p in paths])
+        return not_(present) if is_missing else present
+
+    return SearchParam(name, "reference", clause, frozenset({target_type}), doc, missing,
+                       paths=paths, target_type=target_type)
 
 
 # --- dates --------------------------------------------------------------------------------------------

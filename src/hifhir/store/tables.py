@@ -8,6 +8,9 @@ Timestamps are integer microseconds since the Unix epoch (UTC) so both engines c
 
 from __future__ import annotations
 
+from decimal import Decimal
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -25,7 +28,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.types import TypeEngine
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 metadata = MetaData(
     naming_convention={
@@ -50,6 +53,24 @@ def SortText(length: int) -> TypeEngine[str]:
     """Text compared byte-wise on both engines: prefix search ranges and the cross-kind merge of keyset paging
     assume byte order, which a PostgreSQL database with a linguistic default collation would not give."""
     return String(length).with_variant(String(length, collation="C"), "postgresql")
+
+
+class Amount(TypeDecorator[Decimal]):
+    """A decimal(18,2) amount (prices, premiums, limits, percentages) stored as integer hundredths: exact on both
+    engines (SQLite has no decimal type and would round through floats)."""
+
+    impl = BigInteger
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> int | None:
+        if value is None:
+            return None
+        return int((Decimal(str(value)) * 100).to_integral_value())
+
+    def process_result_value(self, value: Any, dialect: Any) -> Decimal | None:
+        if value is None:
+            return None
+        return Decimal(int(value)).scaleb(-2)
 
 
 def resource_columns() -> list[Column]:
@@ -113,7 +134,10 @@ code_list_entry = Table(
     Column("display", String(255), nullable=False),
     Column("sort_order", Integer, nullable=False, server_default="0"),
     Column("active", Boolean, nullable=False, server_default=text("true")),
+    # When the entry last changed: the CodeSystem/ValueSet built from a list is as new as its newest entry.
+    Column("last_updated", BigInteger, nullable=False, server_default="0"),
     UniqueConstraint("list_name", "code", name="uq_code_list_entry_list_code"),
+    Index("ix_code_list_entry_list_changed", "list_name", "last_updated"),
 )
 
 # --- Locations R → D → W → V -------------------------------------------------------------------------------
@@ -158,6 +182,9 @@ health_facility = Table(
     Column("care_type", String(1), nullable=False),
     Column("acc_code", String(25)),
     Column("status", String(2), nullable=False, server_default="AC"),
+    # The facility's price lists (domain §2.13): what it may claim, at which price.
+    Column("item_price_list_pk", Integer, ForeignKey("price_list.pk", use_alter=True)),
+    Column("service_price_list_pk", Integer, ForeignKey("price_list.pk", use_alter=True)),
     current_unique("health_facility", "code"),
     current_index("health_facility", "name_norm"),
 )
@@ -262,6 +289,251 @@ insuree_photo = Table(
     Column("data", LargeBinary, nullable=False),
 )
 
+# --- Claim administrators and enrolment officers (Practitioner) and their roles (PractitionerRole) --------------
+def _person_columns() -> list[Column]:
+    return [
+        Column("code", String(50), nullable=False),
+        Column("last_name", String(100), nullable=False),
+        Column("other_names", String(100), nullable=False),
+        Column("family_norm", SortText(100), nullable=False),
+        Column("given_norm", SortText(100), nullable=False),
+        Column("dob", Date),
+        Column("phone", String(50)),
+        Column("email", String(200)),
+    ]
+
+
+claim_admin = Table(
+    "claim_admin",
+    metadata,
+    *resource_columns(),
+    *_person_columns(),
+    current_unique("claim_admin", "code"),
+    current_index("claim_admin", "family_norm"),
+    current_index("claim_admin", "given_norm"),
+)
+
+# A claim administrator's assignment to the health facility whose claims they enter (the CA PractitionerRole).
+claim_admin_role = Table(
+    "claim_admin_role",
+    metadata,
+    *resource_columns(),
+    Column("code", String(50), nullable=False),
+    Column("claim_admin_pk", Integer, ForeignKey("claim_admin.pk"), nullable=False),
+    Column("hf_pk", Integer, ForeignKey("health_facility.pk"), nullable=False),
+    Column("phone", String(50)),
+    Column("email", String(200)),
+    current_unique("claim_admin_role", "code"),
+    current_index("claim_admin_role", "claim_admin_pk"),
+    current_index("claim_admin_role", "hf_pk"),
+)
+
+officer = Table(
+    "officer",
+    metadata,
+    *resource_columns(),
+    *_person_columns(),
+    Column("location_pk", Integer, ForeignKey("location.pk")),  # district
+    Column("address", String(100)),
+    current_unique("officer", "code"),
+    current_index("officer", "family_norm"),
+    current_index("officer", "given_norm"),
+)
+
+# An enrolment officer's assignment (the EO PractitionerRole): villages served, "works to" date, substitute.
+officer_role = Table(
+    "officer_role",
+    metadata,
+    *resource_columns(),
+    Column("code", String(50), nullable=False),
+    Column("officer_pk", Integer, ForeignKey("officer.pk"), nullable=False),
+    Column("works_to", Date),
+    Column("substitute_officer_pk", Integer, ForeignKey("officer.pk")),
+    Column("phone", String(50)),
+    Column("email", String(200)),
+    current_unique("officer_role", "code"),
+    current_index("officer_role", "officer_pk"),
+)
+
+officer_role_village = Table(
+    "officer_role_village",
+    metadata,
+    Column("role_pk", Integer, ForeignKey("officer_role.pk"), primary_key=True),
+    Column("location_pk", Integer, ForeignKey("location.pk"), primary_key=True),
+    Index("ix_officer_role_village_location", "location_pk"),
+)
+
+# --- Medical items (Medication) and services (ActivityDefinition) --------------------------------------------
+def _provision_columns() -> list[Column]:
+    return [
+        Column("code", SortText(16), nullable=False),
+        Column("name", String(100), nullable=False),
+        Column("name_norm", SortText(100), nullable=False),
+        Column("price", Amount(), nullable=False),
+        Column("care_type", String(1), nullable=False),  # O | I | B
+        Column("frequency", Integer),  # minimum days between two provisions to the same insuree
+        Column("patient_category", Integer, nullable=False, server_default="15"),  # 1 M, 2 F, 4 adult, 8 child
+    ]
+
+
+medical_item = Table(
+    "medical_item",
+    metadata,
+    *resource_columns(),
+    *_provision_columns(),
+    Column("item_type", String(1), nullable=False),  # D drug | M medical consumable
+    Column("package", String(255)),
+    Column("quantity", Amount()),
+    current_unique("medical_item", "code"),
+    current_index("medical_item", "name_norm"),
+)
+
+medical_service = Table(
+    "medical_service",
+    metadata,
+    *resource_columns(),
+    *_provision_columns(),
+    Column("service_type", String(1), nullable=False),  # P preventive | C curative
+    Column("level", String(1), nullable=False),  # S simple | V visit | D day of stay | H hospital case
+    Column("category", String(1)),  # S D A H C O V, or none
+    Column("package_type", String(1), nullable=False, server_default="S"),
+    current_unique("medical_service", "code"),
+    current_index("medical_service", "name_norm"),
+)
+
+# --- Price lists (ValueSet items-pricelist / services-pricelist) ----------------------------------------------
+price_list = Table(
+    "price_list",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("id", SortText(64), nullable=False, unique=True),
+    Column("kind", String(8), nullable=False),  # item | service
+    Column("name", String(100), nullable=False),
+    Column("date_pl", Date, nullable=False),
+    Column("location_pk", Integer, ForeignKey("location.pk")),  # region or district; none = national
+    Column("last_updated", BigInteger, nullable=False, server_default="0"),
+    Column("deleted", Boolean, nullable=False, server_default=text("false")),
+    current_unique("price_list", "kind", "name"),
+)
+
+price_list_item = Table(
+    "price_list_item",
+    metadata,
+    Column("price_list_pk", Integer, ForeignKey("price_list.pk"), primary_key=True),
+    Column("item_pk", Integer, ForeignKey("medical_item.pk"), primary_key=True),
+    Column("price_override", Amount()),  # replaces the item's price for facilities using this list
+)
+
+price_list_service = Table(
+    "price_list_service",
+    metadata,
+    Column("price_list_pk", Integer, ForeignKey("price_list.pk"), primary_key=True),
+    Column("service_pk", Integer, ForeignKey("medical_service.pk"), primary_key=True),
+    Column("price_override", Amount()),
+)
+
+# --- Products (InsurancePlan) and their coverage lines -------------------------------------------------------
+_PRODUCT_AMOUNTS = (
+    # contribution plan
+    "premium_adult", "premium_child", "registration_lump_sum", "registration_fee",
+    "general_assembly_lump_sum", "general_assembly_fee",
+    # deductibles and ceilings per treatment / insuree / policy, general, out-patient (op) and in-patient (ip)
+    *(f"{kind}{care}_{scope}" for kind in ("ded", "max") for scope in ("treatment", "insuree", "policy")
+      for care in ("", "_op", "_ip")),
+    "max_policy_extra_member", "max_policy_extra_member_ip", "max_policy_extra_member_op",
+    "max_ceiling_policy", "max_ceiling_policy_ip", "max_ceiling_policy_op",
+    "max_amount_consultation", "max_amount_surgery", "max_amount_delivery", "max_amount_hospitalization",
+    "max_amount_antenatal",
+)
+_PRODUCT_COUNTS = (
+    "threshold", "max_installments", "administration_period", "recurrence",
+    "enrolment_discount_perc", "enrolment_discount_period", "renewal_discount_perc", "renewal_discount_period",
+    "grace_period_renewal", "grace_period_payment",
+    "max_no_consultation", "max_no_surgery", "max_no_delivery", "max_no_hospitalization", "max_no_visits",
+    "max_no_antenatal",
+)
+
+product = Table(
+    "product",
+    metadata,
+    *resource_columns(),
+    Column("code", String(8), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("name_norm", SortText(100), nullable=False),
+    Column("status", String(8), nullable=False, server_default="active"),  # draft | active | retired
+    Column("location_pk", Integer, ForeignKey("location.pk")),  # coverage area; none = national
+    Column("date_from", Date, nullable=False),
+    Column("date_to", Date, nullable=False),
+    Column("conversion_product_pk", Integer, ForeignKey("product.pk")),
+    Column("insurance_period", Integer, nullable=False, server_default="12"),  # months
+    Column("lump_sum", Amount(), nullable=False, server_default="0"),
+    Column("member_count", Integer, nullable=False),
+    Column("grace_period", Integer, nullable=False, server_default="0"),  # enrolment grace period, months
+    *(Column(name, Amount()) for name in _PRODUCT_AMOUNTS),
+    *(Column(name, Integer) for name in _PRODUCT_COUNTS),
+    *(Column(f"start_cycle_{i}", String(5)) for i in range(1, 5)),  # dd-mm
+    Column("ceiling_interpretation", String(1)),  # I by claim type | H by facility level
+    Column("ceiling_type", String(1)),  # I insuree | T treatment | P policy
+    Column("period_rel_prices", String(1)),
+    Column("period_rel_prices_op", String(1)),
+    Column("period_rel_prices_ip", String(1)),
+    *(Column(f"level_{i}", String(1)) for i in range(1, 5)),
+    *(Column(f"sublevel_{i}", String(1)) for i in range(1, 5)),
+    Column("share_contribution", Amount(), nullable=False, server_default="10000"),
+    Column("weight_population", Amount(), nullable=False, server_default="0"),
+    Column("weight_number_families", Amount(), nullable=False, server_default="0"),
+    Column("weight_insured_population", Amount(), nullable=False, server_default="10000"),
+    Column("weight_number_insured_families", Amount(), nullable=False, server_default="0"),
+    Column("weight_number_visits", Amount(), nullable=False, server_default="0"),
+    Column("weight_adjusted_amount", Amount(), nullable=False, server_default="0"),
+    Column("acc_code_premiums", String(25)),
+    Column("acc_code_remuneration", String(25)),
+    current_unique("product", "code"),
+    current_index("product", "name_norm"),
+    current_index("product", "location_pk"),
+)
+
+
+def _coverage_line_columns() -> list[Column]:
+    """A product's coverage of one item or service (domain §2.14, tblProductItems / tblProductServices)."""
+    return [
+        Column("price_origin", String(1), nullable=False, server_default="P"),  # P scheme | O own | R relative
+        Column("limitation_type", String(1), nullable=False, server_default="C"),  # C co-insurance | F fixed
+        Column("limitation_type_r", String(1), nullable=False, server_default="C"),  # referral
+        Column("limitation_type_e", String(1), nullable=False, server_default="C"),  # emergency
+        Column("limit_adult", Amount(), nullable=False, server_default="10000"),
+        Column("limit_child", Amount(), nullable=False, server_default="10000"),
+        Column("limit_adult_r", Amount(), nullable=False, server_default="10000"),
+        Column("limit_child_r", Amount(), nullable=False, server_default="10000"),
+        Column("limit_adult_e", Amount(), nullable=False, server_default="10000"),
+        Column("limit_child_e", Amount(), nullable=False, server_default="10000"),
+        Column("waiting_period_adult", Integer),  # months
+        Column("waiting_period_child", Integer),
+        Column("limit_no_adult", Integer),  # max quantity per insuree per insurance period
+        Column("limit_no_child", Integer),
+        Column("ceiling_exclusion_adult", String(1)),  # H | N | B
+        Column("ceiling_exclusion_child", String(1)),
+    ]
+
+
+product_item = Table(
+    "product_item",
+    metadata,
+    Column("product_pk", Integer, ForeignKey("product.pk"), primary_key=True),
+    Column("item_pk", Integer, ForeignKey("medical_item.pk"), primary_key=True),
+    *_coverage_line_columns(),
+    Index("ix_product_item_item", "item_pk"),
+)
+
+product_service = Table(
+    "product_service",
+    metadata,
+    Column("product_pk", Integer, ForeignKey("product.pk"), primary_key=True),
+    Column("service_pk", Integer, ForeignKey("medical_service.pk"), primary_key=True),
+    *_coverage_line_columns(),
+    Index("ix_product_service_service", "service_pk"),
+)
+
 # --- Users, roles, rights ---------------------------------------------------------------------------------
 app_user = Table(
     "app_user",
@@ -309,7 +581,10 @@ user_district = Table(
 )
 
 __all__ = [
+    "Amount",
     "app_user",
+    "claim_admin",
+    "claim_admin_role",
     "code_list_entry",
     "family",
     "health_facility",
@@ -317,8 +592,19 @@ __all__ = [
     "insuree_photo",
     "insurer_org",
     "location",
+    "medical_item",
+    "medical_service",
     "metadata",
+    "officer",
+    "officer_role",
+    "officer_role_village",
     "policy_holder",
+    "price_list",
+    "price_list_item",
+    "price_list_service",
+    "product",
+    "product_item",
+    "product_service",
     "resource_version",
     "role",
     "role_right",

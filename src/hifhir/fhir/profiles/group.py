@@ -32,7 +32,14 @@ from hifhir.fhir.profiles.common import (
 )
 from hifhir.fhir.profiles.location import register_location_user
 from hifhir.fhir.search import common_params, common_sorts
-from hifhir.fhir.searchparams import SortKey, bool_param, reference_param, string_param, token_param
+from hifhir.fhir.searchparams import (
+    SortKey,
+    bool_param,
+    link_ref,
+    reference_param,
+    string_param,
+    token_param,
+)
 from hifhir.store.codelists import displays_of
 from hifhir.store.tables import family, insuree, is_current
 
@@ -54,7 +61,8 @@ class GroupKind(ResourceKind):
         self.search_params = {
             **common_params(self),
             "member": reference_param(
-                "member", t.c.pk, select(insuree.c.family_pk.label("pk"), insuree.c.id).subquery(), "Patient",
+                "member", "Patient",
+                link_ref(t.c.pk, insuree.c.family_pk, insuree.c.pk, "patient", is_current(insuree)),
                 doc="A member (Patient)"),
             # Group.name is rendered "<head's last name> <head's other names>": search that whole string.
             "name": string_param(

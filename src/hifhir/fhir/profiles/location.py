@@ -13,6 +13,7 @@ from hifhir.fhir.profiles.common import resolve_new_id, uuid_for_update, uuid_of
 from hifhir.fhir.search import common_params, common_sorts
 from hifhir.fhir.searchparams import (
     SortKey,
+    column_ref,
     normalise_text,
     reference_param,
     string_param,
@@ -48,7 +49,8 @@ class LocationKind(ResourceKind):
             "type": token_param("type", t.c.type, codes={c: c for c in LEVELS},
                                 systems=frozenset({CS + "location-type"}),
                                 doc="Level: R region, D district, W ward/municipality, V village"),
-            "partof": reference_param("partof", t.c.parent_pk, t, "Location", doc="The parent location"),
+            "partof": reference_param("partof", "Location", column_ref(t.c.parent_pk, "location"),
+                                      doc="The parent location"),
             "address": subquery_string_param(
                 "address", t.c.pk,
                 lambda match: select(location.c.pk).where(or_(
