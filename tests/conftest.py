@@ -49,7 +49,8 @@ def pg_admin_url() -> Iterator[str]:
 
 
 def _worker() -> str:
-    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+    # HIFHIR_TEST_DB_TAG keeps concurrent pytest runs sharing one cluster on separate databases.
+    return os.environ.get("HIFHIR_TEST_DB_TAG", "") + os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])

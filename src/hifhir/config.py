@@ -44,6 +44,11 @@ class Settings:
     page_size_default: int = 10
     page_size_max: int = 1000
     max_body_bytes: int = 5 * 1024 * 1024
+    include_max: int = 1000  # resources _include/_revinclude may add to one page
+    # How far the sync point handed to clients (Bundle.meta.lastUpdated) lags behind the clock: a write transaction
+    # stamps its changes when it starts, so one still running when a client reads commits changes older than the
+    # read. The lag must exceed the longest write transaction.
+    sync_settle_ms: int = 5000
     insurer: InsurerConfig = field(default_factory=InsurerConfig)
 
     @property
@@ -68,4 +73,6 @@ def load_settings() -> Settings:
         page_size_default=int(env.get("HIFHIR_PAGE_SIZE", "10")),
         page_size_max=int(env.get("HIFHIR_PAGE_SIZE_MAX", "1000")),
         max_body_bytes=int(env.get("HIFHIR_MAX_BODY_BYTES", str(5 * 1024 * 1024))),
+        include_max=int(env.get("HIFHIR_INCLUDE_MAX", "1000")),
+        sync_settle_ms=int(env.get("HIFHIR_SYNC_SETTLE_MS", "5000")),
     )

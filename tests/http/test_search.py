@@ -522,7 +522,7 @@ def test_unknown_parameter_is_an_error_under_strict_handling(reader, people):
     body = rejected(reader, "Patient", {"frobnicate": "1"}, headers=strict)
     assert body["issue"][0]["code"] == "not-supported"
     assert body["issue"][0]["expression"] == ["frobnicate"]
-    rejected(reader, "Patient", {"_include": "Patient:general-practitioner"}, headers=strict)  # not supported
+    rejected(reader, "Patient", {"_contained": "true"}, headers=strict)  # not supported
     assert [r["id"] for r in matches(bundle(reader, "Patient", {"family": "doe"}, headers=strict))] == [
         people["doe"]]
 

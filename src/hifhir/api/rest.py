@@ -15,7 +15,7 @@ from hifhir.api.http import FHIR_JSON, HttpResponse, http_date, json_response
 from hifhir.auth.users import Principal
 from hifhir.config import Settings
 from hifhir.fhir.errors import FhirError, forbidden, invalid, issue, not_found, operation_outcome
-from hifhir.fhir.kind import ResourceKind, WriteContext, Written
+from hifhir.fhir.kind import ResourceKind, WriteContext, Written, instant, now_us
 from hifhir.fhir.registry import BY_PROFILE, KINDS, TYPES, valid_id
 from hifhir.fhir.search import (
     build_searchset,
@@ -208,12 +208,24 @@ def search(call: Call, resource_type: str, items: list[tuple[str, str]]) -> Http
         page_default=call.settings.page_size_default, page_max=call.settings.page_size_max,
     )
     req.kinds = allowed  # e.g. a Clerk searching Organization sees the insurer, not health facilities
+    for kind_name in sorted(req.involved_kinds):
+        # Chains and _has reveal facts about other kinds: the user must be able to read them.
+        other = KINDS[kind_name]
+        require_right(call, other.rights.read, f"search {resource_type} through {other.resource_type}")
+    sync_point = sync_point_us(call)
     # Autocommit is safe: bodies come from the append-only history by (id, version), so a write committed between
     # the page query and the body query cannot make them disagree.
     with call.reader.connect() as conn:
-        result = execute_search(conn, req)
-    body = build_searchset(call.base_url, req, result, summary_elements())
+        result = execute_search(conn, req, can_read=lambda k: call.principal.has(k.rights.read),
+                                include_cap=call.settings.include_max)
+    body = build_searchset(call.base_url, req, result, summary_elements(), sync_point=instant(sync_point))
     return HttpResponse(200, body, call.content_type)
+
+
+def sync_point_us(call: Call) -> int:
+    """The instant a client may resume from (`_since`, `_lastUpdated=gt`) after this response: a little in the past,
+    so that a write transaction still running now — whose changes carry its start time — is not skipped."""
+    return now_us() - call.settings.sync_settle_ms * 1000
 
 
 # --- create / update / delete -------------------------------------------------------------------------
@@ -374,6 +386,7 @@ def history(call: Call, resource_type: str, res_id: str | None, items: list[tupl
             continue
         elif call.strict_handling:
             raise FhirError.one(400, "not-supported", f"Unknown history parameter '{key}'", expression=key)
+    sync_point = sync_point_us(call)
     stmt = (
         select(rv.c.seq, rv.c.res_id, rv.c.version, rv.c.operation, rv.c.body, rv.c.last_updated)
         .where(and_(*conds))
@@ -404,7 +417,8 @@ def history(call: Call, resource_type: str, res_id: str | None, items: list[tupl
         entry["response"] = {"status": status, "etag": etag(row.version),
                              "lastModified": http_date(row.last_updated)}
         entries.append(entry)
-    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history", "link": links}
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "meta": {"lastUpdated": instant(sync_point)},
+                              "type": "history", "link": links}
     if entries:
         bundle["entry"] = entries
     return HttpResponse(200, orjson.dumps(bundle), call.content_type)

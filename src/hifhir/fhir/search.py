@@ -10,7 +10,7 @@ import base64
 import binascii
 import functools
 import heapq
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -22,6 +22,7 @@ from sqlalchemy import Connection, and_, bindparam, func, or_, select
 from hifhir.fhir.errors import FhirError, invalid, issue
 from hifhir.fhir.kind import ResourceKind
 from hifhir.fhir.searchparams import (
+    RefPath,
     SearchParam,
     SortKey,
     id_param,
@@ -33,7 +34,10 @@ from hifhir.store.tables import is_current
 from hifhir.store.tables import resource_version as rv
 
 RESULT_PARAMS = {"_count", "_sort", "_total", "_summary", "_elements", "_cursor", "_format", "_pretty"}
-UNSUPPORTED_RESULT_PARAMS = {"_include", "_revinclude", "_contained", "_containedType", "_has"}
+INCLUDE_PARAMS = {"_include", "_revinclude"}
+UNSUPPORTED_RESULT_PARAMS = {"_contained", "_containedType"}
+MAX_CHAIN_DEPTH = 3  # `a.b.c`, or nested `_has` — deeper chains cost joins nobody needs
+MAX_INCLUDE_ROUNDS = 4  # :iterate stops after this many hops even when new resources keep appearing
 
 
 def common_params(kind: ResourceKind) -> dict[str, SearchParam]:
@@ -52,6 +56,17 @@ def common_sorts(kind: ResourceKind) -> dict[str, SortKey]:
     return {"_id": SortKey(t.c.id), "_lastUpdated": SortKey(t.c.last_updated, "int")}
 
 
+@dataclass(frozen=True, slots=True)
+class Include:
+    """`_include=Source:param[:Target]` (reverse=False) or `_revinclude=…` (reverse=True), optionally :iterate."""
+
+    reverse: bool
+    source_type: str
+    param: str
+    target_type: str | None
+    iterate: bool
+
+
 @dataclass
 class SearchRequest:
     resource_type: str
@@ -66,6 +81,10 @@ class SearchRequest:
     backward: bool = False
     warnings: list[dict[str, Any]] = field(default_factory=list)
     passthrough: list[tuple[str, str]] = field(default_factory=list)  # params echoed in links
+    includes: list[Include] = field(default_factory=list)
+    # The kinds chains and _has read through: the caller checks the user may read them (their facts would leak
+    # through the matches otherwise). Included kinds the user cannot read are left out instead.
+    involved_kinds: set[str] = field(default_factory=set)
 
 
 def _split_values(raw: str) -> list[str]:
@@ -105,13 +124,19 @@ def parse_search(
             if name not in ("_cursor", "_format", "_pretty"):
                 req.passthrough.append((key, value))
             continue
-        if name not in known or name in UNSUPPORTED_RESULT_PARAMS:
-            msg = f"Unknown or unsupported search parameter '{key}' for {resource_type}"
+        if name in INCLUDE_PARAMS:
+            _add_include(req, name, modifier, value, strict)
+            continue
+        if key.startswith("_has:") or ("." in key and not key.startswith("_")):
+            name, modifier = key, ""  # chains and _has carry their modifiers inside; resolved per kind
+            problem = _cross_problem(kinds, key, req.involved_kinds, 1)
+        else:
+            problem = None if name in known and name not in UNSUPPORTED_RESULT_PARAMS else (
+                f"Unknown or unsupported search parameter '{key}' for {resource_type}")
+        if problem is not None:
             if strict:
-                raise FhirError.one(400, "not-supported", msg, expression=key)
-            req.warnings.append(
-                issue("not-supported", msg + " (ignored)", severity="warning", expression=key)
-            )
+                raise FhirError.one(400, "not-supported", problem, expression=key)
+            req.warnings.append(issue("not-supported", problem + " (ignored)", severity="warning", expression=key))
             continue
         if value == "":
             continue  # an empty value means "no constraint" in FHIR
@@ -120,6 +145,80 @@ def parse_search(
     if req.cursor is not None:
         _check_cursor(req)
     return req
+
+
+def _kinds_of(resource_type: str) -> list[ResourceKind]:
+    from hifhir.fhir.registry import kinds_of_type
+
+    return kinds_of_type(resource_type)
+
+
+def _kind(name: str) -> ResourceKind:
+    from hifhir.fhir.registry import KINDS
+
+    return KINDS[name]
+
+
+def _cross_problem(kinds: list[ResourceKind], key: str, involved: set[str], depth: int) -> str | None:
+    """Why a chained (`a.b`) or reverse-chained (`_has:T:ref:p`) parameter cannot be searched on these kinds, or
+    None when at least one kind can; records the kinds it reads in `involved`."""
+    if depth > MAX_CHAIN_DEPTH:
+        return f"'{key[:80]}' chains deeper than {MAX_CHAIN_DEPTH} levels"
+    if key.startswith("_has:"):
+        parts = key.split(":", 3)
+        if len(parts) != 4 or not all(parts[1:]):
+            return f"'{key[:80]}': _has takes _has:<Type>:<reference parameter>:<parameter>"
+        _, source_type, ref_name, inner = parts
+        wanted = {k.name for k in kinds}
+        sources = [k for k in _kinds_of(source_type)
+                   if any(p.target_kind in wanted for p in _paths(k, ref_name))]
+        if not sources:
+            return f"'{key[:80]}': {source_type[:40]} has no reference parameter '{ref_name[:40]}' to this type"
+        involved.update(k.name for k in sources)
+        return _cross_problem(sources, inner, involved, depth + 1)
+    if "." not in key:
+        name = key.partition(":")[0]
+        if any(name in k.search_params for k in kinds):
+            return None
+        return f"Unknown search parameter '{name[:60]}'"
+    head, rest = key.split(".", 1)
+    ref_name, _, type_filter = head.partition(":")
+    targets = {p.target_kind for k in kinds for p in _paths(k, ref_name)}
+    target_kinds = [_kind(t) for t in sorted(targets)
+                    if not type_filter or _kind(t).resource_type == type_filter]
+    if not target_kinds:
+        return f"'{key[:80]}': '{head[:40]}' is not a reference parameter of this type"
+    involved.update(k.name for k in target_kinds)
+    return _cross_problem(target_kinds, rest, involved, depth + 1)
+
+
+def _paths(kind: ResourceKind, param_name: str) -> tuple[RefPath, ...]:
+    param = kind.search_params.get(param_name)
+    return param.paths if param is not None else ()
+
+
+def _add_include(req: SearchRequest, name: str, modifier: str, value: str, strict: bool) -> None:
+    reverse = name == "_revinclude"
+    if modifier not in ("", "iterate", "recurse"):
+        raise invalid(f"Modifier ':{modifier[:20]}' is not supported on {name}", name)
+    parts = value.split(":")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise invalid(f"{name} takes <SourceType>:<reference parameter>[:<TargetType>]", name)
+    source_type, param_name, target_type = parts[0], parts[1], parts[2] if len(parts) == 3 else None
+    kinds = _kinds_of(source_type)
+    ok = any(_paths(k, param_name) for k in kinds)
+    if not reverse and not modifier:  # a plain _include starts from the matches themselves
+        ok = ok and source_type == req.resource_type
+    if ok and target_type is not None:
+        ok = any(_kind(p.target_kind).resource_type == target_type for k in kinds for p in _paths(k, param_name))
+    if not ok:
+        msg = f"Cannot {name} '{value[:80]}' on {req.resource_type}: no such reference parameter"
+        if strict:
+            raise FhirError.one(400, "not-supported", msg, expression=name)
+        req.warnings.append(issue("not-supported", msg + " (ignored)", severity="warning", expression=name))
+        return
+    req.includes.append(Include(reverse, source_type, param_name, target_type, modifier != ""))
+    req.passthrough.append((f"{name}:{modifier}" if modifier else name, value))
 
 
 _MAX_INT = 2**63 - 1
@@ -212,12 +311,61 @@ def _where(kind: ResourceKind, req: SearchRequest) -> list[Any] | None:
     t = kind.table
     clauses: list[Any] = [is_current(t)]
     for name, occurrences in req.criteria.items():
-        param = kind.search_params.get(name)
-        if param is None:
-            return None
         for modifier, values in occurrences:
-            clauses.append(param.build(modifier, values))
+            clause = _criterion(kind, name, modifier, values)
+            if clause is None:
+                return None
+            clauses.append(clause)
     return clauses
+
+
+def _criterion(kind: ResourceKind, key: str, modifier: str | None, values: list[str]) -> Any | None:
+    """One search criterion on one kind: a plain parameter, a chain `ref.param` or a reverse chain `_has:…`;
+    None when this kind cannot satisfy it."""
+    if key.startswith("_has:"):
+        return _has_clause(kind, key, values)
+    if modifier is None and "." in key:
+        return _chain_clause(kind, key, values)
+    if modifier is None and ":" in key:  # the leaf of a chain still carries its modifier
+        key, _, modifier = key.partition(":")
+    param = kind.search_params.get(key)
+    return None if param is None else param.build(modifier, values)
+
+
+def _chain_clause(kind: ResourceKind, key: str, values: list[str]) -> Any | None:
+    """`ref.param=v`: the kind references a current target matching `param=v` (any of the reference's paths)."""
+    head, rest = key.split(".", 1)
+    ref_name, _, type_filter = head.partition(":")
+    options = []
+    for path in _paths(kind, ref_name):
+        target = _kind(path.target_kind)
+        if type_filter and target.resource_type != type_filter:
+            continue
+        inner = _criterion(target, rest, None, values)
+        if inner is None:
+            continue
+        options.append(path.matches(select(target.table.c.pk).where(is_current(target.table), inner)))
+    if not options:
+        return None
+    return options[0] if len(options) == 1 else or_(*options)
+
+
+def _has_clause(kind: ResourceKind, key: str, values: list[str]) -> Any | None:
+    """`_has:Source:ref:param=v`: some current Source whose `ref` points at this entity matches `param=v`."""
+    _, source_type, ref_name, inner_key = key.split(":", 3)
+    options = []
+    for source in _kinds_of(source_type):
+        paths = [p for p in _paths(source, ref_name) if p.target_kind == kind.name]
+        if not paths:
+            continue
+        inner = _criterion(source, inner_key, None, values)
+        if inner is None:
+            continue
+        matching = select(source.table.c.pk).where(is_current(source.table), inner)
+        options.extend(kind.table.c.pk.in_(path.targets_of(matching)) for path in paths)
+    if not options:
+        return None
+    return options[0] if len(options) == 1 else or_(*options)
 
 
 def _sort_keys(kind: ResourceKind, req: SearchRequest) -> list[tuple[Any, bool, str]]:
@@ -392,9 +540,96 @@ class SearchResult:
     total: int | None
     has_next: bool
     has_prev: bool
+    included: list[tuple[str, Hit]] = field(default_factory=list)  # (resource type, hit), each resource once
 
 
-def execute_search(conn: Connection, req: SearchRequest) -> SearchResult:
+def execute_search(conn: Connection, req: SearchRequest, *, can_read: Callable[[ResourceKind], bool] | None = None,
+                   include_cap: int = 1000) -> SearchResult:
+    result = _execute_matches(conn, req)
+    if req.includes and result.hits:
+        result.included = _collect_includes(conn, req, result.hits, can_read or (lambda _k: True), include_cap)
+    return result
+
+
+def _collect_includes(conn: Connection, req: SearchRequest, hits: list[Hit],
+                      can_read: Callable[[ResourceKind], bool], cap: int) -> list[tuple[str, Hit]]:
+    """The resources `_include`/`_revinclude` pull in, hop by hop (`:iterate` continues from what the previous hop
+    included), each at most once and never one that is already a match. Kinds the user may not read are skipped.
+    More than `cap` resources is refused rather than truncated: a client syncing with includes must not get a
+    silently partial page."""
+    seen: set[tuple[str, int]] = {(req.kinds[h.cursor[-2]].name, h.cursor[-1]) for h in hits}
+    frontier: dict[str, set[int]] = {}
+    for kind_name, pk in seen:
+        frontier.setdefault(kind_name, set()).add(pk)
+    included: dict[str, set[int]] = {}
+    n_included = 0
+    for hop in range(MAX_INCLUDE_ROUNDS):
+        directives = req.includes if hop == 0 else [d for d in req.includes if d.iterate]
+        if not directives or not frontier:
+            break
+        found: dict[str, set[int]] = {}
+        for directive in directives:
+            for kind_name, pk in _follow(conn, directive, frontier):
+                if (kind_name, pk) not in seen:
+                    found.setdefault(kind_name, set()).add(pk)
+        found = {k: v for k, v in found.items() if can_read(_kind(k))}
+        n_new = sum(len(v) for v in found.values())
+        if n_included + n_new > cap:
+            raise FhirError.one(
+                400, "too-costly",
+                f"_include/_revinclude would add more than {cap} resources to this page; "
+                "lower _count or narrow the search", expression="_include")
+        n_included += n_new
+        for kind_name, pks in found.items():
+            included.setdefault(kind_name, set()).update(pks)
+            seen.update((kind_name, pk) for pk in pks)
+        frontier = found
+    return _load_current(conn, included)
+
+
+def _follow(conn: Connection, directive: Include, frontier: dict[str, set[int]]) -> list[tuple[str, int]]:
+    """(kind name, pk) of the entities one include directive reaches from the frontier."""
+    out: list[tuple[str, int]] = []
+    if not directive.reverse:
+        for kind_name, pks in frontier.items():
+            kind = _kind(kind_name)
+            if kind.resource_type != directive.source_type:
+                continue
+            for path in _paths(kind, directive.param):
+                target = _kind(path.target_kind)
+                if directive.target_type and target.resource_type != directive.target_type:
+                    continue
+                out.extend((target.name, int(row[1])) for row in conn.execute(path.pairs(sorted(pks))))
+        return out
+    for source in _kinds_of(directive.source_type):
+        for path in _paths(source, directive.param):
+            pks = frontier.get(path.target_kind)
+            if not pks:
+                continue
+            if directive.target_type and _kind(path.target_kind).resource_type != directive.target_type:
+                continue
+            out.extend((source.name, int(row[0])) for row in conn.execute(path.reverse_pairs(sorted(pks))))
+    return out
+
+
+def _load_current(conn: Connection, included: dict[str, set[int]]) -> list[tuple[str, Hit]]:
+    """Current ids and versions of the included entities (deleted ones drop out), with their bodies."""
+    by_type: dict[str, list[Hit]] = {}
+    for kind_name in sorted(included):
+        kind = _kind(kind_name)
+        t = kind.table
+        rows = conn.execute(select(t.c.id, t.c.version_id).where(
+            t.c.pk.in_(sorted(included[kind_name])), is_current(t)).order_by(t.c.pk))
+        by_type.setdefault(kind.resource_type, []).extend(Hit((), [], row.id, row.version_id) for row in rows)
+    out: list[tuple[str, Hit]] = []
+    for resource_type, page in by_type.items():
+        for start in range(0, len(page), 500):
+            _attach_bodies(conn, resource_type, page[start:start + 500])
+        out.extend((resource_type, hit) for hit in page)
+    return out
+
+
+def _execute_matches(conn: Connection, req: SearchRequest) -> SearchResult:
     total = None
     if req.total in ("accurate", "estimate") or req.summary == "count":
         total = 0
@@ -473,9 +708,13 @@ def subset(body: bytes, keep: set[str]) -> orjson.Fragment | dict[str, Any]:
 
 
 def build_searchset(
-    base_url: str, req: SearchRequest, result: SearchResult, summary_elements: dict[str, set[str]]
+    base_url: str, req: SearchRequest, result: SearchResult, summary_elements: dict[str, set[str]],
+    sync_point: str | None = None,
 ) -> bytes:
-    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    bundle: dict[str, Any] = {"resourceType": "Bundle"}
+    if sync_point is not None:
+        bundle["meta"] = {"lastUpdated": sync_point}
+    bundle["type"] = "searchset"
     if result.total is not None:
         bundle["total"] = result.total
     bundle["link"] = bundle_links(base_url, req, result)
@@ -496,6 +735,9 @@ def build_searchset(
             {"fullUrl": f"{base_url}/{req.resource_type}/{hit.res_id}", "resource": resource,
              "search": {"mode": "match"}}
         )
+    for resource_type, hit in result.included:
+        entries.append({"fullUrl": f"{base_url}/{resource_type}/{hit.res_id}", "resource": orjson.Fragment(hit.body),
+                        "search": {"mode": "include"}})
     if req.warnings:
         outcome = {"resourceType": "OperationOutcome", "issue": req.warnings}
         entries.append({"resource": outcome, "search": {"mode": "outcome"}})

@@ -400,7 +400,7 @@ class RefPath:
         return stmt if self.condition is None else stmt.where(self.condition)
 
     def reverse_pairs(self, targets: list[int]) -> Any:
-        stmt = select(self.source, self.target).where(self.target.in_(targets))
+        stmt = select(self.source, self.target).where(self.target.in_(targets), self.source.is_not(None))
         return stmt if self.condition is None else stmt.where(self.condition)
 
     def matches(self, targets: Any) -> Clause:
