@@ -104,8 +104,8 @@ def test_include_links_keep_the_include(api, scheme):
     assert includes(page2) == [f"Organization/{scheme['HF']}"]
 
 
-def test_include_fan_out_is_capped_with_an_outcome(api, scheme, app):
-    app.settings.include_max = 2
+def test_include_fan_out_is_capped_with_an_outcome(api, scheme, app, monkeypatch):
+    monkeypatch.setattr(app.settings, "include_max", 2)
     resp = api.get(f"Organization?_id={scheme['HF']}&_revinclude=Patient:general-practitioner")
     assert resp.status_code == 400
     outcome = resp.json()
@@ -186,7 +186,7 @@ def test_malformed_has_is_a_400_when_strict(api, scheme):
 
 
 def test_chain_into_a_type_the_user_cannot_read_is_forbidden(api, scheme, client, app):
-    from tests.conftest import Api, CLERK
+    from tests.conftest import CLERK, Api
 
     clerk = Api(client, app.tokens.issue(CLERK[0])[0])
     assert clerk.get("Organization?type=prov").json().get("entry") is None  # the clerk cannot read facilities…
