@@ -193,3 +193,11 @@ def test_chain_into_a_type_the_user_cannot_read_is_forbidden(api, scheme, client
     probe = clerk.get("Patient?general-practitioner.name=Facility")
     assert probe.status_code == 403  # …so cannot learn about them through a chain either
     assert clerk.get("Patient?group.identifier=100000001").status_code == 200
+
+
+def test_address_locations_are_references_too(api, scheme):
+    bundle = search(api, f"Patient?_id={scheme['200000001']}&_include=Patient:address-location")
+    assert includes(bundle) == [f"Location/{scheme['V2']}"]
+    assert matches(search(api, "Location?_has:Patient:address-location:gender=male&type=V")) == [
+        scheme["V1"], scheme["V2"]]
+    assert matches(search(api, "Patient?address-location.name=Tsoka")) == [scheme["200000001"]]

@@ -639,7 +639,8 @@ def test_metadata_needs_no_token_and_describes_every_supported_resource(client):
     [rest] = cs["rest"]
     assert rest["mode"] == "server"
     by_type = {r["type"]: r for r in rest["resource"]}
-    assert set(by_type) == {"Patient", "Group", "Location", "Organization"}
+    assert {"Patient", "Group", "Location", "Organization", "Practitioner", "PractitionerRole", "Medication",
+            "ActivityDefinition", "InsurancePlan"} <= set(by_type)
     assert by_type["Patient"]["supportedProfile"] == [f"{PROFILE}openimis-patient"]
     assert by_type["Group"]["supportedProfile"] == [f"{PROFILE}openimis-group"]
     assert by_type["Location"]["supportedProfile"] == [f"{PROFILE}openimis-location"]

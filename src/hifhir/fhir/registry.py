@@ -5,14 +5,19 @@ from __future__ import annotations
 import re
 
 from hifhir.fhir.kind import ResourceKind
+from hifhir.fhir.profiles.activity_definition import ActivityDefinitionKind
 from hifhir.fhir.profiles.group import GroupKind
+from hifhir.fhir.profiles.insurance_plan import InsurancePlanKind
 from hifhir.fhir.profiles.location import LocationKind
+from hifhir.fhir.profiles.medication import MedicationKind
 from hifhir.fhir.profiles.organization import (
     HealthFacilityKind,
     InsurerKind,
     PolicyHolderKind,
 )
 from hifhir.fhir.profiles.patient import PatientKind
+from hifhir.fhir.profiles.practitioner import ClaimAdminKind, EnrolmentOfficerKind
+from hifhir.fhir.profiles.practitioner_role import ClaimAdminRoleKind, EnrolmentOfficerRoleKind
 
 ALL_KINDS: list[ResourceKind] = [
     PatientKind(),
@@ -21,6 +26,13 @@ ALL_KINDS: list[ResourceKind] = [
     HealthFacilityKind(),
     PolicyHolderKind(),
     InsurerKind(),
+    MedicationKind(),
+    ActivityDefinitionKind(),
+    InsurancePlanKind(),
+    ClaimAdminKind(),
+    EnrolmentOfficerKind(),
+    ClaimAdminRoleKind(),
+    EnrolmentOfficerRoleKind(),
 ]
 
 KINDS: dict[str, ResourceKind] = {k.name: k for k in ALL_KINDS}

@@ -11,6 +11,7 @@ from sqlalchemy import Connection, Row, Table, bindparam, select
 from hifhir.fhir.elements import identifier_value
 from hifhir.fhir.errors import conflict
 from hifhir.fhir.kind import WriteContext, require
+from hifhir.fhir.searchparams import SearchParam, column_ref, reference_param
 from hifhir.store.tables import is_current, location
 
 
@@ -130,3 +131,10 @@ def concept_from_list(list_name: str, code: str | None, labels: dict[str, str]) 
     if code is None:
         return None
     return ig_concept(list_name, code, labels.get(code))
+
+
+def address_location_param(column: Any) -> SearchParam:
+    """`address-location`: the Location an address points at (extension address-location-reference), so that
+    `_include`, chains and `_has` can follow it like any other reference."""
+    return reference_param("address-location", "Location", column_ref(column, "location"),
+                           doc="The location of the address (extension address-location-reference)")

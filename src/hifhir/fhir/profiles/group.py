@@ -21,6 +21,7 @@ from hifhir.fhir.elements import (
 from hifhir.fhir.errors import conflict
 from hifhir.fhir.kind import ResourceKind, Rights, WriteContext, require
 from hifhir.fhir.profiles.common import (
+    address_location_param,
     check_unique_code,
     concept_from_list,
     configured_code,
@@ -60,6 +61,7 @@ class GroupKind(ResourceKind):
         head = insuree.alias("head_search")
         self.search_params = {
             **common_params(self),
+            "address-location": address_location_param(t.c.location_pk),
             "member": reference_param(
                 "member", "Patient",
                 link_ref(t.c.pk, insuree.c.family_pk, insuree.c.pk, "patient", is_current(insuree)),

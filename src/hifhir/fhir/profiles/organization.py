@@ -10,6 +10,11 @@ location and its ancestors, rendered at write time and re-rendered when a locati
 hooks registered at the bottom of this module). Names a client sends in those parts are not checked: the
 location reference is the authoritative link, and names drift (renames, stale client caches).
 
+A health facility's `contact` (GET only) lists its claim administrators: those with a current claim administrator
+PractitionerRole there (purpose PAYOR, their name). The practitioner modules re-version the facility when such a
+role is created, moved, deleted or restored, or when the administrator is renamed; a sent `contact` is ignored.
+A facility cannot be deleted while a current claim administrator role names it.
+
 Defaults for the NOT NULL openIMIS columns the IG leaves optional (health facility):
 * legal form (`organization-hf-legal-form` 0..1): `G` Government on create — the demo and most
   deployments register public facilities; on update an absent extension keeps the stored form.
@@ -25,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Connection, Row, Select, Table, false, insert, not_, or_, select, true, update
+from sqlalchemy import Connection, Row, Select, Table, bindparam, false, insert, not_, or_, select, true, update
 
 from hifhir.config import InsurerConfig
 from hifhir.fhir.elements import (
@@ -42,6 +47,7 @@ from hifhir.fhir.elements import (
 from hifhir.fhir.errors import FhirError, conflict, invalid
 from hifhir.fhir.kind import ResourceKind, Rights, WriteContext, require
 from hifhir.fhir.profiles.common import (
+    address_location_param,
     check_unique_code,
     concept_from_list,
     configured_code,
@@ -66,9 +72,18 @@ from hifhir.fhir.searchparams import (
     token_param,
 )
 from hifhir.store.codelists import displays_of, ig_concepts
-from hifhir.store.tables import health_facility, insurer_org, is_current, location, policy_holder
+from hifhir.store.tables import (
+    claim_admin,
+    claim_admin_role,
+    health_facility,
+    insurer_org,
+    is_current,
+    location,
+    policy_holder,
+)
 
 ORG_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/organization-type"
+CONTACT_PURPOSE_SYSTEM = "http://terminology.hl7.org/CodeSystem/contactentity-type"
 HF_CARE_TYPES = ("I", "O", "B")
 HF_DEFAULT_LEGAL_FORM = "G"
 HF_LEVEL_NOT_RECORDED = ""
@@ -238,6 +253,29 @@ def address_param(location_column: Any, line_column: Any) -> SearchParam:
 
 # --- health facility ---------------------------------------------------------------------------------------
 
+# The facility's claim administrators (Organization.contact, GET only): those with a current role there.
+_HF_CONTACTS = (
+    select(claim_admin_role.c.hf_pk, claim_admin.c.pk, claim_admin.c.last_name, claim_admin.c.other_names)
+    .select_from(claim_admin_role.join(claim_admin, claim_admin.c.pk == claim_admin_role.c.claim_admin_pk))
+    .where(claim_admin_role.c.hf_pk.in_(bindparam("pks", expanding=True)), is_current(claim_admin_role),
+           is_current(claim_admin))
+    .order_by(claim_admin_role.c.hf_pk, claim_admin.c.code, claim_admin.c.pk)
+)
+
+
+def _hf_contacts(conn: Connection, pks: list[int]) -> dict[int, list[dict[str, Any]]]:
+    out: dict[int, list[dict[str, Any]]] = {}
+    seen: set[tuple[int, int]] = set()
+    for hf_pk, ca_pk, last_name, other_names in conn.execute(_HF_CONTACTS, {"pks": pks}):
+        if (hf_pk, ca_pk) in seen:
+            continue
+        seen.add((hf_pk, ca_pk))
+        out.setdefault(hf_pk, []).append({
+            "purpose": {"coding": [coding(CONTACT_PURPOSE_SYSTEM, "PAYOR", "Payor")]},
+            "name": {"use": "official", "family": last_name, "given": [other_names]},
+        })
+    return out
+
 
 class HealthFacilityKind(ResourceKind):
     resource_type = "Organization"
@@ -254,6 +292,7 @@ class HealthFacilityKind(ResourceKind):
             "type": org_type_param("prov"),
             "active": active_param(t.c.status),
             "address": address_param(t.c.location_pk, t.c.address),
+            "address-location": address_location_param(t.c.location_pk),
             "address-state": location_part_param("address-state", t.c.location_pk, "region_pk",
                                                  "Region name"),
             "address-district": location_part_param("address-district", t.c.location_pk, None,
@@ -272,6 +311,7 @@ class HealthFacilityKind(ResourceKind):
         labels = displays_of(conn, ("organization-hf-legal-form", "organization-hf-level"))
         legal_labels, level_labels = labels["organization-hf-legal-form"], labels["organization-hf-level"]
         care_labels = dict(ig_concepts("organization-hf-care-type"))
+        contacts = _hf_contacts(conn, pks)
         out: dict[int, dict[str, Any]] = {}
         for row in rows:
             extensions = [_coded_ext("organization-hf-legal-form", row.legal_form, legal_labels)]
@@ -297,7 +337,8 @@ class HealthFacilityKind(ResourceKind):
             if tel := _telecom_list(row):
                 res["telecom"] = tel
             res["address"] = [address]
-            # contact (the HF's claim administrators) comes with the claim administrator register.
+            if row.pk in contacts:
+                res["contact"] = contacts[row.pk]
             out[row.pk] = res
         return out
 
@@ -343,6 +384,14 @@ class HealthFacilityKind(ResourceKind):
         ctx.update(health_facility, current.pk, values)
         return int(current.pk)
 
+    def delete(self, ctx: WriteContext, current: Row) -> None:
+        t = claim_admin_role
+        role = ctx.conn.execute(select(t.c.code, t.c.id).where(t.c.hf_pk == current.pk, is_current(t))
+                                .order_by(t.c.pk).limit(1)).first()
+        if role is not None:
+            raise conflict(f"Health facility {current.code} still has the claim administrator role {role.code} "
+                           f"(PractitionerRole/{role.id}); delete that role first")
+
 
 # --- policy holder -----------------------------------------------------------------------------------------
 
@@ -363,6 +412,7 @@ class PolicyHolderKind(ResourceKind):
             "type": org_type_param("bus"),
             "active": active_param(None),
             "address": address_param(t.c.location_pk, t.c.address),
+            "address-location": address_location_param(t.c.location_pk),
             "address-city": location_part_param("address-city", t.c.location_pk, None, "Village name"),
             "address-district": location_part_param("address-district", t.c.location_pk, "district_pk",
                                                     "District name"),

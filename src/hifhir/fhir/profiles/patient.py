@@ -27,6 +27,7 @@ from hifhir.fhir.elements import (
 from hifhir.fhir.errors import FhirError, conflict
 from hifhir.fhir.kind import ResourceKind, Rights, WriteContext, require
 from hifhir.fhir.profiles.common import (
+    address_location_param,
     concept_from_list,
     configured_code,
     location_of_level,
@@ -183,6 +184,7 @@ class PatientKind(ResourceKind):
             "general-practitioner": reference_param(
                 "general-practitioner", "Organization", column_ref(t.c.hf_pk, "health-facility"),
                 doc="First point of service"),
+            "address-location": address_location_param(t.c.village_pk),
             "address-city": subquery_string_param("address-city", t.c.village_pk,
                                                   lambda m: _village_match(m, None), doc="Village name"),
             "address-district": subquery_string_param("address-district", t.c.village_pk,
