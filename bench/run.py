@@ -84,7 +84,13 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("identifier", "GET Patient?identifier=", 3000.0),
     Scenario("family", "GET Patient?family=&_count=20", 1000.0),
     Scenario("create", "POST Patient", 1000.0, "POST"),
+    Scenario("expand", "GET ValueSet/$expand diagnoses, filter", 2000.0),
 )
+DIAGNOSIS_VS = f"{IG}/ValueSet/diagnosis-ICD10-level1"
+DIAGNOSIS_CS_FILE = REPO_ROOT / "src/hifhir/data/ig/terminology/CodeSystem-diagnosis-ICD10-level1.json"
+CATALOGUE_TYPES = ("Medication", "ActivityDefinition")
+SYNC_TARGET = 20_000.0  # resources/s for a full catalogue sync with _count=1000
+SYNC_ROUNDS = 3
 
 
 @dataclass(slots=True)
@@ -127,6 +133,7 @@ class BackendRun:
     insurees: int
     measurements: list[Measurement] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    sync: SyncResult | None = None
 
     @property
     def peak_rss_mb(self) -> float:
@@ -355,12 +362,13 @@ def server_env(database_url: str, port: int | None = None) -> dict[str, str]:
     return env
 
 
-def load_demo_data(database_url: str, insurees: int, retry_for_s: float) -> None:
-    """Populate the database with `hifhir demo-data --insurees N`.
+def load_demo_data(database_url: str, insurees: int, retry_for_s: float, catalogue: int) -> None:
+    """Populate the database with `hifhir demo-data --insurees N --items C --services C`.
 
     The generator may not be available yet in a tree under development: retry for up to retry_for_s.
     """
-    argv = [str(hifhir_bin()), "demo-data", "--insurees", str(insurees)]
+    argv = [str(hifhir_bin()), "demo-data", "--insurees", str(insurees),
+            "--items", str(catalogue), "--services", str(catalogue)]
     deadline = time.monotonic() + retry_for_s
     while True:
         log(f"populating: {' '.join(argv[1:])}")
@@ -386,7 +394,7 @@ def sqlite_insuree_count(path: Path) -> int | None:
         return None
 
 
-def prepare_sqlite(insurees: int, keep_db: bool, retry_for_s: float) -> str:
+def prepare_sqlite(insurees: int, keep_db: bool, retry_for_s: float, catalogue: int) -> str:
     """A fresh SQLite database with N insurees; returns its URL.
 
     The populated database is kept as a template (var/bench/sqlite-N.db) and copied for each run, so the
@@ -403,17 +411,17 @@ def prepare_sqlite(insurees: int, keep_db: bool, retry_for_s: float) -> str:
         recorded = json.loads(marker.read_text())
     except (OSError, ValueError):
         recorded = {}
-    expected = {"insurees": insurees, "count": count, "code": fingerprint}
+    expected = {"insurees": insurees, "count": count, "code": fingerprint, "catalogue": catalogue}
     if keep_db and count is not None and recorded == expected:
         log(f"reusing {template.relative_to(REPO_ROOT)} ({count} insurees)")
     else:
         marker.unlink(missing_ok=True)
         remove_sqlite(template)
-        load_demo_data(f"sqlite:///{template}", insurees, retry_for_s)
+        load_demo_data(f"sqlite:///{template}", insurees, retry_for_s, catalogue)
         count = sqlite_insuree_count(template)
         if count is None or count < insurees:
             raise BenchError(f"demo-data left {count} insurees in {template}, expected {insurees}")
-        marker.write_text(json.dumps({"insurees": insurees, "count": count, "code": fingerprint}) + "\n")
+        marker.write_text(json.dumps(expected | {"count": count}) + "\n")
     run_db = VAR_DIR / "sqlite-run.db"
     remove_sqlite(run_db)
     # The backup API copies a consistent snapshot, including anything still in the WAL.
@@ -717,7 +725,62 @@ def request_paths(scenario: Scenario, samples: Samples) -> list[str]:
         return [f"/fhir/Patient?identifier={quote(c, safe='')}" for c in samples.chfids]
     if scenario.key == "family":
         return [f"/fhir/Patient?family={quote(f, safe='')}&_count=20" for f in samples.families]
+    if scenario.key == "expand":
+        url = quote(DIAGNOSIS_VS, safe="")
+        return [f"/fhir/ValueSet/$expand?url={url}&filter={quote(w, safe='')}&count=20" for w in diagnosis_words()]
     raise ValueError(scenario.key)
+
+
+def diagnosis_words(limit: int = 300) -> list[str]:
+    """Words of the diagnosis names (what a clinician types into a picker), the most frequent first."""
+    concepts = json.loads(DIAGNOSIS_CS_FILE.read_text())["concept"]
+    counts: dict[str, int] = {}
+    for concept in concepts:
+        for word in re.findall(r"[A-Za-z]{4,}", concept.get("display", "")):
+            counts[word.lower()] = counts.get(word.lower(), 0) + 1
+    return [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))][:limit]
+
+
+@dataclass(slots=True)
+class SyncResult:
+    resources: int
+    pages: int
+    seconds: list[float]  # one full sync per round
+
+    @property
+    def best_rate(self) -> float:
+        return self.resources / min(self.seconds) if self.seconds else 0.0
+
+    @property
+    def median_rate(self) -> float:
+        ordered = sorted(self.seconds)
+        return self.resources / ordered[len(ordered) // 2] if ordered else 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.resources >= 20_000 and self.median_rate >= SYNC_TARGET
+
+
+def measure_sync(base: str, token: str, rounds: int = SYNC_ROUNDS) -> SyncResult:
+    """A point-of-service client's full catalogue load: every Medication and ActivityDefinition, _count=1000, one
+    page after the other along the `next` links (one client, one connection at a time, as a real sync runs)."""
+    seconds: list[float] = []
+    resources = pages = 0
+    for _ in range(rounds):
+        resources = pages = 0
+        started = time.perf_counter()
+        for resource_type in CATALOGUE_TYPES:
+            url: str | None = f"{base}/fhir/{resource_type}?_count=1000"
+            while url:
+                status, answer = http(url, token=token)
+                if status != 200:
+                    raise BenchError(f"sync: GET {url} answered {status}: {answer[:300]!r}")
+                bundle = json.loads(answer)
+                resources += len(bundle.get("entry") or [])
+                pages += 1
+                url = next((link["url"] for link in bundle["link"] if link["relation"] == "next"), None)
+        seconds.append(time.perf_counter() - started)
+    return SyncResult(resources, pages, seconds)
 
 
 @dataclass(slots=True)
@@ -760,6 +823,7 @@ def verify(base: str, token: str, samples: Samples) -> None:
         ("GET", f"/fhir/Patient/{quote(samples.ids[0], safe='')}", None, 200),
         ("GET", f"/fhir/Patient?identifier={quote(samples.chfids[0], safe='')}", None, 200),
         ("GET", f"/fhir/Patient?family={quote(samples.families[0], safe='')}&_count=20", None, 200),
+        ("GET", request_paths(next(s for s in SCENARIOS if s.key == "expand"), samples)[0], None, 200),
     ]
     chfid = samples.fresh_chfids(1, random.Random())[0]
     body = patient_body(chfid, samples.families[0], samples.givens[0], samples.villages[0])
@@ -988,7 +1052,7 @@ def run_backend(backend: str, args: argparse.Namespace) -> BackendRun:
         if backend == "sqlite":
             # Registered first, so it runs last: after the server has stopped.
             stack.callback(cleanup_sqlite, args.insurees, args.keep_db)
-            database_url = prepare_sqlite(args.insurees, args.keep_db, args.demo_retry)
+            database_url = prepare_sqlite(args.insurees, args.keep_db, args.demo_retry, args.catalogue)
             run.notes.append(f"SQLite {sqlite3.sqlite_version} (WAL), database copied from "
                              f"var/bench/sqlite-{args.insurees}.db")
         else:
@@ -996,7 +1060,7 @@ def run_backend(backend: str, args: argparse.Namespace) -> BackendRun:
 
             admin_url, data_dir = stack.enter_context(bench_pg_cluster())
             database_url = pg_cluster.create_database(admin_url, PG_DATABASE)
-            load_demo_data(database_url, args.insurees, args.demo_retry)
+            load_demo_data(database_url, args.insurees, args.demo_retry, args.catalogue)
             db_root = postmaster_pid(data_dir)
             run.notes.append(f"PostgreSQL {pg_server_version(admin_url)} (tests.pg_cluster settings: fsync, "
                              "synchronous_commit and full_page_writes off)")
@@ -1032,6 +1096,11 @@ def run_backend(backend: str, args: argparse.Namespace) -> BackendRun:
             run.measurements.append(m)
             log(f"{backend}: {scenario.label}: {m.wrk.rps:,.0f} req/s, p50 {m.wrk.p50_ms:.2f} ms, "
                 f"p99 {m.wrk.p99_ms:.2f} ms, non-2xx {m.wrk.non_2xx}, peak RSS {m.peak_rss_mb:.0f} MB")
+        if "sync" in args.scenarios:
+            log(f"{backend}: catalogue sync ({SYNC_ROUNDS} rounds)")
+            run.sync = measure_sync(server.base, token)
+            log(f"{backend}: catalogue sync: {run.sync.resources:,} resources in {run.sync.pages} pages, "
+                f"median {run.sync.median_rate:,.0f} resources/s, best {run.sync.best_rate:,.0f}")
         ceiling = next(m for m in run.measurements if m.scenario is CEILING)
         for m in run.measurements:
             m.ratio = m.wrk.rps / ceiling.wrk.rps if ceiling.wrk.rps else None
@@ -1097,6 +1166,21 @@ def render(runs: list[BackendRun], args: argparse.Namespace, started: datetime) 
                 f"| {run.backend} | {m.scenario.label} | {w.rps:,.0f} | {_fmt_ms(w.p50_ms)} "
                 f"| {_fmt_ms(w.p99_ms)} | {non_2xx} | {ratio} | {target} | {'pass' if m.passed else 'FAIL'} |"
             )
+    syncs = [run for run in runs if run.sync is not None]
+    if syncs:
+        lines += [
+            "",
+            f"Catalogue sync (one client paging every Medication and ActivityDefinition with _count=1000 along the "
+            f"`next` links; {SYNC_ROUNDS} rounds):",
+            "",
+            "| backend | resources | pages | median resources/s | best resources/s | target | pass |",
+            "|---|--:|--:|--:|--:|--:|---|",
+        ]
+        for run in syncs:
+            sync = run.sync
+            assert sync is not None
+            lines.append(f"| {run.backend} | {sync.resources:,} | {sync.pages} | {sync.median_rate:,.0f} "
+                         f"| {sync.best_rate:,.0f} | ≥ {SYNC_TARGET:,.0f} | {'pass' if sync.passed else 'FAIL'} |")
     lines += [
         "",
         "Server memory (sum of VmRSS over the `hifhir serve` process tree, sampled every "
@@ -1150,9 +1234,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sample", type=int, default=SAMPLE_SIZE, help="ids/identifiers/names to pick from")
     parser.add_argument("--keep-db", action="store_true",
                         help="reuse var/bench/sqlite-N.db when it holds N insurees, and keep it afterwards")
-    parser.add_argument("--scenarios", default=",".join(s.key for s in SCENARIOS),
+    parser.add_argument("--catalogue", type=int, default=10_000,
+                        help="extra medical items and as many services to load (default 10000 each)")
+    parser.add_argument("--scenarios", default=",".join([*(s.key for s in SCENARIOS), "sync"]),
                         help="comma-separated subset of " + ", ".join(s.key for s in SCENARIOS)
-                        + " (the ceiling always runs)")
+                        + ", sync (the ceiling always runs)")
     parser.add_argument("--quiet-wait", type=float, default=60.0, metavar="SECONDS",
                         help="before each scenario, wait up to this long for other processes to go idle "
                         "(default 60; 0 to skip)")
@@ -1172,7 +1258,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="keep retrying a failing `hifhir demo-data` for this long (default: no retry)")
     args = parser.parse_args(argv)
     args.scenarios = {s.strip() for s in args.scenarios.split(",") if s.strip()}
-    unknown = args.scenarios - {s.key for s in SCENARIOS}
+    unknown = args.scenarios - {s.key for s in SCENARIOS} - {"sync"}
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
     return args
@@ -1240,7 +1326,8 @@ def _main(args: argparse.Namespace) -> int:
     if any(m.wrk.non_2xx or m.wrk.socket_errors for run in runs for m in run.measurements):
         log("error: some requests failed (non-2xx or socket errors); the figures are not meaningful")
         return 1
-    missed = [m for run in runs for m in run.measurements if not m.passed]
+    missed: list[Any] = [m for run in runs for m in run.measurements if not m.passed]
+    missed += [run.sync for run in runs if run.sync is not None and not run.sync.passed]
     over = [run for run in runs if run.peak_rss_mb > MEMORY_LIMIT_MB]
     return 2 if args.check and (missed or over) else 0
 
