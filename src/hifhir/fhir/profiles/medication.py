@@ -10,8 +10,8 @@ Mapping:
   context means no restriction on it (both bits), an absent CareType means both venues; a stored mask of 0
   (openIMIS "no restriction") renders as everybody.
 
-What the schema cannot keep (see the lead's report): `code.coding` (e.g. a SNOMED code) and `form.coding`. A
-form given only as a coding is stored by its display (else its code) as the package text.
+The medical item table has no column for `code.coding` (e.g. a SNOMED code) or `form.coding`: they are not kept.
+A form given only as a coding is stored by its display (else its code) as the package text.
 
 The helpers below (amounts and currency, usage contexts, frequency, the `context` and `status` search parameters,
 the "still covered by a product" delete rule) serve the ActivityDefinition kind too.

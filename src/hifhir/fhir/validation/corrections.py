@@ -14,6 +14,8 @@ SD = f"{B}/StructureDefinition/"
 # (profile url, element id) -> new max ("*" or an int as str).
 # README §9.3: InsurancePlan `plan.generalCost` is 1..1 but has 7 slices (lumpsum,
 # premiumAdult, ...); real products carry several costs, so it is implemented as 1..*.
+# The slices keep their own cardinalities: lumpsum 1..1, each other cost 0..1
+# (see fhir/profiles/insurance_plan.py for the mapping to the product's columns).
 MAX_OVERRIDES: dict[tuple[str, str], str] = {
     (SD + "openimis-insurance-plan", "InsurancePlan.plan.generalCost"): "*",
 }
