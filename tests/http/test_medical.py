@@ -60,13 +60,21 @@ def test_medication_example_round_trips(api):
     assert body["id"] == "71EFB78B-64EE-4A68-BE29-87DAF566EB20"
     expected = copy.deepcopy(example)
     del expected["id"]
-    # The medical item has no column for codings (see the Medication module docstring): code.coding (SNOMED
-    # 7947003) is not kept, and the form, given only as a coding, is kept as its display, the package text.
-    del expected["code"]["coding"]
-    expected["form"] = {"text": "Tablet"}
-    assert_equivalent(expected, assert_valid(body))
+    assert_equivalent(expected, assert_valid(body))  # the SNOMED codes of code and form included
     assert_equivalent(expected, get(api, f"Medication/{body['id']}"))
     assert ext_of(body, "medication-level")["valueCodeableConcept"]["coding"][0]["code"] == "M"
+
+
+def test_the_package_openimis_needs_comes_from_the_form(api, engine):
+    example = load_example(MED_EXAMPLE)
+    body = created(api.post("Medication", example))
+    assert stored(engine, medical_item, body["id"]).package == "Tablet"  # the form coding's display
+    example["form"] = {"text": "Box of 100"}
+    example["identifier"][0]["value"] = "0002"
+    del example["identifier"][1]
+    body = created(api.post("Medication", example))
+    assert body["form"] == {"text": "Box of 100"}
+    assert stored(engine, medical_item, body["id"]).package == "Box of 100"
 
 
 def test_activity_definition_example_round_trips(api, engine):

@@ -23,6 +23,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
     false,
     text,
@@ -384,6 +385,10 @@ medical_item = Table(
     Column("item_type", String(1), nullable=False),  # D drug | M medical consumable
     Column("package", String(255)),
     Column("quantity", Amount()),
+    # What a client codes beyond openIMIS's columns, kept so that it reads back what it sent: code.coding (e.g.
+    # SNOMED CT or ATC) and the whole form CodeableConcept, as JSON.
+    Column("code_coding", Text),
+    Column("form_json", Text),
     current_unique("medical_item", "code"),
     current_index("medical_item", "name_norm"),
 )

@@ -10,8 +10,9 @@ Mapping:
   context means no restriction on it (both bits), an absent CareType means both venues; a stored mask of 0
   (openIMIS "no restriction") renders as everybody.
 
-The medical item table has no column for `code.coding` (e.g. a SNOMED code) or `form.coding`: they are not kept.
-A form given only as a coding is stored by its display (else its code) as the package text.
+`code.coding` (e.g. a SNOMED CT or ATC code) and the whole `form` are kept as sent (JSON, at most
+CODING_JSON_MAX bytes each) so that a client reads back what it wrote; the package text openIMIS needs is `form.text`,
+else the form coding's display (else its code).
 
 The helpers below (amounts and currency, usage contexts, frequency, the `context` and `status` search parameters,
 the "still covered by a product" delete rule) serve the ActivityDefinition kind too.
@@ -23,6 +24,7 @@ import os
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, Row, Table, false, or_, select, true
 
 from hifhir.fhir.elements import coding, ext, extension, first_code, identifier_value, identifiers
@@ -252,6 +254,18 @@ def checked_text(value: Any, limit: int, what: str, expression: str, *, required
 # --- the kind --------------------------------------------------------------------------------------------
 
 
+CODING_JSON_MAX = 2000
+
+
+def _kept_json(value: Any, expression: str) -> str | None:
+    """JSON of an element kept as sent (already checked against the R4 schema), bounded in size."""
+    if not value:
+        return None
+    text = orjson.dumps(value).decode()
+    require(len(text) <= CODING_JSON_MAX, f"At most {CODING_JSON_MAX} characters of JSON are kept", expression)
+    return text
+
+
 def _package(form: Any) -> str | None:
     if not isinstance(form, dict):
         return None
@@ -299,13 +313,18 @@ class MedicationKind(ResourceKind):
                 for name, usage in render_contexts(row.patient_category, row.care_type)]})
             exts.append(ext("medication-level", "valueCodeableConcept", {"coding": [
                 coding(CS + "medication-level", "M", "Medication")]}))
+            code: dict[str, Any] = {"text": row.name}
+            if row.code_coding:
+                code = {"coding": orjson.loads(row.code_coding), "text": row.name}
             res: dict[str, Any] = {
                 "extension": exts,
                 "identifier": identifiers(row.code, uuid_of(row)),
-                "code": {"text": row.name},
+                "code": code,
                 "status": "active",
             }
-            if row.package:
+            if row.form_json:
+                res["form"] = orjson.loads(row.form_json)
+            elif row.package:
                 res["form"] = {"text": row.package}
             if row.quantity is not None:
                 res["amount"] = {"numerator": {"value": number(row.quantity)}}
@@ -337,6 +356,9 @@ class MedicationKind(ResourceKind):
         package = _package(resource.get("form"))
         require(package is None or len(package) <= 255, "form.text (package) is at most 255 characters",
                 "Medication.form")
+        code_coding = _kept_json((resource.get("code") or {}).get("coding"), "Medication.code.coding")
+        form = resource.get("form")
+        form_json = _kept_json(form, "Medication.form") if isinstance(form, dict) and form.get("coding") else None
         numerator = (resource.get("amount") or {}).get("numerator") or {}
         quantity = None if "value" not in numerator else parse_amount(
             numerator["value"], "amount.numerator.value", "Medication.amount.numerator.value")
@@ -344,6 +366,7 @@ class MedicationKind(ResourceKind):
             "code": code, "name": name, "name_norm": normalise_text(name)[:100], "price": price,
             "care_type": care_type or "B", "frequency": frequency, "patient_category": patient_category,
             "item_type": item_type, "package": package, "quantity": quantity,
+            "code_coding": code_coding, "form_json": form_json,
         }
         if current is None:
             values["id"], values["uuid"] = resolve_new_id(ctx, resource, medical_item)

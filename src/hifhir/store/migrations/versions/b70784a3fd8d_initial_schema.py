@@ -1,15 +1,15 @@
 """initial schema
 
-Revision ID: 1a3ce5202e3c
+Revision ID: b70784a3fd8d
 Revises: 
-Create Date: 2026-11-25 19:44:04.864849
+Create Date: 2026-11-25 20:07:04.874537
 """
 
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '1a3ce5202e3c'
+revision = 'b70784a3fd8d'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -123,6 +123,8 @@ def upgrade() -> None:
     sa.Column('item_type', sa.String(length=1), nullable=False),
     sa.Column('package', sa.String(length=255), nullable=True),
     sa.Column('quantity', sa.BigInteger(), nullable=True),
+    sa.Column('code_coding', sa.Text(), nullable=True),
+    sa.Column('form_json', sa.Text(), nullable=True),
     sa.PrimaryKeyConstraint('pk', name=op.f('pk_medical_item')),
     sa.UniqueConstraint('id', name=op.f('uq_medical_item_id'))
     )
