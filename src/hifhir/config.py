@@ -21,6 +21,12 @@ def _secret_from_file(path: Path) -> str:
     return value
 
 
+# Settings the FHIR mappings need outside any request (rendering happens inside write transactions and the demo
+# loader): read once per process from the environment.
+SCHEME_CURRENCY = os.environ.get("HIFHIR_CURRENCY", "EUR")  # every amount of the scheme (prices, premiums)
+PUBLIC_BASE_URL = os.environ.get("HIFHIR_PUBLIC_BASE_URL", "http://127.0.0.1:8080/fhir").rstrip("/")
+
+
 @dataclass(slots=True)
 class InsurerConfig:
     """The insurer Organization (`ins`) has no table in openIMIS: it is module configuration."""

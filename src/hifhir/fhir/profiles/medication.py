@@ -20,13 +20,13 @@ the "still covered by a product" delete rule) serve the ActivityDefinition kind 
 
 from __future__ import annotations
 
-import os
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import orjson
 from sqlalchemy import Connection, Row, Table, false, or_, select, true
 
+from hifhir.config import SCHEME_CURRENCY
 from hifhir.fhir.elements import coding, ext, extension, first_code, identifier_value, identifiers
 from hifhir.fhir.errors import conflict, invalid
 from hifhir.fhir.kind import CS, EXT, ResourceKind, Rights, WriteContext, require
@@ -46,7 +46,7 @@ from hifhir.store.tables import is_current, medical_item, product, product_item
 
 # The scheme's currency (openIMIS keeps it in module configuration, `core.currency`). Amounts are stored without
 # one; every Money the server renders carries this code and a Money sent in another currency is refused.
-CURRENCY = os.environ.get("HIFHIR_CURRENCY", "EUR")
+CURRENCY = SCHEME_CURRENCY
 # decimal(18,2), the openIMIS amount columns
 MAX_AMOUNT = Decimal("9999999999999999.99")
 MAX_DAYS = 32767  # smallint, openIMIS ItemFrequency / ServFrequency

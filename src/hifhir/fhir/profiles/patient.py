@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
 from sqlalchemy import Connection, Row, and_, bindparam, delete, false, func, insert, or_, select, update
 
+from hifhir.config import PUBLIC_BASE_URL
 from hifhir.fhir.elements import (
     coding,
     ext,
@@ -60,7 +60,7 @@ MARITAL = {"M": "M", "S": "S", "D": "D", "W": "W", "UNK": "N"}
 MARITAL_OUT = {"M": ("M", "Married"), "S": ("S", "Never Married"), "D": ("D", "Divorced"),
                "W": ("W", "Widowed"), "N": ("UNK", "unknown")}
 MARITAL_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus"
-PUBLIC_BASE = os.environ.get("HIFHIR_PUBLIC_BASE_URL", "http://127.0.0.1:8080/fhir").rstrip("/")
+PUBLIC_BASE = PUBLIC_BASE_URL
 
 
 def _village_match(match: Any, level_col: str | None) -> Any:
