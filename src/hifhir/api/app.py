@@ -12,7 +12,7 @@ import orjson
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, OperationalError
 
-from hifhir.api import rest
+from hifhir.api import rest, terminology_routes
 from hifhir.api.http import (
     FHIR_JSON,
     JSON,
@@ -29,6 +29,7 @@ from hifhir.auth.users import PrincipalCache, authenticate
 from hifhir.config import Settings
 from hifhir.fhir.capability import capability_statement
 from hifhir.fhir.errors import FhirError, invalid
+from hifhir.fhir.terminology import bind_engine
 from hifhir.store.db import make_engine
 
 log = logging.getLogger("hifhir.api")
@@ -138,10 +139,14 @@ class HifhirApp:
         )
         self._apply_prefer(call, request)
         call.if_match = request.headers.get("if-match")
+        # Lets the profile validator see the live code lists of this database (fhir/terminology.py).
+        bind_engine(self.reader)
         n = len(segments)
         if n == 0:
             raise FhirError.one(404, "not-supported", "System-level interactions are not supported")
         rtype = segments[0]
+        if rtype in terminology_routes.TYPES:
+            return self._terminology(call, request, segments)
         if n == 1:
             if method == "GET":
                 return rest.search(call, rtype, request.query)
@@ -183,6 +188,39 @@ class HifhirApp:
         if n == 4 and third == "_history":
             self._only(method, "GET")
             return rest.read(call, rtype, second, segments[3])
+        raise FhirError.one(404, "not-found", "Unknown FHIR path")
+
+    def _terminology(self, call: rest.Call, request: HttpRequest, segments: list[str]) -> HttpResponse:
+        """CodeSystem, ValueSet, StructureDefinition, ImplementationGuide: built on the fly, not kinds."""
+        routes = terminology_routes
+        method, rtype, n = request.method, segments[0], len(segments)
+        operations = routes.OPERATIONS.get(rtype, frozenset())
+        if "_history" in segments:
+            raise FhirError.one(404, "not-supported", f"{rtype} is built from configuration: it keeps no history")
+        if n == 1:
+            self._only(method, "GET")
+            return routes.search(call, rtype, request.query)
+        second = segments[1]
+        if n == 2 and second == "_search":
+            self._only(method, "POST")
+            return routes.search(call, rtype, request.query + self._form_params(request))
+        op = second if n == 2 else segments[2] if n == 3 else None
+        if op is not None and op.startswith("$"):
+            if op not in operations:
+                raise FhirError.one(404, "not-supported", f"{rtype} has no operation {op[:40]}")
+            if method not in ("GET", "POST"):
+                raise self._method_not_allowed(method, "GET, POST")
+            if method == "POST":
+                self._check_body_type(request)
+            return routes.operation(call, rtype, second if n == 3 else None, op, request.query,
+                                    request.body if method == "POST" else None)
+        if n == 2:
+            if method == "GET":
+                return routes.read(call, rtype, second)
+            if method == "PUT":
+                self._check_body_type(request)
+                return routes.update(call, rtype, second, request.body)
+            raise self._method_not_allowed(method, "GET, PUT" if rtype == "CodeSystem" else "GET")
         raise FhirError.one(404, "not-found", "Unknown FHIR path")
 
     # --- cross-cutting concerns ------------------------------------------------------------------------

@@ -6,12 +6,56 @@ import functools
 from typing import Any
 
 from hifhir import __version__
+from hifhir.fhir.conformance import CATALOG_PARAMS
 from hifhir.fhir.kind import IG
 from hifhir.fhir.registry import TYPES
 
 OPERATIONS = [
     {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"},
 ]
+_OPERATION_DEFINITION = "http://hl7.org/fhir/OperationDefinition/"
+# Definitional resources built on the fly (fhir/terminology.py, fhir/conformance.py): read and search; the code
+# lists among the CodeSystems also take PUT; the terminology operations at type and instance level.
+_DEFINITIONAL = {
+    "CodeSystem": (["read", "search-type", "update"], ["lookup", "validate-code"]),
+    "ValueSet": (["read", "search-type"], ["expand", "validate-code"]),
+    "StructureDefinition": (["read", "search-type"], []),
+    "ImplementationGuide": (["read", "search-type"], []),
+}
+_DEFINITIONAL_DOC = {
+    "CodeSystem": "The IG's CodeSystems; the openIMIS code lists (education, profession, identification type, "
+                  "relationship, family type, confirmation type, HF legal form and level, PH legal form and "
+                  "activity, diagnoses) are served live from configuration and can be replaced with PUT "
+                  "(rights 131001 for diagnoses, 131303 for the others); medical-item and medical-service list the "
+                  "current items and services.",
+    "ValueSet": "The IG's ValueSets, plus items-pricelist / services-pricelist (every current price list) and "
+                "items-pricelist-<health facility id> / services-pricelist-<health facility id> (a facility's "
+                "list, with effective prices).",
+    "StructureDefinition": "The IG's profiles and extensions, as the server validates against them.",
+    "ImplementationGuide": "openimis.fhir.r4 1.0.0.",
+}
+
+
+def _definitional_resources() -> list[dict[str, Any]]:
+    out = []
+    for rtype, (interactions, operations) in _DEFINITIONAL.items():
+        params = [{"name": p.name, "type": p.type, "documentation": p.documentation}
+                  for p in sorted(CATALOG_PARAMS[rtype].values(), key=lambda p: p.name)]
+        resource: dict[str, Any] = {
+            "type": rtype,
+            "profile": f"http://hl7.org/fhir/StructureDefinition/{rtype}",
+            "documentation": _DEFINITIONAL_DOC[rtype],
+            "interaction": [{"code": c} for c in sorted(interactions)],
+            "versioning": "versioned",
+            "readHistory": False,
+            "updateCreate": False,
+            "searchParam": params,
+        }
+        if operations:
+            resource["operation"] = [{"name": op, "definition": f"{_OPERATION_DEFINITION}{rtype}-{op}"}
+                                     for op in operations]
+        out.append(resource)
+    return out
 
 
 @functools.cache
@@ -41,6 +85,8 @@ def capability_statement(base_url: str) -> dict[str, Any]:
             "searchParam": sorted(params.values(), key=lambda p: p["name"]),
             "operation": OPERATIONS,
         })
+    resources.extend(_definitional_resources())
+    resources.sort(key=lambda r: r["type"])
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",

@@ -10,12 +10,18 @@ Two sources, both shipped with the package (nothing is fetched at run time):
 
 A value set that cannot be expanded (filters, external code systems such as ISO 4217 or
 BCP-13 mime types) yields ``None``: callers must then skip the check, never report an error.
+
+The openIMIS code lists are editable data (``store/codelists``): for the value sets built on them the index asks
+a *live source* registered by ``fhir.terminology`` (the same per-process cache that serves ``ValueSet/$expand``),
+so the validator accepts a code as soon as it is added to the list. Without a live source (no request in
+progress, e.g. unit tests or the demo loader) the IG's codes apply.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +32,18 @@ _IG_TERMINOLOGY = _DATA / "ig" / "terminology"
 _CORE_VALUESETS = _DATA / "core-valuesets.json"
 
 Codes = frozenset[tuple[str, str]]
+# value set url -> its current (system, code) pairs, or None to fall back to the IG's codes
+LiveSource = Callable[[str], Codes | None]
+
+_live_urls: frozenset[str] = frozenset()
+_live_source: LiveSource | None = None
+
+
+def register_live_source(urls: frozenset[str], source: LiveSource) -> None:
+    """Answer the value sets `urls` from `source` instead of the IG files (see the module docstring)."""
+    global _live_urls, _live_source
+    _live_source = source
+    _live_urls = frozenset(urls)
 
 
 def _flatten(concepts: list[dict[str, Any]]) -> list[str]:
@@ -42,6 +60,7 @@ class ValueSetIndex:
     def __init__(self, ig_dir: Path = _IG_TERMINOLOGY, core_file: Path = _CORE_VALUESETS) -> None:
         self._expanded: dict[str, Codes] = {}
         self._codes_only: dict[str, frozenset[str]] = {}
+        self._live_memo: dict[Codes, frozenset[str]] = {}
         core: dict[str, list[list[str]]] = json.loads(core_file.read_text())["valueSets"]
         for url, pairs in core.items():
             self._expanded[url] = frozenset((s, c) for s, c in pairs)
@@ -109,11 +128,20 @@ class ValueSetIndex:
     # -- public -----------------------------------------------------------------------
     def codes(self, url: str) -> Codes | None:
         """``(system, code)`` pairs of the value set, or None if unknown/unexpandable."""
-        return self._expanded.get(url.split("|", 1)[0])
+        key = url.split("|", 1)[0]
+        if key in _live_urls and _live_source is not None:
+            live = _live_source(key)
+            if live is not None:
+                return live
+        return self._expanded.get(key)
 
     def code_values(self, url: str) -> frozenset[str] | None:
         """Just the codes (for ``code``-typed elements and Codings without a system)."""
         key = url.split("|", 1)[0]
+        if key in _live_urls and _live_source is not None:
+            live = _live_source(key)
+            if live is not None:
+                return self._live_code_values(live)
         got = self._codes_only.get(key)
         if got is None:
             pairs = self._expanded.get(key)
@@ -121,6 +149,15 @@ class ValueSetIndex:
                 return None
             got = frozenset(c for _, c in pairs)
             self._codes_only[key] = got
+        return got
+
+    def _live_code_values(self, pairs: Codes) -> frozenset[str]:
+        # The live source hands out the same frozenset until its list changes (frozensets cache their hash).
+        got = self._live_memo.get(pairs)
+        if got is None:
+            if len(self._live_memo) > 64:
+                self._live_memo.clear()
+            got = self._live_memo[pairs] = frozenset(c for _, c in pairs)
         return got
 
     def __contains__(self, url: str) -> bool:

@@ -1,0 +1,1 @@
+"""Business rules of openIMIS entities (no HTTP, no FHIR JSON)."""
