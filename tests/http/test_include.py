@@ -201,3 +201,11 @@ def test_address_locations_are_references_too(api, scheme):
     assert matches(search(api, "Location?_has:Patient:address-location:gender=male&type=V")) == [
         scheme["V1"], scheme["V2"]]
     assert matches(search(api, "Patient?address-location.name=Tsoka")) == [scheme["200000001"]]
+
+
+def test_metadata_lists_the_includes_each_type_accepts(client):
+    by_type = {r["type"]: r for r in client.get("/fhir/metadata").json()["rest"][0]["resource"]}
+    assert "Patient:general-practitioner" in by_type["Patient"]["searchInclude"]
+    assert "Group:member" in by_type["Patient"]["searchRevInclude"]
+    assert "PractitionerRole:practitioner" in by_type["PractitionerRole"]["searchInclude"]
+    assert "InsurancePlan:covered-item" in by_type["Medication"]["searchRevInclude"]

@@ -58,9 +58,27 @@ def _definitional_resources() -> list[dict[str, Any]]:
     return out
 
 
+def _includes() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """`_include` values each type accepts (its own reference parameters) and `_revinclude` values (the reference
+    parameters of other types that point at it), as `Source:param`."""
+    from hifhir.fhir.registry import KINDS
+
+    include: dict[str, set[str]] = {}
+    revinclude: dict[str, set[str]] = {}
+    for rtype, kinds in TYPES.items():
+        for kind in kinds:
+            for p in kind.search_params.values():
+                for path in p.paths:
+                    include.setdefault(rtype, set()).add(f"{rtype}:{p.name}")
+                    target_type = KINDS[path.target_kind].resource_type
+                    revinclude.setdefault(target_type, set()).add(f"{rtype}:{p.name}")
+    return include, revinclude
+
+
 @functools.cache
 def capability_statement(base_url: str) -> dict[str, Any]:
     resources = []
+    include, revinclude = _includes()
     for rtype in sorted(TYPES):
         kinds = TYPES[rtype]
         interactions = ["read", "vread", "search-type", "history-instance", "history-type"]
@@ -82,6 +100,8 @@ def capability_statement(base_url: str) -> dict[str, Any]:
             "conditionalCreate": False,
             "conditionalUpdate": False,
             "conditionalDelete": "not-supported",
+            "searchInclude": sorted(include.get(rtype, ())),
+            "searchRevInclude": sorted(revinclude.get(rtype, ())),
             "searchParam": sorted(params.values(), key=lambda p: p["name"]),
             "operation": OPERATIONS,
         })
@@ -107,6 +127,10 @@ def capability_statement(base_url: str) -> dict[str, Any]:
                 "description": "JWT bearer token from POST /api/api_fhir_r4/login/ or /api/login "
                                "({\"username\",\"password\"} → {\"token\",\"exp\"}).",
             },
+            "documentation": "Search: chained reference parameters up to 3 levels (`group.identifier`, "
+                             "`general-practitioner:Organization.name`), reverse chains (`_has`), `_include` and "
+                             "`_revinclude` with `:iterate`, keyset paging. Delta sync: every Bundle's "
+                             "meta.lastUpdated is the sync point to resume from (`_history?_since=`).",
             "resource": resources,
         }],
     }
