@@ -89,7 +89,7 @@ def capability_statement(base_url: str) -> dict[str, Any]:
             for p in kind.search_params.values():
                 params.setdefault(p.name, {"name": p.name, "type": p.type,
                                            **({"documentation": p.documentation} if p.documentation else {})})
-        resources.append({
+        resource: dict[str, Any] = {
             "type": rtype,
             "profile": f"http://hl7.org/fhir/StructureDefinition/{rtype}",
             "supportedProfile": [k.profile for k in kinds],
@@ -104,7 +104,8 @@ def capability_statement(base_url: str) -> dict[str, Any]:
             "searchRevInclude": sorted(revinclude.get(rtype, ())),
             "searchParam": sorted(params.values(), key=lambda p: p["name"]),
             "operation": OPERATIONS,
-        })
+        }
+        resources.append({k: v for k, v in resource.items() if v != []})  # FHIR JSON has no empty arrays
     resources.extend(_definitional_resources())
     resources.sort(key=lambda r: r["type"])
     return {
