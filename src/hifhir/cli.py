@@ -1,4 +1,4 @@
-"""The `hifhir` command: serve, migrate, demo-data, user create."""
+"""The `hifhir` command: serve, migrate, demo-data, user create, codes (code-list administration)."""
 
 from __future__ import annotations
 
@@ -27,15 +27,16 @@ def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    from hifhir.demo import generate_population, load_demo_scheme
+    from hifhir.demo import generate_catalogue, generate_population, load_demo_scheme
     from hifhir.setup import prepare
 
     engine = _engine(settings)
     prepare(settings, engine)
+    load_demo_scheme(engine)
     if args.insurees:
         generate_population(engine, args.insurees, seed=args.seed, progress=not args.quiet)
-    else:
-        load_demo_scheme(engine)
+    if args.items or args.services:
+        generate_catalogue(engine, args.items, args.services, seed=args.seed, progress=not args.quiet)
     return 0
 
 
@@ -90,6 +91,56 @@ def cmd_user_create(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_codes(settings: Settings, args: argparse.Namespace) -> int:
+    """Administer the openIMIS code lists without the API (the same rules as PUT CodeSystem)."""
+    from hifhir.setup import prepare
+    from hifhir.store import codelists
+    from hifhir.store.db import transaction
+
+    engine = _engine(settings)
+    prepare(settings, engine)
+    try:
+        with transaction(engine, write=args.codes_command != "list") as conn:
+            if args.codes_command == "list":
+                return _codes_list(conn, args.list_name, args.all)
+            if args.codes_command == "set":
+                outcome = codelists.set_code(conn, args.list_name, args.code, args.display, args.position)
+                print(f"{args.list_name} {args.code}: {outcome}")
+            elif args.codes_command == "deactivate":
+                done = codelists.deactivate_code(conn, args.list_name, args.code)
+                print(f"{args.list_name} {args.code}: {'deactivated' if done else 'already inactive'}")
+            else:
+                added = codelists.seed_diagnoses(conn)
+                print(f"{added} diagnoses loaded" if added else "the diagnosis list is already configured")
+    except codelists.CodeListError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    return 0
+
+
+def _codes_list(conn, list_name: str | None, show_all: bool) -> int:  # type: ignore[no-untyped-def]
+    from hifhir.store import codelists
+
+    if list_name is None:
+        for name in codelists.EDITABLE_LISTS:
+            entries = codelists.list_entries(conn, name)
+            active = sum(e.active for e in entries)
+            print(f"{name:32} {active:5} active {len(entries) - active:5} inactive")
+        return 0
+    try:
+        codelists.check_editable(list_name)
+    except codelists.CodeListError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for entry in codelists.list_entries(conn, list_name):
+        if entry.active or show_all:
+            flag = "" if entry.active else "  (inactive)"
+            print(f"{entry.code}\t{entry.display}{flag}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hifhir", description="hifhir health-insurance FHIR server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -99,8 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, default=0, help="worker processes (default: HIFHIR_WORKERS or cores)")
     serve.set_defaults(func=cmd_serve)
     sub.add_parser("migrate", help="create or upgrade the schema").set_defaults(func=cmd_migrate)
-    demo = sub.add_parser("demo-data", help="load the demo scheme, or a synthetic population with --insurees")
-    demo.add_argument("--insurees", type=int, default=0, help="generate N synthetic insurees")
+    demo = sub.add_parser("demo-data", help="load the demo scheme, plus synthetic insurees, items and services")
+    demo.add_argument("--insurees", type=int, default=0,
+                      help="add N synthetic insurees (with villages, facilities and staff in proportion)")
+    demo.add_argument("--items", type=int, default=0, help="add N synthetic medical items (Medication)")
+    demo.add_argument("--services", type=int, default=0, help="add N synthetic medical services (ActivityDefinition)")
     demo.add_argument("--seed", type=int, default=42)
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)
@@ -113,6 +167,21 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--last-name")
     create.add_argument("--other-names")
     create.set_defaults(func=cmd_user_create)
+    codes = sub.add_parser("codes", help="code lists: list, set a code's display, deactivate a code")
+    codes_sub = codes.add_subparsers(dest="codes_command", required=True)
+    listing = codes_sub.add_parser("list", help="the editable lists, or the codes of one list")
+    listing.add_argument("list_name", nargs="?", help="e.g. patient-profession, diagnosis-ICD10-level1")
+    listing.add_argument("--all", action="store_true", help="include deactivated codes")
+    setting = codes_sub.add_parser("set", help="add a code, or change its display (reactivates it)")
+    setting.add_argument("list_name")
+    setting.add_argument("code")
+    setting.add_argument("display")
+    setting.add_argument("--position", type=int, help="sort position (default: unchanged, or last when new)")
+    deactivating = codes_sub.add_parser("deactivate", help="withdraw a code from new use (existing data keeps it)")
+    deactivating.add_argument("list_name")
+    deactivating.add_argument("code")
+    codes_sub.add_parser("seed-diagnoses", help="load the IG's 1,910 ICD-10 diagnoses into an empty diagnosis list")
+    codes.set_defaults(func=cmd_codes)
     args = parser.parse_args(argv)
     return int(args.func(load_settings(), args))
 

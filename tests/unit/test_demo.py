@@ -6,18 +6,21 @@ import io
 import random
 from collections import Counter
 from collections.abc import Iterator
+from datetime import date, timedelta
 from pathlib import Path
 
 import orjson
 import pytest
 from sqlalchemy import ColumnElement, Engine, Row, Table, func, select
 
+from hifhir import cli
 from hifhir.config import Settings
-from hifhir.demo import generate_population, load_demo_scheme
+from hifhir.demo import catalogue, generate_catalogue, generate_population, load_demo_scheme
 from hifhir.demo import population as population_module
 from hifhir.demo.population import ChfSequence
 from hifhir.demo.progress import Progress
 from hifhir.demo.resources import chf_id, is_valid_chf_id
+from hifhir.demo.staff import claim_admin_code
 from hifhir.fhir.kind import WriteContext
 from hifhir.fhir.registry import KINDS
 from hifhir.fhir.validate import has_errors, validate_resource
@@ -25,17 +28,34 @@ from hifhir.setup import prepare
 from hifhir.store.db import make_engine
 from hifhir.store.tables import (
     app_user,
+    claim_admin,
+    claim_admin_role,
+    code_list_entry,
     family,
     health_facility,
     insuree,
     location,
+    medical_item,
+    medical_service,
+    officer,
+    officer_role,
+    officer_role_village,
     policy_holder,
+    price_list,
+    price_list_item,
+    price_list_service,
+    product,
+    product_item,
+    product_service,
     resource_version,
     role,
+    user_district,
     user_role,
 )
 
-ENTITY_KINDS = ("location", "health-facility", "policy-holder", "group", "patient")
+ENTITY_KINDS = ("location", "health-facility", "policy-holder", "group", "patient", "medication",
+                "activity-definition", "insurance-plan", "claim-admin", "claim-admin-role", "enrolment-officer",
+                "enrolment-officer-role")
 
 
 def _engine(path: Path) -> Engine:
@@ -82,8 +102,9 @@ def _check_families(engine: Engine) -> int:
     return len(fams)
 
 
-def _check_history(engine: Engine) -> None:
-    """Each current entity has its latest version in resource_version, with a matching meta.versionId."""
+def _check_history(engine: Engine, *, first_versions: bool = True) -> None:
+    """Each current entity has its latest version in resource_version, with a matching meta.versionId (version 1
+    everywhere unless `first_versions` is false: staff added later re-versions the facilities they work at)."""
     with engine.connect() as conn:
         for name in ENTITY_KINDS:
             kind = KINDS[name]
@@ -100,7 +121,8 @@ def _check_history(engine: Engine) -> None:
                 assert row.kind == name
                 body = orjson.loads(row.body)
                 assert body["id"] == row.id
-                assert body["meta"]["versionId"] == str(row.version_id) == "1"
+                assert body["meta"]["versionId"] == str(row.version_id)
+                assert row.version_id == 1 or not first_versions, (name, row.id)
                 assert body["meta"]["profile"] == [kind.profile]
 
 
@@ -157,12 +179,125 @@ def test_demo_history_and_profiles(demo_engine: Engine) -> None:
 
 
 def test_demo_scheme_is_idempotent(demo_engine: Engine) -> None:
-    before = {t.name: _count(demo_engine, t) for t in (location, health_facility, family, insuree, app_user,
-                                                       resource_version)}
+    tables = (location, health_facility, family, insuree, app_user, resource_version, medical_item, medical_service,
+              product, product_item, product_service, price_list, price_list_item, price_list_service, officer,
+              officer_role, officer_role_village, claim_admin, claim_admin_role, code_list_entry, user_district)
+    before = {t.name: _count(demo_engine, t) for t in tables}
     load_demo_scheme(demo_engine)
-    after = {t.name: _count(demo_engine, t) for t in (location, health_facility, family, insuree, app_user,
-                                                      resource_version)}
+    after = {t.name: _count(demo_engine, t) for t in tables}
     assert after == before
+
+
+def test_demo_items_and_services(demo_engine: Engine) -> None:
+    with demo_engine.connect() as conn:
+        items = conn.execute(select(medical_item)).all()
+        services = conn.execute(select(medical_service)).all()
+        diagnoses = _count(demo_engine, code_list_entry, code_list_entry.c.list_name == "diagnosis-ICD10-level1")
+    assert len(items) == 257 and len({i.name for i in items}) == 257
+    assert sorted(i.code for i in items) == [f"{n:04d}" for n in range(1, 258)]
+    assert {(i.item_type, i.care_type, i.patient_category) for i in items} == {("D", "O", 15)}
+    prices = sorted(i.price for i in items)
+    assert (prices[0], prices[128], prices[-1]) == (0, 480, 78_490)
+    assert len(services) == 81 and {"M1", "I1", "G1", "A1"} <= {s.code for s in services}
+    assert Counter(s.service_type for s in services) == {"C": 73, "P": 8}
+    assert Counter(s.level for s in services) == {"D": 58, "S": 17, "H": 4, "V": 2}
+    assert Counter(s.category for s in services) == {None: 74, "S": 7}
+    assert Counter(s.care_type for s in services).most_common(1)[0][0] == "B"
+    prices = sorted(s.price for s in services)
+    assert (prices[0], prices[40], prices[-1]) == (330, 21_000, 42_000)
+    assert diagnoses == 1910
+
+
+def test_demo_price_lists(demo_engine: Engine) -> None:
+    with demo_engine.connect() as conn:
+        lists = {r.pk: r for r in conn.execute(select(price_list))}
+        item_lines = Counter(conn.execute(select(price_list_item.c.price_list_pk)).scalars())
+        service_lines = Counter(conn.execute(select(price_list_service.c.price_list_pk)).scalars())
+        hfs = conn.execute(select(health_facility.c.level, health_facility.c.item_price_list_pk,
+                                  health_facility.c.service_price_list_pk, location.c.region_pk)
+                           .join(location, location.c.pk == health_facility.c.location_pk)).all()
+        regions = dict(conn.execute(select(location.c.code, location.c.pk).where(location.c.type == "R")).all())
+        overrides = conn.execute(select(func.count()).select_from(price_list_item).where(
+            price_list_item.c.price_override.is_not(None))).scalar_one()
+    assert Counter(r.kind for r in lists.values()) == {"item": 6, "service": 6}
+    assert {r.location_pk for r in lists.values()} == set(regions.values())  # 3 + 3 per region
+    assert overrides == 0  # the scheme prices apply
+    sizes = {"D": (14, 4), "C": (51, 9), "H": (257, 81)}
+    for hf in hfs:  # every facility uses its region's lists for its level
+        items_list, services_list = lists[hf.item_price_list_pk], lists[hf.service_price_list_pk]
+        assert (items_list.kind, services_list.kind) == ("item", "service")
+        assert items_list.location_pk == services_list.location_pk == hf.region_pk
+        assert (item_lines[items_list.pk], service_lines[services_list.pk]) == sizes[hf.level]
+    assert len({(hf.item_price_list_pk, hf.service_price_list_pk) for hf in hfs}) == 6
+
+
+def test_demo_products(demo_engine: Engine) -> None:
+    with demo_engine.connect() as conn:
+        products = {r.code: r for r in conn.execute(select(product))}
+        regions = dict(conn.execute(select(location.c.pk, location.c.code).where(location.c.type == "R")).all())
+        lines = Counter(conn.execute(select(product_item.c.product_pk)).scalars())
+        service_lines = Counter(conn.execute(select(product_service.c.product_pk)).scalars())
+        line_terms = set(conn.execute(select(product_item.c.price_origin, product_item.c.limitation_type,
+                                             product_item.c.limit_adult, product_item.c.limit_child,
+                                             product_item.c.waiting_period_adult,
+                                             product_item.c.limit_no_adult)).all())
+        service_terms = set(conn.execute(select(product_service.c.price_origin, product_service.c.limitation_type,
+                                                product_service.c.limit_adult)).all())
+    assert set(products) == {"BCUL0001", "BCTA0001", "FCUL0001", "FCTA0001"}
+    assert products["BCUL0001"].name == "Basic Cover Ultha" and products["FCUL0001"].name == "Fixed Cycle Cover Ultha"
+    today = date.today()
+    for code, p in products.items():
+        assert regions[p.location_pk] == ("R1" if "UL" in code else "R2")
+        assert p.date_from <= today - timedelta(days=364) and p.date_to >= today + timedelta(days=3 * 365)
+        assert (p.insurance_period, p.ceiling_interpretation, p.level_1, p.level_2) == (12, "I", "D", "C")
+        assert lines[p.pk] == 257 and service_lines[p.pk] == 78
+        if code.startswith("BC"):
+            assert (p.lump_sum, p.member_count, p.max_installments) == (10_000, 6, 1)
+            assert p.conversion_product_pk == products["FC" + code[2:]].pk
+        else:
+            assert (p.premium_adult, p.premium_child, p.threshold, p.member_count) == (4_000, 4_000, 6, 9_999)
+            assert (p.registration_lump_sum, p.general_assembly_lump_sum, p.max_policy) == (1_000, 1_000, 300_000)
+            assert (p.start_cycle_1, p.start_cycle_2, p.max_installments, p.grace_period_payment) == \
+                ("01-06", "01-11", 3, 3)
+            assert p.conversion_product_pk is None
+    assert line_terms == {("P", "C", 100, 100, None, None)}
+    assert service_terms == {("P", "C", 100)}
+
+
+def test_demo_staff(demo_engine: Engine) -> None:
+    with demo_engine.connect() as conn:
+        officers = {r.pk: r for r in conn.execute(select(officer))}
+        roles = conn.execute(select(officer_role)).all()
+        links = conn.execute(select(officer_role_village)).all()
+        villages = set(conn.execute(select(location.c.pk).where(location.c.type == "V")).scalars())
+        admins = {r.pk: r for r in conn.execute(select(claim_admin))}
+        admin_roles = conn.execute(select(claim_admin_role)).all()
+        hfs = {r.pk: r for r in conn.execute(select(health_facility))}
+        users = {r.username: r for r in conn.execute(select(app_user))}
+        user_districts = dict(conn.execute(select(user_district.c.user_pk, user_district.c.location_pk)).all())
+    assert sorted(o.code for o in officers.values()) == [f"E{i:05d}" for i in range(1, 15)]
+    assert all(o.location_pk is not None and o.dob is not None for o in officers.values())
+    assert len(roles) == 14 and {officers[r.officer_pk].code for r in roles} == {r.code for r in roles}
+    assert len(links) == 16 and {link.location_pk for link in links} == villages
+    leavers = [r for r in roles if r.works_to is not None]
+    assert len(leavers) == 2 and all(r.substitute_officer_pk not in (None, r.officer_pk) for r in leavers)
+    assert all(r.works_to > date.today() for r in leavers)
+    assert len(admins) == 15 and "RHOS0011" in {a.code for a in admins.values()}
+    assert sorted(r.hf_pk for r in admin_roles) == sorted(hfs)  # one per facility
+    for r in admin_roles:
+        user = users[admins[r.claim_admin_pk].code]  # the user name is the code
+        assert user.hf_pk == r.hf_pk and user_districts[user.pk] == hfs[r.hf_pk].location_pk
+    for o in officers.values():
+        assert user_districts[users[o.code].pk] == o.location_pk
+    assert len(users) == 31  # Admin, Admin_Fr, 15 claim administrators, 14 officers (domain §5)
+
+
+def test_claim_admin_codes() -> None:
+    taken: set[str] = set()
+    assert claim_admin_code("RAHOS001", taken) == "RHOS0011"
+    assert claim_admin_code("RJHOS001", taken) == "RHOS0012"  # same stem: the last digit counts up
+    assert claim_admin_code("JMHC001", taken) == "JMHC0011"
+    assert all(len(c) == 8 for c in taken)
 
 
 # --- population ---------------------------------------------------------------------------------------------
@@ -180,7 +315,7 @@ def test_generate_population(fresh_engine: Engine) -> None:
     assert 0.45 < genders["M"] / 3060 < 0.55
     n_families = _check_families(fresh_engine) - 21
     assert 800 < n_families < 1250  # ≈ 3 per family
-    _check_history(fresh_engine)
+    _check_history(fresh_engine, first_versions=False)
 
     # The stored versions are what the kinds render, so the API serves identical bodies.
     with fresh_engine.connect() as conn:
@@ -244,8 +379,93 @@ def test_population_creates_villages(fresh_engine: Engine, monkeypatch: pytest.M
     districts = [d.pk for d in locs.values() if d.type == "D"]
     assert all(hf_districts[d] == 3 for d in districts)  # one H, C and D per district
     assert len(village_load) > 14  # the new villages are populated
-    _check_history(fresh_engine)
+    _check_history(fresh_engine, first_versions=False)
     _check_families(fresh_engine)
+    _check_staff_and_price_lists(fresh_engine, len(villages), len(districts) * 3)
+
+
+def _check_staff_and_price_lists(engine: Engine, villages: int, facilities: int) -> None:
+    """At scale: every village served, ~1 officer per 1.5 new villages, one claim administrator per facility, a
+    login for each, and every facility on its region's price lists for its level."""
+    with engine.connect() as conn:
+        officers = list(conn.execute(select(officer.c.code)).scalars())
+        served = set(conn.execute(select(officer_role_village.c.location_pk)).scalars())
+        admin_hfs = Counter(conn.execute(select(claim_admin_role.c.hf_pk)).scalars())
+        usernames = set(conn.execute(select(app_user.c.username)).scalars())
+        admins = set(conn.execute(select(claim_admin.c.code)).scalars())
+        hfs = conn.execute(select(health_facility.c.item_price_list_pk, health_facility.c.service_price_list_pk,
+                                  health_facility.c.level, location.c.region_pk)
+                           .join(location, location.c.pk == health_facility.c.location_pk)).all()
+        lists = dict(conn.execute(select(price_list.c.pk, price_list.c.location_pk)).all())
+        list_regions = Counter(lists.values())
+    assert len(served) == villages
+    new_villages, new_officers = villages - 14, len(officers) - 14
+    assert new_villages / 2 <= new_officers <= new_villages / 1.2
+    assert len(set(officers)) == len(officers) and sorted(officers)[-1] == f"E{len(officers):05d}"
+    assert len(admin_hfs) == facilities and set(admin_hfs.values()) == {1}
+    assert set(officers) | admins <= usernames
+    assert all(lists[hf.item_price_list_pk] == lists[hf.service_price_list_pk] == hf.region_pk for hf in hfs)
+    assert set(list_regions.values()) == {6}  # 3 item and 3 service lists per region with facilities
+
+
+# --- synthetic catalogue ------------------------------------------------------------------------------------
+
+
+def test_generate_catalogue(fresh_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(catalogue, "CATALOGUE_BATCH", 40)  # several transactions
+    generate_catalogue(fresh_engine, 90, 25, seed=3, progress=False)
+    with fresh_engine.connect() as conn:
+        item_codes = set(conn.execute(select(medical_item.c.code)).scalars())
+        service_codes = set(conn.execute(select(medical_service.c.code)).scalars())
+        covered = _count(fresh_engine, product_item)
+        listed = _count(fresh_engine, price_list_item)
+    assert len(item_codes) == 257 + 90 and len(service_codes) == 81 + 25
+    assert {f"X{n:05d}" for n in range(1, 91)} <= item_codes and {f"X{n:05d}" for n in range(1, 26)} <= service_codes
+    assert (covered, listed) == (4 * 257, 2 * (14 + 51 + 257))  # the extras are in no product and no price list
+    _check_history(fresh_engine)
+    _check_rendered(fresh_engine, "medication", medical_item.c.code.like("X%"))
+    _check_rendered(fresh_engine, "activity-definition", medical_service.c.code.like("X%"))
+
+    # A second run continues the codes.
+    generate_catalogue(fresh_engine, 5, 0, seed=3, progress=False)
+    with fresh_engine.connect() as conn:
+        codes = set(conn.execute(select(medical_item.c.code).where(medical_item.c.code.like("X%"))).scalars())
+    assert codes == {f"X{n:05d}" for n in range(1, 96)}
+
+
+def _check_rendered(engine: Engine, kind_name: str, condition: ColumnElement[bool]) -> None:
+    """The stored versions are what the kind renders (as the API serves them), valid against the profile, with
+    history rows shaped like an API create."""
+    kind = KINDS[kind_name]
+    with engine.connect() as conn:
+        rows = conn.execute(select(kind.table.c.pk, kind.table.c.id).where(condition)).all()
+        rendered = kind.render(conn, [r.pk for r in rows])
+        history = {h.res_id: h for h in conn.execute(select(resource_version).where(
+            resource_version.c.res_id.in_([r.id for r in rows])))}
+    assert rows
+    for row in rows:
+        h = history[row.id]
+        assert (h.res_type, h.kind, h.version, h.operation, h.user_name) == \
+            (kind.resource_type, kind_name, 1, "create", "demo")
+        body = orjson.loads(h.body)
+        _, issues = validate_resource(body, kind.profile)
+        assert not has_errors(issues), [i.to_fhir() for i in issues]
+        assert body["meta"]["profile"] == [kind.profile]
+        for key in ("resourceType", "id", "meta"):
+            body.pop(key)
+        assert body == rendered[row.pk]
+
+
+def test_cli_demo_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HIFHIR_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
+    monkeypatch.setenv("HIFHIR_JWT_SECRET", "x")
+    assert cli.main(["demo-data", "--items", "3", "--services", "2", "--quiet"]) == 0
+    engine = make_engine(f"sqlite:///{tmp_path / 'cli.db'}")
+    try:
+        assert (_count(engine, medical_item), _count(engine, medical_service), _count(engine, insuree)) == \
+            (260, 83, 60)
+    finally:
+        engine.dispose()
 
 
 # --- pieces -------------------------------------------------------------------------------------------------

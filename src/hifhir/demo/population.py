@@ -19,15 +19,17 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, bindparam, func, insert, select, text, update
 
 from hifhir.demo import resources as res
+from hifhir.demo.catalogue import ensure_price_lists
 from hifhir.demo.names import FEMALE_NAMES, LAST_NAMES, MALE_NAMES, REGION_NAMES, place_name
 from hifhir.demo.progress import Progress
-from hifhir.demo.scheme import DEMO_USER_NAME, SchemeWriter, load_demo_scheme
+from hifhir.demo.scheme import DEMO_PASSWORD, DEMO_USER_NAME, SchemeWriter, load_demo_scheme
+from hifhir.demo.staff import ensure_staff
 from hifhir.fhir.kind import CS, WriteContext
 from hifhir.fhir.searchparams import normalise_text
 from hifhir.store.db import transaction
@@ -527,6 +529,11 @@ def generate_population(engine: Engine, insurees: int, *, seed: int = 42, progre
     load_demo_scheme(engine)
     rng = random.Random(seed)
     _ensure_villages(engine, rng, insurees, progress)
+    # Staff and price lists for the new villages and facilities, from their own generator: the population drawn
+    # below stays the same for a seed.
+    ensure_staff(engine, random.Random(f"staff-{seed}"), DEMO_PASSWORD, progress=progress)
+    with transaction(engine, write=True) as conn:
+        ensure_price_lists(conn, date.today() - timedelta(days=365))
     with engine.connect() as conn:
         lists = _Lists.load(conn)
         villages = [_Village(r.pk, r.name, r.district_pk) for r in conn.execute(

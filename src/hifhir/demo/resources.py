@@ -8,10 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from decimal import Decimal
 from typing import Any
 
 from hifhir.fhir.elements import coding, ext, ig_concept, reference
 from hifhir.fhir.kind import CS, IDENTIFIER_SYSTEM, PROFILE_BASE
+from hifhir.fhir.profiles.activity_definition import LEVELS as SERVICE_LEVELS
+from hifhir.fhir.profiles.activity_definition import SERVICE_TYPES
+from hifhir.fhir.profiles.medication import CURRENCY, ITEM_TYPES, render_contexts
+from hifhir.fhir.profiles.practitioner import QUALIFICATIONS
 
 LOCATION_LEVELS = {"R": "Region", "D": "District", "W": "Municipality/Ward", "V": "City/Village"}
 ORG_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/organization-type"
@@ -225,4 +230,234 @@ def group_resource(*, code: str, village_id: str, place: Place, member_ids: list
         "actual": True,
         "quantity": len(member_ids),
         "member": [{"entity": reference("Patient", mid)} for mid in member_ids],
+    }
+
+
+# --- claim administrators and enrolment officers (Practitioner, PractitionerRole) ----------------------------
+
+
+def _telecom(phone: str | None, email: str | None) -> list[dict[str, Any]]:
+    return [{"system": s, "value": v} for s, v in (("phone", phone), ("email", email)) if v]
+
+
+def _qualification(code: str) -> dict[str, Any]:
+    return {"coding": [coding(CS + "practitioner-qualification-type", code, QUALIFICATIONS[code])]}
+
+
+def practitioner_resource(qualification: str, code: str, last_name: str, other_names: str, dob: date, *,
+                          phone: str | None = None, email: str | None = None, district_id: str | None = None,
+                          place: Place | None = None, address_line: str | None = None) -> dict[str, Any]:
+    """A claim administrator (`CA`) or an enrolment officer (`EO`, whose address is a district)."""
+    profile = {"CA": "openimis-claim-administrator-practitioner",
+               "EO": "openimis-enrolment-officer-practitioner"}[qualification]
+    res: dict[str, Any] = {
+        "resourceType": "Practitioner",
+        "meta": _meta(profile),
+        "identifier": [_identifier("Code", code)],
+        "name": [{"use": "official", "family": last_name, "given": [other_names]}],
+    }
+    if telecom := _telecom(phone, email):
+        res["telecom"] = telecom
+    if district_id is not None and place is not None:
+        res["address"] = [_address(district_id, place, line=address_line)]
+    res["birthDate"] = dob.isoformat()
+    res["qualification"] = [{"code": _qualification(qualification)}]
+    return res
+
+
+def claim_admin_role_resource(code: str, practitioner_id: str, hf_id: str, *,
+                              phone: str | None = None) -> dict[str, Any]:
+    res: dict[str, Any] = {
+        "resourceType": "PractitionerRole",
+        "meta": _meta("openimis-claim-administrator-practitioner-role"),
+        "identifier": [_identifier("Code", code)],
+        "practitioner": reference("Practitioner", practitioner_id),
+        "organization": reference("Organization", hf_id),
+        "code": [_qualification("CA")],
+    }
+    if telecom := _telecom(phone, None):
+        res["telecom"] = telecom
+    return res
+
+
+def officer_role_resource(code: str, practitioner_id: str, village_ids: list[str], *, works_to: date | None = None,
+                          substitute_id: str | None = None, phone: str | None = None) -> dict[str, Any]:
+    """An enrolment officer's villages; `works_to` (end of contract) with the officer who takes over."""
+    res: dict[str, Any] = {"resourceType": "PractitionerRole",
+                           "meta": _meta("openimis-enrolment-officer-practitioner-role")}
+    if substitute_id is not None:
+        res["extension"] = [ext("practitioner-role-substitution-reference", "valueReference",
+                                reference("Practitioner", substitute_id))]
+    res["identifier"] = [_identifier("Code", code)]
+    if works_to is not None:
+        res["period"] = {"end": works_to.isoformat()}
+    res["practitioner"] = reference("Practitioner", practitioner_id)
+    res["code"] = [_qualification("EO")]
+    if village_ids:
+        res["location"] = [reference("Location", vid) for vid in village_ids]
+    if telecom := _telecom(phone, None):
+        res["telecom"] = telecom
+    return res
+
+
+# --- medical items and services (Medication, ActivityDefinition) ---------------------------------------------
+
+
+def _money(value: int | Decimal) -> dict[str, Any]:
+    return {"value": int(value) if value == int(value) else float(value), "currency": CURRENCY}
+
+
+def _usage_contexts(patient_category: int, care_type: str, category: str | None = None) -> list[tuple[str, Any]]:
+    """(slice, UsageContext) pairs, built by the kinds' own renderer so that demo and API agree."""
+    return render_contexts(patient_category, care_type, category)
+
+
+def medication_resource(code: str, name: str, price: int | Decimal, *, item_type: str = "D", care_type: str = "O",
+                        patient_category: int = 15, package: str | None = None,
+                        frequency: int | None = None) -> dict[str, Any]:
+    exts: list[dict[str, Any]] = [
+        ext("unit-price", "valueMoney", _money(price)),
+        ext("medication-type", "valueCodeableConcept", ig_concept("medication-item-type", item_type,
+                                                                  ITEM_TYPES[item_type])),
+    ]
+    if frequency is not None:
+        exts.append(ext("medication-frequency", "valueTiming",
+                        {"repeat": {"frequency": 1, "period": frequency, "periodUnit": "d"}}))
+    exts.append({"url": PROFILE_BASE + "medication-usage-context", "extension": [
+        {"url": slice_name, "valueUsageContext": usage}
+        for slice_name, usage in _usage_contexts(patient_category, care_type)]})
+    res: dict[str, Any] = {
+        "resourceType": "Medication",
+        "meta": _meta("openimis-medication"),
+        "extension": exts,
+        "identifier": [_identifier("Code", code)],
+        "code": {"text": name},
+        "status": "active",
+    }
+    if package:
+        res["form"] = {"text": package}
+    return res
+
+
+def activity_definition_resource(code: str, title: str, price: int | Decimal, *, service_type: str, level: str,
+                                 care_type: str, category: str | None = None, patient_category: int = 15,
+                                 frequency: int | None = None) -> dict[str, Any]:
+    res: dict[str, Any] = {
+        "resourceType": "ActivityDefinition",
+        "meta": _meta("openimis-activitiy-definition"),  # sic: the IG's profile id
+        "extension": [
+            ext("unit-price", "valueMoney", _money(price)),
+            ext("activity-definition-level", "valueCodeableConcept",
+                ig_concept("activity-definition-level", level, SERVICE_LEVELS[level])),
+        ],
+        "identifier": [_identifier("Code", code)],
+        "name": code,
+        "title": title,
+        "status": "active",
+        "date": date.today().isoformat(),  # required by the profile; the server sets it to the version's day
+        "useContext": [usage for _slice, usage in _usage_contexts(patient_category, care_type, category)],
+        "topic": [ig_concept("activity-definition-service-type", service_type, SERVICE_TYPES[service_type])],
+        "kind": "ServiceRequest",
+    }
+    if frequency is not None:
+        res["timingTiming"] = {"repeat": {"frequency": 1, "period": frequency, "periodUnit": "d"}}
+    return res
+
+
+# --- products (InsurancePlan) --------------------------------------------------------------------------------
+
+PLAN_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/insurance-plan-type"
+HIFHIR_EXT = "https://hifhir.org/fhir/StructureDefinition/"
+COST_TYPES = {"lumpsum": "Lumpsum", "premiumAdult": "Premium Adult", "premiumChild": "Premium Child",
+              "registrationLumpsum": "Registration Lumpsum", "registrationFee": "Registration Fee",
+              "generalAssemblyLumpSum": "General Assembly Lump Sum", "generalAssemblyFee": "General Assembly Fee"}
+LIMIT_TYPES = {"period": "Period", "memberCount": "Member Count"}
+
+
+@dataclass(frozen=True, slots=True)
+class ProductSpec:
+    """What a demo product states (domain §2.14); amounts in the scheme currency, periods in months."""
+
+    code: str
+    name: str
+    lump_sum: int
+    threshold: int
+    member_count: int
+    max_installments: int
+    insurance_period: int = 12
+    premium_adult: int | None = None
+    premium_child: int | None = None
+    registration_lump_sum: int | None = None
+    general_assembly_lump_sum: int | None = None
+    max_policy: int | None = None
+    start_cycles: tuple[str, ...] = ()
+    grace_period_payment: int | None = None
+    ceiling_interpretation: str = "I"
+    capitation_levels: tuple[str, ...] = ("D", "C")
+    conversion: str | None = None  # code of the product replacing this one at renewal
+
+
+def _cost(cost_type: str, value: int, group_size: int | None = None) -> dict[str, Any]:
+    cost: dict[str, Any] = {"type": ig_concept("insurance-plan-general-cost-type", cost_type, COST_TYPES[cost_type])}
+    if group_size is not None:
+        cost["groupSize"] = group_size
+    cost["cost"] = _money(value)
+    return cost
+
+
+def _limit(code: str, value: int, unit: str) -> dict[str, Any]:
+    return {"code": ig_concept("insurance-plan-coverage-benefit-limit", code, LIMIT_TYPES[code]),
+            "value": {"value": value, "unit": unit}}
+
+
+def coverage_line(rtype: str, target_id: str) -> dict[str, Any]:
+    """A coverage line as the demo products have them: scheme price, 100 % co-insurance, no waiting period."""
+    return {"url": HIFHIR_EXT + "insurance-plan-coverage-line", "extension": [
+        {"url": "provision", "valueReference": reference(rtype, target_id)},
+        {"url": "priceOrigin", "valueCode": "P"},
+        {"url": "limitationType", "valueCode": "C"},
+        {"url": "limitAdult", "valueDecimal": 100},
+        {"url": "limitChild", "valueDecimal": 100},
+    ]}
+
+
+def insurance_plan_resource(spec: ProductSpec, area_id: str | None, start: date, end: date, *,
+                            conversion_id: str | None, item_ids: list[str],
+                            service_ids: list[str]) -> dict[str, Any]:
+    exts: list[dict[str, Any]] = [ext("insurance-plan-max-installments", "valueUnsignedInt", spec.max_installments)]
+    if conversion_id is not None:
+        exts.append(ext("insurance-plan-conversion", "valueReference", reference("InsurancePlan", conversion_id)))
+    exts += [ext("insurance-plan-start-cycle", "valueString", cycle) for cycle in spec.start_cycles]
+    if spec.grace_period_payment is not None:
+        exts.append({"id": "gracePeriodPayment", **ext("insurance-plan-period", "valueQuantity",
+                                                       {"value": spec.grace_period_payment, "unit": "months"})})
+    ceilings: list[dict[str, Any]] = []
+    if spec.max_policy is not None:
+        ceilings.append({"url": "maxPolicy", "valueMoney": _money(spec.max_policy)})
+    ceilings.append({"url": "ceilingInterpretation", "valueCode": spec.ceiling_interpretation})
+    exts.append({"url": HIFHIR_EXT + "insurance-plan-ceilings", "extension": ceilings})
+    exts.append({"url": HIFHIR_EXT + "insurance-plan-capitation", "extension": [
+        {"url": f"level{i}", "valueCode": level} for i, level in enumerate(spec.capitation_levels, start=1)]})
+    exts += [coverage_line("Medication", i) for i in item_ids]
+    exts += [coverage_line("ActivityDefinition", s) for s in service_ids]
+    costs = [_cost("lumpsum", spec.lump_sum, spec.threshold)]
+    for cost_type, value in (("premiumAdult", spec.premium_adult), ("premiumChild", spec.premium_child),
+                             ("registrationLumpsum", spec.registration_lump_sum),
+                             ("generalAssemblyLumpSum", spec.general_assembly_lump_sum)):
+        if value is not None:
+            costs.append(_cost(cost_type, value))
+    medical = {"coding": [coding(PLAN_TYPE_SYSTEM, "medical", "Medical")]}
+    return {
+        "resourceType": "InsurancePlan",
+        "meta": _meta("openimis-insurance-plan"),
+        "extension": exts,
+        "identifier": [_identifier("Code", spec.code)],
+        "status": "active",
+        "type": [medical],
+        "name": spec.name,
+        "period": {"start": start.isoformat(), "end": end.isoformat()},
+        "coverageArea": [reference("Location", area_id) if area_id is not None else {"display": "National"}],
+        "coverage": [{"type": medical, "benefit": [{"type": medical, "limit": [
+            _limit("period", spec.insurance_period, "month"), _limit("memberCount", spec.member_count, "member")]}]}],
+        "plan": [{"generalCost": costs}],
     }

@@ -3,6 +3,11 @@
 Every entity is a FHIR resource validated against its IG profile and written by its kind's `write()`; one
 `WriteContext.flush()` at the end renders all of them and appends their version-1 history rows. So the demo is
 exactly what a client POSTing the same resources would have produced, and stays so when a mapping changes.
+
+Contents: 31 locations, 15 health facilities, 2 policy holders, 21 families with 60 insurees; 14 enrolment
+officers and 15 claim administrators with their roles and logins (staff.py); 257 medical items, 81 services, the
+4 products and 12 price lists (catalogue.py); the 1,910 ICD-10 diagnoses. Price lists, diagnoses and users are
+not FHIR resources here: they are written directly after the flush, in the same transaction.
 """
 
 from __future__ import annotations
@@ -14,18 +19,18 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, select
 
-from hifhir.auth.passwords import hash_password
-from hifhir.auth.users import create_user
+from hifhir.demo import catalogue, staff
 from hifhir.demo import resources as res
 from hifhir.demo.names import FEMALE_NAMES, LAST_NAMES, MALE_NAMES
 from hifhir.fhir.kind import WriteContext
 from hifhir.fhir.registry import KINDS
 from hifhir.fhir.validate import has_errors, validate_resource
 from hifhir.setup import ensure_admin
+from hifhir.store.codelists import seed_diagnoses
 from hifhir.store.db import transaction
-from hifhir.store.tables import app_user, is_current, location, user_district
+from hifhir.store.tables import is_current, location
 
 DEMO_PASSWORD = "admin123"
 DEMO_USER_NAME = "demo"  # user_name on the history rows the demo writes
@@ -167,8 +172,45 @@ def _load(conn: Connection) -> None:
             address_line=ph["address_line"]))
 
     _families(w, rng, ids, place, hf_by_district)
+    # The parts added later draw from their own generators, so that the families above stay what they were.
+    today = date.today()
+    logins = staff.demo_officers(w.create, random.Random("demo-officers"), list(VILLAGES), ids, pks, place, today)
+    logins += staff.demo_claim_admins(w.create, random.Random("demo-claim-admins"),
+                                      [(code, pk, rid, pks[dcode]) for code, pk, rid, dcode in hfs], set())
+    _catalogue(w, ids, today)
     w.flush()
-    _users(conn, rng, pks, hfs)
+    catalogue.ensure_price_lists(conn, _years_from(today, -1))
+    seed_diagnoses(conn)
+    staff.create_logins(conn, [staff.Login("Admin_Fr", "IMIS Administrator", "Admin", "Fr", None, language="fr"),
+                               *logins], DEMO_PASSWORD)
+
+
+def _years_from(day: date, years: int) -> date:
+    try:
+        return day.replace(year=day.year + years)
+    except ValueError:  # 29 February
+        return day.replace(year=day.year + years, day=28)
+
+
+def _catalogue(w: SchemeWriter, ids: dict[str, str], today: date) -> None:
+    """The 257 items, 81 services and the 4 products covering all items and 78 services (domain §5). The
+    products are sold from a year ago to three years ahead, so the demo stays current."""
+    item_ids = [w.create("medication", res.medication_resource(item.code, item.name, item.price,
+                                                               package=item.package))[1]
+                for item in catalogue.demo_items()]
+    service_ids = []
+    for s in catalogue.DEMO_SERVICES:
+        _, sid = w.create("activity-definition", res.activity_definition_resource(
+            s.code, s.name, s.price, service_type=s.service_type, level=s.level, care_type=s.care_type,
+            category=s.category, patient_category=s.patient_category))
+        if s.code not in catalogue.UNCOVERED_SERVICES:
+            service_ids.append(sid)
+    product_ids: dict[str, str] = {}
+    for region, spec in catalogue.DEMO_PRODUCTS:
+        _, product_ids[spec.code] = w.create("insurance-plan", res.insurance_plan_resource(
+            spec, ids[region], _years_from(today, -1), _years_from(today, 3),
+            conversion_id=product_ids[spec.conversion] if spec.conversion else None,
+            item_ids=item_ids, service_ids=service_ids))
 
 
 def _chf_numbers(rng: random.Random, count: int) -> list[str]:
@@ -242,29 +284,3 @@ def _families(w: SchemeWriter, rng: random.Random, ids: dict[str, str], place_of
             year = rng.randrange(max(head_year + 18, 1975), 2024)
             w.create("patient", _person(rng, hh, next(chfs), next(child_gender), year, last_name,
                                         relationship="4", marital="S" if year > 2000 else "M"))
-
-
-def _users(conn: Connection, rng: random.Random, pks: dict[str, int],
-           hfs: list[tuple[str, int, str, str]]) -> None:
-    """Admin_Fr, one claim administrator per HF, 14 enrolment officers (one per village), as in the demo."""
-    password_hash = hash_password(DEMO_PASSWORD)  # argon2 is slow on purpose: hash once, share the hash
-
-    def add(username: str, role_name: str, last_name: str, other_names: str, districts: list[int],
-            hf_pk: int | None = None, language: str = "en") -> None:
-        if conn.execute(select(app_user.c.pk).where(app_user.c.username == username)).first() is not None:
-            return  # created by an earlier, partial demo load: users are not versioned, keep it
-        user_pk = create_user(conn, username, DEMO_PASSWORD, roles=[role_name], last_name=last_name,
-                              other_names=other_names, password_hash=password_hash)
-        if hf_pk is not None or language != "en":
-            conn.execute(update(app_user).where(app_user.c.pk == user_pk).values(
-                hf_pk=hf_pk, language=language))
-        if districts:
-            conn.execute(insert(user_district), [{"user_pk": user_pk, "location_pk": d} for d in districts])
-
-    add("Admin_Fr", "IMIS Administrator", "Admin", "Fr", [], language="fr")
-    for code, hf_pk, _, dcode in hfs:
-        given = rng.choice(MALE_NAMES + FEMALE_NAMES)
-        add(f"{code}1", "Claim Administrator", rng.choice(LAST_NAMES), given, [pks[dcode]], hf_pk=hf_pk)
-    for i, (vcode, _) in enumerate(VILLAGES, start=1):
-        given = rng.choice(MALE_NAMES + FEMALE_NAMES)
-        add(f"E{i:05d}", "Enrolment Officer", rng.choice(LAST_NAMES), given, [pks[vcode[:4]]])
