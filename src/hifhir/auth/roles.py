@@ -7,10 +7,16 @@ def _span(first: int, last: int) -> list[int]:
     return list(range(first, last + 1))
 
 
+# The master data a point of service synchronises before it enrols or claims (products, health facilities,
+# medical services and items, locations). openIMIS hands these registers to its officers' and claim administrators'
+# mobile apps through the master-data extract without checking a right; hifhir checks the "find" rights, so it
+# grants them to those two roles (a deviation from domain §4.4, which lists no register rights for them).
+MASTER_DATA_FIND = [121001, 121101, 121401, 122101, 121901]
+
 SYSTEM_ROLES: list[tuple[str, int, list[int]]] = [
     ("Enrolment Officer", 1,
      _span(101001, 101004) + _span(101101, 101105) + _span(101201, 101205) + _span(101301, 101304)
-     + [131200, 131201, 121801]),
+     + [131200, 131201, 121801, 121501, *MASTER_DATA_FIND]),
     ("Manager", 2, [101105, 131201, 131202, 131203, 131208]),
     ("Accountant", 4,
      [101001, 101101, 101105, 101201, 101301, *_span(101401, 101404), *_span(111101, 111103),
@@ -28,7 +34,7 @@ SYSTEM_ROLES: list[tuple[str, int, list[int]]] = [
     ("Receptionist", 128, [101001, 101101, 101105, 101201, 121901]),
     ("Claim Administrator", 256,
      [101001, 101101, 101105, 101201, 111001, 111002, 111004, 111005, 111006, 111007, 111012, 121901, 152108,
-      152109]),
+      152109, 121601, *MASTER_DATA_FIND]),
     ("Claim Contributor", 512, [111001, 111002, 111005]),
     ("HF Administrator", 524288, [*_span(121701, 121704), 131101, 131103, *_span(131301, 131304)]),
     ("Offline Administrator", 1048576, [*_span(121701, 121704), 131101, 131103, *_span(131301, 131304)]),
