@@ -663,6 +663,13 @@ def _bodies_statement(n_ids: int, n_versions: int) -> FastStatement:
         rv.c.version.in_([bindparam(f"v{i}") for i in range(n_versions)])))
 
 
+# PostgreSQL takes the page's ids as one array parameter: psycopg re-parses a statement with a thousand
+# placeholders on every execution (its query cache skips large statements), ~5 ms for a 1,000-entry page.
+_PG_BODIES = FastStatement(select(rv.c.res_id, rv.c.version, rv.c.body).where(
+    rv.c.res_type == bindparam("type"), rv.c.res_id == func.any(bindparam("ids")),
+    rv.c.version == func.any(bindparam("versions"))))
+
+
 def _attach_bodies(conn: Connection, resource_type: str, page: list[Hit]) -> None:
     """One keyed query for the stored FHIR JSON of the page's current versions."""
     if not page:
@@ -671,10 +678,14 @@ def _attach_bodies(conn: Connection, resource_type: str, page: list[Hit]) -> Non
     # scan another index. Older versions of the same ids come along and are dropped here.
     wanted = {(h.res_id, h.version) for h in page}
     versions = sorted({h.version for h in page})
-    params: dict[str, Any] = {"type": resource_type}
-    params.update((f"i{i}", h.res_id) for i, h in enumerate(page))
-    params.update((f"v{i}", v) for i, v in enumerate(versions))
-    rows = _bodies_statement(len(page), len(versions)).execute(conn, params)
+    if conn.dialect.name == "postgresql":
+        params: dict[str, Any] = {"type": resource_type, "ids": [h.res_id for h in page], "versions": versions}
+        rows = _PG_BODIES.execute(conn, params, binary=True)
+    else:
+        params = {"type": resource_type}
+        params.update((f"i{i}", h.res_id) for i, h in enumerate(page))
+        params.update((f"v{i}", v) for i, v in enumerate(versions))
+        rows = _bodies_statement(len(page), len(versions)).execute(conn, params)
     bodies = {(r.res_id, r.version): r.body for r in rows if (r.res_id, r.version) in wanted}
     for hit in page:
         hit.body = bodies[(hit.res_id, hit.version)]
