@@ -539,6 +539,190 @@ product_service = Table(
     Index("ix_product_service_service", "service_pk"),
 )
 
+# --- Policies (Contract, Coverage), members' coverage and contributions -------------------------------------
+POLICY_IDLE, POLICY_ACTIVE, POLICY_SUSPENDED, POLICY_EXPIRED, POLICY_READY = 1, 2, 4, 8, 16
+
+policy = Table(
+    "policy",
+    metadata,
+    *resource_columns(),
+    Column("family_pk", Integer, ForeignKey("family.pk")),  # informal sector: the family enrolled
+    Column("policy_holder_pk", Integer, ForeignKey("policy_holder.pk")),  # formal sector: the policy holder
+    Column("product_pk", Integer, ForeignKey("product.pk"), nullable=False),
+    Column("officer_pk", Integer, ForeignKey("officer.pk")),  # the enrolment officer who sold it
+    Column("head_insuree_pk", Integer, ForeignKey("insuree.pk")),  # Contract.term.offer.party (the head)
+    Column("enroll_date", Date, nullable=False),
+    Column("start_date", Date, nullable=False),
+    Column("effective_date", Date),  # set at activation; none while idle
+    Column("expiry_date", Date, nullable=False),
+    # 1 idle, 2 active, 4 suspended, 16 ready. Expired (8) is not stored: a policy is expired once its expiry
+    # date has passed, whatever the stored status says, so the status can never be stale.
+    Column("status", Integer, nullable=False, server_default="1"),
+    Column("stage", String(1), nullable=False, server_default="N"),  # N new | R renewal
+    Column("value", Amount(), nullable=False, server_default="0"),
+    Column("previous_policy_pk", Integer, ForeignKey("policy.pk")),  # the policy a renewal continues
+    current_index("policy", "family_pk"),
+    current_index("policy", "policy_holder_pk"),
+    current_index("policy", "product_pk"),
+    current_index("policy", "expiry_date"),
+)
+
+# The Coverage view of a policy: its own versions and id space (Coverage/<policy uuid>), one row per policy.
+coverage = Table(
+    "coverage",
+    metadata,
+    *resource_columns(),
+    Column("policy_pk", Integer, ForeignKey("policy.pk"), nullable=False, unique=True),
+)
+
+# A member's own coverage window under a policy (domain §2.16); effective_date none = listed, not yet covered.
+insuree_policy = Table(
+    "insuree_policy",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("policy_pk", Integer, ForeignKey("policy.pk"), nullable=False),
+    Column("insuree_pk", Integer, ForeignKey("insuree.pk"), nullable=False),
+    Column("enroll_date", Date, nullable=False),
+    Column("start_date", Date, nullable=False),
+    Column("effective_date", Date),
+    Column("expiry_date", Date, nullable=False),
+    Column("deleted", Boolean, nullable=False, server_default=text("false")),
+    current_unique("insuree_policy", "policy_pk", "insuree_pk"),
+    current_index("insuree_policy", "insuree_pk"),
+)
+
+premium = Table(
+    "premium",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("policy_pk", Integer, ForeignKey("policy.pk"), nullable=False),
+    Column("product_pk", Integer, ForeignKey("product.pk"), nullable=False),  # receipts are unique per product
+    Column("payer", String(32)),  # contract-premium-payer code
+    Column("amount", Amount(), nullable=False),
+    Column("receipt", String(50), nullable=False),
+    Column("pay_date", Date, nullable=False),
+    Column("pay_type", String(1), nullable=False),  # C cash | B bank transfer | M mobile phone | F funding
+    Column("is_photo_fee", Boolean, nullable=False, server_default=text("false")),  # category P; never counts
+    Column("created", BigInteger, nullable=False, server_default="0"),
+    Column("deleted", Boolean, nullable=False, server_default=text("false")),
+    current_unique("premium", "product_pk", "receipt"),
+    current_index("premium", "policy_pk"),
+)
+
+# --- Eligibility enquiries (CoverageEligibilityRequest → CoverageEligibilityResponse) ------------------------
+eligibility_request = Table(
+    "eligibility_request",
+    metadata,
+    *resource_columns(),
+    Column("insuree_pk", Integer, ForeignKey("insuree.pk"), nullable=False),
+    Column("created", Date, nullable=False),
+    current_index("eligibility_request", "insuree_pk"),
+)
+
+eligibility_response = Table(
+    "eligibility_response",
+    metadata,
+    *resource_columns(),
+    Column("request_pk", Integer, ForeignKey("eligibility_request.pk"), nullable=False, unique=True),
+    Column("insuree_pk", Integer, ForeignKey("insuree.pk"), nullable=False),
+    Column("created", Date, nullable=False),
+    current_index("eligibility_response", "insuree_pk"),
+)
+
+# --- Claims (domain §2.19–2.20): the rows eligibility counts today, and the claim issue fills -------------------
+CLAIM_REJECTED, CLAIM_ENTERED, CLAIM_CHECKED, CLAIM_PROCESSED, CLAIM_VALUATED = 1, 2, 4, 8, 16
+LINE_PASSED, LINE_REJECTED = 1, 2
+
+claim = Table(
+    "claim",
+    metadata,
+    *resource_columns(),
+    Column("code", String(50), nullable=False),
+    Column("hf_pk", Integer, ForeignKey("health_facility.pk"), nullable=False),
+    Column("insuree_pk", Integer, ForeignKey("insuree.pk"), nullable=False),
+    Column("claim_admin_pk", Integer, ForeignKey("claim_admin.pk")),
+    Column("date_from", Date, nullable=False),
+    Column("date_to", Date),
+    Column("date_claimed", Date, nullable=False),
+    Column("date_processed", Date),
+    Column("status", Integer, nullable=False, server_default="2"),
+    Column("review_status", Integer, nullable=False, server_default="1"),
+    Column("feedback_status", Integer, nullable=False, server_default="1"),
+    Column("rejection_reason", Integer, nullable=False, server_default="0"),
+    Column("visit_type", String(1)),  # E | R | O
+    Column("category", String(1)),  # S D A H C V (computed at submission)
+    Column("icd_code", String(16), nullable=False),  # main diagnosis
+    Column("claimed", Amount()),
+    Column("approved", Amount()),
+    Column("valuated", Amount()),
+    Column("remunerated", Amount()),
+    Column("explanation", Text),
+    Column("adjustment", Text),
+    Column("guarantee_id", String(50)),
+    current_unique("claim", "hf_pk", "code"),
+    current_index("claim", "insuree_pk"),
+)
+
+
+def _claim_line_columns() -> list[Column]:
+    return [
+        Column("claim_pk", Integer, ForeignKey("claim.pk"), nullable=False),
+        Column("product_pk", Integer, ForeignKey("product.pk")),  # assigned at processing
+        Column("policy_pk", Integer, ForeignKey("policy.pk")),
+        Column("status", Integer, nullable=False, server_default="1"),  # 1 passed | 2 rejected
+        Column("qty_provided", Amount(), nullable=False),
+        Column("qty_approved", Amount()),
+        Column("price_asked", Amount(), nullable=False),
+        Column("price_adjusted", Amount()),
+        Column("price_approved", Amount()),
+        Column("price_valuated", Amount()),
+        Column("remunerated_amount", Amount()),
+        Column("deductable_amount", Amount()),
+        Column("exceed_ceiling_amount", Amount()),
+        Column("limitation", String(1)),
+        Column("limitation_value", Amount()),
+        Column("price_origin", String(1)),
+        Column("explanation", Text),
+        Column("justification", Text),
+        Column("rejection_reason", Integer, nullable=False, server_default="0"),
+    ]
+
+
+claim_item = Table(
+    "claim_item",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    *_claim_line_columns(),
+    Column("item_pk", Integer, ForeignKey("medical_item.pk"), nullable=False),
+    Index("ix_claim_item_claim", "claim_pk"),
+    Index("ix_claim_item_item", "item_pk"),
+)
+
+claim_service = Table(
+    "claim_service",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    *_claim_line_columns(),
+    Column("service_pk", Integer, ForeignKey("medical_service.pk"), nullable=False),
+    Index("ix_claim_service_claim", "claim_pk"),
+    Index("ix_claim_service_service", "service_pk"),
+)
+
+# What earlier claims consumed of a policy's deductibles and ceilings (tblClaimDedRem), one row per (claim, policy).
+claim_ded_rem = Table(
+    "claim_ded_rem",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("claim_pk", Integer, ForeignKey("claim.pk"), nullable=False),
+    Column("policy_pk", Integer, ForeignKey("policy.pk"), nullable=False),
+    Column("insuree_pk", Integer, ForeignKey("insuree.pk"), nullable=False),
+    *(Column(name, Amount(), nullable=False, server_default="0") for name in (
+        "ded_g", "ded_op", "ded_ip", "rem_g", "rem_op", "rem_ip", "rem_consult", "rem_surgery", "rem_delivery",
+        "rem_hospitalization", "rem_antenatal")),
+    Index("ix_claim_ded_rem_policy", "policy_pk"),
+    Index("ix_claim_ded_rem_insuree", "insuree_pk"),
+)
+
 # --- Users, roles, rights ---------------------------------------------------------------------------------
 app_user = Table(
     "app_user",
@@ -588,13 +772,21 @@ user_district = Table(
 __all__ = [
     "Amount",
     "app_user",
+    "claim",
     "claim_admin",
     "claim_admin_role",
+    "claim_ded_rem",
+    "claim_item",
+    "claim_service",
     "code_list_entry",
+    "coverage",
+    "eligibility_request",
+    "eligibility_response",
     "family",
     "health_facility",
     "insuree",
     "insuree_photo",
+    "insuree_policy",
     "insurer_org",
     "location",
     "medical_item",
@@ -603,7 +795,9 @@ __all__ = [
     "officer",
     "officer_role",
     "officer_role_village",
+    "policy",
     "policy_holder",
+    "premium",
     "price_list",
     "price_list_item",
     "price_list_service",

@@ -1,15 +1,15 @@
 """initial schema
 
-Revision ID: b70784a3fd8d
+Revision ID: c6dc4e6a1d1a
 Revises: 
-Create Date: 2026-11-25 20:07:04.874537
+Create Date: 2026-11-25 20:37:46.903429
 """
 
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = 'b70784a3fd8d'
+revision = 'c6dc4e6a1d1a'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -614,6 +614,65 @@ def upgrade() -> None:
     with op.batch_alter_table('product_service', schema=None) as batch_op:
         batch_op.create_index('ix_product_service_service', ['service_pk'], unique=False)
 
+    op.create_table('claim',
+    sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('id', sa.String(length=64).with_variant(sa.String(length=64, collation='C'), 'postgresql'), nullable=False),
+    sa.Column('uuid', sa.String(length=36), nullable=True),
+    sa.Column('version_id', sa.Integer(), server_default='0', nullable=False),
+    sa.Column('last_updated', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('deleted', sa.Boolean(), server_default=sa.text('(false)'), nullable=False),
+    sa.Column('code', sa.String(length=50), nullable=False),
+    sa.Column('hf_pk', sa.Integer(), nullable=False),
+    sa.Column('insuree_pk', sa.Integer(), nullable=False),
+    sa.Column('claim_admin_pk', sa.Integer(), nullable=True),
+    sa.Column('date_from', sa.Date(), nullable=False),
+    sa.Column('date_to', sa.Date(), nullable=True),
+    sa.Column('date_claimed', sa.Date(), nullable=False),
+    sa.Column('date_processed', sa.Date(), nullable=True),
+    sa.Column('status', sa.Integer(), server_default='2', nullable=False),
+    sa.Column('review_status', sa.Integer(), server_default='1', nullable=False),
+    sa.Column('feedback_status', sa.Integer(), server_default='1', nullable=False),
+    sa.Column('rejection_reason', sa.Integer(), server_default='0', nullable=False),
+    sa.Column('visit_type', sa.String(length=1), nullable=True),
+    sa.Column('category', sa.String(length=1), nullable=True),
+    sa.Column('icd_code', sa.String(length=16), nullable=False),
+    sa.Column('claimed', sa.BigInteger(), nullable=True),
+    sa.Column('approved', sa.BigInteger(), nullable=True),
+    sa.Column('valuated', sa.BigInteger(), nullable=True),
+    sa.Column('remunerated', sa.BigInteger(), nullable=True),
+    sa.Column('explanation', sa.Text(), nullable=True),
+    sa.Column('adjustment', sa.Text(), nullable=True),
+    sa.Column('guarantee_id', sa.String(length=50), nullable=True),
+    sa.ForeignKeyConstraint(['claim_admin_pk'], ['claim_admin.pk'], name=op.f('fk_claim_claim_admin_pk_claim_admin')),
+    sa.ForeignKeyConstraint(['hf_pk'], ['health_facility.pk'], name=op.f('fk_claim_hf_pk_health_facility')),
+    sa.ForeignKeyConstraint(['insuree_pk'], ['insuree.pk'], name=op.f('fk_claim_insuree_pk_insuree')),
+    sa.PrimaryKeyConstraint('pk', name=op.f('pk_claim')),
+    sa.UniqueConstraint('id', name=op.f('uq_claim_id'))
+    )
+    with op.batch_alter_table('claim', schema=None) as batch_op:
+        batch_op.create_index('ix_claim_insuree_pk_current', ['insuree_pk'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.create_index(batch_op.f('ix_claim_last_updated'), ['last_updated'], unique=False)
+        batch_op.create_index(batch_op.f('ix_claim_uuid'), ['uuid'], unique=False)
+        batch_op.create_index('uq_claim_hf_pk_code_current', ['hf_pk', 'code'], unique=True, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+
+    op.create_table('eligibility_request',
+    sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('id', sa.String(length=64).with_variant(sa.String(length=64, collation='C'), 'postgresql'), nullable=False),
+    sa.Column('uuid', sa.String(length=36), nullable=True),
+    sa.Column('version_id', sa.Integer(), server_default='0', nullable=False),
+    sa.Column('last_updated', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('deleted', sa.Boolean(), server_default=sa.text('(false)'), nullable=False),
+    sa.Column('insuree_pk', sa.Integer(), nullable=False),
+    sa.Column('created', sa.Date(), nullable=False),
+    sa.ForeignKeyConstraint(['insuree_pk'], ['insuree.pk'], name=op.f('fk_eligibility_request_insuree_pk_insuree')),
+    sa.PrimaryKeyConstraint('pk', name=op.f('pk_eligibility_request')),
+    sa.UniqueConstraint('id', name=op.f('uq_eligibility_request_id'))
+    )
+    with op.batch_alter_table('eligibility_request', schema=None) as batch_op:
+        batch_op.create_index('ix_eligibility_request_insuree_pk_current', ['insuree_pk'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.create_index(batch_op.f('ix_eligibility_request_last_updated'), ['last_updated'], unique=False)
+        batch_op.create_index(batch_op.f('ix_eligibility_request_uuid'), ['uuid'], unique=False)
+
     op.create_table('insuree_photo',
     sa.Column('insuree_pk', sa.Integer(), nullable=False),
     sa.Column('content_type', sa.String(length=100), nullable=False),
@@ -634,6 +693,43 @@ def upgrade() -> None:
     with op.batch_alter_table('officer_role_village', schema=None) as batch_op:
         batch_op.create_index('ix_officer_role_village_location', ['location_pk'], unique=False)
 
+    op.create_table('policy',
+    sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('id', sa.String(length=64).with_variant(sa.String(length=64, collation='C'), 'postgresql'), nullable=False),
+    sa.Column('uuid', sa.String(length=36), nullable=True),
+    sa.Column('version_id', sa.Integer(), server_default='0', nullable=False),
+    sa.Column('last_updated', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('deleted', sa.Boolean(), server_default=sa.text('(false)'), nullable=False),
+    sa.Column('family_pk', sa.Integer(), nullable=True),
+    sa.Column('policy_holder_pk', sa.Integer(), nullable=True),
+    sa.Column('product_pk', sa.Integer(), nullable=False),
+    sa.Column('officer_pk', sa.Integer(), nullable=True),
+    sa.Column('head_insuree_pk', sa.Integer(), nullable=True),
+    sa.Column('enroll_date', sa.Date(), nullable=False),
+    sa.Column('start_date', sa.Date(), nullable=False),
+    sa.Column('effective_date', sa.Date(), nullable=True),
+    sa.Column('expiry_date', sa.Date(), nullable=False),
+    sa.Column('status', sa.Integer(), server_default='1', nullable=False),
+    sa.Column('stage', sa.String(length=1), server_default='N', nullable=False),
+    sa.Column('value', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('previous_policy_pk', sa.Integer(), nullable=True),
+    sa.ForeignKeyConstraint(['family_pk'], ['family.pk'], name=op.f('fk_policy_family_pk_family')),
+    sa.ForeignKeyConstraint(['head_insuree_pk'], ['insuree.pk'], name=op.f('fk_policy_head_insuree_pk_insuree')),
+    sa.ForeignKeyConstraint(['officer_pk'], ['officer.pk'], name=op.f('fk_policy_officer_pk_officer')),
+    sa.ForeignKeyConstraint(['policy_holder_pk'], ['policy_holder.pk'], name=op.f('fk_policy_policy_holder_pk_policy_holder')),
+    sa.ForeignKeyConstraint(['previous_policy_pk'], ['policy.pk'], name=op.f('fk_policy_previous_policy_pk_policy')),
+    sa.ForeignKeyConstraint(['product_pk'], ['product.pk'], name=op.f('fk_policy_product_pk_product')),
+    sa.PrimaryKeyConstraint('pk', name=op.f('pk_policy')),
+    sa.UniqueConstraint('id', name=op.f('uq_policy_id'))
+    )
+    with op.batch_alter_table('policy', schema=None) as batch_op:
+        batch_op.create_index('ix_policy_expiry_date_current', ['expiry_date'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.create_index('ix_policy_family_pk_current', ['family_pk'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.create_index(batch_op.f('ix_policy_last_updated'), ['last_updated'], unique=False)
+        batch_op.create_index('ix_policy_policy_holder_pk_current', ['policy_holder_pk'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.create_index('ix_policy_product_pk_current', ['product_pk'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.create_index(batch_op.f('ix_policy_uuid'), ['uuid'], unique=False)
+
     op.create_table('user_district',
     sa.Column('user_pk', sa.Integer(), nullable=False),
     sa.Column('location_pk', sa.Integer(), nullable=False),
@@ -648,18 +744,240 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['user_pk'], ['app_user.pk'], name=op.f('fk_user_role_user_pk_app_user')),
     sa.PrimaryKeyConstraint('user_pk', 'role_pk', name=op.f('pk_user_role'))
     )
+    op.create_table('claim_ded_rem',
+    sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('claim_pk', sa.Integer(), nullable=False),
+    sa.Column('policy_pk', sa.Integer(), nullable=False),
+    sa.Column('insuree_pk', sa.Integer(), nullable=False),
+    sa.Column('ded_g', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('ded_op', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('ded_ip', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('rem_g', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('rem_op', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('rem_ip', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('rem_consult', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('rem_surgery', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('rem_delivery', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('rem_hospitalization', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('rem_antenatal', sa.BigInteger(), server_default='0', nullable=False),
+    sa.ForeignKeyConstraint(['claim_pk'], ['claim.pk'], name=op.f('fk_claim_ded_rem_claim_pk_claim')),
+    sa.ForeignKeyConstraint(['insuree_pk'], ['insuree.pk'], name=op.f('fk_claim_ded_rem_insuree_pk_insuree')),
+    sa.ForeignKeyConstraint(['policy_pk'], ['policy.pk'], name=op.f('fk_claim_ded_rem_policy_pk_policy')),
+    sa.PrimaryKeyConstraint('pk', name=op.f('pk_claim_ded_rem'))
+    )
+    with op.batch_alter_table('claim_ded_rem', schema=None) as batch_op:
+        batch_op.create_index('ix_claim_ded_rem_insuree', ['insuree_pk'], unique=False)
+        batch_op.create_index('ix_claim_ded_rem_policy', ['policy_pk'], unique=False)
+
+    op.create_table('claim_item',
+    sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('claim_pk', sa.Integer(), nullable=False),
+    sa.Column('product_pk', sa.Integer(), nullable=True),
+    sa.Column('policy_pk', sa.Integer(), nullable=True),
+    sa.Column('status', sa.Integer(), server_default='1', nullable=False),
+    sa.Column('qty_provided', sa.BigInteger(), nullable=False),
+    sa.Column('qty_approved', sa.BigInteger(), nullable=True),
+    sa.Column('price_asked', sa.BigInteger(), nullable=False),
+    sa.Column('price_adjusted', sa.BigInteger(), nullable=True),
+    sa.Column('price_approved', sa.BigInteger(), nullable=True),
+    sa.Column('price_valuated', sa.BigInteger(), nullable=True),
+    sa.Column('remunerated_amount', sa.BigInteger(), nullable=True),
+    sa.Column('deductable_amount', sa.BigInteger(), nullable=True),
+    sa.Column('exceed_ceiling_amount', sa.BigInteger(), nullable=True),
+    sa.Column('limitation', sa.String(length=1), nullable=True),
+    sa.Column('limitation_value', sa.BigInteger(), nullable=True),
+    sa.Column('price_origin', sa.String(length=1), nullable=True),
+    sa.Column('explanation', sa.Text(), nullable=True),
+    sa.Column('justification', sa.Text(), nullable=True),
+    sa.Column('rejection_reason', sa.Integer(), server_default='0', nullable=False),
+    sa.Column('item_pk', sa.Integer(), nullable=False),
+    sa.ForeignKeyConstraint(['claim_pk'], ['claim.pk'], name=op.f('fk_claim_item_claim_pk_claim')),
+    sa.ForeignKeyConstraint(['item_pk'], ['medical_item.pk'], name=op.f('fk_claim_item_item_pk_medical_item')),
+    sa.ForeignKeyConstraint(['policy_pk'], ['policy.pk'], name=op.f('fk_claim_item_policy_pk_policy')),
+    sa.ForeignKeyConstraint(['product_pk'], ['product.pk'], name=op.f('fk_claim_item_product_pk_product')),
+    sa.PrimaryKeyConstraint('pk', name=op.f('pk_claim_item'))
+    )
+    with op.batch_alter_table('claim_item', schema=None) as batch_op:
+        batch_op.create_index('ix_claim_item_claim', ['claim_pk'], unique=False)
+        batch_op.create_index('ix_claim_item_item', ['item_pk'], unique=False)
+
+    op.create_table('claim_service',
+    sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('claim_pk', sa.Integer(), nullable=False),
+    sa.Column('product_pk', sa.Integer(), nullable=True),
+    sa.Column('policy_pk', sa.Integer(), nullable=True),
+    sa.Column('status', sa.Integer(), server_default='1', nullable=False),
+    sa.Column('qty_provided', sa.BigInteger(), nullable=False),
+    sa.Column('qty_approved', sa.BigInteger(), nullable=True),
+    sa.Column('price_asked', sa.BigInteger(), nullable=False),
+    sa.Column('price_adjusted', sa.BigInteger(), nullable=True),
+    sa.Column('price_approved', sa.BigInteger(), nullable=True),
+    sa.Column('price_valuated', sa.BigInteger(), nullable=True),
+    sa.Column('remunerated_amount', sa.BigInteger(), nullable=True),
+    sa.Column('deductable_amount', sa.BigInteger(), nullable=True),
+    sa.Column('exceed_ceiling_amount', sa.BigInteger(), nullable=True),
+    sa.Column('limitation', sa.String(length=1), nullable=True),
+    sa.Column('limitation_value', sa.BigInteger(), nullable=True),
+    sa.Column('price_origin', sa.String(length=1), nullable=True),
+    sa.Column('explanation', sa.Text(), nullable=True),
+    sa.Column('justification', sa.Text(), nullable=True),
+    sa.Column('rejection_reason', sa.Integer(), server_default='0', nullable=False),
+    sa.Column('service_pk', sa.Integer(), nullable=False),
+    sa.ForeignKeyConstraint(['claim_pk'], ['claim.pk'], name=op.f('fk_claim_service_claim_pk_claim')),
+    sa.ForeignKeyConstraint(['policy_pk'], ['policy.pk'], name=op.f('fk_claim_service_policy_pk_policy')),
+    sa.ForeignKeyConstraint(['product_pk'], ['product.pk'], name=op.f('fk_claim_service_product_pk_product')),
+    sa.ForeignKeyConstraint(['service_pk'], ['medical_service.pk'], name=op.f('fk_claim_service_service_pk_medical_service')),
+    sa.PrimaryKeyConstraint('pk', name=op.f('pk_claim_service'))
+    )
+    with op.batch_alter_table('claim_service', schema=None) as batch_op:
+        batch_op.create_index('ix_claim_service_claim', ['claim_pk'], unique=False)
+        batch_op.create_index('ix_claim_service_service', ['service_pk'], unique=False)
+
+    op.create_table('coverage',
+    sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('id', sa.String(length=64).with_variant(sa.String(length=64, collation='C'), 'postgresql'), nullable=False),
+    sa.Column('uuid', sa.String(length=36), nullable=True),
+    sa.Column('version_id', sa.Integer(), server_default='0', nullable=False),
+    sa.Column('last_updated', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('deleted', sa.Boolean(), server_default=sa.text('(false)'), nullable=False),
+    sa.Column('policy_pk', sa.Integer(), nullable=False),
+    sa.ForeignKeyConstraint(['policy_pk'], ['policy.pk'], name=op.f('fk_coverage_policy_pk_policy')),
+    sa.PrimaryKeyConstraint('pk', name=op.f('pk_coverage')),
+    sa.UniqueConstraint('id', name=op.f('uq_coverage_id')),
+    sa.UniqueConstraint('policy_pk', name=op.f('uq_coverage_policy_pk'))
+    )
+    with op.batch_alter_table('coverage', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_coverage_last_updated'), ['last_updated'], unique=False)
+        batch_op.create_index(batch_op.f('ix_coverage_uuid'), ['uuid'], unique=False)
+
+    op.create_table('eligibility_response',
+    sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('id', sa.String(length=64).with_variant(sa.String(length=64, collation='C'), 'postgresql'), nullable=False),
+    sa.Column('uuid', sa.String(length=36), nullable=True),
+    sa.Column('version_id', sa.Integer(), server_default='0', nullable=False),
+    sa.Column('last_updated', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('deleted', sa.Boolean(), server_default=sa.text('(false)'), nullable=False),
+    sa.Column('request_pk', sa.Integer(), nullable=False),
+    sa.Column('insuree_pk', sa.Integer(), nullable=False),
+    sa.Column('created', sa.Date(), nullable=False),
+    sa.ForeignKeyConstraint(['insuree_pk'], ['insuree.pk'], name=op.f('fk_eligibility_response_insuree_pk_insuree')),
+    sa.ForeignKeyConstraint(['request_pk'], ['eligibility_request.pk'], name=op.f('fk_eligibility_response_request_pk_eligibility_request')),
+    sa.PrimaryKeyConstraint('pk', name=op.f('pk_eligibility_response')),
+    sa.UniqueConstraint('id', name=op.f('uq_eligibility_response_id')),
+    sa.UniqueConstraint('request_pk', name=op.f('uq_eligibility_response_request_pk'))
+    )
+    with op.batch_alter_table('eligibility_response', schema=None) as batch_op:
+        batch_op.create_index('ix_eligibility_response_insuree_pk_current', ['insuree_pk'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.create_index(batch_op.f('ix_eligibility_response_last_updated'), ['last_updated'], unique=False)
+        batch_op.create_index(batch_op.f('ix_eligibility_response_uuid'), ['uuid'], unique=False)
+
+    op.create_table('insuree_policy',
+    sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('policy_pk', sa.Integer(), nullable=False),
+    sa.Column('insuree_pk', sa.Integer(), nullable=False),
+    sa.Column('enroll_date', sa.Date(), nullable=False),
+    sa.Column('start_date', sa.Date(), nullable=False),
+    sa.Column('effective_date', sa.Date(), nullable=True),
+    sa.Column('expiry_date', sa.Date(), nullable=False),
+    sa.Column('deleted', sa.Boolean(), server_default=sa.text('(false)'), nullable=False),
+    sa.ForeignKeyConstraint(['insuree_pk'], ['insuree.pk'], name=op.f('fk_insuree_policy_insuree_pk_insuree')),
+    sa.ForeignKeyConstraint(['policy_pk'], ['policy.pk'], name=op.f('fk_insuree_policy_policy_pk_policy')),
+    sa.PrimaryKeyConstraint('pk', name=op.f('pk_insuree_policy'))
+    )
+    with op.batch_alter_table('insuree_policy', schema=None) as batch_op:
+        batch_op.create_index('ix_insuree_policy_insuree_pk_current', ['insuree_pk'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.create_index('uq_insuree_policy_policy_pk_insuree_pk_current', ['policy_pk', 'insuree_pk'], unique=True, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+
+    op.create_table('premium',
+    sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('policy_pk', sa.Integer(), nullable=False),
+    sa.Column('product_pk', sa.Integer(), nullable=False),
+    sa.Column('payer', sa.String(length=32), nullable=True),
+    sa.Column('amount', sa.BigInteger(), nullable=False),
+    sa.Column('receipt', sa.String(length=50), nullable=False),
+    sa.Column('pay_date', sa.Date(), nullable=False),
+    sa.Column('pay_type', sa.String(length=1), nullable=False),
+    sa.Column('is_photo_fee', sa.Boolean(), server_default=sa.text('(false)'), nullable=False),
+    sa.Column('created', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('deleted', sa.Boolean(), server_default=sa.text('(false)'), nullable=False),
+    sa.ForeignKeyConstraint(['policy_pk'], ['policy.pk'], name=op.f('fk_premium_policy_pk_policy')),
+    sa.ForeignKeyConstraint(['product_pk'], ['product.pk'], name=op.f('fk_premium_product_pk_product')),
+    sa.PrimaryKeyConstraint('pk', name=op.f('pk_premium'))
+    )
+    with op.batch_alter_table('premium', schema=None) as batch_op:
+        batch_op.create_index('ix_premium_policy_pk_current', ['policy_pk'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.create_index('uq_premium_product_pk_receipt_current', ['product_pk', 'receipt'], unique=True, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table('premium', schema=None) as batch_op:
+        batch_op.drop_index('uq_premium_product_pk_receipt_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index('ix_premium_policy_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+
+    op.drop_table('premium')
+    with op.batch_alter_table('insuree_policy', schema=None) as batch_op:
+        batch_op.drop_index('uq_insuree_policy_policy_pk_insuree_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index('ix_insuree_policy_insuree_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+
+    op.drop_table('insuree_policy')
+    with op.batch_alter_table('eligibility_response', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_eligibility_response_uuid'))
+        batch_op.drop_index(batch_op.f('ix_eligibility_response_last_updated'))
+        batch_op.drop_index('ix_eligibility_response_insuree_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+
+    op.drop_table('eligibility_response')
+    with op.batch_alter_table('coverage', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_coverage_uuid'))
+        batch_op.drop_index(batch_op.f('ix_coverage_last_updated'))
+
+    op.drop_table('coverage')
+    with op.batch_alter_table('claim_service', schema=None) as batch_op:
+        batch_op.drop_index('ix_claim_service_service')
+        batch_op.drop_index('ix_claim_service_claim')
+
+    op.drop_table('claim_service')
+    with op.batch_alter_table('claim_item', schema=None) as batch_op:
+        batch_op.drop_index('ix_claim_item_item')
+        batch_op.drop_index('ix_claim_item_claim')
+
+    op.drop_table('claim_item')
+    with op.batch_alter_table('claim_ded_rem', schema=None) as batch_op:
+        batch_op.drop_index('ix_claim_ded_rem_policy')
+        batch_op.drop_index('ix_claim_ded_rem_insuree')
+
+    op.drop_table('claim_ded_rem')
     op.drop_table('user_role')
     op.drop_table('user_district')
+    with op.batch_alter_table('policy', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_policy_uuid'))
+        batch_op.drop_index('ix_policy_product_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index('ix_policy_policy_holder_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index(batch_op.f('ix_policy_last_updated'))
+        batch_op.drop_index('ix_policy_family_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index('ix_policy_expiry_date_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+
+    op.drop_table('policy')
     with op.batch_alter_table('officer_role_village', schema=None) as batch_op:
         batch_op.drop_index('ix_officer_role_village_location')
 
     op.drop_table('officer_role_village')
     op.drop_table('insuree_photo')
+    with op.batch_alter_table('eligibility_request', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_eligibility_request_uuid'))
+        batch_op.drop_index(batch_op.f('ix_eligibility_request_last_updated'))
+        batch_op.drop_index('ix_eligibility_request_insuree_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+
+    op.drop_table('eligibility_request')
+    with op.batch_alter_table('claim', schema=None) as batch_op:
+        batch_op.drop_index('uq_claim_hf_pk_code_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index(batch_op.f('ix_claim_uuid'))
+        batch_op.drop_index(batch_op.f('ix_claim_last_updated'))
+        batch_op.drop_index('ix_claim_insuree_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+
+    op.drop_table('claim')
     with op.batch_alter_table('product_service', schema=None) as batch_op:
         batch_op.drop_index('ix_product_service_service')
 
