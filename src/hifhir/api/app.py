@@ -12,7 +12,7 @@ import orjson
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, OperationalError
 
-from hifhir.api import rest, terminology_routes
+from hifhir.api import bundle, rest, terminology_routes
 from hifhir.api.http import (
     FHIR_JSON,
     JSON,
@@ -143,7 +143,10 @@ class HifhirApp:
         bind_engine(self.reader)
         n = len(segments)
         if n == 0:
-            raise FhirError.one(404, "not-supported", "System-level interactions are not supported")
+            if method != "POST":
+                raise FhirError.one(404, "not-supported", "At the base: POST a transaction or batch Bundle")
+            self._check_body_type(request)
+            return bundle.process(call, request.body)
         rtype = segments[0]
         if rtype in terminology_routes.TYPES:
             return self._terminology(call, request, segments)
@@ -152,7 +155,10 @@ class HifhirApp:
                 return rest.search(call, rtype, request.query)
             if method == "POST":
                 self._check_body_type(request)
-                return rest.create(call, rtype, request.body)
+                return rest.create(call, rtype, request.body, request.headers.get("if-none-exist"))
+            if method == "PUT" and request.raw_query:
+                self._check_body_type(request)
+                return rest.conditional_update(call, rtype, request.raw_query, request.body)
             raise self._method_not_allowed(method)
         second = segments[1]
         if n == 2 and second == "_search":

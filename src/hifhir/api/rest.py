@@ -231,27 +231,190 @@ def sync_point_us(call: Call) -> int:
 # --- create / update / delete -------------------------------------------------------------------------
 
 
-def _conflict_from_integrity(exc: IntegrityError) -> FhirError:
+def conflict_from_integrity(exc: IntegrityError) -> FhirError:
     return FhirError.one(409, "conflict",
                          "The write conflicts with existing data (a code or key is already used)")
 
 
-def create(call: Call, resource_type: str, body: bytes) -> HttpResponse:
+@dataclass(slots=True)
+class Pending:
+    """A write applied inside a transaction, answered once the write context is flushed: `status` and the entity
+    written — or, for a conditional create that matched, the existing resource (`existing`, nothing written)."""
+
+    status: int
+    kind: ResourceKind | None = None
+    pk: int | None = None
+    existing: Any = None  # (resource type, id) of the matched resource
+
+    def written(self, flushed: dict[tuple[str, int], Written]) -> Written | None:
+        if self.kind is None or self.pk is None:
+            return None
+        return flushed.get((self.kind.name, self.pk))
+
+
+@dataclass(slots=True)
+class PreparedWrite:
+    """A create or update checked before any database work: parsed, its kind chosen, rights checked, validated."""
+
+    resource_type: str
+    kinds: list[ResourceKind]
+    kind: ResourceKind
+    resource: dict[str, Any]
+
+
+def prepare_write(call: Call, resource_type: str, resource: Any, res_id: str | None, *,
+                  conditional: bool = False) -> PreparedWrite:
     kinds = kinds_for(resource_type)
-    resource = parse_resource(body, resource_type)
+    if not isinstance(resource, dict):
+        raise invalid("The body must be a JSON object")
+    if resource.get("resourceType") != resource_type:
+        raise invalid(f"resourceType '{str(resource.get('resourceType'))[:40]}' does not match '{resource_type}'",
+                      "resourceType")
+    if res_id is not None:
+        check_id(res_id)
+        if resource.get("id") != res_id:
+            raise invalid(f"The resource id must be present and equal '{res_id}'", f"{resource_type}.id")
     kind = select_kind(kinds, resource)
     _require_writable(kind)
-    require_right(call, kind.rights.create, f"create {resource_type}")
-    resource = validate_or_raise(call, kind, resource)
+    if res_id is None and not conditional:
+        require_right(call, kind.rights.create, f"create {resource_type}")
+    else:  # an update may turn out to be a create (update-as-create, no conditional match): checked again then
+        require_any_right(call, [kind], ("update", "create"), f"update {resource_type}")
+    return PreparedWrite(resource_type, kinds, kind, validate_or_raise(call, kind, resource))
+
+
+def conditional_matches(call: Call, conn: Connection, resource_type: str, query: str) -> list[tuple[str, str]]:
+    """(type, id) of the current resources a conditional interaction's search matches (at most 2 are needed)."""
+    from urllib.parse import parse_qsl
+
+    try:
+        items = parse_qsl(query.lstrip("?"), keep_blank_values=True, strict_parsing=True, max_num_fields=50)
+    except ValueError:
+        raise invalid(f"Malformed conditional search '{query[:80]}'") from None
+    items = [(k, v) for k, v in items if k not in ("_format", "_pretty")]
+    if not items:
+        raise invalid("A conditional interaction needs search criteria")
+    kinds = kinds_for(resource_type)
+    req = parse_search(resource_type, kinds, items, strict=True, page_default=2, page_max=2)
+    req.count = 2
+    req.kinds = readable_kinds(call, kinds, f"search {resource_type}")
+    result = execute_search(conn, req)
+    return [(resource_type, hit.res_id) for hit in result.hits]
+
+
+def apply_create(call: Call, ctx: WriteContext, prepared: PreparedWrite, if_none_exist: str | None = None,
+                 new_id: str | None = None) -> Pending:
+    """The create inside the caller's transaction; `If-None-Exist` makes it a no-op when one resource matches."""
+    if if_none_exist:
+        found = conditional_matches(call, ctx.conn, prepared.resource_type, if_none_exist)
+        if len(found) > 1:
+            raise FhirError.one(412, "duplicate", f"If-None-Exist '{if_none_exist[:80]}' matches several "
+                                f"{prepared.resource_type} resources")
+        if found:
+            return Pending(200, existing=found[0])
+    ctx.new_id, ctx.id_from_client = new_id or str(uuid.uuid4()), False
+    pk = prepared.kind.write(ctx, prepared.resource, None)
+    ctx.mark(prepared.kind.name, pk)
+    return Pending(201, prepared.kind, pk)
+
+
+def apply_update(call: Call, ctx: WriteContext, prepared: PreparedWrite, res_id: str,
+                 if_match: str | None = None) -> Pending:
+    kind, rtype = prepared.kind, prepared.resource_type
+    found = _find_current(ctx.conn, prepared.kinds, res_id, call.is_postgres)
+    if found is None:
+        require_right(call, kind.rights.create, f"create {rtype}")
+        if if_match is not None:
+            raise FhirError.one(412, "conflict", f"{rtype}/{res_id} does not exist (If-Match)")
+        ctx.new_id, ctx.id_from_client = res_id, True
+        pk = kind.write(ctx, prepared.resource, None)
+        ctx.mark(kind.name, pk)
+        return Pending(201, kind, pk)
+    current_kind, row = found
+    if current_kind is not kind:
+        raise invalid(f"{rtype}/{res_id} is a {current_kind.name}; it cannot become a {kind.name}")
+    require_right(call, kind.rights.update, f"update {rtype}")
+    if if_match is not None and _if_match_version(if_match) != str(row.version_id):
+        raise FhirError.one(412, "conflict", f"Version conflict: {rtype}/{res_id} is at version {row.version_id}")
+    if row.deleted:
+        ctx.conn.execute(update(kind.table).where(kind.table.c.pk == row.pk).values(deleted=False))
+    pk = kind.write(ctx, prepared.resource, row)
+    ctx.mark(kind.name, pk)
+    return Pending(200, kind, pk)
+
+
+def apply_conditional_update(call: Call, ctx: WriteContext, prepared: PreparedWrite, query: str) -> Pending:
+    """`PUT Type?criteria`: no match → create, one match → update it, several → 412 (FHIR R4 §3.1.0.4.3)."""
+    found = conditional_matches(call, ctx.conn, prepared.resource_type, query)
+    if len(found) > 1:
+        raise FhirError.one(412, "duplicate", f"The conditional update '{query[:80]}' matches several "
+                            f"{prepared.resource_type} resources")
+    given_id = prepared.resource.get("id")
+    if not found:
+        if given_id is not None:
+            check_id(str(given_id))
+            return apply_update(call, ctx, prepared, str(given_id))
+        require_right(call, prepared.kind.rights.create, f"create {prepared.resource_type}")
+        return apply_create(call, ctx, prepared)
+    res_id = found[0][1]
+    if given_id is not None and given_id != res_id:
+        raise FhirError.one(400, "invalid", f"The resource id '{str(given_id)[:64]}' differs from the matched "
+                            f"{prepared.resource_type}/{res_id}", expression=f"{prepared.resource_type}.id")
+    prepared.resource["id"] = res_id
+    return apply_update(call, ctx, prepared, res_id)
+
+
+def apply_delete(call: Call, ctx: WriteContext, resource_type: str, res_id: str,
+                 if_match: str | None = None) -> Pending:
+    kinds = kinds_for(resource_type)
+    require_any_right(call, kinds, ("delete",), f"delete {resource_type}")
+    check_id(res_id)
+    found = _find_current(ctx.conn, kinds, res_id, call.is_postgres)
+    if found is None:
+        raise not_found(f"{resource_type}/{res_id} not found")
+    kind, row = found
+    _require_writable(kind)
+    require_right(call, kind.rights.delete, f"delete {resource_type}")
+    if if_match is not None and _if_match_version(if_match) != str(row.version_id):
+        raise FhirError.one(412, "conflict", f"Version conflict: {resource_type}/{res_id} is at version "
+                            f"{row.version_id}")
+    if row.deleted:
+        return Pending(204)
+    kind.delete(ctx, row)
+    ctx.deleted.append((kind, row.pk))
+    return Pending(204, kind, row.pk)
+
+
+def existing_response(call: Call, resource_type: str, res_id: str) -> HttpResponse:
+    """The current version of a resource a conditional create matched (200, nothing created)."""
+    with call.reader.connect() as conn:
+        rows = _LATEST.execute(conn, {"type": resource_type, "id": res_id})
+    row = rows[0]
+    headers = [("ETag", etag(row.version)), ("Last-Modified", http_date(row.last_updated)),
+               ("Location", f"{call.base_url}/{resource_type}/{res_id}/_history/{row.version}")]
+    if call.prefer_return == "minimal":
+        return HttpResponse(200, b"", None, headers)
+    return HttpResponse(200, row.body, call.content_type, headers)
+
+
+def _run_one(call: Call, apply: Any) -> tuple[Pending, dict[tuple[str, int], Written]]:
     try:
         with transaction(call.engine, write=True) as conn:
             ctx = WriteContext(conn, call.principal.username, lenient=call.lenient)
-            ctx.new_id = str(uuid.uuid4())
-            pk = kind.write(ctx, resource, None)
-            ctx.mark(kind.name, pk)
-            written = ctx.flush()[(kind.name, pk)]
+            pending = apply(ctx)
+            flushed = ctx.flush()
     except IntegrityError as exc:
-        raise _conflict_from_integrity(exc) from None
+        raise conflict_from_integrity(exc) from None
+    return pending, flushed
+
+
+def create(call: Call, resource_type: str, body: bytes, if_none_exist: str | None = None) -> HttpResponse:
+    prepared = prepare_write(call, resource_type, parse_resource(body, resource_type), None)
+    pending, flushed = _run_one(call, lambda ctx: apply_create(call, ctx, prepared, if_none_exist))
+    if pending.existing is not None:
+        return existing_response(call, *pending.existing)
+    written = pending.written(flushed)
+    assert written is not None
     return written_response(call, written, 201)
 
 
@@ -271,71 +434,25 @@ def _find_current(conn: Connection, kinds: list[ResourceKind], res_id: str,
 
 
 def update_resource(call: Call, resource_type: str, res_id: str, body: bytes) -> HttpResponse:
-    kinds = kinds_for(resource_type)
-    check_id(res_id)
-    resource = parse_resource(body, resource_type)
-    if resource.get("id") != res_id:
-        raise invalid(f"The resource id must be present and equal '{res_id}'", f"{resource_type}.id")
-    kind = select_kind(kinds, resource)
-    _require_writable(kind)
-    require_any_right(call, [kind], ("update", "create"), f"update {resource_type}")
-    resource = validate_or_raise(call, kind, resource)
-    try:
-        with transaction(call.engine, write=True) as conn:
-            found = _find_current(conn, kinds, res_id, call.is_postgres)
-            ctx = WriteContext(conn, call.principal.username, lenient=call.lenient)
-            if found is None:
-                require_right(call, kind.rights.create, f"create {resource_type}")
-                if call.if_match is not None:
-                    raise FhirError.one(412, "conflict",
-                                        f"{resource_type}/{res_id} does not exist (If-Match)")
-                ctx.new_id, ctx.id_from_client = res_id, True
-                pk = kind.write(ctx, resource, None)
-                status = 201
-            else:
-                current_kind, row = found
-                if current_kind is not kind:
-                    raise invalid(
-                        f"{resource_type}/{res_id} is a {current_kind.name}; it cannot become a {kind.name}"
-                    )
-                require_right(call, kind.rights.update, f"update {resource_type}")
-                if call.if_match is not None and _if_match_version(call.if_match) != str(row.version_id):
-                    raise FhirError.one(
-                        412, "conflict",
-                        f"Version conflict: {resource_type}/{res_id} is at version {row.version_id}",
-                    )
-                if row.deleted:
-                    conn.execute(update(kind.table).where(kind.table.c.pk == row.pk).values(deleted=False))
-                pk = kind.write(ctx, resource, row)
-                status = 200
-            ctx.mark(kind.name, pk)
-            written = ctx.flush()[(kind.name, pk)]
-    except IntegrityError as exc:
-        raise _conflict_from_integrity(exc) from None
-    return written_response(call, written, status)
+    prepared = prepare_write(call, resource_type, parse_resource(body, resource_type), res_id)
+    pending, flushed = _run_one(call, lambda ctx: apply_update(call, ctx, prepared, res_id, call.if_match))
+    written = pending.written(flushed)
+    assert written is not None
+    return written_response(call, written, pending.status)
+
+
+def conditional_update(call: Call, resource_type: str, query: str, body: bytes) -> HttpResponse:
+    prepared = prepare_write(call, resource_type, parse_resource(body, resource_type), None, conditional=True)
+    pending, flushed = _run_one(call, lambda ctx: apply_conditional_update(call, ctx, prepared, query))
+    written = pending.written(flushed)
+    assert written is not None
+    return written_response(call, written, pending.status)
 
 
 def delete(call: Call, resource_type: str, res_id: str) -> HttpResponse:
-    kinds = kinds_for(resource_type)
-    require_any_right(call, kinds, ("delete",), f"delete {resource_type}")
-    check_id(res_id)
-    with transaction(call.engine, write=True) as conn:
-        found = _find_current(conn, kinds, res_id, call.is_postgres)
-        if found is None:
-            raise not_found(f"{resource_type}/{res_id} not found")
-        kind, row = found
-        _require_writable(kind)
-        require_right(call, kind.rights.delete, f"delete {resource_type}")
-        if call.if_match is not None and _if_match_version(call.if_match) != str(row.version_id):
-            raise FhirError.one(412, "conflict", f"Version conflict: {resource_type}/{res_id} is at version "
-                                f"{row.version_id}")
-        if row.deleted:
-            return HttpResponse(204, b"", None)
-        ctx = WriteContext(conn, call.principal.username, lenient=call.lenient)
-        kind.delete(ctx, row)
-        ctx.deleted.append((kind, row.pk))
-        written = ctx.flush()[(kind.name, row.pk)]
-    headers = [("ETag", etag(written.version))]
+    pending, flushed = _run_one(call, lambda ctx: apply_delete(call, ctx, resource_type, res_id, call.if_match))
+    written = pending.written(flushed)
+    headers = [("ETag", etag(written.version))] if written is not None else []
     if call.prefer_return == "OperationOutcome":
         info = operation_outcome([issue("informational", f"Deleted {resource_type}/{res_id}",
                                         severity="information")])
@@ -415,7 +532,7 @@ def history(call: Call, resource_type: str, res_id: str | None, items: list[tupl
         entry["request"] = {"method": method,
                             "url": resource_type if method == "POST" else f"{resource_type}/{row.res_id}"}
         entry["response"] = {"status": status, "etag": etag(row.version),
-                             "lastModified": http_date(row.last_updated)}
+                             "lastModified": instant(row.last_updated)}
         entries.append(entry)
     bundle: dict[str, Any] = {"resourceType": "Bundle", "meta": {"lastUpdated": instant(sync_point)},
                               "type": "history", "link": links}
@@ -493,7 +610,7 @@ def _dry_run_write(call: Call, kinds: list[ResourceKind], kind: ResourceKind, re
     except _Rollback:
         pass
     except IntegrityError as exc:
-        raise _conflict_from_integrity(exc) from None
+        raise conflict_from_integrity(exc) from None
 
 
 # --- Patient photo ----------------------------------------------------------------------------------------

@@ -1,0 +1,224 @@
+"""Transaction and batch Bundles at the base, and conditional create/update: a point of service enrols a family
+in one request, all or nothing, and can resend it after a lost response without creating anything twice."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from tests.builders import group, location, patient
+
+
+def created(resp: Any) -> dict[str, Any]:
+    assert resp.status_code == 201, resp.text
+    return resp.json()
+
+
+@pytest.fixture
+def village(api: Any) -> str:
+    region = created(api.post("Location", location("R1", "Ultha", "R")))["id"]
+    district = created(api.post("Location", location("R1D1", "Rapta", "D", region)))["id"]
+    ward = created(api.post("Location", location("R1D1W1", "Jamu", "W", district)))["id"]
+    return created(api.post("Location", location("R1D1W1V1", "Jamula", "V", ward)))["id"]
+
+
+def post_bundle(api: Any, bundle: dict[str, Any], status: int = 200) -> dict[str, Any]:
+    resp = api.client.post("/fhir/", json=bundle, headers=api.headers())
+    assert resp.status_code == status, resp.text
+    return resp.json()
+
+
+def family_bundle(village: str, codes: tuple[str, ...] = ("100000001", "100000002", "100000003"),
+                  *, conditional: bool = False, group_first: bool = True) -> dict[str, Any]:
+    """The head and members as urn:uuid entries and the Group listing them (before them, to test ordering)."""
+    members = []
+    for i, code in enumerate(codes):
+        res = patient(code, "Doe", f"Member{i}", village, head=i == 0)
+        request: dict[str, Any] = {"method": "POST", "url": "Patient"}
+        if conditional:
+            request["ifNoneExist"] = f"identifier={code}"
+        members.append({"fullUrl": f"urn:uuid:0000000{i}-0000-4000-8000-000000000000", "resource": res,
+                        "request": request})
+    fam = group(codes[0], [], village)
+    fam["member"] = [{"entity": {"reference": m["fullUrl"]}} for m in members]
+    fam["quantity"] = len(members)
+    fam_request: dict[str, Any] = {"method": "POST", "url": "Group"}
+    if conditional:
+        fam_request["ifNoneExist"] = f"identifier={codes[0]}"
+    fam_entry = {"fullUrl": "urn:uuid:0000000f-0000-4000-8000-000000000000", "resource": fam,
+                 "request": fam_request}
+    entries = [fam_entry, *members] if group_first else [*members, fam_entry]
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def count(api: Any, query: str) -> int:
+    return api.get(f"{query}&_summary=count").json()["total"]
+
+
+# --- transaction --------------------------------------------------------------------------------------------
+
+
+def test_transaction_enrols_a_family_in_one_request(api, village):
+    answer = post_bundle(api, family_bundle(village))
+    assert answer["type"] == "transaction-response"
+    statuses = [e["response"]["status"] for e in answer["entry"]]
+    assert statuses == ["201 Created"] * 4
+    group_entry, *member_entries = answer["entry"]
+    member_ids = [e["resource"]["id"] for e in member_entries]
+    # the Group came first in the Bundle but was created after its members, with their real ids
+    assert [m["entity"]["reference"] for m in group_entry["resource"]["member"]] == [
+        f"Patient/{i}" for i in member_ids]
+    assert group_entry["response"]["location"].startswith(f"Group/{group_entry['resource']['id']}/_history/")
+    assert all(e["response"]["etag"] == 'W/"1"' for e in member_entries)
+    # every entry is readable afterwards
+    for entry in answer["entry"]:
+        rtype, rid = entry["response"]["location"].split("/")[:2]
+        assert api.get(f"{rtype}/{rid}").status_code == 200
+
+
+def test_a_failing_entry_fails_the_whole_transaction(api, village):
+    bundle = family_bundle(village)
+    bad = bundle["entry"][2]["resource"]
+    bad["birthDate"] = "not-a-date"
+    resp = api.client.post("/fhir/", json=bundle, headers=api.headers())
+    assert resp.status_code == 400, resp.text
+    outcome = resp.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert any("Bundle.entry[2]" in e for i in outcome["issue"] for e in i.get("expression", []))
+    assert "Bundle.entry[2]" in outcome["issue"][0]["diagnostics"]
+    assert count(api, "Patient?family=doe") == 0  # nothing written, not even the valid members
+    assert api.get("Group?_summary=count").json()["total"] == 0
+
+
+def test_a_business_rule_failure_rolls_back_too(api, village):
+    bundle = family_bundle(village)
+    bundle["entry"][3]["resource"]["identifier"][0]["value"] = "100000001"  # duplicate insurance number
+    resp = api.client.post("/fhir/", json=bundle, headers=api.headers())
+    assert resp.status_code == 409, resp.text
+    assert count(api, "Patient?family=doe") == 0
+
+
+def test_resending_a_conditional_transaction_creates_nothing_twice(api, village):
+    first = post_bundle(api, family_bundle(village, conditional=True))
+    assert [e["response"]["status"] for e in first["entry"]] == ["201 Created"] * 4
+    again = post_bundle(api, family_bundle(village, conditional=True))  # the app resends after a lost response
+    assert [e["response"]["status"] for e in again["entry"]] == ["200 OK"] * 4
+    assert [e["resource"]["id"] for e in again["entry"]] == [e["resource"]["id"] for e in first["entry"]]
+    assert count(api, "Patient?family=doe") == 3
+    history = api.get("Patient/_history").json()
+    assert len(history["entry"]) == 3  # still version 1 each: the retry wrote nothing
+
+
+def test_transaction_with_delete_put_and_get(api, village):
+    keep = created(api.post("Patient", patient("300000001", "Roe", "Ann", village)))
+    gone = created(api.post("Patient", patient("300000002", "Roe", "Bob", village)))
+    renamed = copy.deepcopy(keep)
+    renamed["name"][0]["given"] = ["Anna"]
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "GET", "url": f"Patient/{keep['id']}"}},
+        {"resource": renamed, "request": {"method": "PUT", "url": f"Patient/{keep['id']}"}},
+        {"request": {"method": "DELETE", "url": f"Patient/{gone['id']}"}},
+    ]}
+    answer = post_bundle(api, bundle)
+    get_entry, put_entry, delete_entry = answer["entry"]
+    assert put_entry["response"]["status"] == "200 OK"
+    assert put_entry["resource"]["name"][0]["given"] == ["Anna"]
+    assert delete_entry["response"]["status"] == "204 No Content"
+    assert get_entry["resource"]["name"][0]["given"] == ["Anna"]  # GETs run after the writes
+    assert api.get(f"Patient/{gone['id']}").status_code == 410
+
+
+# --- batch --------------------------------------------------------------------------------------------------
+
+
+def test_batch_entries_succeed_or_fail_on_their_own(api, village):
+    good = patient("400000001", "Poe", "Al", village)
+    bad = patient("400000002", "Poe", "Bo", village)
+    bad["gender"] = "robot"
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": good, "request": {"method": "POST", "url": "Patient"}},
+        {"resource": bad, "request": {"method": "POST", "url": "Patient"}},
+        {"request": {"method": "GET", "url": "Patient?identifier=400000001"}},
+        {"request": {"method": "GET", "url": "Patient/does-not-exist"}},
+    ]}
+    answer = post_bundle(api, bundle)
+    assert answer["type"] == "batch-response"
+    statuses = [e["response"]["status"] for e in answer["entry"]]
+    assert statuses[0] == "201 Created"
+    assert statuses[1] == "400"
+    assert answer["entry"][1]["response"]["outcome"]["resourceType"] == "OperationOutcome"
+    assert statuses[2] == "200 OK"
+    assert answer["entry"][2]["resource"]["resourceType"] == "Bundle"
+    assert len(answer["entry"][2]["resource"]["entry"]) == 1
+    assert statuses[3] == "404"
+    assert count(api, "Patient?family=poe") == 1
+
+
+# --- conditional create and update --------------------------------------------------------------------------
+
+
+def test_if_none_exist_header_makes_a_create_idempotent(api, village):
+    body = patient("500000001", "Moe", "Cy", village)
+    headers = {"If-None-Exist": "identifier=500000001"}
+    first = api.post("Patient", body, headers=headers)
+    assert first.status_code == 201
+    second = api.post("Patient", body, headers=headers)
+    assert second.status_code == 200
+    assert second.json()["id"] == first.json()["id"]
+    assert second.headers["ETag"] == 'W/"1"'
+    assert count(api, "Patient?identifier=500000001") == 1
+
+
+def test_if_none_exist_matching_several_is_a_412(api, village):
+    created(api.post("Patient", patient("500000002", "Moe", "Di", village)))
+    created(api.post("Patient", patient("500000003", "Moe", "Ed", village)))
+    resp = api.post("Patient", patient("500000004", "Moe", "Fa", village), headers={"If-None-Exist": "family=moe"})
+    assert resp.status_code == 412
+    assert count(api, "Patient?family=moe") == 2
+
+
+def test_conditional_update_creates_then_updates(api, village):
+    body = patient("600000001", "Zoe", "Gi", village)
+    first = api.put("Patient?identifier=600000001", body)
+    assert first.status_code == 201, first.text
+    body["name"][0]["given"] = ["Gina"]
+    second = api.put("Patient?identifier=600000001", body)
+    assert second.status_code == 200, second.text
+    assert second.json()["id"] == first.json()["id"]
+    assert second.json()["meta"]["versionId"] == "2"
+    created(api.post("Patient", patient("600000002", "Zoe", "Ho", village)))
+    assert api.put("Patient?family=zoe", body).status_code == 412
+
+
+def test_conditional_interactions_check_their_criteria(api, village):
+    body = patient("700000001", "Xu", "Io", village)
+    assert api.post("Patient", body, headers={"If-None-Exist": "frobnicate=1"}).status_code == 400
+    assert api.put("Patient?birthdate=garbage", body).status_code == 400
+
+
+# --- bad Bundles ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("payload, status", [
+    (b"{not json", 400),
+    (b'{"resourceType": "Patient"}', 400),
+    (b'{"resourceType": "Bundle", "type": "collection"}', 400),
+    (b'{"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": {}}]}', 400),
+    (b'{"resourceType": "Bundle", "type": "transaction", "entry": {"a": 1}}', 400),
+    (b'{"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "PATCH", "url": "Patient/1"}}]}',
+     405),
+])
+def test_bad_bundles_get_an_operation_outcome(api, payload, status):
+    resp = api.client.post("/fhir/", content=payload,
+                           headers={**api.headers(), "Content-Type": "application/fhir+json"})
+    assert resp.status_code == status, resp.text
+    assert resp.json()["resourceType"] == "OperationOutcome"
+
+
+def test_too_many_entries_is_refused(api):
+    bundle = {"resourceType": "Bundle", "type": "batch",
+              "entry": [{"request": {"method": "GET", "url": "Patient/x"}}] * 1001}
+    resp = api.client.post("/fhir/", json=bundle, headers=api.headers())
+    assert resp.status_code == 413
