@@ -91,6 +91,20 @@ def cmd_user_create(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_jobs(settings: Settings, _args: argparse.Namespace) -> int:
+    from hifhir.jobs import refresh_coverage_flags
+    from hifhir.setup import prepare
+
+    engine = _engine(settings)
+    prepare(settings, engine)
+    try:
+        changed = refresh_coverage_flags(engine)
+    finally:
+        engine.dispose()
+    print(f"coverage flags: {changed} insurees changed")
+    return 0
+
+
 def cmd_codes(settings: Settings, args: argparse.Namespace) -> int:
     """Administer the openIMIS code lists without the API (the same rules as PUT CodeSystem)."""
     from hifhir.setup import prepare
@@ -182,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     deactivating.add_argument("code")
     codes_sub.add_parser("seed-diagnoses", help="load the IG's 1,910 ICD-10 diagnoses into an empty diagnosis list")
     codes.set_defaults(func=cmd_codes)
+    jobs = sub.add_parser("jobs", help="run the calendar-driven jobs once (expiries; `serve` runs them hourly)")
+    jobs.set_defaults(func=cmd_jobs)
     args = parser.parse_args(argv)
     return int(args.func(load_settings(), args))
 

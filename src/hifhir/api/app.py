@@ -3,6 +3,7 @@ content negotiation and the mapping of every failure to an OperationOutcome."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from typing import Any
@@ -41,6 +42,7 @@ _HOST_RE = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9a-fA-F:]+\](:\d{1,5}
 _JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
 _FORMAT_OK = {"json", "application/json", "application/fhir+json", "fhir+json", "application/json+fhir"}
 PING_BODY = b'{"status":"ok"}'
+JOB_INTERVAL_S = 3600.0
 
 
 class HifhirApp:
@@ -50,6 +52,7 @@ class HifhirApp:
         self.reader = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self.tokens = TokenService(settings.jwt_secret, settings.token_lifetime_s)
         self.principals = PrincipalCache(self.engine)
+        self._jobs: asyncio.Task[None] | None = None
 
     # --- ASGI entry point ------------------------------------------------------------------------------
 
@@ -102,11 +105,26 @@ class HifhirApp:
                 # Compile the served profiles now rather than inside the first requests (only those: compiling
                 # every IG profile would cost each worker ~30 MB more).
                 warm_up([k.profile for k in ALL_KINDS])
+                self._jobs = asyncio.get_running_loop().create_task(self._run_jobs())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self._jobs is not None:
+                    self._jobs.cancel()
                 self.engine.dispose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _run_jobs(self) -> None:
+        """Calendar-driven work (jobs.py) at start and then hourly, off the event loop."""
+        from hifhir.jobs import refresh_coverage_flags
+
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await loop.run_in_executor(None, refresh_coverage_flags, self.engine)
+            except Exception:  # a failed run is retried at the next tick; requests are unaffected
+                log.exception("periodic job failed")
+            await asyncio.sleep(JOB_INTERVAL_S)
 
     # --- routing ---------------------------------------------------------------------------------------
 
