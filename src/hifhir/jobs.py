@@ -10,16 +10,17 @@ once, and concurrent runs only find nothing left to do.
 from __future__ import annotations
 
 import logging
-from datetime import date
+from datetime import date, timedelta
 
-from sqlalchemy import Engine, Exists, exists, select, update
+from sqlalchemy import Connection, Engine, Exists, and_, exists, insert, or_, select, update
 
 from hifhir.fhir.kind import WriteContext
 from hifhir.store.db import transaction
-from hifhir.store.tables import POLICY_ACTIVE, insuree, insuree_policy, is_current, policy
+from hifhir.store.tables import POLICY_ACTIVE, insuree, insuree_policy, is_current, job_run, policy
 
 log = logging.getLogger("hifhir.jobs")
 JOB_USER = "hifhir-jobs"  # user_name on the history rows the job writes
+COVERAGE_JOB = "coverage-flags"
 
 
 def covered_on(today: date) -> Exists:
@@ -34,28 +35,49 @@ def covered_on(today: date) -> Exists:
     )
 
 
+def start_job_clock(conn: Connection) -> None:
+    """A database without insurees has no coverage flag to fix: its job clock starts today, so the first runs look
+    only at what changes from now on (an existing database without a clock gets one full check instead)."""
+    if conn.execute(select(job_run.c.name).where(job_run.c.name == COVERAGE_JOB)).first() is not None:
+        return
+    if conn.execute(select(insuree.c.pk).limit(1)).first() is None:
+        conn.execute(insert(job_run).values(name=COVERAGE_JOB, last_day=date.today()))
+
+
 def refresh_coverage_flags(engine: Engine, today: date | None = None) -> int:
     """Set has_active_policy where the calendar changed it and re-version those Patients and Groups; returns how
-    many insurees changed."""
+    many insurees changed. Only the insurees whose coverage window opened or closed since the last run are looked
+    at (the first run ever checks everybody), so the hourly runs of every worker cost one indexed query."""
     today = today or date.today()
-    covered = covered_on(today)
-    stale = select(insuree.c.pk, insuree.c.family_pk, covered.label("now_active")).where(
-        is_current(insuree), insuree.c.has_active_policy != covered)
     with transaction(engine, write=True) as conn:
-        rows = conn.execute(stale).all()
-        if not rows:
+        last = conn.execute(select(job_run.c.last_day).where(job_run.c.name == COVERAGE_JOB)).scalar()
+        if last is not None and last >= today:
             return 0
-        ctx = WriteContext(conn, JOB_USER)
-        for value in (True, False):
-            pks = [r.pk for r in rows if bool(r.now_active) is value]
-            for start in range(0, len(pks), 500):
-                conn.execute(update(insuree).where(insuree.c.pk.in_(pks[start:start + 500]))
-                             .values(has_active_policy=value))
-        for row in rows:
-            ctx.mark("patient", int(row.pk))
-            if row.family_pk is not None:
-                ctx.mark("group", int(row.family_pk))
-        ctx.flush()
-    log.info("coverage flags refreshed for %d insurees", len(rows))
+        candidates = select(insuree.c.pk)
+        if last is not None:
+            ip, since = insuree_policy, last - timedelta(days=1)
+            candidates = select(ip.c.insuree_pk).where(is_current(ip), or_(
+                and_(ip.c.expiry_date >= since, ip.c.expiry_date < today),
+                and_(ip.c.effective_date >= since, ip.c.effective_date <= today)))
+        covered = covered_on(today)
+        rows = conn.execute(select(insuree.c.pk, insuree.c.family_pk, covered.label("now_active")).where(
+            insuree.c.pk.in_(candidates), is_current(insuree), insuree.c.has_active_policy != covered)).all()
+        if rows:
+            ctx = WriteContext(conn, JOB_USER)
+            for value in (True, False):
+                pks = [r.pk for r in rows if bool(r.now_active) is value]
+                for start in range(0, len(pks), 500):
+                    conn.execute(update(insuree).where(insuree.c.pk.in_(pks[start:start + 500]))
+                                 .values(has_active_policy=value))
+            for row in rows:
+                ctx.mark("patient", int(row.pk))
+                if row.family_pk is not None:
+                    ctx.mark("group", int(row.family_pk))
+            ctx.flush()
+        if last is None:
+            conn.execute(insert(job_run).values(name=COVERAGE_JOB, last_day=today))
+        else:
+            conn.execute(update(job_run).where(job_run.c.name == COVERAGE_JOB).values(last_day=today))
+    if rows:
+        log.info("coverage flags refreshed for %d insurees", len(rows))
     return len(rows)
-

@@ -8,6 +8,7 @@ from hifhir.auth.roles import SYSTEM_ROLES
 from hifhir.auth.users import create_user, ensure_role
 from hifhir.config import Settings
 from hifhir.fhir.profiles.organization import sync_insurer
+from hifhir.jobs import start_job_clock
 from hifhir.store import migrate
 from hifhir.store.codelists import seed_code_lists
 from hifhir.store.db import transaction
@@ -23,6 +24,7 @@ def prepare(settings: Settings, engine: Engine) -> None:
         for name, flag, rights in SYSTEM_ROLES:
             ensure_role(conn, name, flag, rights)
         sync_insurer(conn, settings.insurer)
+        start_job_clock(conn)
 
 
 def ensure_admin(engine: Engine, username: str = DEMO_ADMIN[0], password: str = DEMO_ADMIN[1]) -> bool:

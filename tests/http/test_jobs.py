@@ -52,34 +52,49 @@ def enrol(engine: Any, ids: dict[str, str], *, effective: date, expiry: date, fl
         conn.execute(update(insuree).where(insuree.c.pk == person.pk).values(has_active_policy=flag))
 
 
+TOMORROW = TODAY + timedelta(days=1)
+
+
 def test_an_expired_policy_turns_the_patient_and_the_family_inactive(api, engine, household):
-    enrol(engine, household, effective=TODAY - timedelta(days=400), expiry=TODAY - timedelta(days=1), flag=True)
+    # the server ran the job at start (today); the policy expires tonight
+    enrol(engine, household, effective=TODAY - timedelta(days=400), expiry=TODAY, flag=True)
+    assert refresh_coverage_flags(engine, TODAY) == 0  # still covered today (and today's run is done)
     before = int(api.get(f"Patient/{household['patient']}").json()["meta"]["versionId"])
     group_before = int(api.get(f"Group/{household['group']}").json()["meta"]["versionId"])
-    assert refresh_coverage_flags(engine, TODAY) == 1
+    assert refresh_coverage_flags(engine, TOMORROW) == 1
     patient_now = api.get(f"Patient/{household['patient']}").json()
     assert patient_now["active"] is False
     assert patient_now["meta"]["versionId"] == str(before + 1)
     history = api.get(f"Patient/{household['patient']}/_history").json()
     assert history["entry"][0]["resource"]["active"] is False
     assert api.get(f"Group/{household['group']}").json()["meta"]["versionId"] == str(group_before + 1)
-    assert refresh_coverage_flags(engine, TODAY) == 0  # idempotent: nothing left to do
+    assert refresh_coverage_flags(engine, TOMORROW) == 0  # idempotent: nothing left to do
 
 
-def test_a_coverage_that_starts_today_turns_the_patient_active(api, engine, household):
-    enrol(engine, household, effective=TODAY, expiry=TODAY + timedelta(days=364), flag=False)
-    assert refresh_coverage_flags(engine, TODAY - timedelta(days=1)) == 0  # not yet
-    assert refresh_coverage_flags(engine, TODAY) == 1
+def test_a_coverage_that_starts_tomorrow_turns_the_patient_active_then(api, engine, household):
+    enrol(engine, household, effective=TOMORROW, expiry=TODAY + timedelta(days=365), flag=False)
+    assert refresh_coverage_flags(engine, TODAY) == 0  # not yet
+    assert refresh_coverage_flags(engine, TOMORROW) == 1
     assert api.get(f"Patient/{household['patient']}").json()["active"] is True
     assert api.get(f"Group/{household['group']}").json()["active"] is True
     assert api.get("Patient?active=true").json()["entry"][0]["resource"]["id"] == household["patient"]
 
 
+def test_a_first_run_checks_everybody(api, engine, household):
+    from hifhir.store.tables import job_run
+
+    enrol(engine, household, effective=TODAY - timedelta(days=30), expiry=TODAY - timedelta(days=3), flag=True)
+    with transaction(engine, write=True) as conn:
+        conn.execute(job_run.delete())  # as on a database the job never ran on
+    assert refresh_coverage_flags(engine, TODAY) == 1
+    assert api.get("Patient?active=true").json().get("entry") is None
+
+
 def test_the_job_writes_history_under_its_own_name(api, engine, household):
     from hifhir.store.tables import resource_version
 
-    enrol(engine, household, effective=TODAY - timedelta(days=10), expiry=TODAY - timedelta(days=1), flag=True)
-    refresh_coverage_flags(engine, TODAY)
+    enrol(engine, household, effective=TODAY - timedelta(days=10), expiry=TODAY, flag=True)
+    refresh_coverage_flags(engine, TOMORROW)
     with engine.connect() as conn:
         users = conn.execute(select(resource_version.c.user_name).where(
             resource_version.c.res_id == household["patient"]).order_by(resource_version.c.version)).scalars().all()

@@ -589,6 +589,17 @@ insuree_policy = Table(
     Column("deleted", Boolean, nullable=False, server_default=text("false")),
     current_unique("insuree_policy", "policy_pk", "insuree_pk"),
     current_index("insuree_policy", "insuree_pk"),
+    # the calendar job looks up the coverage windows that opened or closed since its last run
+    current_index("insuree_policy", "effective_date"),
+    current_index("insuree_policy", "expiry_date"),
+)
+
+# When each calendar-driven job (jobs.py) last completed, so that a run only looks at what changed since.
+job_run = Table(
+    "job_run",
+    metadata,
+    Column("name", String(40), primary_key=True),
+    Column("last_day", Date, nullable=False),
 )
 
 premium = Table(

@@ -1,15 +1,15 @@
 """initial schema
 
-Revision ID: c6dc4e6a1d1a
+Revision ID: 3d924e2cdf17
 Revises: 
-Create Date: 2026-11-25 20:37:46.903429
+Create Date: 2026-11-25 20:50:08.722041
 """
 
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = 'c6dc4e6a1d1a'
+revision = '3d924e2cdf17'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -76,6 +76,11 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_insurer_org_last_updated'), ['last_updated'], unique=False)
         batch_op.create_index(batch_op.f('ix_insurer_org_uuid'), ['uuid'], unique=False)
 
+    op.create_table('job_run',
+    sa.Column('name', sa.String(length=40), nullable=False),
+    sa.Column('last_day', sa.Date(), nullable=False),
+    sa.PrimaryKeyConstraint('name', name=op.f('pk_job_run'))
+    )
     op.create_table('location',
     sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('id', sa.String(length=64).with_variant(sa.String(length=64, collation='C'), 'postgresql'), nullable=False),
@@ -885,6 +890,8 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('pk', name=op.f('pk_insuree_policy'))
     )
     with op.batch_alter_table('insuree_policy', schema=None) as batch_op:
+        batch_op.create_index('ix_insuree_policy_effective_date_current', ['effective_date'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.create_index('ix_insuree_policy_expiry_date_current', ['expiry_date'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.create_index('ix_insuree_policy_insuree_pk_current', ['insuree_pk'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.create_index('uq_insuree_policy_policy_pk_insuree_pk_current', ['policy_pk', 'insuree_pk'], unique=True, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
 
@@ -921,6 +928,8 @@ def downgrade() -> None:
     with op.batch_alter_table('insuree_policy', schema=None) as batch_op:
         batch_op.drop_index('uq_insuree_policy_policy_pk_insuree_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.drop_index('ix_insuree_policy_insuree_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index('ix_insuree_policy_expiry_date_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index('ix_insuree_policy_effective_date_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
 
     op.drop_table('insuree_policy')
     with op.batch_alter_table('eligibility_response', schema=None) as batch_op:
@@ -1085,6 +1094,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_location_last_updated'))
 
     op.drop_table('location')
+    op.drop_table('job_run')
     with op.batch_alter_table('insurer_org', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_insurer_org_uuid'))
         batch_op.drop_index(batch_op.f('ix_insurer_org_last_updated'))
