@@ -276,6 +276,8 @@ def prepare_write(call: Call, resource_type: str, resource: Any, res_id: str | N
             raise invalid(f"The resource id must be present and equal '{res_id}'", f"{resource_type}.id")
     kind = select_kind(kinds, resource)
     _require_writable(kind)
+    if (res_id is not None or conditional) and not kind.updatable:
+        raise FhirError.one(405, "not-supported", f"{resource_type} is created once (POST) and never changed")
     if res_id is None and not conditional:
         require_right(call, kind.rights.create, f"create {resource_type}")
     else:  # an update may turn out to be a create (update-as-create, no conditional match): checked again then
@@ -315,7 +317,8 @@ def apply_create(call: Call, ctx: WriteContext, prepared: PreparedWrite, if_none
     ctx.new_id, ctx.id_from_client = new_id or str(uuid.uuid4()), False
     pk = prepared.kind.write(ctx, prepared.resource, None)
     ctx.mark(prepared.kind.name, pk)
-    return Pending(201, prepared.kind, pk)
+    answer_kind, answer_pk, status = prepared.kind.create_answer(ctx, pk)  # RPC-style creates answer otherwise
+    return Pending(status, KINDS[answer_kind], answer_pk)
 
 
 def apply_update(call: Call, ctx: WriteContext, prepared: PreparedWrite, res_id: str,
@@ -374,6 +377,8 @@ def apply_delete(call: Call, ctx: WriteContext, resource_type: str, res_id: str,
         raise not_found(f"{resource_type}/{res_id} not found")
     kind, row = found
     _require_writable(kind)
+    if not kind.deletable:
+        raise FhirError.one(405, "not-supported", f"{resource_type} is a record: it cannot be deleted")
     require_right(call, kind.rights.delete, f"delete {resource_type}")
     if if_match is not None and _if_match_version(if_match) != str(row.version_id):
         raise FhirError.one(412, "conflict", f"Version conflict: {resource_type}/{res_id} is at version "
@@ -415,7 +420,7 @@ def create(call: Call, resource_type: str, body: bytes, if_none_exist: str | Non
         return existing_response(call, *pending.existing)
     written = pending.written(flushed)
     assert written is not None
-    return written_response(call, written, 201)
+    return written_response(call, written, pending.status)
 
 
 def _require_writable(kind: ResourceKind) -> None:

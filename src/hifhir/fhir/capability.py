@@ -83,7 +83,11 @@ def capability_statement(base_url: str) -> dict[str, Any]:
         kinds = TYPES[rtype]
         interactions = ["read", "vread", "search-type", "history-instance", "history-type"]
         if any(k.writable for k in kinds):
-            interactions += ["create", "update", "delete"]
+            interactions.append("create")
+        if any(k.writable and k.updatable for k in kinds):
+            interactions.append("update")
+        if any(k.writable and k.deletable for k in kinds):
+            interactions.append("delete")
         params: dict[str, dict[str, Any]] = {}
         for kind in kinds:
             for p in kind.search_params.values():

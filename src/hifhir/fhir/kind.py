@@ -51,6 +51,9 @@ class ResourceKind:
     code_column: str | None = "code"  # the column behind identifier[Code]
     rights: Rights = Rights()
     writable: bool = True
+    # Writable kinds that are records of an event (an eligibility enquiry) are created once and never changed.
+    updatable: bool = True
+    deletable: bool = True
     search_params: dict[str, SearchParam]
     sort_params: dict[str, Any]
 
@@ -72,6 +75,12 @@ class ResourceKind:
 
     def delete(self, ctx: WriteContext, current: Row) -> None:
         """Domain rules for a logical delete (e.g. a family head cannot just vanish). Default: allowed."""
+
+    def create_answer(self, ctx: WriteContext, pk: int) -> tuple[str, int, int]:
+        """What a create answers with, as (kind name, pk, HTTP status): the created resource and 201, except for
+        the IG's RPC-style creates, which answer with another resource written in the same transaction
+        (POST CoverageEligibilityRequest → 200 with the CoverageEligibilityResponse)."""
+        return self.name, pk, 201
 
     def current_row(self, conn: Connection, res_id: str, *, for_update: bool = False) -> Row | None:
         stmt = select(self.table).where(self.table.c.id == res_id)
@@ -138,6 +147,9 @@ class WriteContext:
     created: dict[tuple[str, int], str] = field(default_factory=dict)  # (table, pk) → id, inserted at version 1
     # (table, column) → (value, message, expression) for uniqueness left to the partial unique indexes
     unique: dict[tuple[str, str], tuple[str, str, str]] = field(default_factory=dict)
+    # (kind name, pk) → body a write built itself, used by flush instead of render() (resources whose content
+    # is not in columns, e.g. an eligibility enquiry and its answer)
+    prerendered: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
 
     def insert(self, table: Table, values: dict[str, Any]) -> int:
         """Insert a new entity already at version 1, so that flush needs no version bump for it."""
@@ -254,7 +266,10 @@ class WriteContext:
             existing = [pk for pk in pk_list if (t.name, pk) not in self.created]
             if existing:
                 rows += self.conn.execute(_bump_versions(t), {"pks": existing, "now": self.now}).all()
-            bodies = kind.render(self.conn, pk_list)
+            given = {pk: self.prerendered.pop((kind_name, pk)) for pk in pk_list
+                     if (kind_name, pk) in self.prerendered}
+            to_render = [pk for pk in pk_list if pk not in given]
+            bodies = {**(kind.render(self.conn, to_render) if to_render else {}), **given}
             for pk, res_id, version in rows:
                 resource: dict[str, Any] = {
                     "resourceType": kind.resource_type,
@@ -287,6 +302,7 @@ class WriteContext:
         self.touched.clear()
         self.deleted.clear()
         self.created.clear()
+        self.prerendered.clear()
         return out
 
     def _history_row(

@@ -18,6 +18,14 @@ SD = f"{B}/StructureDefinition/"
 # (see fhir/profiles/insurance_plan.py for the mapping to the product's columns).
 MAX_OVERRIDES: dict[tuple[str, str], str] = {
     (SD + "openimis-insurance-plan", "InsurancePlan.plan.generalCost"): "*",
+    # CoverageEligibilityResponse: the benefit package lists 6 `*_left` counts and 5 category amounts, which fill
+    # the IG's 0..11 (amount slice 0..5); the deductibles and ceilings left (3 + 3 codes of CodeSystem
+    # coverage-item-benefit-type, ig/README.md §3a) would not fit. Raised to 17 (amount slice 11) so that an
+    # enquiry reports them (fhir/profiles/eligibility.py); each code still appears at most once.
+    (SD + "openimis-coverage-eligibility-response",
+     "CoverageEligibilityResponse.insurance.item:benefit.benefit"): "17",
+    (SD + "openimis-coverage-eligibility-response",
+     "CoverageEligibilityResponse.insurance.item:benefit.benefit:amount"): "11",
 }
 
 # (profile url, sliced element id) -> extra discriminator values accepted although no
@@ -59,5 +67,11 @@ VALUESET_ADDITIONS: dict[str, frozenset[tuple[str, str]]] = {
     f"{B}/ValueSet/group-type": frozenset(
         [(f"{B}/CodeSystem/group-type", c) for c in _GROUP_TYPE_CODES]
         + [("http://hl7.org/fhir/group-type", c) for c in _GROUP_TYPE_CODES]
+    ),
+    # README §3b: VS coverage-item-benefit-type-amount-left (the amount slice of the eligibility response's
+    # benefit package) has the hospital/non-hospital deductions and ceilings but leaves out `total_deduction`
+    # and `total_ceiling`, which its CodeSystem defines for the general (not care-specific) ones.
+    f"{B}/ValueSet/coverage-item-benefit-type-amount-left": frozenset(
+        (f"{B}/CodeSystem/coverage-item-benefit-type", c) for c in ("total_deduction", "total_ceiling")
     ),
 }

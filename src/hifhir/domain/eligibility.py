@@ -1,0 +1,515 @@
+"""Eligibility: is an insuree covered today, for what, and how much is left (domain §3.2).
+
+`evaluate()` answers an enquiry for one insuree, optionally about medical items and services given by code, as of
+`today`. It returns plain dataclasses (the FHIR mapping lives in `fhir/profiles/eligibility.py`).
+
+Which coverage counts: the insuree's current `insuree_policy` rows that have an effective date, whose policy is
+Active (status 2) and not expired (policy and member expiry dates ≥ today; expired is never stored, see
+`store/tables.py`). Idle, ready and suspended policies do not cover. Each such row is one `PolicyEligibility`, in
+the order of the member's effective dates.
+
+Per requested service or item and per policy (§3.2.1, `uspServiceItemEnquiry`):
+* covered = the policy's product has a coverage line (product_service / product_item) for it;
+* MinDate = the member's effective date + the line's waiting period for adults or children (exact age today,
+  adult = 18+, domain §6.1); months are added calendar-wise, clamped to the month's last day (T-SQL DATEADD);
+* Left = the line's LimitNo for adults/children (0 or none = unlimited, as legacy NULLIF) − Σ coalesce(qty
+  approved, qty provided) of that service/item on passed lines (status 1) of the insuree's claims with status > 2
+  (checked, processed, valuated), clamped at 0;
+* OK = covered, MinDate reached, Left ≠ 0, and for service categories S, C and D: surgeries / consultations /
+  deliveries left ≠ 0 and the product's MaxAmountSurgery / …Consultation / …Delivery (when set) > 0.
+The summary over the policies (`LineSummary`) keeps the legacy semantics: MinDate = the earliest MinDate already
+reached, else the earliest overall; Left = unlimited if a reached policy has no limit, else the largest Left among
+reached policies; OK = OK under at least one policy.
+
+Product counters per claim category H, V, C, S, D, A: MaxNo<Category> − the insuree's claims with status > 2 of
+that category having a passed service line, clamped at 0; none when the product sets no maximum (unlimited).
+Amounts per category are the product's MaxAmount<Category> unchanged: they cap each claim of the category
+(§3.4.3), usage does not reduce them (legacy, "amount must remain constant").
+
+Deductibles and ceilings (§3.2.3, §3.4.3) for the general, in-patient (IP) and out-patient (OP) families, each
+taken from the first of the treatment, insuree and policy columns that is set and non-zero (0 means "not this
+kind", as the product GUI writes it):
+* treatment: the amount as is (it applies afresh to each claim);
+* insuree: the amount − what this insuree's processed claims on the policy consumed (claim_ded_rem: Σ DedG /
+  DedIP / DedOP for deductibles, Σ RemG / RemIP / RemOP for ceilings);
+* policy: the amount − what all members' claims on the policy consumed; the policy ceiling is first raised by
+  (members − Threshold) × the extra-member ceiling and capped by MaxCeilingPolicy.
+
+Deliberate differences from the legacy procedure (documented divergences):
+* usage (quantities and category counts) is counted within the member's coverage window [effective date, expiry
+  date] of each policy, by the claim's last day, and for lines assigned to that policy's product (or not yet
+  assigned): the limits are "per insurance period" (domain §2.14) while the legacy sums every claim ever made;
+* counters and the category checks are per policy instead of the legacy `TOP 1` product;
+* items and services are never swapped (the reference converter swaps them, domain §3.2.2).
+
+Cost: at most four indexed queries (policies with their product terms; codes with their coverage lines; claim
+usage, only when a limit or a category maximum applies; consumed deductibles/ceilings, only when the product sets
+one), none per policy.
+"""
+
+from __future__ import annotations
+
+import calendar
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+from typing import Any, Literal
+
+from sqlalchemy import Connection, String, and_, bindparam, false, func, literal, null, select, union_all
+
+from hifhir.store.tables import (
+    CLAIM_ENTERED,
+    LINE_PASSED,
+    POLICY_ACTIVE,
+    claim,
+    claim_ded_rem,
+    claim_item,
+    claim_service,
+    coverage,
+    insuree,
+    insuree_policy,
+    is_current,
+    medical_item,
+    medical_service,
+    policy,
+    product,
+    product_item,
+    product_service,
+)
+
+ProvisionKind = Literal["item", "service"]
+ADULT_AGE = 18
+
+# Claim categories with a product maximum (domain §2.14): code → the product's MaxNo / MaxAmount column suffix.
+CATEGORIES: dict[str, tuple[str, str | None]] = {
+    "H": ("hospitalization", "hospitalization"),
+    "V": ("visits", None),  # visits have a maximum number but no maximum amount
+    "C": ("consultation", "consultation"),
+    "S": ("surgery", "surgery"),
+    "D": ("delivery", "delivery"),
+    "A": ("antenatal", "antenatal"),
+}
+# Service categories whose coverage also depends on the product's counter and amount for that category (§3.2.1).
+CHECKED_SERVICE_CATEGORIES = ("S", "C", "D")
+CARE = {"general": "", "ip": "_ip", "op": "_op"}  # deductible/ceiling families → column infix
+SCOPES = ("treatment", "insuree", "policy")
+
+
+# --- results -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Counter:
+    """A product's maximum number of claims of one category per insuree and insurance period."""
+
+    category: str
+    maximum: int | None  # None: the product sets no maximum (unlimited)
+    used: int
+
+    @property
+    def left(self) -> int | None:
+        return None if self.maximum is None else max(0, self.maximum - self.used)
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """A deductible or a ceiling of one family (general, ip, op) and what is left of it."""
+
+    scope: str  # treatment | insuree | policy: which product column applies
+    amount: Decimal  # the product's amount (a policy ceiling raised for extra members, capped)
+    consumed: Decimal  # by earlier processed claims (0 for a per-treatment amount)
+
+    @property
+    def left(self) -> Decimal:
+        return max(Decimal(0), self.amount - self.consumed)
+
+
+@dataclass(frozen=True, slots=True)
+class Provision:
+    """A requested item or service; `pk` None when no current item/service has the code."""
+
+    kind: ProvisionKind
+    code: str
+    pk: int | None = None
+    category: str | None = None  # a service's category (S, C, D, A, H, O, V) or none
+
+
+@dataclass(frozen=True, slots=True)
+class LineCoverage:
+    """One requested item or service under one policy."""
+
+    provision: Provision
+    covered: bool  # the product has a coverage line for it
+    min_date: date | None = None  # earliest date of coverage (after the waiting period)
+    limit: int | None = None  # max quantity per insurance period; None = unlimited
+    used: Decimal = Decimal(0)
+    ok: bool = False
+    reason: str | None = None  # why it is not OK, in words
+
+    @property
+    def left(self) -> int | None:
+        if self.limit is None:
+            return None
+        return max(0, int(Decimal(self.limit) - self.used))
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyEligibility:
+    """What one active policy gives the insuree today."""
+
+    policy_pk: int
+    policy_id: str
+    coverage_id: str  # the Coverage resource of the policy
+    product_pk: int
+    product_code: str
+    product_name: str
+    effective_date: date  # the member's own coverage window (insuree_policy)
+    expiry_date: date
+    counters: dict[str, Counter]  # by claim category, H V C S D A
+    amounts: dict[str, Decimal | None]  # MaxAmount by category H C S D A; None = no maximum
+    deductibles: dict[str, Balance]  # by family general | ip | op; absent when the product has none
+    ceilings: dict[str, Balance]
+    lines: tuple[LineCoverage, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LineSummary:
+    """A requested item or service over all active policies (legacy semantics, see the module docstring)."""
+
+    provision: Provision
+    covered: bool
+    min_date: date | None
+    left: int | None
+    ok: bool
+
+    @property
+    def known(self) -> bool:
+        return self.provision.pk is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Eligibility:
+    insuree_pk: int
+    today: date
+    policies: tuple[PolicyEligibility, ...]
+    lines: tuple[LineSummary, ...]  # the requested items, then services, in request order
+
+    @property
+    def insured(self) -> bool:
+        return bool(self.policies)
+
+
+# --- dates ---------------------------------------------------------------------------------------------------
+
+
+def add_months(day: date, months: int) -> date:
+    """Calendar months later, clamped to the last day of the month (T-SQL DATEADD(MONTH, …))."""
+    years, month0 = divmod(day.month - 1 + months, 12)
+    year, month = day.year + years, month0 + 1
+    return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
+
+
+def age_at(birth: date, day: date) -> int:
+    """Exact age in whole years on `day` (domain §6.1)."""
+    return day.year - birth.year - ((day.month, day.day) < (birth.month, birth.day))
+
+
+# --- queries (built once) ------------------------------------------------------------------------------------
+
+_DED_MAX_COLUMNS = tuple(f"{kind}{CARE[care]}_{scope}" for kind in ("ded", "max") for care in CARE
+                         for scope in SCOPES)
+_EXTRA_COLUMNS = ("max_policy_extra_member", "max_policy_extra_member_ip", "max_policy_extra_member_op",
+                  "max_ceiling_policy", "max_ceiling_policy_ip", "max_ceiling_policy_op")
+_PRODUCT_COLUMNS = (
+    "code", "name", "threshold",
+    *(f"max_no_{name}" for name, _ in CATEGORIES.values()),
+    *(f"max_amount_{name}" for _, name in CATEGORIES.values() if name),
+    *_DED_MAX_COLUMNS, *_EXTRA_COLUMNS,
+)
+
+_members = insuree_policy.alias("members")
+_MEMBER_COUNT = (
+    select(func.count())
+    .where(_members.c.policy_pk == policy.c.pk, _members.c.deleted == false(),
+           _members.c.effective_date <= bindparam("today"), _members.c.expiry_date >= bindparam("today"))
+    .scalar_subquery()
+)
+_POLICIES = (
+    select(
+        insuree_policy.c.policy_pk, insuree_policy.c.effective_date, insuree_policy.c.expiry_date,
+        policy.c.id.label("policy_id"), policy.c.product_pk, coverage.c.id.label("coverage_id"),
+        insuree.c.dob, _MEMBER_COUNT.label("members"),
+        *(product.c[name].label(f"p_{name}") for name in _PRODUCT_COLUMNS),
+    )
+    .select_from(
+        insuree_policy.join(policy, policy.c.pk == insuree_policy.c.policy_pk)
+        .join(product, product.c.pk == policy.c.product_pk)
+        .join(insuree, insuree.c.pk == insuree_policy.c.insuree_pk)
+        .outerjoin(coverage, coverage.c.policy_pk == policy.c.pk)
+    )
+    .where(
+        insuree_policy.c.insuree_pk == bindparam("insuree"),
+        insuree_policy.c.deleted == false(),
+        insuree_policy.c.effective_date.is_not(None),
+        insuree_policy.c.expiry_date >= bindparam("today"),
+        policy.c.deleted == false(),
+        policy.c.status == POLICY_ACTIVE,
+        policy.c.expiry_date >= bindparam("today"),
+    )
+    .order_by(insuree_policy.c.effective_date, policy.c.pk)
+)
+
+
+def _lines_statement() -> Any:
+    """The requested codes with the coverage lines the given products have for them (one row per code without
+    a line, one per (code, product) with one)."""
+    line_columns = ("waiting_period_adult", "waiting_period_child", "limit_no_adult", "limit_no_child")
+
+    def branch(kind: str, target: Any, lines: Any, fk: str, category: Any) -> Any:
+        return (
+            select(literal(kind, String).label("kind"), target.c.code, target.c.pk, category.label("category"),
+                   lines.c.product_pk, *(lines.c[c] for c in line_columns))
+            .select_from(target.outerjoin(lines, and_(
+                lines.c[fk] == target.c.pk, lines.c.product_pk.in_(bindparam("products", expanding=True)))))
+            .where(target.c.code.in_(bindparam(f"{kind}_codes", expanding=True)), is_current(target))
+        )
+
+    return union_all(
+        branch("item", medical_item, product_item, "item_pk", null()),
+        branch("service", medical_service, product_service, "service_pk", medical_service.c.category),
+    )
+
+
+_LINES = _lines_statement()
+
+
+def _usage_statement() -> Any:
+    """Passed lines of the insuree's checked/processed/valuated claims since a date. Every line, not only the
+    requested items' and services': the category counters need all service lines, and filtering on an item
+    would let a planner drive the query from that item's lines across all insurees."""
+    day = func.coalesce(claim.c.date_to, claim.c.date_from)
+
+    def branch(kind: str, lines: Any, fk: str) -> Any:
+        return (
+            select(literal(kind, String).label("kind"), claim.c.pk.label("claim_pk"), claim.c.category,
+                   day.label("day"), lines.c[fk].label("provision_pk"), lines.c.product_pk,
+                   func.coalesce(lines.c.qty_approved, lines.c.qty_provided).label("qty"))
+            .select_from(claim.join(lines, lines.c.claim_pk == claim.c.pk))
+            .where(claim.c.insuree_pk == bindparam("insuree"), claim.c.status > CLAIM_ENTERED, is_current(claim),
+                   lines.c.status == LINE_PASSED, day >= bindparam("since"))
+        )
+
+    return union_all(
+        branch("service", claim_service, "service_pk"),
+        branch("item", claim_item, "item_pk"),
+    )
+
+
+_USAGE = _usage_statement()
+_CONSUMED_COLUMNS = ("ded_g", "ded_ip", "ded_op", "rem_g", "rem_ip", "rem_op")
+_CONSUMED = (
+    select(claim_ded_rem.c.policy_pk, claim_ded_rem.c.insuree_pk,
+           *(func.sum(claim_ded_rem.c[c]).label(c) for c in _CONSUMED_COLUMNS))
+    .where(claim_ded_rem.c.policy_pk.in_(bindparam("policies", expanding=True)))
+    .group_by(claim_ded_rem.c.policy_pk, claim_ded_rem.c.insuree_pk)
+)
+
+
+# --- evaluation ----------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Line:
+    """A product's coverage line for a requested provision."""
+
+    waiting_adult: int | None
+    waiting_child: int | None
+    limit_adult: int | None
+    limit_child: int | None
+
+
+@dataclass(slots=True)
+class _Use:
+    kind: ProvisionKind
+    claim_pk: int
+    category: str | None
+    day: date
+    provision_pk: int
+    product_pk: int | None
+    qty: Decimal
+
+
+def evaluate(conn: Connection, insuree_pk: int, today: date, *, items: Sequence[str] = (),
+             services: Sequence[str] = ()) -> Eligibility:
+    """The insuree's eligibility today, for the given item and service codes (either may be empty)."""
+    rows = conn.execute(_POLICIES, {"insuree": insuree_pk, "today": today}).all()
+    product_pks = sorted({r.product_pk for r in rows})
+    provisions, lines = _provisions(conn, items, services, product_pks)
+    adult = bool(rows) and age_at(rows[0].dob, today) >= ADULT_AGE
+
+    usage: list[_Use] = []
+    if rows and _needs_usage(rows, lines, adult):
+        since = min(r.effective_date for r in rows)
+        usage = [_Use(u.kind, u.claim_pk, u.category, u.day, u.provision_pk, u.product_pk, u.qty or Decimal(0))
+                 for u in conn.execute(_USAGE, {"insuree": insuree_pk, "since": since})]
+    consumed: dict[tuple[int, bool], dict[str, Decimal]] = {}
+    if any(r._mapping[f"p_{c}"] for r in rows for c in _DED_MAX_COLUMNS):
+        for c in conn.execute(_CONSUMED, {"policies": [r.policy_pk for r in rows]}):
+            key = (c.policy_pk, c.insuree_pk == insuree_pk)
+            sums = consumed.setdefault(key, dict.fromkeys(_CONSUMED_COLUMNS, Decimal(0)))
+            for name in _CONSUMED_COLUMNS:
+                sums[name] += c._mapping[name] or Decimal(0)
+
+    policies = tuple(_policy(r, provisions, lines, usage, consumed, adult, today) for r in rows)
+    return Eligibility(insuree_pk, today, policies, tuple(_summary(p, policies, today) for p in provisions))
+
+
+def _provisions(conn: Connection, items: Sequence[str], services: Sequence[str], product_pks: list[int]
+                ) -> tuple[list[Provision], dict[tuple[str, int, int], _Line]]:
+    """The requested provisions (in request order, unknown codes with pk None) and the coverage lines the
+    products have for them, by (kind, provision pk, product pk)."""
+    requested = [("item", c) for c in _unique(items)] + [("service", c) for c in _unique(services)]
+    if not requested:
+        return [], {}
+    found: dict[tuple[str, str], tuple[int, str | None]] = {}
+    lines: dict[tuple[str, int, int], _Line] = {}
+    params = {"products": product_pks, "item_codes": _unique(items), "service_codes": _unique(services)}
+    for r in conn.execute(_LINES, params):
+        found[(r.kind, r.code)] = (r.pk, r.category or None)
+        if r.product_pk is not None:
+            lines[(r.kind, r.pk, r.product_pk)] = _Line(r.waiting_period_adult, r.waiting_period_child,
+                                                        r.limit_no_adult, r.limit_no_child)
+    provisions = []
+    for kind, code in requested:
+        pk, category = found.get((kind, code), (None, None))
+        provisions.append(Provision(kind, code, pk, category))  # type: ignore[arg-type]
+    return provisions, lines
+
+
+def _unique(codes: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(codes))
+
+
+def _limit(line: _Line, adult: bool) -> int | None:
+    limit = line.limit_adult if adult else line.limit_child
+    return limit or None  # 0 means no limit (legacy NULLIF(LimitNo, 0))
+
+
+def _needs_usage(rows: list[Any], lines: dict[tuple[str, int, int], _Line], adult: bool) -> bool:
+    """Claims matter only when a requested line has a quantity limit or a product sets a category maximum."""
+    if any(_limit(line, adult) is not None for line in lines.values()):
+        return True
+    return any(r._mapping[f"p_max_no_{name}"] is not None for r in rows for name, _ in CATEGORIES.values())
+
+
+def _in_window(use: _Use, row: Any) -> bool:
+    return row.effective_date <= use.day <= row.expiry_date and use.product_pk in (None, row.product_pk)
+
+
+def _policy(row: Any, provisions: list[Provision], lines: dict[tuple[str, int, int], _Line], usage: list[_Use],
+            consumed: dict[tuple[int, bool], dict[str, Decimal]], adult: bool, today: date) -> PolicyEligibility:
+    p = row._mapping
+    mine = [u for u in usage if _in_window(u, row)]
+    # A claim counts for its category when one of its service lines passed (legacy: tblClaimServices).
+    claims_by_category: dict[str, set[int]] = defaultdict(set)
+    for u in mine:
+        if u.kind == "service" and u.category:
+            claims_by_category[u.category].add(u.claim_pk)
+    counters = {cat: Counter(cat, p[f"p_max_no_{name}"], len(claims_by_category[cat]))
+                for cat, (name, _) in CATEGORIES.items()}
+    amounts = {cat: p[f"p_max_amount_{name}"] for cat, (_, name) in CATEGORIES.items() if name}
+    covered = []
+    for prov in provisions:
+        line = lines.get((prov.kind, prov.pk, row.product_pk)) if prov.pk is not None else None
+        covered.append(_line(prov, line, row, mine, counters, amounts, adult, today))
+    return PolicyEligibility(
+        policy_pk=row.policy_pk, policy_id=row.policy_id, coverage_id=row.coverage_id or row.policy_id,
+        product_pk=row.product_pk, product_code=p["p_code"], product_name=p["p_name"],
+        effective_date=row.effective_date, expiry_date=row.expiry_date,
+        counters=counters, amounts=amounts,
+        deductibles=_balances(row, "ded", consumed),
+        ceilings=_balances(row, "max", consumed),
+        lines=tuple(covered),
+    )
+
+
+_CATEGORY_WORDS = {"S": ("surgeries", "surgery"), "C": ("consultations", "consultation"),
+                   "D": ("deliveries", "delivery")}
+
+
+def _line(prov: Provision, line: _Line | None, row: Any, uses: list[_Use], counters: dict[str, Counter],
+          amounts: dict[str, Decimal | None], adult: bool, today: date) -> LineCoverage:
+    if prov.pk is None:
+        return LineCoverage(prov, False, reason=f"unknown {prov.kind} code '{prov.code}'")
+    if line is None:
+        return LineCoverage(prov, False, reason=f"not covered by product {row._mapping['p_code']}")
+    waiting = (line.waiting_adult if adult else line.waiting_child) or 0
+    min_date = add_months(row.effective_date, waiting)
+    limit = _limit(line, adult)
+    used = sum((u.qty for u in uses if u.provision_pk == prov.pk and u.kind == prov.kind), Decimal(0))
+    result = LineCoverage(prov, True, min_date, limit, used)
+    reason = None
+    if min_date > today:
+        reason = f"waiting period until {min_date.isoformat()}"
+    elif result.left == 0:
+        reason = "quantity limit reached"
+    elif prov.kind == "service" and prov.category in CHECKED_SERVICE_CATEGORIES:
+        many, one = _CATEGORY_WORDS[prov.category]
+        amount = amounts[prov.category]
+        if counters[prov.category].left == 0:
+            reason = f"no {many} left"
+        elif amount is not None and amount <= 0:
+            reason = f"no {one} amount"
+    return LineCoverage(prov, True, min_date, limit, used, reason is None, reason)
+
+
+def _balances(row: Any, kind: str, consumed: dict[tuple[int, bool], dict[str, Decimal]]) -> dict[str, Balance]:
+    p = row._mapping
+    zero = dict.fromkeys(_CONSUMED_COLUMNS, Decimal(0))
+    by_insuree = consumed.get((row.policy_pk, True), zero)
+    by_others = consumed.get((row.policy_pk, False), zero)
+    out: dict[str, Balance] = {}
+    for care, infix in CARE.items():
+        used_column = ("ded_" if kind == "ded" else "rem_") + ("g" if care == "general" else care)
+        for scope in SCOPES:
+            amount = p[f"p_{kind}{infix}_{scope}"]
+            if not amount:
+                continue
+            if scope == "treatment":
+                out[care] = Balance(scope, amount, Decimal(0))
+            elif scope == "insuree":
+                out[care] = Balance(scope, amount, by_insuree[used_column])
+            else:
+                if kind == "max":
+                    amount = _policy_ceiling(row, amount, infix)
+                out[care] = Balance(scope, amount, by_insuree[used_column] + by_others[used_column])
+            break
+    return out
+
+
+def _policy_ceiling(row: Any, amount: Decimal, infix: str) -> Decimal:
+    """MaxPolicy raised by (members − Threshold) × MaxPolicyExtraMember, capped by MaxCeilingPolicy (§3.4.3)."""
+    p = row._mapping
+    threshold, extra = p["p_threshold"], p[f"p_max_policy_extra_member{infix}"]
+    if threshold is not None and extra and row.members > threshold:
+        amount += (row.members - threshold) * extra
+        cap = p[f"p_max_ceiling_policy{infix}"]
+        if cap:
+            amount = min(amount, cap)
+    return amount
+
+
+def _summary(prov: Provision, policies: tuple[PolicyEligibility, ...], today: date) -> LineSummary:
+    mine = [line for p in policies for line in p.lines if line.provision == prov]
+    covering = [line for line in mine if line.covered]
+    if not covering:
+        return LineSummary(prov, False, None, None, False)
+    reached = [line for line in covering if line.min_date is not None and line.min_date <= today]
+    min_date = min(line.min_date for line in (reached or covering) if line.min_date is not None)
+    if not reached or any(line.limit is None for line in reached):
+        left = None
+    else:
+        left = max(line.left for line in reached if line.left is not None)
+    return LineSummary(prov, True, min_date, left, any(line.ok for line in mine))

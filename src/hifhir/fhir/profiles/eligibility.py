@@ -1,0 +1,365 @@
+"""OpenIMISCoverageEligibilityRequest → OpenIMISCoverageEligibilityResponse (IG rows 17–18, domain §3.2).
+
+`POST CoverageEligibilityRequest` is the IG's RPC: it answers **200 with the CoverageEligibilityResponse**. Both
+resources are stored in the same transaction (each with its history) and stay readable and searchable afterwards:
+the request at CoverageEligibilityRequest/<its identifier[UUID]>, the response at CoverageEligibilityResponse/<a
+server UUID> with identifier[UUID] echoing the request's UUID. Both are immutable records of what was asked and
+answered on that day: the request cannot be updated or deleted, the response is read-only.
+
+Request:
+* `patient`: `Patient/<id>` or — as the reference's clients send it — `Patient/<insurance number>` (the id is tried
+  first, then the CHFID), or a logical reference by identifier; no current insuree → 422. The stored request
+  names the insuree by its id.
+* `insurer`: the insurer Organization (server configuration); anything else → 422.
+* `item`: at most one `item` and one `service` (closed slices on category.coding.code), the code in
+  productOrService.text.
+
+Response (profile row 18), computed by `domain.eligibility.evaluate` as of the server's date:
+* status `active`, purpose `benefits`, outcome `complete` (fixed by the profile: the enquiry itself completed),
+  created = the evaluation date, request → the stored request, insurer → the insurer Organization.
+* One `insurance` per active policy of the insuree (Active, not expired, member effective): coverage →
+  Coverage/<the policy's Coverage id>, benefitPeriod = the member's effective..expiry dates. **No active policy →
+  no `insurance` at all**: the profile forbids `disposition` and `error`, so the absence of insurance is the
+  answer "not covered"; the requested items/services then have no line to be reported on.
+* `item:benefit` (always): name = product code, description = product name, benefits:
+  `*_left` (allowedUnsignedInt) for each claim category whose product maximum is set — **zero included**, absent
+  = unlimited; `*_amount` (allowedMoney) for each category maximum amount set (zero included); then the
+  deductibles and ceilings left: `total_deduction` / `hospital_deduction` / `non_hospital_deduction` and
+  `total_ceiling` / `hospital_ceiling` / `non_hospital_ceiling` for each family the product defines (general,
+  in-patient, out-patient; zero included). The IG caps that benefit list at 11 with 5 amounts and leaves
+  total_deduction/total_ceiling out of its amount ValueSet although its CodeSystem defines them;
+  `validation/corrections.py` lifts both (ig/README.md §3b).
+* `item:item` / `item:service` for each requested item and service: productOrService.text = the code,
+  `excluded` = not covered today, benefits `min_date_item` (allowedString, the earliest date of coverage) and
+  `item_left` (allowedUnsignedInt, quantity left; absent = unlimited). The IG names both benefit codes "item"
+  for either line; the values are the item's on the item line and the service's on the service line (the
+  reference converter swaps them, domain §3.2.2). An excluded line says why in `description`: unknown code,
+  not covered by the product, waiting period, quantity limit, category maximum.
+* ces-1 (ig/README.md §9.4): the item/service lines carry both `category` and `productOrService`, as the IG
+  profile requires; base invariant ces-1 (one or the other) is not enforced on those two slices
+  (`validation/corrections.py` SKIPPED_CONSTRAINTS). Dropping the category would lose the slice discriminator
+  that tells an item from a service with the same code; R5's `billcode` slice is the eventual fix.
+
+Rights: 101201 (Policy search, which openIMIS also uses for eligibility, domain §4.5) for create and read; the
+Insuree "enquire" right 101105 is not accepted on its own, a kind has one right per interaction.
+
+Speed: the response is rendered once, in `write`, and handed to the flush (no second evaluation); an enquiry costs
+a handful of indexed queries (see `domain/eligibility.py`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Row, bindparam, select, union_all
+
+from hifhir.domain.eligibility import (
+    Balance,
+    Eligibility,
+    LineCoverage,
+    PolicyEligibility,
+    evaluate,
+)
+from hifhir.fhir.elements import CS, first_code, identifiers, reference
+from hifhir.fhir.errors import FhirError
+from hifhir.fhir.kind import ResourceKind, Rights, WriteContext, require
+from hifhir.fhir.profiles.common import resolve_new_id
+from hifhir.fhir.profiles.medication import money
+from hifhir.fhir.search import common_params, common_sorts
+from hifhir.fhir.searchparams import SortKey, column_ref, date_param, reference_param
+from hifhir.store.tables import (
+    eligibility_request,
+    eligibility_response,
+    insuree,
+    insurer_org,
+    is_current,
+)
+from hifhir.store.tables import resource_version as rv
+
+REQUEST = "CoverageEligibilityRequest"
+RESPONSE = "CoverageEligibilityResponse"
+ENQUIRY_RIGHT = 101201
+ITEM_CATEGORY = CS + "coverage-item-category"
+BENEFIT_TYPE = CS + "coverage-item-benefit-type"
+CATEGORY_DISPLAYS = {"item": "Item", "service": "Service", "benefit": "Benefit Package"}
+
+# Claim category → benefit type code (the CodeSystem's order); the displays are the CodeSystem's.
+TOTAL_CODES = {"H": "admissions_left", "V": "visits_left", "C": "consultations_left", "S": "surgeries_left",
+               "D": "deliveries_left", "A": "antenatal_left"}
+AMOUNT_CODES = {"C": "consultation_amount", "S": "surgery_amount", "D": "delivery_amount",
+                "H": "hospitalization_amount", "A": "antenatal_amount"}
+DEDUCTION_CODES = {"general": "total_deduction", "ip": "hospital_deduction", "op": "non_hospital_deduction"}
+CEILING_CODES = {"general": "total_ceiling", "ip": "hospital_ceiling", "op": "non_hospital_ceiling"}
+MIN_DATE, ITEM_LEFT = ("min_date_item", "Mininum date"), ("item_left", "Items left")  # sic, the IG's displays
+
+
+def _stored_bodies(conn: Connection, kind: ResourceKind, pks: list[int]) -> dict[int, dict[str, Any]]:
+    """The latest stored version of immutable resources (when the flush renders them outside their creating
+    write, e.g. a re-render of every kind)."""
+    t = kind.table
+    ids = {r.id: r.pk for r in conn.execute(select(t.c.pk, t.c.id).where(t.c.pk.in_(pks)))}
+    latest: dict[str, tuple[int, bytes]] = {}
+    for r in conn.execute(select(rv.c.res_id, rv.c.version, rv.c.body).where(
+            rv.c.res_type == kind.resource_type, rv.c.res_id.in_(list(ids)), rv.c.body.is_not(None))):
+        if r.res_id not in latest or r.version > latest[r.res_id][0]:
+            latest[r.res_id] = (r.version, r.body)
+    out: dict[int, dict[str, Any]] = {}
+    for res_id, pk in ids.items():
+        if res_id not in latest:
+            raise RuntimeError(f"{kind.resource_type}/{res_id} has no stored version to render from")
+        body = orjson.loads(latest[res_id][1])
+        out[pk] = {k: v for k, v in body.items() if k not in ("resourceType", "id", "meta")}
+    return out
+
+
+def _render(conn: Connection, kind: ResourceKind, pks: list[int]) -> dict[int, dict[str, Any]]:
+    # The creating write hands its bodies to the flush (WriteContext.prerendered); a render outside it (e.g. a
+    # re-render of every kind) can only repeat the stored version of these immutable resources.
+    out: dict[int, dict[str, Any]] = {}
+    missing = list(pks)
+    if missing:
+        out.update(_stored_bodies(conn, kind, missing))
+    return out
+
+
+def _immutable(what: str) -> FhirError:
+    return FhirError.one(405, "not-supported", f"{what}; POST a new CoverageEligibilityRequest instead")
+
+
+# --- the request ---------------------------------------------------------------------------------------------
+
+# Two index lookups (by id, by insurance number) rather than an OR, which SQLite answers with a scan.
+_INSUREE_BY_REF = union_all(
+    select(insuree.c.pk, insuree.c.id).where(insuree.c.id == bindparam("ref"), is_current(insuree)),
+    select(insuree.c.pk, insuree.c.id).where(insuree.c.chf_id == bindparam("ref"), is_current(insuree)),
+)
+_INSUREE_ID = select(insuree.c.id).where(insuree.c.pk == bindparam("pk"))
+_INSURER_BY_ID = select(insurer_org.c.id).where(insurer_org.c.id == bindparam("ref"), is_current(insurer_org))
+_INSURER_ID = select(insurer_org.c.id).where(insurer_org.c.pk == bindparam("pk"))
+_RESPONSE_OF = select(eligibility_response.c.pk).where(eligibility_response.c.request_pk == bindparam("pk"))
+
+
+class EligibilityRequestKind(ResourceKind):
+    resource_type = REQUEST
+    name = "eligibility-request"
+    profile_id = "openimis-coverage-eligibility-request"
+    table = eligibility_request
+    code_column = None
+    rights = Rights(read=ENQUIRY_RIGHT, create=ENQUIRY_RIGHT, update=ENQUIRY_RIGHT, delete=ENQUIRY_RIGHT)
+    updatable = deletable = False  # the record of an enquiry, answered once
+
+    def __init__(self) -> None:
+        t = eligibility_request
+        self.search_params = {
+            **common_params(self),
+            "patient": reference_param("patient", "Patient", column_ref(t.c.insuree_pk, "patient"),
+                                       doc="The insuree the enquiry is about"),
+            "created": date_param("created", t.c.created, "The date the enquiry was created"),
+        }
+        self.sort_params = {**common_sorts(self), "created": SortKey(t.c.created, "date")}
+
+    def render(self, conn: Connection, pks: list[int]) -> dict[int, dict[str, Any]]:
+        return _render(conn, self, pks)
+
+    def write(self, ctx: WriteContext, resource: dict[str, Any], current: Row | None) -> int:
+        if current is not None or ctx.id_from_client:
+            raise _immutable("An eligibility request is answered once, at its creation (POST); it cannot be "
+                             "created or changed by PUT")
+        request_id, request_uuid = resolve_new_id(ctx, resource, eligibility_request)
+        insuree_pk, patient_id = _patient(ctx, resource.get("patient"))
+        insurer_id = _insurer(ctx, resource.get("insurer"))
+        items, services = _requested(resource)
+        today = date.today()
+        result = evaluate(ctx.conn, insuree_pk, today, items=items, services=services)
+
+        request_pk = ctx.insert(eligibility_request, {
+            "id": request_id, "uuid": request_uuid, "insuree_pk": insuree_pk,
+            "created": _created_date(resource.get("created"), today),
+        })
+        response_pk = ctx.insert(eligibility_response, {
+            "id": str(uuid.uuid4()), "uuid": request_uuid, "request_pk": request_pk, "insuree_pk": insuree_pk,
+            "created": today,
+        })
+        stored = {k: v for k, v in resource.items() if k not in ("resourceType", "id", "meta")}
+        stored["patient"] = reference("Patient", patient_id)  # an insurance number becomes the insuree's id
+        stored["insurer"] = reference("Organization", insurer_id)
+        # The requested codes and the evaluation are not columns: the bodies built here are what flush stores.
+        ctx.prerendered[(self.name, request_pk)] = stored
+        ctx.prerendered[(RESPONSE_KIND, response_pk)] = response_body(
+            result, request_uuid=request_uuid or request_id, patient_id=patient_id, request_id=request_id,
+            insurer_id=insurer_id)
+        ctx.mark(RESPONSE_KIND, response_pk)
+        return request_pk
+
+    def create_answer(self, ctx: WriteContext, pk: int) -> tuple[str, int, int]:
+        response_pk = ctx.conn.execute(_RESPONSE_OF, {"pk": pk}).scalar_one()
+        return RESPONSE_KIND, int(response_pk), 200
+
+    def delete(self, ctx: WriteContext, current: Row) -> None:
+        raise _immutable("An eligibility request is a record of an enquiry; it cannot be deleted")
+
+
+def _patient(ctx: WriteContext, ref: Any) -> tuple[int, str]:
+    """(insuree pk, id) from `Patient/<id>`, `Patient/<insurance number>` or a logical reference."""
+    from hifhir.fhir.registry import parse_reference  # the registry imports this module
+
+    expression = f"{REQUEST}.patient"
+    literal = ref.get("reference") if isinstance(ref, dict) else None
+    if isinstance(literal, str):
+        parsed = parse_reference(literal)
+        require(parsed is not None and parsed[0] == "Patient",
+                "patient must be Patient/<id> or Patient/<insurance number>", expression)
+        assert parsed is not None
+        rows = ctx.conn.execute(_INSUREE_BY_REF, {"ref": parsed[1]}).all()
+        match = next((r for r in rows if r.id == parsed[1]), rows[0] if rows else None)
+        require(match is not None, f"No current insuree has the id or insurance number {parsed[1]}", expression)
+        assert match is not None
+        return int(match.pk), str(match.id)
+    _, pk = ctx.resolve(ref, ["Patient"], expression)
+    return pk, str(ctx.conn.execute(_INSUREE_ID, {"pk": pk}).scalar_one())
+
+
+def _insurer(ctx: WriteContext, ref: Any) -> str:
+    from hifhir.fhir.registry import parse_reference
+
+    expression = f"{REQUEST}.insurer"
+    literal = ref.get("reference") if isinstance(ref, dict) else None
+    parsed = parse_reference(literal) if isinstance(literal, str) else None
+    if parsed is not None and parsed[0] == "Organization":
+        found = ctx.conn.execute(_INSURER_BY_ID, {"ref": parsed[1]}).scalar()
+        if found is not None:
+            return str(found)
+    _, pk = ctx.resolve(ref, ["Organization"], expression, kinds=["insurer"])
+    return str(ctx.conn.execute(_INSURER_ID, {"pk": pk}).scalar_one())
+
+
+def _requested(resource: dict[str, Any]) -> tuple[list[str], list[str]]:
+    items: list[str] = []
+    services: list[str] = []
+    for i, line in enumerate(resource.get("item") or ()):
+        expression = f"{REQUEST}.item[{i}]"
+        category = first_code(line.get("category"))
+        require(category in ("item", "service"), "item.category is `item` or `service`", f"{expression}.category")
+        code = ((line.get("productOrService") or {}).get("text") or "").strip()
+        require(bool(code), "productOrService.text carries the item or service code",
+                f"{expression}.productOrService.text")
+        (items if category == "item" else services).append(code)
+    return items, services
+
+
+def _created_date(value: Any, today: date) -> date:
+    """The request's own date (dateTime: its date part as written); a partial date counts as today."""
+    if isinstance(value, str) and len(value) >= 10:
+        try:
+            return date.fromisoformat(value[:10])
+        except ValueError:
+            pass
+    return today
+
+
+# --- the response ----------------------------------------------------------------------------------------------
+
+RESPONSE_KIND = "eligibility-response"
+
+
+class EligibilityResponseKind(ResourceKind):
+    resource_type = RESPONSE
+    name = RESPONSE_KIND
+    profile_id = "openimis-coverage-eligibility-response"
+    table = eligibility_response
+    code_column = None
+    rights = Rights(read=ENQUIRY_RIGHT, create=ENQUIRY_RIGHT, update=ENQUIRY_RIGHT, delete=ENQUIRY_RIGHT)
+    writable = False  # written only as the answer to a CoverageEligibilityRequest
+
+    def __init__(self) -> None:
+        t = eligibility_response
+        self.search_params = {
+            **common_params(self),
+            "patient": reference_param("patient", "Patient", column_ref(t.c.insuree_pk, "patient"),
+                                       doc="The insuree the enquiry was about"),
+            "request": reference_param("request", REQUEST, column_ref(t.c.request_pk, "eligibility-request"),
+                                       doc="The CoverageEligibilityRequest answered"),
+            "created": date_param("created", t.c.created, "The date of the evaluation"),
+        }
+        self.sort_params = {**common_sorts(self), "created": SortKey(t.c.created, "date")}
+
+    def render(self, conn: Connection, pks: list[int]) -> dict[int, dict[str, Any]]:
+        return _render(conn, self, pks)
+
+    def write(self, ctx: WriteContext, resource: dict[str, Any], current: Row | None) -> int:
+        raise _immutable("A CoverageEligibilityResponse is the server's answer to a request")
+
+
+def response_body(result: Eligibility, *, request_uuid: str, patient_id: str, request_id: str,
+                  insurer_id: str) -> dict[str, Any]:
+    """The CoverageEligibilityResponse (without resourceType, id and meta) for an evaluated enquiry."""
+    body: dict[str, Any] = {
+        "identifier": identifiers(None, request_uuid),
+        "status": "active",
+        "purpose": ["benefits"],
+        "patient": reference("Patient", patient_id),
+        "created": result.today.isoformat(),
+        "request": reference(REQUEST, request_id),
+        "outcome": "complete",
+        "insurer": reference("Organization", insurer_id),
+    }
+    if result.policies:
+        body["insurance"] = [_insurance(p) for p in result.policies]
+    return body
+
+
+def _category(code: str) -> dict[str, Any]:
+    return {"coding": [{"system": ITEM_CATEGORY, "code": code, "display": CATEGORY_DISPLAYS[code]}]}
+
+
+def _benefit_type(code: str, display: str) -> dict[str, Any]:
+    return {"coding": [{"system": BENEFIT_TYPE, "code": code, "display": display}]}
+
+
+def _insurance(p: PolicyEligibility) -> dict[str, Any]:
+    benefits: list[dict[str, Any]] = []
+    for category, code in TOTAL_CODES.items():
+        left = p.counters[category].left
+        if left is not None:
+            benefits.append({"type": _benefit_type(code, "total_" + code.removesuffix("_left")),
+                             "allowedUnsignedInt": left})
+    for category, code in AMOUNT_CODES.items():
+        amount = p.amounts[category]
+        if amount is not None:
+            benefits.append({"type": _benefit_type(code, code), "allowedMoney": money(max(amount, Decimal(0)))})
+    for balances, codes in ((p.deductibles, DEDUCTION_CODES), (p.ceilings, CEILING_CODES)):
+        for family, code in codes.items():
+            balance: Balance | None = balances.get(family)
+            if balance is not None:
+                benefits.append({"type": _benefit_type(code, code), "allowedMoney": money(balance.left)})
+    package: dict[str, Any] = {"category": _category("benefit"), "name": p.product_code,
+                               "description": p.product_name}
+    if benefits:
+        package["benefit"] = benefits
+    return {
+        "coverage": reference("Coverage", p.coverage_id),
+        "benefitPeriod": {"start": p.effective_date.isoformat(), "end": p.expiry_date.isoformat()},
+        "item": [package, *(_line(line) for line in p.lines)],
+    }
+
+
+def _line(line: LineCoverage) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "category": _category(line.provision.kind),
+        "productOrService": {"text": line.provision.code},
+        "excluded": not line.ok,
+    }
+    if line.reason:
+        out["description"] = line.reason[0].upper() + line.reason[1:]
+    benefits = []
+    if line.min_date is not None:
+        benefits.append({"type": _benefit_type(*MIN_DATE), "allowedString": line.min_date.isoformat()})
+    if line.covered and line.left is not None:
+        benefits.append({"type": _benefit_type(*ITEM_LEFT), "allowedUnsignedInt": line.left})
+    if benefits:
+        out["benefit"] = benefits
+    return out
