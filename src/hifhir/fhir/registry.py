@@ -6,6 +6,9 @@ import re
 
 from hifhir.fhir.kind import ResourceKind
 from hifhir.fhir.profiles.activity_definition import ActivityDefinitionKind
+from hifhir.fhir.profiles.contract import ContractKind
+from hifhir.fhir.profiles.coverage import CoverageKind
+from hifhir.fhir.profiles.eligibility import EligibilityRequestKind, EligibilityResponseKind
 from hifhir.fhir.profiles.group import GroupKind
 from hifhir.fhir.profiles.insurance_plan import InsurancePlanKind
 from hifhir.fhir.profiles.location import LocationKind
@@ -33,6 +36,10 @@ ALL_KINDS: list[ResourceKind] = [
     EnrolmentOfficerKind(),
     ClaimAdminRoleKind(),
     EnrolmentOfficerRoleKind(),
+    ContractKind(),
+    CoverageKind(),
+    EligibilityRequestKind(),
+    EligibilityResponseKind(),
 ]
 
 KINDS: dict[str, ResourceKind] = {k.name: k for k in ALL_KINDS}
