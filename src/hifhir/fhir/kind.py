@@ -79,8 +79,9 @@ class ResourceKind:
     def create_answer(self, ctx: WriteContext, pk: int) -> tuple[str, int, int]:
         """What a create answers with, as (kind name, pk, HTTP status): the created resource and 201, except for
         the IG's RPC-style creates, which answer with another resource written in the same transaction
-        (POST CoverageEligibilityRequest → 200 with the CoverageEligibilityResponse)."""
-        return self.name, pk, 201
+        (POST CoverageEligibilityRequest → 200 with the CoverageEligibilityResponse, put in ctx.answers)."""
+        answer = ctx.answers.get((self.name, pk))
+        return (answer[0], answer[1], 200) if answer else (self.name, pk, 201)
 
     def current_row(self, conn: Connection, res_id: str, *, for_update: bool = False) -> Row | None:
         stmt = select(self.table).where(self.table.c.id == res_id)
@@ -150,6 +151,8 @@ class WriteContext:
     # (kind name, pk) → body a write built itself, used by flush instead of render() (resources whose content
     # is not in columns, e.g. an eligibility enquiry and its answer)
     prerendered: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    # (kind name, pk) of a create → (kind name, pk) of the resource that answers it (RPC-style creates)
+    answers: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
 
     def insert(self, table: Table, values: dict[str, Any]) -> int:
         """Insert a new entity already at version 1, so that flush needs no version bump for it."""
@@ -177,7 +180,8 @@ class WriteContext:
         for (table_name, column), (value, what, expression) in self.unique.items():
             # SQLite names the column ("insuree.chf_id"), PostgreSQL the index ("uq_insuree_chf_id_current").
             if table_name == table.name and (f"{table_name}.{column}" in text or
-                                             f"uq_{table_name}_{column}_current" in text):
+                                             f"uq_{table_name}_{column}_current" in text or
+                                             f'"uq_{table_name}_{column}"' in text):
                 return conflict(f"{what} {value} is already used", expression)
         return exc
 
