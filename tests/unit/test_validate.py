@@ -764,3 +764,15 @@ def test_speed_of_the_two_layers() -> None:
     per_call = (time.perf_counter() - t) / n
     # measured ~80 µs on the dev machine; generous bound to stay stable on a loaded CI
     assert per_call < 0.002
+
+
+def test_an_extension_whose_value_is_only_a_data_absent_reason_is_valid():
+    from hifhir.fhir.validation.schema import get_schema_layer
+
+    absent = {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason",
+                             "valueCode": "temp-unknown"}]}
+    patient = {"resourceType": "Patient", "extension": [{"url": "http://example.org/x", "_valueDate": absent}]}
+    assert not [i for i in get_schema_layer().validate(patient) if i.severity == "error"]
+    both = {"resourceType": "Patient", "extension": [
+        {"url": "http://example.org/x", "_valueDate": absent, "extension": [{"url": "a", "valueString": "b"}]}]}
+    assert any("ext-1" in i.diagnostics for i in get_schema_layer().validate(both))

@@ -130,7 +130,9 @@ def _patch(defs: dict[str, Any]) -> None:
     for name in ("string", "markdown"):
         defs[name]["pattern"] = "^[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F]+$"
     ext = defs["Extension"]
-    value_keys = [k for k in ext["properties"] if k.startswith("value")]
+    # `_valueDate` alone (a primitive value carried only by its extensions, e.g. a data-absent-reason) is a value too:
+    # in FHIRPath, `value.exists()` holds for it.
+    value_keys = [k for k in ext["properties"] if k.startswith(("value", "_value"))]
     ext["required"] = ["url"]
     ext["dependencies"] = {"extension": {"not": {"anyOf": [{"required": [k]} for k in value_keys]}}}
     ext["anyOf"] = [{"required": ["extension"]}] + [{"required": [k]} for k in value_keys]
