@@ -742,3 +742,14 @@ def test_openimis_alias_accepts_business_codes_in_references(api, scheme):
     assert asset(c)["valuedItem"][0]["entityReference"]["reference"] == f"InsurancePlan/{s.products['BC01']}"
     assert c["status"] == "executed"
     refused(api.post("Contract", body), 422, expression="Contract.subject[0]")  # /fhir/ is strict
+
+
+def test_renaming_the_product_re_versions_its_coverages(api, scheme):
+    c = created(api.post("Contract", family_contract(scheme, premiums=[premium(10000, "RC-R", days_ago(1))])))
+    before = get(api, f"Coverage/{c['id']}")
+    plan = get(api, f"InsurancePlan/{scheme.products['BC01']}")
+    plan["name"] = "Basic Cover Ultha"
+    put(api, plan)
+    after = get(api, f"Coverage/{c['id']}")
+    assert after["class"][0]["name"] == "Basic Cover Ultha"
+    assert int(after["meta"]["versionId"]) == int(before["meta"]["versionId"]) + 1

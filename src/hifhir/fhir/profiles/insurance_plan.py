@@ -334,6 +334,16 @@ def _slotted(exts: list[tuple[int, dict[str, Any]]], slots: list[str], what: str
 # --- the kind ------------------------------------------------------------------------------------------------
 
 
+def _reversion_coverages(ctx: WriteContext, product_pk: int) -> None:
+    """Coverage shows the product's code and name (class.value, class.name): a renamed product re-versions the
+    Coverages of its policies (a rare, heavy write, like renaming a village)."""
+    from hifhir.store.tables import coverage, policy
+
+    for cov_pk in ctx.conn.execute(select(coverage.c.pk).join(policy, policy.c.pk == coverage.c.policy_pk).where(
+            policy.c.product_pk == product_pk, is_current(policy), is_current(coverage))).scalars():
+        ctx.mark("coverage", int(cov_pk))
+
+
 class InsurancePlanKind(ResourceKind):
     resource_type = "InsurancePlan"
     name = "insurance-plan"
@@ -488,6 +498,8 @@ class InsurancePlanKind(ResourceKind):
             pk = int(current.pk)
             values["uuid"] = uuid_for_update(ctx, resource, product, current)
             ctx.update(product, pk, values)
+            if (code, name) != (current.code, current.name):
+                _reversion_coverages(ctx, pk)
         if lines is not None:
             self._replace_lines(conn, pk, lines, replace=current is not None)
         elif current is not None and current.deleted:
