@@ -32,9 +32,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -53,6 +54,9 @@ MEMORY_LIMIT_MB = 300.0
 SAMPLE_INTERVAL_S = 0.5
 QUIET_CORES = 0.3
 POST_CAPACITY_RPS = 5000
+# Contracts per second a phase can send before running out of families (each family is enrolled once per run);
+# the population leaves ~15 % of its families unenrolled (≈ 5,000 at 100,000 insurees), which caps it.
+CONTRACT_CAPACITY_RPS = 1000
 SERVER_READY_TIMEOUT_S = 120.0
 DEMO_RETRY_S = 60.0
 IG = "https://openimis.github.io/openimis_fhir_r4_ig"
@@ -76,6 +80,7 @@ class Scenario:
     label: str
     target: float | None  # req/s the issue asks for; None for the ceiling
     method: str = "GET"
+    script: str = "get.lua"  # the wrk script in bench/
 
 
 CEILING = Scenario("ceiling", "GET /healthz (ceiling)", None)
@@ -84,8 +89,10 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("read", "GET Patient/{id}", 4000.0),
     Scenario("identifier", "GET Patient?identifier=", 3000.0),
     Scenario("family", "GET Patient?family=&_count=20", 1000.0),
-    Scenario("create", "POST Patient", 1000.0, "POST"),
+    Scenario("create", "POST Patient", 1000.0, "POST", "post.lua"),
     Scenario("expand", "GET ValueSet/$expand diagnoses, filter", 2000.0),
+    Scenario("eligibility", "POST CoverageEligibilityRequest", 1500.0, "POST", "eligibility.lua"),
+    Scenario("contract", "POST Contract (enrol a family)", 300.0, "POST", "bodies.lua"),
 )
 DIAGNOSIS_VS = f"{IG}/ValueSet/diagnosis-ICD10-level1"
 DIAGNOSIS_CS_FILE = REPO_ROOT / "src/hifhir/data/ig/terminology/CodeSystem-diagnosis-ICD10-level1.json"
@@ -539,6 +546,9 @@ class Samples:
     villages: list[str]
     taken_chfids: set[str]
     insurees: int
+    insured: list[tuple[str, str, str]]  # (Patient id, item code, service code): covered today, by their product
+    contracts: list[str]  # JSON Contract bodies, each enrolling a different unenrolled family
+    unenrolled: int  # families without any policy in the database
 
     def fresh_chfids(self, count: int, rng: random.Random) -> list[str]:
         """`count` distinct CHFIDs that no insuree or family has (nor any handed out before by this object).
@@ -555,12 +565,118 @@ class Samples:
         return fresh
 
 
-def pick_samples(database_url: str, size: int) -> Samples:
+def eligibility_samples(conn: Any, size: int, today: date, rng: random.Random) -> list[tuple[str, str, str]]:
+    """Insurees an active policy covers today, each with an item and a service of their product (at random)."""
+    from sqlalchemy import func, select
+
+    from hifhir.store.tables import (
+        POLICY_ACTIVE,
+        insuree,
+        insuree_policy,
+        is_current,
+        medical_item,
+        medical_service,
+        policy,
+        product_item,
+        product_service,
+    )
+
+    ip, p = insuree_policy, policy
+    rows = conn.execute(
+        select(insuree.c.id, p.c.product_pk)
+        .select_from(insuree.join(ip, ip.c.insuree_pk == insuree.c.pk).join(p, p.c.pk == ip.c.policy_pk))
+        .where(is_current(insuree), is_current(ip), is_current(p), p.c.status == POLICY_ACTIVE,
+               p.c.expiry_date >= today, ip.c.effective_date <= today, ip.c.expiry_date >= today)
+        .order_by(func.random()).limit(size)).all()
+    products = sorted({r.product_pk for r in rows})
+    codes: dict[str, dict[int, list[str]]] = {"item": {}, "service": {}}
+    for kind, line, register, column in (("item", product_item, medical_item, product_item.c.item_pk),
+                                         ("service", product_service, medical_service,
+                                          product_service.c.service_pk)):
+        for r in conn.execute(select(line.c.product_pk, register.c.code).join(register, register.c.pk == column)
+                              .where(line.c.product_pk.in_(products), is_current(register))
+                              .order_by(line.c.product_pk, register.c.code)):
+            codes[kind].setdefault(r.product_pk, []).append(r.code)
+    return [(r.id, rng.choice(codes["item"][r.product_pk]), rng.choice(codes["service"][r.product_pk]))
+            for r in rows if codes["item"].get(r.product_pk) and codes["service"].get(r.product_pk)]
+
+
+def contract_bodies(conn: Any, count: int, today: date, rng: random.Random) -> tuple[list[str], int]:
+    """Contracts enrolling `count` unenrolled families picked at random (fewer when there are not as many), as a
+    point of service sends them (tests/builders_enrolment.py): the whole family (up to the product's member
+    count), a product sold where it lives, the village's officer, issued today, and one cash contribution
+    paying the value that hifhir.domain.policy computes (so the policy is activated). Returns the bodies and
+    how many families have no policy."""
+    from sqlalchemy import exists, func, select
+
+    from hifhir.demo import resources as res
+    from hifhir.demo.policies import sale
+    from hifhir.domain.policy import Member, ProductTerms
+    from hifhir.store.tables import (
+        family,
+        insuree,
+        is_current,
+        location,
+        officer,
+        officer_role,
+        officer_role_village,
+        policy,
+        product,
+    )
+
+    enrolled = exists(select(policy.c.pk).where(policy.c.family_pk == family.c.pk, is_current(policy)))
+    unenrolled = int(conn.execute(select(func.count()).select_from(family).where(
+        is_current(family), ~enrolled)).scalar_one())
+    families = conn.execute(
+        select(family.c.pk, family.c.id, family.c.location_pk, family.c.head_insuree_pk)
+        .where(is_current(family), ~enrolled).order_by(func.random()).limit(count)).all()
+    members: dict[int, list[Any]] = {}
+    pks = [f.pk for f in families]
+    for start in range(0, len(pks), 500):
+        for r in conn.execute(select(insuree.c.pk, insuree.c.id, insuree.c.family_pk, insuree.c.dob,
+                                     insuree.c.relationship).where(
+                insuree.c.family_pk.in_(pks[start:start + 500]), is_current(insuree)).order_by(insuree.c.pk)):
+            members.setdefault(r.family_pk, []).append(r)
+    places = {r.pk: (r.pk, r.parent_pk, r.district_pk, r.region_pk, None) for r in conn.execute(
+        select(location.c.pk, location.c.parent_pk, location.c.district_pk, location.c.region_pk).where(
+            location.c.type == "V", is_current(location)))}
+    products: dict[int | None, list[tuple[ProductTerms, str]]] = {}
+    for r in conn.execute(select(product).where(is_current(product), product.c.status == "active")):
+        terms = ProductTerms.from_row(r)
+        if terms.sold_on(today):
+            products.setdefault(terms.location_pk, []).append((terms, r.id))
+    officers: dict[int, str] = {}
+    for r in conn.execute(select(officer_role_village.c.location_pk, officer.c.id)
+                          .join(officer_role, officer_role.c.pk == officer_role_village.c.role_pk)
+                          .join(officer, officer.c.pk == officer_role.c.officer_pk)
+                          .where(is_current(officer_role), is_current(officer)).order_by(officer_role.c.pk)):
+        officers.setdefault(r.location_pk, r.id)
+    stamp = f"{int(time.time()) % 10**8:08d}"
+    bodies: list[str] = []
+    for f in families:
+        candidates = [c for pk in places.get(f.location_pk, (None,)) for c in products.get(pk, ())]
+        family_members = sorted(members.get(f.pk, []), key=lambda m: (m.pk != f.head_insuree_pk, m.pk))
+        if not candidates or not family_members or family_members[0].pk != f.head_insuree_pk:
+            continue
+        terms, product_id = rng.choice(candidates)
+        covered = family_members[:terms.member_count]
+        due = sale(terms, [Member(m.dob, m.relationship) for m in covered], today)
+        body = res.contract_resource(
+            family_id=f.id, head_id=covered[0].id, member_ids=[m.id for m in covered], product_id=product_id,
+            issued=today, officer_id=officers.get(f.location_pk),
+            premiums=[res.PremiumSpec(due.value, f"BENCH{stamp}{len(bodies):07d}", today)])
+        bodies.append(json.dumps(body, separators=(",", ":")))
+    return bodies, unenrolled
+
+
+def pick_samples(database_url: str, size: int, contracts: int) -> Samples:
     from sqlalchemy import create_engine, func, select
 
     from hifhir.store.tables import family, insuree, location
 
     engine = create_engine(database_url)
+    today = date.today()
+    rng = random.Random()
     try:
         with engine.connect() as conn:
             rows = conn.execute(
@@ -580,12 +696,18 @@ def pick_samples(database_url: str, size: int) -> Samples:
             taken = set(conn.execute(select(insuree.c.chf_id)).scalars())
             insurees = len(taken)
             taken.update(conn.execute(select(family.c.code)).scalars())
+            insured = eligibility_samples(conn, size, today, rng)
+            bodies, unenrolled = contract_bodies(conn, contracts, today, rng)
     finally:
         engine.dispose()
     if not rows:
         raise BenchError("the database holds no insurees")
     if not villages:
         raise BenchError("the database holds no villages")
+    if not insured:
+        raise BenchError("the database holds no insuree covered today (eligibility)")
+    if not bodies:
+        raise BenchError("the database holds no unenrolled family to enrol (contract)")
     return Samples(
         ids=[r.id for r in rows],
         chfids=[r.chf_id for r in rows],
@@ -594,6 +716,9 @@ def pick_samples(database_url: str, size: int) -> Samples:
         villages=list(villages),
         taken_chfids=taken,
         insurees=insurees,
+        insured=insured,
+        contracts=bodies,
+        unenrolled=unenrolled,
     )
 
 
@@ -717,6 +842,59 @@ def patient_body(chfid: str, family: str, given: str, village_id: str) -> dict[s
     }
 
 
+INSURER_REF = "Organization/openIMIS-Implementation"  # the server's insurer Organization (config default)
+# Placeholders of the eligibility template, in the order they appear in the body (bench/eligibility.lua).
+ELIGIBILITY_SLOTS = ("@@UUID@@", "@@PATIENT@@", "@@ITEM@@", "@@SERVICE@@")
+
+
+def eligibility_body(request_uuid: str, patient_id: str, item: str, service: str, created: date) -> dict[str, Any]:
+    """The enquiry bench/eligibility.lua sends (the shape of tests/builders_eligibility.py enquiry())."""
+    cs = f"{IG}/CodeSystem/"
+
+    def line(kind: str, code: str) -> dict[str, Any]:
+        return {"category": {"coding": [{"system": f"{cs}coverage-item-category", "code": kind,
+                                         "display": kind.capitalize()}]},
+                "productOrService": {"text": code}}
+
+    return {
+        "resourceType": "CoverageEligibilityRequest",
+        "meta": {"profile": [f"{IG}/StructureDefinition/openimis-coverage-eligibility-request"]},
+        "identifier": [{"type": {"coding": [{"system": f"{cs}openimis-identifiers", "code": "UUID"}]},
+                        "value": request_uuid}],
+        "status": "active",
+        "purpose": ["benefits"],
+        "patient": {"reference": f"Patient/{patient_id}"},
+        "created": created.isoformat(),
+        "insurer": {"reference": INSURER_REF},
+        "item": [line("item", item), line("service", service)],
+    }
+
+
+def eligibility_template(created: date) -> str:
+    """eligibility_body() as a string.format pattern: %s for each of ELIGIBILITY_SLOTS, in that order."""
+    text = json.dumps(eligibility_body(*ELIGIBILITY_SLOTS, created), separators=(",", ":")).replace("%", "%%")
+    positions = [text.index(slot) for slot in ELIGIBILITY_SLOTS]
+    if positions != sorted(positions):
+        raise BenchError("the eligibility template's placeholders are out of order")
+    for slot in ELIGIBILITY_SLOTS:
+        text = text.replace(slot, "%s")
+    return text
+
+
+def split_contracts(bodies: list[str], wanted: dict[int, int], threads: int) -> dict[int, list[str]]:
+    """The prepared Contracts per phase (0 warm-up, 1 measurement): as many as wanted, or shares of what there is
+    in proportion; at least one per wrk thread (a repeated body fails with 409 and shows as non-2xx)."""
+    total = wanted[0] + wanted[1]
+    first = wanted[0] if len(bodies) >= total else round(len(bodies) * wanted[0] / max(total, 1))
+    phases = {0: bodies[:first], 1: bodies[first:first + wanted[1]]}
+    for phase, chunk in phases.items():
+        while chunk and len(chunk) < threads:
+            chunk.append(chunk[-1])
+        if not chunk:
+            phases[phase] = (bodies or [""])[-1:] * threads
+    return phases
+
+
 def request_paths(scenario: Scenario, samples: Samples) -> list[str]:
     if scenario.key == "ceiling":
         return ["/healthz"]
@@ -807,9 +985,13 @@ class Scripts:
     get_files: dict[str, Path]
     post_file: Path
     chfid_files: dict[int, Path]  # phase (0 warm-up, 1 measurement) -> fresh CHFIDs, one a line
+    eligibility_template: Path
+    eligibility_samples: Path
+    contract_files: dict[int, Path]  # phase -> Contract bodies, one a line
 
 
-def write_scripts(work_dir: Path, token: str, samples: Samples, chfids_per_phase: dict[int, int]) -> Scripts:
+def write_scripts(work_dir: Path, token: str, samples: Samples, chfids_per_phase: dict[int, int],
+                  contracts_per_phase: dict[int, list[str]]) -> Scripts:
     work_dir.mkdir(parents=True, exist_ok=True)
     token_file = work_dir / "token"
     token_file.write_text(token + "\n")
@@ -831,7 +1013,17 @@ def write_scripts(work_dir: Path, token: str, samples: Samples, chfids_per_phase
         path = work_dir / f"create.chfids.{phase}"
         path.write_text("\n".join(samples.fresh_chfids(count, rng)) + "\n")
         chfid_files[phase] = path
-    return Scripts(token_file, get_files, post_file, chfid_files)
+    template = work_dir / "eligibility.template"
+    template.write_text(eligibility_template(date.today()) + "\n")
+    insured = work_dir / "eligibility.samples"
+    # JSON-escaped, without the quotes: the template has them.
+    insured.write_text("".join("\t".join(json.dumps(v)[1:-1] for v in sample) + "\n" for sample in samples.insured))
+    contract_files: dict[int, Path] = {}
+    for phase, bodies in contracts_per_phase.items():
+        path = work_dir / f"contract.bodies.{phase}"
+        path.write_text("\n".join(bodies) + "\n")
+        contract_files[phase] = path
+    return Scripts(token_file, get_files, post_file, chfid_files, template, insured, contract_files)
 
 
 def verify(base: str, token: str, samples: Samples) -> None:
@@ -846,6 +1038,9 @@ def verify(base: str, token: str, samples: Samples) -> None:
     chfid = samples.fresh_chfids(1, random.Random())[0]
     body = patient_body(chfid, samples.families[0], samples.givens[0], samples.villages[0])
     checks.append(("POST", "/fhir/Patient", json.dumps(body).encode(), 201))
+    enquiry = eligibility_body(str(uuid.uuid4()), *samples.insured[0], date.today())
+    checks.append(("POST", "/fhir/CoverageEligibilityRequest", json.dumps(enquiry).encode(), 200))
+    checks.append(("POST", "/fhir/Contract", samples.contracts[0].encode(), 201))
     for method, path, payload, expected in checks:
         status, answer = http(base + path, method=method, body=payload, token=token)
         if status != expected:
@@ -856,6 +1051,18 @@ def verify(base: str, token: str, samples: Samples) -> None:
                 raise BenchError(f"{method} {path} found nothing")
             if "identifier=" in path and len(entries) != 1:
                 raise BenchError(f"{method} {path} found {len(entries)} patients, expected 1")
+        if path.endswith("/CoverageEligibilityRequest"):
+            # The sample is insured and asks for codes of its product: one insurance, both lines covered.
+            insurance = json.loads(answer).get("insurance") or []
+            lines = [i for ins in insurance for i in ins.get("item", [])
+                     if i["category"]["coding"][0]["code"] in ("item", "service")]
+            if not insurance or len(lines) != 2 or any(i.get("excluded") for i in lines):
+                raise BenchError(f"an insured insuree's enquiry did not find both lines covered: {answer[:800]!r}")
+        if path.endswith("/Contract"):
+            status = [e.get("valueCode") for e in json.loads(answer).get("extension", [])
+                      if e.get("url", "").endswith("/policy-status")]
+            if status != ["active"]:
+                raise BenchError(f"the Contract's contribution did not activate the policy: {answer[:800]!r}")
     log("verified: every scenario answers 200/201")
 
 
@@ -899,13 +1106,17 @@ def wrk_argv(scenario: Scenario, scripts: Scripts, base: str, *, duration: float
     if wrk is None:
         raise BenchError("wrk is not installed; run `make bench-deps` (scripts/install-test-deps.sh --bench)")
     argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
-            "--timeout", "10s"]
-    if scenario.method == "GET":
-        argv += ["-s", str(BENCH_DIR / "get.lua"), base, "--", str(scripts.token_file),
-                 str(scripts.get_files[scenario.key])]
+            "--timeout", "10s", "-s", str(BENCH_DIR / scenario.script), base, "--", str(scripts.token_file)]
+    if scenario.script == "get.lua":
+        argv += [str(scripts.get_files[scenario.key])]
+    elif scenario.script == "post.lua":
+        argv += [str(scripts.post_file), str(scripts.chfid_files[phase]), str(threads)]
+    elif scenario.script == "eligibility.lua":
+        argv += [str(scripts.eligibility_template), str(scripts.eligibility_samples)]
+    elif scenario.script == "bodies.lua":
+        argv += ["/fhir/Contract", str(scripts.contract_files[phase]), str(threads)]
     else:
-        argv += ["-s", str(BENCH_DIR / "post.lua"), base, "--", str(scripts.token_file),
-                 str(scripts.post_file), str(scripts.chfid_files[phase]), str(threads)]
+        raise ValueError(scenario.script)
     return argv
 
 
@@ -1098,14 +1309,26 @@ def run_backend(backend: str, args: argparse.Namespace) -> BackendRun:
                 renice(db_root, args.nice)  # backends forked later inherit the postmaster's priority
             run.notes.append(f"server{', PostgreSQL' if db_root else ''} and wrk run at nice {args.nice}")
         token = login(server.base)
-        samples = pick_samples(database_url, args.sample)
+        # Enough families for POST Contract at CONTRACT_CAPACITY_RPS in each phase (and one for verify()).
+        wanted = {0: int(args.warmup * CONTRACT_CAPACITY_RPS) + 1, 1: int(args.duration * CONTRACT_CAPACITY_RPS)}
+        if "contract" not in args.scenarios:
+            wanted = {0: 0, 1: 0}
+        samples = pick_samples(database_url, args.sample, 1 + wanted[0] + wanted[1])
         run.notes.append(
             f"{samples.insurees:,} insurees in the database; {len(samples.ids)} sampled ids/CHFIDs, "
-            f"{len(samples.families)} family names, {len(samples.villages)} villages"
+            f"{len(samples.families)} family names, {len(samples.villages)} villages, "
+            f"{len(samples.insured)} insured insurees (eligibility)"
         )
+        contracts = split_contracts(samples.contracts[1:], wanted, args.threads)
+        if "contract" in args.scenarios:
+            measured = len(set(contracts[1]))
+            run.notes.append(
+                f"contract: {samples.unenrolled:,} families without a policy; {len(set(contracts[0])):,} enrolled "
+                f"in the warm-up, {measured:,} available to the measurement (one Contract each: at most "
+                f"{measured / args.duration:,.0f} req/s can be measured before they run out)")
         # Enough fresh CHFIDs for POST at POST_CAPACITY_RPS in each phase; past that wrk reuses them (409).
         capacity = {0: int(args.warmup * POST_CAPACITY_RPS) + 1, 1: int(args.duration * POST_CAPACITY_RPS)}
-        scripts = write_scripts(VAR_DIR / f"wrk-{backend}", token, samples, capacity)
+        scripts = write_scripts(VAR_DIR / f"wrk-{backend}", token, samples, capacity, contracts)
         verify(server.base, token, samples)
         selected = [s for s in SCENARIOS if s.key in args.scenarios or s is CEILING]
         for scenario in selected:
@@ -1114,6 +1337,12 @@ def run_backend(backend: str, args: argparse.Namespace) -> BackendRun:
             run.measurements.append(m)
             log(f"{backend}: {scenario.label}: {m.wrk.rps:,.0f} req/s, p50 {m.wrk.p50_ms:.2f} ms, "
                 f"p99 {m.wrk.p99_ms:.2f} ms, non-2xx {m.wrk.non_2xx}, peak RSS {m.peak_rss_mb:.0f} MB")
+            if scenario.key == "contract" and m.wrk.requests > len(set(contracts[1])):
+                note = (f"contract: the families ran out ({m.wrk.requests:,} requests for "
+                        f"{len(set(contracts[1])):,} families): the requests beyond them re-sent a Contract and "
+                        "were refused (409); load more insurees or shorten --duration")
+                log(note)
+                run.notes.append(note)
         if "sync" in args.scenarios:
             log(f"{backend}: catalogue sync ({SYNC_ROUNDS} rounds)")
             run.sync = measure_sync(server.base, token)

@@ -4,26 +4,32 @@ from __future__ import annotations
 
 import io
 import random
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import ColumnElement, Engine, Row, Table, func, select
+from sqlalchemy import ColumnElement, Connection, Engine, Row, Table, func, select, update
 
 from hifhir import cli
 from hifhir.config import Settings
 from hifhir.demo import catalogue, generate_catalogue, generate_population, load_demo_scheme
 from hifhir.demo import population as population_module
+from hifhir.demo.policies import POLICY_MIX
 from hifhir.demo.population import ChfSequence
 from hifhir.demo.progress import Progress
 from hifhir.demo.resources import chf_id, is_valid_chf_id
+from hifhir.demo.scheme import VILLAGES
 from hifhir.demo.staff import claim_admin_code
+from hifhir.domain.policy import STATUS_NAMES, status_on
 from hifhir.fhir.kind import WriteContext
 from hifhir.fhir.registry import KINDS
 from hifhir.fhir.validate import has_errors, validate_resource
+from hifhir.jobs import covered_on
 from hifhir.setup import prepare
 from hifhir.store.db import make_engine
 from hifhir.store.tables import (
@@ -31,16 +37,20 @@ from hifhir.store.tables import (
     claim_admin,
     claim_admin_role,
     code_list_entry,
+    coverage,
     family,
     health_facility,
     insuree,
+    insuree_policy,
     location,
     medical_item,
     medical_service,
     officer,
     officer_role,
     officer_role_village,
+    policy,
     policy_holder,
+    premium,
     price_list,
     price_list_item,
     price_list_service,
@@ -55,7 +65,8 @@ from hifhir.store.tables import (
 
 ENTITY_KINDS = ("location", "health-facility", "policy-holder", "group", "patient", "medication",
                 "activity-definition", "insurance-plan", "claim-admin", "claim-admin-role", "enrolment-officer",
-                "enrolment-officer-role")
+                "enrolment-officer-role", "contract", "coverage")
+POLICY_STATUS_EXT = "https://hifhir.org/fhir/StructureDefinition/policy-status"
 
 
 def _engine(path: Path) -> Engine:
@@ -181,7 +192,8 @@ def test_demo_history_and_profiles(demo_engine: Engine) -> None:
 def test_demo_scheme_is_idempotent(demo_engine: Engine) -> None:
     tables = (location, health_facility, family, insuree, app_user, resource_version, medical_item, medical_service,
               product, product_item, product_service, price_list, price_list_item, price_list_service, officer,
-              officer_role, officer_role_village, claim_admin, claim_admin_role, code_list_entry, user_district)
+              officer_role, officer_role_village, claim_admin, claim_admin_role, code_list_entry, user_district,
+              policy, insuree_policy, premium, coverage)
     before = {t.name: _count(demo_engine, t) for t in tables}
     load_demo_scheme(demo_engine)
     after = {t.name: _count(demo_engine, t) for t in tables}
@@ -292,6 +304,107 @@ def test_demo_staff(demo_engine: Engine) -> None:
     assert len(users) == 31  # Admin, Admin_Fr, 15 claim administrators, 14 officers (domain §5)
 
 
+def _latest_bodies(conn: Connection, kind_name: str) -> dict[str, dict[str, Any]]:
+    """The latest stored version of every resource of a kind, by id."""
+    latest: dict[str, tuple[int, dict[str, Any]]] = {}
+    for r in conn.execute(select(resource_version.c.res_id, resource_version.c.version, resource_version.c.body)
+                          .where(resource_version.c.kind == kind_name)):
+        if r.res_id not in latest or r.version > latest[r.res_id][0]:
+            latest[r.res_id] = (r.version, orjson.loads(r.body))
+    return {res_id: body for res_id, (_, body) in latest.items()}
+
+
+def _policy_state(row: Row, today: date) -> str:
+    """active | expired | idle, as the Contract's policy-status extension shows it."""
+    return STATUS_NAMES[status_on(row.status, row.expiry_date, today)]
+
+
+def _check_policies(engine: Engine) -> dict[str, int]:
+    """What every policy must be, demo or bulk: one Coverage; its members in the family, carrying its dates; one
+    contribution paying the value once it took effect, none while idle; a product sold where the family lives;
+    the officer of its village; Patient.active / Group.active (stored versions too) = covered today; stored
+    Contract and Coverage versions saying the status. Returns the count of policies per state."""
+    today = date.today()
+    with engine.connect() as conn:
+        policies = {r.pk: r for r in conn.execute(
+            select(policy, family.c.location_pk.label("village_pk"), product.c.code.label("product_code"),
+                   product.c.location_pk.label("product_location"))
+            .join(family, family.c.pk == policy.c.family_pk).join(product, product.c.pk == policy.c.product_pk))}
+        places = {r.pk: {r.pk, r.parent_pk, r.district_pk, r.region_pk, None} for r in conn.execute(
+            select(location.c.pk, location.c.parent_pk, location.c.district_pk, location.c.region_pk).where(
+                location.c.type == "V"))}
+        officers = set(conn.execute(
+            select(officer_role_village.c.location_pk, officer_role.c.officer_pk)
+            .join(officer_role, officer_role.c.pk == officer_role_village.c.role_pk)).all())
+        members = conn.execute(select(insuree_policy)).all()
+        paid = conn.execute(select(premium)).all()
+        coverages = {r.policy_pk: r for r in conn.execute(select(coverage))}
+        insurees = {r.pk: r for r in conn.execute(select(insuree.c.pk, insuree.c.id, insuree.c.family_pk,
+                                                         insuree.c.has_active_policy))}
+        covered_now = set(conn.execute(select(insuree.c.pk).where(covered_on(today))).scalars())
+        groups: dict[int, str] = dict(conn.execute(select(family.c.pk, family.c.id)).all())
+        stored = {name: _latest_bodies(conn, name) for name in ("contract", "coverage", "patient", "group")}
+    states: Counter[str] = Counter(_policy_state(p, today) for p in policies.values())
+    assert set(states) <= {"active", "idle", "expired"}
+    assert len(coverages) == len(policies)
+    by_policy: dict[int, list[Row]] = {}
+    for m in members:
+        by_policy.setdefault(m.policy_pk, []).append(m)
+        p = policies[m.policy_pk]
+        assert insurees[m.insuree_pk].family_pk == p.family_pk
+        assert (m.enroll_date, m.start_date, m.effective_date, m.expiry_date) == \
+            (p.enroll_date, p.start_date, p.effective_date, p.expiry_date)
+    premiums = Counter(r.policy_pk for r in paid)
+    assert len({(r.product_pk, r.receipt) for r in paid}) == len(paid)
+    for r in paid:
+        assert (r.amount, r.product_pk, r.pay_date <= today) == (policies[r.policy_pk].value,
+                                                                 policies[r.policy_pk].product_pk, True)
+    for p in policies.values():
+        state = _policy_state(p, today)
+        assert p.stage == "N" and p.value > 0 and p.head_insuree_pk in {m.insuree_pk for m in by_policy[p.pk]}
+        assert p.product_location in places[p.village_pk]  # sold where the family lives
+        assert (p.village_pk, p.officer_pk) in officers
+        assert premiums[p.pk] == (0 if state == "idle" else 1)
+        assert (p.effective_date is None) == (state == "idle")
+        contract_body, coverage_body = stored["contract"][p.id], stored["coverage"][coverages[p.pk].id]
+        assert contract_body["status"] == ("offered" if state == "idle" else "executed")
+        assert {"url": POLICY_STATUS_EXT, "valueCode": state} in contract_body["extension"]
+        assert contract_body["subject"] == [{"reference": f"Group/{groups[p.family_pk]}"}]
+        assert coverage_body["status"] == ("draft" if state == "idle" else "active")
+        assert coverage_body["class"][0]["value"] == p.product_code
+    # Patient.active / Group.active: the flag, the calendar job's test and the stored versions agree.
+    assert {pk for pk, r in insurees.items() if r.has_active_policy} == covered_now
+    family_active: dict[int, bool] = {}
+    for r in insurees.values():
+        assert stored["patient"][r.id].get("active") is bool(r.has_active_policy), r.id
+        family_active[r.family_pk] = family_active.get(r.family_pk, False) or bool(r.has_active_policy)
+    for family_pk, active in family_active.items():
+        assert stored["group"][groups[family_pk]].get("active") is active
+    return dict(states)
+
+
+def test_demo_policies(demo_engine: Engine) -> None:
+    """Domain §5: 21 policies, all new, 19 active and 2 expired, each paid by one contribution (20 cash, 1 bank
+    transfer), on the Basic Cover of the family's region (16 Ultha, 5 Tahida here: the demo's families live
+    there), sold by the officer of the family's village."""
+    assert _check_policies(demo_engine) == {"active": 19, "expired": 2}
+    with demo_engine.connect() as conn:
+        rows = conn.execute(
+            select(policy.c.pk, product.c.code, location.c.code.label("village"), officer.c.code.label("officer"))
+            .join(product, product.c.pk == policy.c.product_pk).join(family, family.c.pk == policy.c.family_pk)
+            .join(location, location.c.pk == family.c.location_pk)
+            .join(officer, officer.c.pk == policy.c.officer_pk)).all()
+        pay_types = Counter(conn.execute(select(premium.c.pay_type)).scalars())
+        covered = Counter(conn.execute(select(insuree_policy.c.insuree_pk)).scalars())
+    assert len(rows) == 21 and len(covered) == 60 and set(covered.values()) == {1}  # every insuree, once
+    assert Counter(r.code for r in rows) == {"BCUL0001": 16, "BCTA0001": 5}
+    village_index = {code: i for i, (code, _) in enumerate(VILLAGES)}
+    for r in rows:
+        assert r.code == ("BCUL0001" if r.village.startswith("R1") else "BCTA0001")
+        assert r.officer == f"E{village_index[r.village] + 1:05d}"  # the officer of the family's village
+    assert pay_types == {"C": 20, "B": 1}
+
+
 def test_claim_admin_codes() -> None:
     taken: set[str] = set()
     assert claim_admin_code("RAHOS001", taken) == "RHOS0011"
@@ -317,9 +430,25 @@ def test_generate_population(fresh_engine: Engine) -> None:
     assert 800 < n_families < 1250  # ≈ 3 per family
     _check_history(fresh_engine, first_versions=False)
 
+    # Policies in the proportions asked (the demo's 19 active and 2 expired aside), each as the Contract kind
+    # would have made it.
+    states = _check_policies(fresh_engine)
+    shares = {"active": (states["active"] - 19) / n_families, "idle": states.get("idle", 0) / n_families,
+              "expired": (states["expired"] - 2) / n_families}
+    expected = {STATUS_NAMES[state]: share for state, share in POLICY_MIX}
+    for state, share in expected.items():
+        assert abs(shares[state] - share) < 0.035, (state, shares)
+    unenrolled = 1 - sum(shares.values())
+    assert abs(unenrolled - (1 - sum(expected.values()))) < 0.035 and unenrolled >= 0.1
+    with fresh_engine.connect() as conn:
+        policy_pks = list(conn.execute(select(policy.c.pk).order_by(policy.c.pk).offset(21)).scalars())
+        coverage_pks = list(conn.execute(select(coverage.c.pk).order_by(coverage.c.pk).offset(21)).scalars())
+    _check_reenrolment(fresh_engine, random.Random(9).sample(policy_pks, 40))
+
     # The stored versions are what the kinds render, so the API serves identical bodies.
     with fresh_engine.connect() as conn:
-        for name, pks in (("patient", new_pks), ("group", fam_pks)):
+        for name, pks in (("patient", new_pks), ("group", fam_pks), ("contract", policy_pks),
+                          ("coverage", coverage_pks)):
             kind = KINDS[name]
             sample = random.Random(3).sample(pks, 60)
             rendered = kind.render(conn, sample)
@@ -327,13 +456,12 @@ def test_generate_population(fresh_engine: Engine) -> None:
                 select(kind.table.c.pk, kind.table.c.id).where(kind.table.c.pk.in_(sample))).all())
             for pk in sample:
                 body = orjson.loads(conn.execute(select(resource_version.c.body).where(
-                    resource_version.c.res_id == ids[pk])).scalar_one())
+                    resource_version.c.res_id == ids[pk], resource_version.c.kind == name)).scalar_one())
                 for key in ("resourceType", "id", "meta"):
                     body.pop(key)
                 assert body == rendered[pk]
-                if name == "patient":
-                    _, issues = validate_resource({"resourceType": "Patient", **body}, kind.profile)
-                    assert not has_errors(issues), [i.to_fhir() for i in issues]
+                _, issues = validate_resource({"resourceType": kind.resource_type, **body}, kind.profile)
+                assert not has_errors(issues), [i.to_fhir() for i in issues]
 
     # Writing a rendered body back through the kind changes nothing: the bulk rows carry exactly the columns
     # (normalised names, head flag, family and village links…) that write() derives from the resource.
@@ -355,6 +483,45 @@ def test_generate_population(fresh_engine: Engine) -> None:
     with fresh_engine.connect() as conn:
         chfs = list(conn.execute(select(insuree.c.chf_id)).scalars())
     assert len(chfs) == 3560 == len(set(chfs))
+
+
+def _check_reenrolment(engine: Engine, policy_pks: list[int]) -> None:
+    """The bulk rows are what the Contract kind makes of the same enrolment: each sampled policy is deleted and
+    its Contract, as rendered, written again through the kind (as a client's POST) — dates, value, status,
+    members and contribution come out the same, and no Patient.active flag changes. Rolled back."""
+    kind = KINDS["contract"]
+    compared = ("family_pk", "policy_holder_pk", "product_pk", "officer_pk", "head_insuree_pk", "enroll_date",
+                "start_date", "effective_date", "expiry_date", "status", "stage", "value", "previous_policy_pk")
+    ip, pr = insuree_policy, premium
+
+    def members(pk: int) -> list[tuple[Any, ...]]:
+        return sorted(conn.execute(select(ip.c.insuree_pk, ip.c.enroll_date, ip.c.start_date, ip.c.effective_date,
+                                          ip.c.expiry_date).where(ip.c.policy_pk == pk, ip.c.deleted.is_(False))))
+
+    def paid(pk: int) -> list[tuple[Any, ...]]:
+        return sorted(conn.execute(select(pr.c.product_pk, pr.c.payer, pr.c.amount, pr.c.receipt, pr.c.pay_date,
+                                          pr.c.pay_type, pr.c.is_photo_fee).where(pr.c.policy_pk == pk,
+                                                                                  pr.c.deleted.is_(False))))
+
+    with engine.connect() as conn, conn.begin() as tx:
+        for pk in policy_pks:
+            before = conn.execute(select(policy).where(policy.c.pk == pk)).one()
+            before_members, before_paid = members(pk), paid(pk)
+            resource = {"resourceType": "Contract", **kind.render(conn, [pk])[pk]}
+            del resource["identifier"]  # the deleted policy keeps its UUID
+            del resource["extension"]  # the computed status and stage: a client does not send them
+            for t, column in ((policy, policy.c.pk), (ip, ip.c.policy_pk), (pr, pr.c.policy_pk)):
+                conn.execute(update(t).where(column == pk).values(deleted=True))
+            ctx = WriteContext(conn, "test")
+            ctx.new_id = str(uuid.uuid4())
+            new_pk = kind.write(ctx, resource, None)
+            after = conn.execute(select(policy).where(policy.c.pk == new_pk)).one()
+            assert [getattr(after, c) for c in compared] == [getattr(before, c) for c in compared], pk
+            assert [m[1:] for m in members(new_pk)] == [m[1:] for m in before_members]
+            assert [m[0] for m in members(new_pk)] == [m[0] for m in before_members]
+            assert paid(new_pk) == before_paid
+            assert "patient" not in ctx.touched and "group" not in ctx.touched  # the flags were right
+        tx.rollback()
 
 
 def test_population_creates_villages(fresh_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -382,6 +549,16 @@ def test_population_creates_villages(fresh_engine: Engine, monkeypatch: pytest.M
     _check_history(fresh_engine, first_versions=False)
     _check_families(fresh_engine)
     _check_staff_and_price_lists(fresh_engine, len(villages), len(districts) * 3)
+    # The new regions get the demo's two products (their own codes), so their families are enrolled too.
+    with fresh_engine.connect() as conn:
+        sold = Counter(conn.execute(select(product.c.location_pk)).scalars())
+        codes = list(conn.execute(select(product.c.code)).scalars())
+        enrolled = set(conn.execute(select(location.c.region_pk).join(family, family.c.location_pk == location.c.pk)
+                                    .join(policy, policy.c.family_pk == family.c.pk)).scalars())
+    regions = {pk for pk, r in locs.items() if r.type == "R"}
+    assert set(sold) == regions and set(sold.values()) == {2} and len(set(codes)) == len(codes)
+    assert enrolled == regions
+    _check_policies(fresh_engine)
 
 
 def _check_staff_and_price_lists(engine: Engine, villages: int, facilities: int) -> None:

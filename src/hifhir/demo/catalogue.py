@@ -477,17 +477,23 @@ def ensure_price_lists(conn: Connection, list_date: date) -> None:
 
 # --- products -------------------------------------------------------------------------------------------------
 
-# The fixed-cycle products come first: the basic ones convert into them at renewal.
-DEMO_PRODUCTS: tuple[tuple[str, res.ProductSpec], ...] = tuple(
-    (region, spec) for region, name, suffix in (("R1", "Ultha", "UL"), ("R2", "Tahida", "TA"))
-    for spec in (
-        res.ProductSpec(f"FC{suffix}0001", f"Fixed Cycle Cover {name}", lump_sum=0, threshold=6, member_count=9999,
+def regional_products(name: str, suffix: str, number: int = 1) -> tuple[res.ProductSpec, res.ProductSpec]:
+    """The demo's two products for a region (domain §5): Fixed Cycle Cover, then Basic Cover (which converts
+    into it at renewal, so it comes second). `suffix`: two letters of the region's name (UL, TA)."""
+    fc, bc = f"FC{suffix}{number:04d}", f"BC{suffix}{number:04d}"
+    return (
+        res.ProductSpec(fc, f"Fixed Cycle Cover {name}", lump_sum=0, threshold=6, member_count=9999,
                         max_installments=3, premium_adult=4_000, premium_child=4_000, registration_lump_sum=1_000,
                         general_assembly_lump_sum=1_000, max_policy=300_000, start_cycles=("01-06", "01-11"),
                         grace_period_payment=3),
-        res.ProductSpec(f"BC{suffix}0001", f"Basic Cover {name}", lump_sum=10_000, threshold=6, member_count=6,
-                        max_installments=1, conversion=f"FC{suffix}0001"),
+        res.ProductSpec(bc, f"Basic Cover {name}", lump_sum=10_000, threshold=6, member_count=6,
+                        max_installments=1, conversion=fc),
     )
+
+
+DEMO_PRODUCTS: tuple[tuple[str, res.ProductSpec], ...] = tuple(
+    (region, spec) for region, name, suffix in (("R1", "Ultha", "UL"), ("R2", "Tahida", "TA"))
+    for spec in regional_products(name, suffix)
 )
 
 

@@ -4,8 +4,14 @@ Structure (few thousand rows: locations, health facilities) is created through t
 demo scheme. The population itself is bulk-inserted: going through `write()` costs ~15 queries per insuree,
 far too slow for a million rows. The bulk path inserts entity rows with the denormalised columns exactly as
 `PatientKind.write` / `GroupKind.write` set them (normalised names, is_head, family_pk, village_pk,
-address_use…), then lets `WriteContext.flush()` render the batch with the kinds' own `render()` and append the
-history rows. So the stored FHIR versions are those the API would have produced, by construction.
+address_use…), at version 1 as `WriteContext.insert` does, then lets `WriteContext.flush()` render the batch with
+the kinds' own `render()` and append the history rows. So the stored FHIR versions are those the API would have
+produced, by construction.
+
+Families are enrolled the same way (policies.py): policy, insuree-policy, contribution and coverage rows as
+`ContractKind._create` writes them, with `insuree.has_active_policy` set before the flush renders the Patients
+and Groups, and the Contracts and Coverages rendered by their kinds. Regions where no product is sold (the
+new ones) first get the demo's two products.
 
 One transaction per batch keeps memory flat and lets an interrupted run leave only whole families behind.
 """
@@ -24,16 +30,32 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, bindparam, func, insert, select, text, update
 
+from hifhir.demo import catalogue
 from hifhir.demo import resources as res
 from hifhir.demo.catalogue import ensure_price_lists
 from hifhir.demo.names import FEMALE_NAMES, LAST_NAMES, MALE_NAMES, REGION_NAMES, place_name
+from hifhir.demo.policies import Planned, PolicyPlanner
 from hifhir.demo.progress import Progress
-from hifhir.demo.scheme import DEMO_PASSWORD, DEMO_USER_NAME, SchemeWriter, load_demo_scheme
+from hifhir.demo.scheme import DEMO_PASSWORD, DEMO_USER_NAME, SchemeWriter, load_demo_scheme, product_period
 from hifhir.demo.staff import ensure_staff
 from hifhir.fhir.kind import CS, WriteContext
 from hifhir.fhir.searchparams import normalise_text
 from hifhir.store.db import transaction
-from hifhir.store.tables import code_list_entry, family, health_facility, insuree, is_current, location
+from hifhir.store.tables import (
+    code_list_entry,
+    coverage,
+    family,
+    health_facility,
+    insuree,
+    insuree_policy,
+    is_current,
+    location,
+    medical_item,
+    medical_service,
+    policy,
+    premium,
+    product,
+)
 
 INSUREES_PER_VILLAGE = 300  # domain §5 scale-up: a village of a few hundred enrolled people
 WARDS_PER_DISTRICT = 25
@@ -287,6 +309,49 @@ def _hf_code(name: str, level: str, taken: set[str]) -> str:
     raise RuntimeError(f"no free health facility code for {stem}")
 
 
+# --- products for the new regions ---------------------------------------------------------------------------
+
+
+def _ensure_products(engine: Engine, today: date, progress: bool) -> None:
+    """The demo's two products (Fixed Cycle and Basic Cover, covering the demo's items and services) for every
+    region where no product is sold (none of its own, none national), so that its families can be enrolled.
+    Written through the insurance-plan kind like the demo's."""
+    with engine.connect() as conn:
+        sold_in = set(conn.execute(select(product.c.location_pk).where(is_current(product))).scalars())
+        if None in sold_in:
+            return
+        regions = conn.execute(select(location.c.id, location.c.name).where(
+            location.c.type == "R", is_current(location), location.c.pk.not_in(sold_in)).order_by(
+            location.c.pk)).all()
+        if not regions:
+            return
+        codes = set(conn.execute(select(product.c.code)).scalars())
+        item_codes = [i.code for i in catalogue.demo_items()]
+        service_codes = [s.code for s in catalogue.DEMO_SERVICES if s.code not in catalogue.UNCOVERED_SERVICES]
+        item_ids = list(conn.execute(select(medical_item.c.id).where(
+            medical_item.c.code.in_(item_codes), is_current(medical_item)).order_by(medical_item.c.code)).scalars())
+        service_ids = list(conn.execute(select(medical_service.c.id).where(
+            medical_service.c.code.in_(service_codes), is_current(medical_service)).order_by(
+            medical_service.c.code)).scalars())
+    if progress:
+        print(f"products: 2 for each of {len(regions)} regions", file=sys.stderr, flush=True)
+    sold_from, sold_to = product_period(today)
+    with transaction(engine, write=True) as conn:
+        w = SchemeWriter.open(conn)
+        for region in regions:
+            suffix = ("".join(c for c in region.name.upper() if c.isalpha()) + "XX")[:2]
+            number = 1
+            while {f"FC{suffix}{number:04d}", f"BC{suffix}{number:04d}"} & codes:
+                number += 1
+            ids: dict[str, str] = {}
+            for spec in catalogue.regional_products(region.name, suffix, number):
+                codes.add(spec.code)
+                ids[spec.code] = w.create("insurance-plan", res.insurance_plan_resource(
+                    spec, region.id, sold_from, sold_to, conversion_id=ids[spec.conversion] if spec.conversion
+                    else None, item_ids=item_ids, service_ids=service_ids))[1]
+        w.flush()
+
+
 # --- the population ---------------------------------------------------------------------------------------
 
 
@@ -495,30 +560,70 @@ def _allocate_pks(conn: Connection, table: Table, count: int) -> list[int]:
     return list(range(top + 1, top + 1 + count))
 
 
-def _write_batch(conn: Connection, batch: _Batch, seq: ChfSequence) -> None:
+def _write_batch(conn: Connection, batch: _Batch, seq: ChfSequence, planner: PolicyPlanner) -> None:
+    ctx = WriteContext(conn, DEMO_USER_NAME)
     chfs = iter(_free_chf_ids(conn, seq, batch.size))
     fam_pks = _allocate_pks(conn, family, len(batch.families))
     ins_pks = _allocate_pks(conn, insuree, batch.size)
     rows: list[dict[str, Any]] = []
     heads: list[dict[str, int]] = []
+    planned: list[Planned] = []
     next_pk = iter(ins_pks)
+    now = ctx.now
     for fam, fam_pk, members in zip(batch.families, fam_pks, batch.members, strict=True):
-        fam["pk"] = fam_pk
+        fam["pk"], fam["version_id"], fam["last_updated"] = fam_pk, 1, now
         for m in members:
             m["pk"], m["family_pk"], m["chf_id"] = next(next_pk), fam_pk, next(chfs)
+            m["version_id"], m["last_updated"] = 1, now
             rows.append(m)
         fam["code"] = members[0]["chf_id"]  # openIMIS default: the family code is the head's number
         heads.append({"f_pk": fam_pk, "h_pk": members[0]["pk"]})
+        p = planner.plan(fam_pk, fam["location_pk"], members)
+        if p is not None:
+            planned.append(p)
+            if p.covers_today(planner.today):  # Patient.active / Group.active, as the Contract kind sets them
+                covered = set(p.covered)
+                for m in members:
+                    m["has_active_policy"] = m["pk"] in covered
     # Families first (head unknown yet), then the insurees pointing at them, then the heads: the foreign keys
     # run both ways and are not deferrable on PostgreSQL.
     conn.execute(insert(family), batch.families)
     conn.execute(insert(insuree), rows)
     conn.execute(_SET_HEAD, heads)
-    # Rows were inserted at version 0; flush() bumps them to 1, renders them through the kinds and appends the
-    # history rows, exactly as for an API create.
-    ctx = WriteContext(conn, DEMO_USER_NAME)
+    # The rows went in at version 1, as `WriteContext.insert` puts an API create's: flush() renders them through
+    # the kinds and appends their history rows.
     ctx.touched = {"patient": set(ins_pks), "group": set(fam_pks)}
+    ctx.created.update({("insuree", m["pk"]): m["id"] for m in rows})
+    ctx.created.update({("family", f["pk"]): f["id"] for f in batch.families})
+    if planned:
+        _write_policies(ctx, planned)
     ctx.flush()
+
+
+def _write_policies(ctx: WriteContext, planned: list[Planned]) -> None:
+    """The policies of a batch with their members, contributions and Coverage rows, to be rendered by the flush."""
+    conn, now = ctx.conn, ctx.now
+    policy_pks = _allocate_pks(conn, policy, len(planned))
+    coverage_pks = _allocate_pks(conn, coverage, len(planned))
+    policies: list[dict[str, Any]] = []
+    members: list[dict[str, Any]] = []
+    premiums: list[dict[str, Any]] = []
+    coverages: list[dict[str, Any]] = []
+    for p, policy_pk, coverage_pk in zip(planned, policy_pks, coverage_pks, strict=True):
+        pol, covered, paid, cov = PolicyPlanner.rows(p, policy_pk, coverage_pk, uuid7(), now)
+        policies.append(pol)
+        members.extend(covered)
+        if paid is not None:
+            premiums.append(paid)
+        coverages.append(cov)
+    conn.execute(insert(policy), policies)
+    conn.execute(insert(insuree_policy), members)
+    if premiums:
+        conn.execute(insert(premium), premiums)
+    conn.execute(insert(coverage), coverages)
+    ctx.touched.update({"contract": set(policy_pks), "coverage": set(coverage_pks)})
+    ctx.created.update({(policy.name, r["pk"]): r["id"] for r in policies})
+    ctx.created.update({(coverage.name, r["pk"]): r["id"] for r in coverages})
 
 
 def generate_population(engine: Engine, insurees: int, *, seed: int = 42, progress: bool = True) -> None:
@@ -544,15 +649,20 @@ def generate_population(engine: Engine, insurees: int, *, seed: int = 42, progre
                 is_current(health_facility)).order_by(health_facility.c.pk)):
             hfs.setdefault(hf.location_pk, []).append(hf.pk)
         seq = ChfSequence(seed, highest_generated_chf(conn), insurees)
+    _ensure_products(engine, date.today(), progress)
+    with engine.connect() as conn:
+        # Policies draw from their own generator: the insurees of a seed stay what they were without them.
+        planner = PolicyPlanner(conn, random.Random(f"policies-{seed}"), date.today())
     gen = _Generator(rng, lists, villages, hfs)
     bar = Progress(insurees, "insurees", enabled=progress)
     for batch in gen.batches(insurees, BATCH_INSUREES):
         with transaction(engine, write=True) as conn:
-            _write_batch(conn, batch, seq)
+            _write_batch(conn, batch, seq, planner)
         bar.update(batch.size)
     bar.close()
     if engine.dialect.name == "postgresql":
         # Autovacuum would analyze the grown tables eventually; until then the planner sees them nearly empty.
         with engine.connect() as conn:
-            conn.execute(text("ANALYZE insuree, family, resource_version, location"))
+            conn.execute(text("ANALYZE insuree, family, resource_version, location, policy, insuree_policy, "
+                              "premium, coverage"))
             conn.commit()

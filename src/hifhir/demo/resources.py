@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from hifhir.fhir.elements import coding, ext, ig_concept, reference
-from hifhir.fhir.kind import CS, IDENTIFIER_SYSTEM, PROFILE_BASE
+from hifhir.fhir.kind import CS, EXT, IDENTIFIER_SYSTEM, PROFILE_BASE
 from hifhir.fhir.profiles.activity_definition import LEVELS as SERVICE_LEVELS
 from hifhir.fhir.profiles.activity_definition import SERVICE_TYPES
 from hifhir.fhir.profiles.medication import CURRENCY, ITEM_TYPES, render_contexts
@@ -461,3 +461,64 @@ def insurance_plan_resource(spec: ProductSpec, area_id: str | None, start: date,
             _limit("period", spec.insurance_period, "month"), _limit("memberCount", spec.member_count, "member")]}]}],
         "plan": [{"generalCost": costs}],
     }
+
+
+# --- enrolment (Contract) -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PremiumSpec:
+    """One contribution as a point of service records it (the contract-premium extension)."""
+
+    amount: Decimal
+    receipt: str
+    pay_date: date
+    pay_type: str = "C"  # C cash | B bank transfer | M mobile phone
+    payer: str | None = "beneficiary"
+
+
+def premium_extension(p: PremiumSpec) -> dict[str, Any]:
+    parts: list[dict[str, Any]] = []
+    if p.payer:
+        parts.append({"url": "payer", "valueCodeableConcept": ig_concept("contract-premium-payer", p.payer)})
+    parts += [
+        {"url": "category", "valueCodeableConcept": ig_concept("contract-premium-category", "C")},
+        {"url": "amount", "valueMoney": _money(p.amount)},
+        {"url": "receipt", "valueString": p.receipt},
+        {"url": "date", "valueDate": p.pay_date.isoformat()},
+        {"url": "type", "valueCodeableConcept": ig_concept("contract-premium-type", p.pay_type)},
+    ]
+    return {"url": EXT + "contract-premium", "extension": parts}
+
+
+def contract_resource(*, family_id: str, head_id: str, member_ids: list[str], product_id: str, issued: date,
+                      officer_id: str | None, premiums: list[PremiumSpec]) -> dict[str, Any]:
+    """A family's enrolment as a point of service POSTs it (informal sector). The periods, net value and status
+    the profile requires are placeholders: the server computes them (hifhir.fhir.profiles.contract)."""
+    day = issued.isoformat()
+    asset: dict[str, Any] = {}
+    if premiums:
+        asset["extension"] = [premium_extension(p) for p in premiums]
+    asset.update({
+        "typeReference": [reference("Patient", i) for i in member_ids],
+        "period": [{"start": day, "end": day}],
+        "usePeriod": [{"start": day, "end": day}],
+        "valuedItem": [{"entityReference": reference("InsurancePlan", product_id),
+                        "net": _money(sum((p.amount for p in premiums), Decimal(0)))}],
+    })
+    res: dict[str, Any] = {
+        "resourceType": "Contract",
+        "meta": _meta("openimis-contract"),
+        "status": "offered",
+        "issued": day,
+        "subject": [reference("Group", family_id)],
+    }
+    if officer_id is not None:
+        res["author"] = reference("Practitioner", officer_id)
+    res["scope"] = ig_concept("contract-scope", "informal")
+    res["term"] = [{
+        "offer": {"party": [{"reference": [reference("Patient", head_id)],
+                             "role": ig_concept("contract-resource-party-role", "beneficiary", "Beneficiary")}]},
+        "asset": [asset],
+    }]
+    return res

@@ -6,7 +6,8 @@ exactly what a client POSTing the same resources would have produced, and stays 
 
 Contents: 31 locations, 15 health facilities, 2 policy holders, 21 families with 60 insurees; 14 enrolment
 officers and 15 claim administrators with their roles and logins (staff.py); 257 medical items, 81 services, the
-4 products and 12 price lists (catalogue.py); the 1,910 ICD-10 diagnoses. Price lists, diagnoses and users are
+4 products and 12 price lists (catalogue.py); 21 policies, one per family (Contracts, with their Coverages; 19
+active, 2 expired: `_policies`); the 1,910 ICD-10 diagnoses. Price lists, diagnoses and users are
 not FHIR resources here: they are written directly after the flush, in the same transaction.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -24,13 +26,15 @@ from sqlalchemy import Connection, Engine, select
 from hifhir.demo import catalogue, staff
 from hifhir.demo import resources as res
 from hifhir.demo.names import FEMALE_NAMES, LAST_NAMES, MALE_NAMES
+from hifhir.demo.policies import draw_dates
+from hifhir.domain.policy import ACTIVE, EXPIRED, STATUS_NAMES, Member, ProductTerms
 from hifhir.fhir.kind import WriteContext
 from hifhir.fhir.registry import KINDS
 from hifhir.fhir.validate import has_errors, validate_resource
 from hifhir.setup import ensure_admin
 from hifhir.store.codelists import seed_diagnoses
 from hifhir.store.db import transaction
-from hifhir.store.tables import is_current, location
+from hifhir.store.tables import insuree, is_current, location, officer, product
 
 DEMO_PASSWORD = "admin123"
 DEMO_USER_NAME = "demo"  # user_name on the history rows the demo writes
@@ -75,6 +79,14 @@ POLICY_HOLDERS: tuple[dict[str, Any], ...] = (
      "contact": "Neema Massawe", "email": "office@tahidabuilders.example", "phone": "+255713400500",
      "address_line": "Kisanga industrial area"},
 )
+# Policies (domain §5): the Basic Cover of the family's region; two expired (one per region), one contribution
+# paid by bank transfer, the others in cash.
+REGION_PRODUCTS = {"R1": "BCUL0001", "R2": "BCTA0001"}
+EXPIRED_FAMILIES = frozenset({4, 15})
+BANK_TRANSFER_FAMILY = 9
+# Enrolment dates (days before the load): the active policies run on for at least four more months, the expired
+# ones ended one to seven months ago.
+DEMO_ENROLMENT_DAYS_AGO = {ACTIVE: (7, 240), EXPIRED: (400, 580)}
 FIRST_CHF_N = 7070707  # gives 070707070, the classic openIMIS demo insurance number
 
 
@@ -171,13 +183,14 @@ def _load(conn: Connection) -> None:
             activity=ph["activity"], contact=ph["contact"], email=ph["email"], phone=ph["phone"],
             address_line=ph["address_line"]))
 
-    _families(w, rng, ids, place, hf_by_district)
+    families = _families(w, rng, ids, place, hf_by_district)
     # The parts added later draw from their own generators, so that the families above stay what they were.
     today = date.today()
     logins = staff.demo_officers(w.create, random.Random("demo-officers"), list(VILLAGES), ids, pks, place, today)
     logins += staff.demo_claim_admins(w.create, random.Random("demo-claim-admins"),
                                       [(code, pk, rid, pks[dcode]) for code, pk, rid, dcode in hfs], set())
-    _catalogue(w, ids, today)
+    product_ids = _catalogue(w, ids, today)
+    _policies(w, random.Random("demo-policies"), families, product_ids, today)
     w.flush()
     catalogue.ensure_price_lists(conn, _years_from(today, -1))
     seed_diagnoses(conn)
@@ -192,9 +205,15 @@ def _years_from(day: date, years: int) -> date:
         return day.replace(year=day.year + years, day=28)
 
 
-def _catalogue(w: SchemeWriter, ids: dict[str, str], today: date) -> None:
-    """The 257 items, 81 services and the 4 products covering all items and 78 services (domain §5). The
-    products are sold from a year ago to three years ahead, so the demo stays current."""
+def product_period(today: date) -> tuple[date, date]:
+    """When the demo's products are sold: from two years ago (the expired policies were sold then) to three years
+    ahead, so the demo stays current."""
+    return _years_from(today, -2), _years_from(today, 3)
+
+
+def _catalogue(w: SchemeWriter, ids: dict[str, str], today: date) -> dict[str, str]:
+    """The 257 items, 81 services and the 4 products covering all items and 78 services (domain §5); returns the
+    products' ids by code."""
     item_ids = [w.create("medication", res.medication_resource(item.code, item.name, item.price,
                                                                package=item.package))[1]
                 for item in catalogue.demo_items()]
@@ -206,11 +225,45 @@ def _catalogue(w: SchemeWriter, ids: dict[str, str], today: date) -> None:
         if s.code not in catalogue.UNCOVERED_SERVICES:
             service_ids.append(sid)
     product_ids: dict[str, str] = {}
+    sold_from, sold_to = product_period(today)
     for region, spec in catalogue.DEMO_PRODUCTS:
         _, product_ids[spec.code] = w.create("insurance-plan", res.insurance_plan_resource(
-            spec, ids[region], _years_from(today, -1), _years_from(today, 3),
+            spec, ids[region], sold_from, sold_to,
             conversion_id=product_ids[spec.conversion] if spec.conversion else None,
             item_ids=item_ids, service_ids=service_ids))
+    return product_ids
+
+
+def _policies(w: SchemeWriter, rng: random.Random, families: list[DemoFamily], product_ids: dict[str, str],
+              today: date) -> None:
+    """One policy per family (domain §5: 21 policies, all new, 19 active and 2 expired, one contribution each
+    paying the value: 20 in cash, 1 by bank transfer), enrolled through the Contract kind as a point of service
+    POSTs it. The product is the Basic Cover of the family's region and the officer the one of its village.
+
+    openIMIS's demo has 18 policies on BCUL0001 and 3 on BCTA0001; here 5 of the 21 families live in Tahida's
+    villages (every village has a family), so the split is 16/5. As openIMIS's date-shift script leaves them,
+    the contribution is paid on the enrolment date."""
+    conn = w.conn
+    officer_ids = dict(conn.execute(select(officer.c.code, officer.c.id).where(is_current(officer))).all())
+    receipts: Counter[str] = Counter()
+    for fam in families:
+        vcode = VILLAGES[fam.village][0]
+        code = REGION_PRODUCTS[vcode[:2]]
+        terms = ProductTerms.from_row(conn.execute(select(product).where(product.c.id == product_ids[code])).one())
+        by_id = {r.id: Member(r.dob, r.relationship) for r in conn.execute(
+            select(insuree.c.id, insuree.c.dob, insuree.c.relationship).where(insuree.c.id.in_(fam.member_ids)))}
+        state = EXPIRED if fam.index in EXPIRED_FAMILIES else ACTIVE
+        dates = draw_dates(rng, terms, [by_id[i] for i in fam.member_ids], state, today, max_pay_delay=0,
+                           days_ago=DEMO_ENROLMENT_DAYS_AGO[state])
+        if dates is None or dates.pay_date is None:
+            raise DemoDataError(f"product {code} cannot give family {fam.index} a {STATUS_NAMES[state]} policy")
+        receipts[code] += 1
+        paid = res.PremiumSpec(dates.sale.value, f"RC{code[2:4]}{receipts[code]:04d}", dates.pay_date,
+                               pay_type="B" if fam.index == BANK_TRANSFER_FAMILY else "C")
+        w.create("contract", res.contract_resource(
+            family_id=fam.group_id, head_id=fam.member_ids[0], member_ids=fam.member_ids,
+            product_id=product_ids[code], issued=dates.enroll, officer_id=officer_ids[f"E{fam.village + 1:05d}"],
+            premiums=[paid]))
 
 
 def _chf_numbers(rng: random.Random, count: int) -> list[str]:
@@ -252,10 +305,19 @@ def _person(rng: random.Random, hh: _Household, chf: str, gender: str, year: int
     )
 
 
+@dataclass(frozen=True, slots=True)
+class DemoFamily:
+    index: int  # into FAMILY_SIZES
+    village: int  # index into VILLAGES
+    group_id: str
+    member_ids: list[str]  # head first, then in registration order
+
+
 def _families(w: SchemeWriter, rng: random.Random, ids: dict[str, str], place_of: Callable[[str], res.Place],
-              hf_by_district: dict[str, list[tuple[str, int, str, str]]]) -> None:
+              hf_by_district: dict[str, list[tuple[str, int, str, str]]]) -> list[DemoFamily]:
     """Head first, then the family (Group) with the head as only member, then the members referencing it:
     the order an enrolment client uses."""
+    families: list[DemoFamily] = []
     chfs = iter(_chf_numbers(rng, sum(FAMILY_SIZES)))
     singles = iter(SINGLE_HEAD_GENDERS)
     child_gender = iter(["M", "F"] * 11)
@@ -271,16 +333,20 @@ def _families(w: SchemeWriter, rng: random.Random, ids: dict[str, str], place_of
                        marital="S" if size == 1 else "M")
         _, head_id = w.create("patient", head)
         confirmation = (f"CNF{rng.randrange(10**6, 10**7)}", rng.choice("AB")) if rng.random() < 0.5 else None
-        _, hh.family_id = w.create("group", res.group_resource(
+        _, group_id = w.create("group", res.group_resource(
             code=head_chf, village_id=hh.village_id, place=hh.place, member_ids=[head_id],
             poverty=rng.random() < 0.3, family_type="H", address_line=hh.line, confirmation=confirmation))
+        hh.family_id = group_id
         hh.head_name = (head["name"][0]["family"], " ".join(head["name"][0]["given"]))
+        member_ids = [head_id]
         if size >= 2:
             spouse_name = last_name if rng.random() < 0.7 else rng.choice(LAST_NAMES)
-            w.create("patient", _person(rng, hh, next(chfs), "F" if head_gender == "M" else "M",
-                                        head_year + rng.randrange(-6, 7), spouse_name, relationship="8",
-                                        marital="M"))
+            member_ids.append(w.create("patient", _person(
+                rng, hh, next(chfs), "F" if head_gender == "M" else "M", head_year + rng.randrange(-6, 7),
+                spouse_name, relationship="8", marital="M"))[1])
         for _ in range(size - 2):
             year = rng.randrange(max(head_year + 18, 1975), 2024)
-            w.create("patient", _person(rng, hh, next(chfs), next(child_gender), year, last_name,
-                                        relationship="4", marital="S" if year > 2000 else "M"))
+            member_ids.append(w.create("patient", _person(rng, hh, next(chfs), next(child_gender), year, last_name,
+                                                          relationship="4", marital="S" if year > 2000 else "M"))[1])
+        families.append(DemoFamily(index, FAMILY_VILLAGES[index], group_id, member_ids))
+    return families
