@@ -62,6 +62,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Connection, Row, bindparam, false, insert, not_, or_, select, update
@@ -106,6 +107,7 @@ from hifhir.fhir.searchparams import (
     link_ref,
     split_token,
 )
+from hifhir.store.fast import FastStatement
 from hifhir.store.tables import (
     coverage,
     family,
@@ -230,6 +232,9 @@ _FLAGS = select(insuree.c.pk, insuree.c.family_pk, insuree.c.has_active_policy).
 _FAMILY_FLAGS = select(insuree.c.pk, insuree.c.family_pk, insuree.c.has_active_policy).where(
     insuree.c.family_pk.in_(bindparam("families", expanding=True)), is_current(insuree))
 
+_SET_FLAGS = update(insuree).where(insuree.c.pk.in_(bindparam("pks", expanding=True))).values(
+    has_active_policy=bindparam("flag"))
+
 
 def refresh_active_policy_flags(ctx: WriteContext, insuree_pks: Iterable[int], on: date | None = None) -> None:
     """Recompute `insuree.has_active_policy` (Patient.active: an active policy covers the insuree today, the same
@@ -244,20 +249,33 @@ def refresh_active_policy_flags(ctx: WriteContext, insuree_pks: Iterable[int], o
     active = {r[0] for r in conn.execute(select(insuree.c.pk).where(insuree.c.pk.in_(pks),
                                                                      covered_on(on or today())))}
     changed = [r for r in conn.execute(_FLAGS, {"pks": pks}) if (r.pk in active) != bool(r.has_active_policy)]
-    if not changed:
-        return
     for flag in (True, False):
-        flipped = [r.pk for r in changed if (r.pk in active) is flag]
-        if flipped:
-            conn.execute(update(insuree).where(insuree.c.pk.in_(flipped)).values(has_active_policy=flag))
-    for r in changed:
-        ctx.mark("patient", r.pk)
-    families = sorted({r.family_pk for r in changed if r.family_pk is not None})
+        apply_active_policy_flags(ctx, [(r.pk, r.family_pk) for r in changed if (r.pk in active) is flag], flag)
+
+
+def apply_active_policy_flags(ctx: WriteContext, flipped: list[tuple[int, int | None]], flag: bool,
+                              group_was_active: dict[int, bool] | None = None) -> None:
+    """Set `has_active_policy` to `flag` for the insurees (pk, family pk) whose flag is the opposite, re-version
+    their Patients and the Groups whose `active` changed with them. `group_was_active` (family pk → a member was
+    flagged before), when the caller knows it, spares the read of the families' members."""
+    if not flipped:
+        return
+    conn = ctx.conn
+    conn.execute(_SET_FLAGS, {"pks": sorted(pk for pk, _ in flipped), "flag": flag})
+    for pk, _ in flipped:
+        ctx.mark("patient", pk)
+    families = sorted({family_pk for _, family_pk in flipped if family_pk is not None})
     if not families:
+        return
+    if group_was_active is not None and flag and all(f in group_was_active for f in families):
+        # Members were only switched on: a Group changes when none of its members was on before.
+        for family_pk in families:
+            if not group_was_active[family_pk]:
+                ctx.mark("group", family_pk)
         return
     before: dict[int, bool] = dict.fromkeys(families, False)
     after: dict[int, bool] = dict.fromkeys(families, False)
-    flipped_pks = {r.pk for r in changed}
+    flipped_pks = {pk for pk, _ in flipped}
     for r in conn.execute(_FAMILY_FLAGS, {"families": families}):  # read after the update above
         now = bool(r.has_active_policy)
         was = (not now) if r.pk in flipped_pks else now
@@ -303,6 +321,9 @@ class ContractIn:
     premiums: list[PremiumIn]
     requested_status: int | None
     positions: dict[int, int]  # insuree pk → index in asset.typeReference (for error expressions)
+    owner: Row  # the family (_FAMILY_INFO) or policy holder (_HOLDER_INFO), locked, with its place
+    officer_id: str | None
+    head_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,21 +375,51 @@ def parse_premium(ext: dict[str, Any], expression: str) -> PremiumIn:
 
 
 _INSUREE_COLUMNS = (insuree.c.pk, insuree.c.id, insuree.c.chf_id, insuree.c.family_pk, insuree.c.dob,
-                    insuree.c.relationship, insuree.c.is_head)
+                    insuree.c.relationship, insuree.c.is_head, insuree.c.has_active_policy)
 _INSUREES_BY_ID = select(*_INSUREE_COLUMNS).where(insuree.c.id.in_(bindparam("ids", expanding=True)),
                                                   is_current(insuree))
 _INSUREE_BY_PK = select(*_INSUREE_COLUMNS).where(insuree.c.pk == bindparam("pk"))
 
 
 # Statements of the enrolment path, built once (building and cache-keying a statement costs more than running it).
-_PK_BY_ID = {t.name: select(t.c.pk).where(t.c.id == bindparam("id"), is_current(t))
-             for t in (family, policy_holder, officer, product, insuree)}
-_PRODUCT = select(product).where(product.c.pk == bindparam("pk"))
-_FAMILY_LOCKED = (select(family.c.head_insuree_pk, family.c.location_pk)
-                  .where(family.c.pk == bindparam("pk")).with_for_update())
-_HOLDER_LOCKED = select(policy_holder.c.location_pk).where(policy_holder.c.pk == bindparam("pk")).with_for_update()
-_PLACE = select(location.c.pk, location.c.ward_pk, location.c.district_pk, location.c.region_pk).where(
-    location.c.pk == bindparam("pk"))
+# Each referenced entity is read once, by id, with everything the checks and the rendering need.
+_PLACE_COLUMNS = (location.c.ward_pk, location.c.district_pk, location.c.region_pk)
+_FAMILY_INFO = select(
+    family.c.pk, family.c.id, family.c.head_insuree_pk, family.c.location_pk, *_PLACE_COLUMNS,
+    select(insuree.c.pk).where(insuree.c.family_pk == family.c.pk, is_current(insuree),
+                               insuree.c.has_active_policy).exists().label("any_active"),
+).select_from(family.outerjoin(location, location.c.pk == family.c.location_pk))
+_HOLDER_INFO = select(
+    policy_holder.c.pk, policy_holder.c.id, policy_holder.c.location_pk, *_PLACE_COLUMNS,
+).select_from(policy_holder.outerjoin(location, location.c.pk == policy_holder.c.location_pk))
+
+
+class _Lookup:
+    """A row by current id (a literal reference) or by pk (after `ctx.resolve`). `fast`: the selected columns
+    need no result processing (integers, strings, booleans), so the driver-level statement can run it."""
+
+    def __init__(self, stmt: Any, table: Any, *, lock: bool = False, fast: bool = False) -> None:
+        by_id = stmt.where(table.c.id == bindparam("id"), is_current(table))
+        by_pk = stmt.where(table.c.pk == bindparam("pk"))
+        if lock:  # the family / policy holder row serialises enrolments of the same owner
+            by_id, by_pk = by_id.with_for_update(of=table), by_pk.with_for_update(of=table)
+        self.by_id, self.by_pk = by_id, by_pk
+        self.fast_by_id = FastStatement(by_id) if fast else None
+
+    def find(self, conn: Connection, rid: str) -> Any:
+        if self.fast_by_id is not None:
+            rows = self.fast_by_id.execute(conn, {"id": rid})
+            return rows[0] if rows else None
+        return conn.execute(self.by_id, {"id": rid}).first()
+
+
+_LOOKUPS = {
+    "family": _Lookup(_FAMILY_INFO, family, lock=True, fast=True),
+    "policy_holder": _Lookup(_HOLDER_INFO, policy_holder, lock=True, fast=True),
+    "product": _Lookup(select(product), product),  # dates and amounts: typed results
+    "officer": _Lookup(select(officer.c.pk, officer.c.id), officer, fast=True),
+    "insuree": _Lookup(select(insuree.c.pk, insuree.c.id), insuree, fast=True),
+}
 _CONVERSIONS = select(product.c.pk, product.c.conversion_product_pk).where(
     product.c.conversion_product_pk.is_not(None), is_current(product))
 _OTHERS = {  # the other current policies of the same family / policy holder
@@ -376,15 +427,13 @@ _OTHERS = {  # the other current policies of the same family / policy holder
     "holder": (policy.c.policy_holder_pk == bindparam("owner"), is_current(policy),
                policy.c.pk != bindparam("exclude")),
 }
-_CANDIDATES = {
-    owner: select(policy.c.pk, policy.c.product_pk, policy.c.start_date, policy.c.expiry_date,
-                  policy.c.effective_date).where(
-        *others, policy.c.product_pk.in_(bindparam("sources", expanding=True)), policy.c.effective_date.is_not(None))
-    for owner, others in _OTHERS.items()
-}
-_FAMILY_OVERLAP = select(policy.c.start_date, policy.c.expiry_date).where(
-    *_OTHERS["family"], policy.c.product_pk == bindparam("product"), policy.c.start_date <= bindparam("expiry"),
-    policy.c.expiry_date >= bindparam("start")).limit(1)
+_POLICY_DATES = (policy.c.pk, policy.c.product_pk, policy.c.start_date, policy.c.expiry_date,
+                 policy.c.effective_date)
+# A family has a handful of policies: all of them at once serve both the renewal and the overlap checks.
+_FAMILY_POLICIES = select(*_POLICY_DATES).where(*_OTHERS["family"]).order_by(policy.c.pk)
+_HOLDER_CANDIDATES = select(*_POLICY_DATES).where(
+    *_OTHERS["holder"], policy.c.product_pk.in_(bindparam("sources", expanding=True)),
+    policy.c.effective_date.is_not(None))
 _INSUREE_OVERLAP = select(insuree.c.chf_id).select_from(
     insuree_policy.join(policy, policy.c.pk == insuree_policy.c.policy_pk)
     .join(insuree, insuree.c.pk == insuree_policy.c.insuree_pk)).where(
@@ -394,20 +443,25 @@ _INSUREE_OVERLAP = select(insuree.c.chf_id).select_from(
 _RECEIPT_TAKEN = select(premium.c.receipt).where(
     premium.c.product_pk == bindparam("product"), premium.c.receipt.in_(bindparam("receipts", expanding=True)),
     premium.c.policy_pk != bindparam("policy"), is_current(premium)).limit(1)
+# The usual single receipt: ints and a string only, so the driver-level statement needs no type processing.
+_ONE_RECEIPT_TAKEN = FastStatement(select(premium.c.receipt).where(
+    premium.c.product_pk == bindparam("product"), premium.c.receipt == bindparam("receipt"),
+    premium.c.policy_pk != bindparam("policy"), is_current(premium)).limit(1))
 _COVERAGE_OF = select(coverage.c.pk).where(coverage.c.policy_pk == bindparam("pk"))
 
 
-def _fast_resolve(ctx: WriteContext, ref: Any, rtype: str, kind_name: str, table_name: str,
-                  expression: str) -> int:
-    """A `Type/id` reference in one prebuilt query; anything else (codes on the openIMIS alias, logical
-    references, missing targets and their 422) goes through `ctx.resolve`."""
+def _fetch(ctx: WriteContext, ref: Any, rtype: str, kind_name: str, table_name: str, expression: str) -> Row:
+    """The row of a `Type/id` reference in one prebuilt query; anything else (codes on the openIMIS alias,
+    logical references, missing targets and their 422) is resolved by `ctx.resolve` first."""
+    lookup = _LOOKUPS[table_name]
     literal = ref.get("reference") if isinstance(ref, dict) else None
     prefix = rtype + "/"
     if isinstance(literal, str) and literal.startswith(prefix) and literal.count("/") == 1:
-        pk = ctx.conn.execute(_PK_BY_ID[table_name], {"id": literal[len(prefix):]}).scalar()
-        if pk is not None:
-            return int(pk)
-    return ctx.resolve(ref, [rtype], expression, kinds=[kind_name])[1]
+        row = lookup.find(ctx.conn, literal[len(prefix):])
+        if row is not None:
+            return row
+    pk = ctx.resolve(ref, [rtype], expression, kinds=[kind_name])[1]
+    return ctx.conn.execute(lookup.by_pk, {"pk": pk}).one()
 
 
 # --- render ----------------------------------------------------------------------------------------------------
@@ -459,6 +513,11 @@ def _premium_extension(row: Row) -> dict[str, Any]:
             coding(CS + "contract-premium-type", row.pay_type, PAY_TYPES.get(row.pay_type))]}},
     ]
     return {"url": PREMIUM_URL, "extension": parts}
+
+
+def _stored_amount(value: Decimal) -> Decimal:
+    """An amount as the `Amount` column gives it back (integer hundredths)."""
+    return Decimal(int((Decimal(str(value)) * 100).to_integral_value())).scaleb(-2)
 
 
 def _contract(row: Row, covered: list[str], premiums: list[Row], day: date) -> dict[str, Any]:
@@ -584,21 +643,21 @@ class ContractKind(ResourceKind):
     # --- parsing -------------------------------------------------------------------------------------------
 
     def _parse(self, ctx: WriteContext, resource: dict[str, Any]) -> ContractIn:
-        conn = ctx.conn
         scope = _code(resource.get("scope"), SCOPES, "scope", "Contract.scope")
         informal = scope == "informal"
         subjects = resource.get("subject") or []
         require(len(subjects) == 1, "A Contract enrols exactly one subject", "Contract.subject")
         family_pk = holder_pk = None
         if informal:
-            family_pk = _fast_resolve(ctx, subjects[0], "Group", "group", "family", "Contract.subject[0]")
+            owner = _fetch(ctx, subjects[0], "Group", "group", "family", "Contract.subject[0]")
+            family_pk = int(owner.pk)
         else:
-            holder_pk = _fast_resolve(ctx, subjects[0], "Organization", "policy-holder", "policy_holder",
-                                      "Contract.subject[0]")
-        officer_pk = None
+            owner = _fetch(ctx, subjects[0], "Organization", "policy-holder", "policy_holder", "Contract.subject[0]")
+            holder_pk = int(owner.pk)
+        officer = None
         if resource.get("author") is not None:
-            officer_pk = _fast_resolve(ctx, resource["author"], "Practitioner", "enrolment-officer", "officer",
-                                       "Contract.author")
+            officer = _fetch(ctx, resource["author"], "Practitioner", "enrolment-officer", "officer",
+                             "Contract.author")
         enroll_date = _full_date(resource.get("issued"), "issued (the enrolment date)", "Contract.issued")
         require(enroll_date <= today(), "The enrolment date (issued) cannot be in the future", "Contract.issued")
 
@@ -613,15 +672,13 @@ class ContractKind(ResourceKind):
         asset = assets[0]
         items = asset.get("valuedItem") or []
         require(len(items) == 1, "One product per Contract: exactly one valuedItem", f"{ASSET}.valuedItem")
-        product_pk = _fast_resolve(ctx, items[0].get("entityReference"), "InsurancePlan", "insurance-plan",
-                                   "product", f"{ASSET}.valuedItem[0].entityReference")
-        product_row = conn.execute(_PRODUCT, {"pk": product_pk}).one()
+        product_row = _fetch(ctx, items[0].get("entityReference"), "InsurancePlan", "insurance-plan", "product",
+                             f"{ASSET}.valuedItem[0].entityReference")
         covered, positions = self._covered(ctx, asset.get("typeReference") or [], family_pk)
         head_ref = refs[0].get("reference") if isinstance(refs[0], dict) else None
-        head_pk = next((r.pk for r in covered if head_ref == f"Patient/{r.id}"), None)
-        if head_pk is None:
-            head_pk = _fast_resolve(ctx, refs[0], "Patient", "patient", "insuree",
-                                    f"{TERM}.offer.party[0].reference[0]")
+        head = next((r for r in covered if head_ref == f"Patient/{r.id}"), None)
+        if head is None:
+            head = _fetch(ctx, refs[0], "Patient", "patient", "insuree", f"{TERM}.offer.party[0].reference[0]")
 
         premiums = [parse_premium(e, f"{ASSET}.extension[{i}]")
                     for i, e in enumerate(asset.get("extension") or []) if e.get("url") == PREMIUM_URL]
@@ -636,8 +693,9 @@ class ContractKind(ResourceKind):
                 requested = STATUS_BY_NAME.get(e.get("valueCode"))
                 require(requested is not None and requested != EXPIRED,
                         "policy-status must be idle, active, suspended or ready", "Contract.extension[policy-status]")
-        return ContractIn(informal, family_pk, holder_pk, officer_pk, enroll_date, head_pk, covered, product_row,
-                          premiums, requested, positions)
+        return ContractIn(informal, family_pk, holder_pk, None if officer is None else int(officer.pk), enroll_date,
+                          int(head.pk), covered, product_row, premiums, requested, positions, owner,
+                          None if officer is None else officer.id, head.id)
 
     @staticmethod
     def _covered(ctx: WriteContext, refs: list[Any], family_pk: int | None) -> tuple[list[Row], dict[int, int]]:
@@ -670,25 +728,21 @@ class ContractKind(ResourceKind):
 
     def _check(self, ctx: WriteContext, data: ContractIn) -> None:
         """Who may be covered, and whether the product can be sold to them on the enrolment date."""
-        conn = ctx.conn
+        owner = data.owner
         if data.informal:
-            fam = conn.execute(_FAMILY_LOCKED, {"pk": data.family_pk}).one()
             for row in data.covered:
                 require(row.family_pk == data.family_pk, f"Insuree {row.chf_id} is not a member of the family",
                         f"{ASSET}.typeReference[{data.positions[row.pk]}]")
-            require(fam.head_insuree_pk == data.head_pk,
+            require(owner.head_insuree_pk == data.head_pk,
                     "term.offer.party must be the head of the enrolled family", f"{TERM}.offer.party[0].reference[0]")
-            place_pk = fam.location_pk
-        else:
-            place_pk = conn.execute(_HOLDER_LOCKED, {"pk": data.holder_pk}).scalar_one()
         p = data.product
         expression = f"{ASSET}.valuedItem[0].entityReference"
         require(p.status == "active", f"Product {p.code} is {p.status}: it cannot be sold", expression)
         require(p.date_from <= data.enroll_date <= p.date_to,
                 f"Product {p.code} is sold from {p.date_from} to {p.date_to}, not on {data.enroll_date}", expression)
         if p.location_pk is not None:
-            place = conn.execute(_PLACE, {"pk": place_pk}).one()
-            require(p.location_pk in set(place), f"Product {p.code} is not sold where the "
+            place = {owner.location_pk, owner.ward_pk, owner.district_pk, owner.region_pk}
+            require(p.location_pk in place, f"Product {p.code} is not sold where the "
                     f"{'family' if data.informal else 'policy holder'} lives", expression)
         require(len(data.covered) <= p.member_count,
                 f"Product {p.code} covers at most {p.member_count} insurees; {len(data.covered)} are listed",
@@ -698,12 +752,19 @@ class ContractKind(ResourceKind):
         """Stage, dates and value (domain §3.1.3–3.1.4, §3.1.6), and the refusal of an overlapping policy."""
         conn = ctx.conn
         terms = ProductTerms.from_row(data.product)
-        conversions = dict(conn.execute(_CONVERSIONS).all())
-        sources = renewal_sources(data.product.pk, conversions)
+        product_pk = data.product.pk
         owner = {"owner": data.family_pk if data.informal else data.holder_pk, "exclude": exclude_pk or -1}
-        candidates = [PolicyDates(r.pk, r.product_pk, r.start_date, r.expiry_date, r.effective_date)
-                      for r in conn.execute(_CANDIDATES["family" if data.informal else "holder"],
-                                            {**owner, "sources": sorted(sources)})]
+        others: list[PolicyDates] = []
+        if data.informal:
+            others = [PolicyDates(*r) for r in conn.execute(_FAMILY_POLICIES, owner)]
+            candidates = [p for p in others if p.effective_date is not None]
+            # Conversions matter only when the family has policies of other products.
+            sources = ({product_pk} if all(p.product_pk == product_pk for p in candidates)
+                       else renewal_sources(product_pk, dict(conn.execute(_CONVERSIONS).all())))
+        else:
+            sources = renewal_sources(product_pk, dict(conn.execute(_CONVERSIONS).all()))
+            candidates = [PolicyDates(*r) for r in conn.execute(_HOLDER_CANDIDATES,
+                                                                {**owner, "sources": sorted(sources)})]
         previous = previous_policy(candidates, sources, data.enroll_date, renewal_window(terms))
         stage = stage_after(previous)
         previous_expiry = previous.expiry_date if previous is not None else None
@@ -715,9 +776,10 @@ class ContractKind(ResourceKind):
         members = [Member(r.dob, r.relationship) for r in data.covered]
         value = policy_value(terms, members, stage=stage, enroll_date=data.enroll_date, start_date=period.start,
                              previous_expiry=previous_expiry)
-        window = {"product": data.product.pk, "start": period.start, "expiry": period.expiry}
+        window = {"product": product_pk, "start": period.start, "expiry": period.expiry}
         if data.informal:
-            overlapping = conn.execute(_FAMILY_OVERLAP, {**owner, **window}).first()
+            overlapping = next((p for p in others if p.product_pk == product_pk and p.start_date <= period.expiry
+                                and p.expiry_date >= period.start), None)
             if overlapping is not None:
                 raise conflict(f"Contract exists: the family already has a policy of product {terms.code} from "
                                f"{overlapping.start_date} to {overlapping.expiry_date}", "Contract.subject[0]")
@@ -745,6 +807,13 @@ class ContractKind(ResourceKind):
         if not premiums:
             return
         by_receipt = {p.receipt: p for p in premiums}
+        if len(premiums) == 1:
+            found = _ONE_RECEIPT_TAKEN.execute(ctx.conn, {"product": product_row.pk, "receipt": premiums[0].receipt,
+                                                          "policy": policy_pk})
+            if found:
+                raise conflict(f"Receipt {found[0][0]} is already used for a contribution to product "
+                               f"{product_row.code}", f"{premiums[0].expression}.extension[receipt]")
+            return
         taken = ctx.conn.execute(_RECEIPT_TAKEN, {"product": product_row.pk, "receipts": list(by_receipt),
                                                   "policy": policy_pk}).first()
         if taken is not None:
@@ -795,8 +864,39 @@ class ContractKind(ResourceKind):
         self._insert_premiums(ctx, pk, data.product.pk, data.premiums)
         cov_pk = ctx.insert(coverage, {"id": values["id"], "uuid": values["uuid"], "policy_pk": pk})
         ctx.mark("coverage", cov_pk)
-        refresh_active_policy_flags(ctx, [r.pk for r in data.covered])
+        self._prerender(ctx, data, pk, cov_pk, values)
+        day = today()
+        if effective is not None and effective <= day <= computed.period.expiry:
+            # The new policy covers its members today, whatever else they have: their flags are known.
+            flipped = [(r.pk, r.family_pk) for r in data.covered if not r.has_active_policy]
+            group_was_active = {data.family_pk: bool(data.owner.any_active)} if data.informal else None
+            apply_active_policy_flags(ctx, flipped, True, group_was_active)
+        else:
+            refresh_active_policy_flags(ctx, [r.pk for r in data.covered])
         return pk
+
+    @staticmethod
+    def _prerender(ctx: WriteContext, data: ContractIn, pk: int, cov_pk: int, values: dict[str, Any]) -> None:
+        """The Contract and Coverage bodies of a new policy from what the write already holds, exactly as
+        `render` / `CoverageKind.render` would read them back (no re-read of what was just inserted)."""
+        p = data.product
+        row = SimpleNamespace(
+            pk=pk, uuid=values["uuid"], family_pk=data.family_pk, family_id=data.owner.id if data.informal else None,
+            holder_id=None if data.informal else data.owner.id, officer_id=data.officer_id, product_id=p.id,
+            product_code=p.code, product_name=p.name, head_id=data.head_id, enroll_date=data.enroll_date,
+            start_date=values["start_date"], expiry_date=values["expiry_date"],
+            effective_date=values["effective_date"], status=values["status"], stage=values["stage"],
+            value=_stored_amount(values["value"]))
+        premiums = [SimpleNamespace(payer=x.payer, is_photo_fee=x.photo_fee, amount=_stored_amount(x.amount),
+                                    receipt=x.receipt, pay_date=x.pay_date, pay_type=x.pay_type)
+                    for x in data.premiums]
+        covered = [r.id for r in sorted(data.covered, key=lambda r: (not r.is_head, r.pk))]
+        day = today()
+        ctx.prerendered[("contract", pk)] = _contract(row, covered, premiums, day)  # type: ignore[arg-type]
+        from hifhir.fhir.profiles.coverage import render_coverage
+
+        ctx.prerendered[("coverage", cov_pk)] = render_coverage(
+            SimpleNamespace(uuid=values["uuid"]), row, day)  # type: ignore[arg-type]
 
     # --- update --------------------------------------------------------------------------------------------
 

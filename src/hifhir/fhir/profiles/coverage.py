@@ -68,7 +68,7 @@ def _via_policy(param: SearchParam) -> SearchParam:
     return SearchParam(param.name, param.type, clause, param.modifiers, param.documentation)
 
 
-def _coverage(cov: Row, row: Row, day: date) -> dict[str, Any]:
+def render_coverage(cov: Row, row: Row, day: date) -> dict[str, Any]:
     effective: dict[str, Any] = {"id": "effectiveDate", "url": COVERAGE_DATE}
     if row.effective_date is not None:
         effective["valueDate"] = row.effective_date.isoformat()
@@ -160,4 +160,4 @@ class CoverageKind(ResourceKind):
         covs = conn.execute(_COVERAGE_IDS, {"pks": pks}).all()
         policies = {r.pk: r for r in conn.execute(POLICY_VIEW, {"pks": [c.policy_pk for c in covs]})}
         day = today()
-        return {c.pk: _coverage(c, policies[c.policy_pk], day) for c in covs}
+        return {c.pk: render_coverage(c, policies[c.policy_pk], day) for c in covs}

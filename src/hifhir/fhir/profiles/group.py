@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Row, select, update
+from sqlalchemy import Connection, Row, bindparam, select, update
 
 from hifhir.fhir.elements import (
     CS,
@@ -49,6 +49,17 @@ from hifhir.store.tables import family, insuree, is_current
 GROUP_TYPE_SYSTEMS = {CS + "group-type", "http://hl7.org/fhir/group-type"}
 
 
+# Built once: constructing these per render cost more than running them (a Group is re-rendered whenever a member's
+# policy changes, e.g. on every enrolment).
+_FAMILIES = select(family).where(family.c.pk.in_(bindparam("pks", expanding=True)))
+_MEMBERS = (
+    select(insuree.c.pk, insuree.c.id, insuree.c.family_pk, insuree.c.last_name, insuree.c.other_names,
+           insuree.c.has_active_policy)
+    .where(insuree.c.family_pk.in_(bindparam("pks", expanding=True)), is_current(insuree))
+    .order_by(insuree.c.pk)
+)
+
+
 class GroupKind(ResourceKind):
     resource_type = "Group"
     name = "group"
@@ -83,14 +94,9 @@ class GroupKind(ResourceKind):
     # --- to FHIR ---------------------------------------------------------------------------------------
 
     def render(self, conn: Connection, pks: list[int]) -> dict[int, dict[str, Any]]:
-        rows = {r.pk: r for r in conn.execute(select(family).where(family.c.pk.in_(pks)))}
+        rows = {r.pk: r for r in conn.execute(_FAMILIES, {"pks": pks})}
         members: dict[int, list[Row]] = {pk: [] for pk in pks}
-        for m in conn.execute(
-            select(insuree.c.pk, insuree.c.id, insuree.c.family_pk, insuree.c.last_name,
-                   insuree.c.other_names, insuree.c.has_active_policy)
-            .where(insuree.c.family_pk.in_(pks), is_current(insuree))
-            .order_by(insuree.c.pk)
-        ):
+        for m in conn.execute(_MEMBERS, {"pks": pks}):
             members[m.family_pk].append(m)
         places = location_names(conn, {r.location_pk for r in rows.values()})
         labels = displays_of(conn, ("group-confirmation-type", "group-type"))
