@@ -753,3 +753,15 @@ def test_renaming_the_product_re_versions_its_coverages(api, scheme):
     after = get(api, f"Coverage/{c['id']}")
     assert after["class"][0]["name"] == "Basic Cover Ultha"
     assert int(after["meta"]["versionId"]) == int(before["meta"]["versionId"]) + 1
+
+
+def test_the_officer_must_work_in_the_familys_district(api, engine, scheme):
+    from tests.builders_practitioner import enrolment_officer
+
+    far = created(api.post("Practitioner", enrolment_officer("E00999", district_id=scheme.places["D2"])))["id"]
+    before = counts(engine)
+    body = family_contract(scheme, premiums=[premium(10000, "RC-F", days_ago(1))])
+    body["author"] = {"reference": f"Practitioner/{far}"}
+    refused(api.post("Contract", body), 422, expression="Contract.author", text="another district")
+    assert counts(engine) == before
+    created(api.post("Contract", family_contract(scheme, premiums=[premium(10000, "RC-F", days_ago(1))])))

@@ -417,7 +417,7 @@ _LOOKUPS = {
     "family": _Lookup(_FAMILY_INFO, family, lock=True, fast=True),
     "policy_holder": _Lookup(_HOLDER_INFO, policy_holder, lock=True, fast=True),
     "product": _Lookup(select(product), product),  # dates and amounts: typed results
-    "officer": _Lookup(select(officer.c.pk, officer.c.id), officer, fast=True),
+    "officer": _Lookup(select(officer.c.pk, officer.c.id, officer.c.code, officer.c.location_pk), officer, fast=True),
     "insuree": _Lookup(select(insuree.c.pk, insuree.c.id), insuree, fast=True),
 }
 _CONVERSIONS = select(product.c.pk, product.c.conversion_product_pk).where(
@@ -658,6 +658,12 @@ class ContractKind(ResourceKind):
         if resource.get("author") is not None:
             officer = _fetch(ctx, resource["author"], "Practitioner", "enrolment-officer", "officer",
                              "Contract.author")
+            # openIMIS sells through the officers of the family's district (legacy EnterPolicy code 5: "officer
+            # not applicable to the family's location"); an officer without a district is not restricted.
+            require(officer.location_pk is None or owner.district_pk is None
+                    or officer.location_pk == owner.district_pk,
+                    f"Enrolment officer {officer.code} works in another district than the "
+                    f"{'family' if informal else 'policy holder'}", "Contract.author")
         enroll_date = _full_date(resource.get("issued"), "issued (the enrolment date)", "Contract.issued")
         require(enroll_date <= today(), "The enrolment date (issued) cannot be in the future", "Contract.issued")
 
