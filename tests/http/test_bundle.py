@@ -222,3 +222,10 @@ def test_too_many_entries_is_refused(api):
               "entry": [{"request": {"method": "GET", "url": "Patient/x"}}] * 1001}
     resp = api.client.post("/fhir/", json=bundle, headers=api.headers())
     assert resp.status_code == 413
+
+
+def test_metadata_declares_bundles_and_conditional_interactions(client):
+    [rest] = client.get("/fhir/metadata").json()["rest"]
+    assert {"code": "transaction"} in rest["interaction"] and {"code": "batch"} in rest["interaction"]
+    patient = next(r for r in rest["resource"] if r["type"] == "Patient")
+    assert patient["conditionalCreate"] is True and patient["conditionalUpdate"] is True

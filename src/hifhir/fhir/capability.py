@@ -101,8 +101,8 @@ def capability_statement(base_url: str) -> dict[str, Any]:
             "versioning": "versioned-update",
             "readHistory": True,
             "updateCreate": True,
-            "conditionalCreate": False,
-            "conditionalUpdate": False,
+            "conditionalCreate": any(k.writable for k in kinds),
+            "conditionalUpdate": any(k.writable and k.updatable for k in kinds),
             "conditionalDelete": "not-supported",
             "searchInclude": sorted(include.get(rtype, ())),
             "searchRevInclude": sorted(revinclude.get(rtype, ())),
@@ -137,5 +137,6 @@ def capability_statement(base_url: str) -> dict[str, Any]:
                              "`_revinclude` with `:iterate`, keyset paging. Delta sync: every Bundle's "
                              "meta.lastUpdated is the sync point to resume from (`_history?_since=`).",
             "resource": resources,
+            "interaction": [{"code": "transaction"}, {"code": "batch"}],
         }],
     }
