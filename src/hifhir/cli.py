@@ -199,7 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     jobs = sub.add_parser("jobs", help="run the calendar-driven jobs once (expiries; `serve` runs them hourly)")
     jobs.set_defaults(func=cmd_jobs)
     args = parser.parse_args(argv)
-    return int(args.func(load_settings(), args))
+    from hifhir.store.migrate import UnknownSchemaVersion
+
+    try:
+        return int(args.func(load_settings(), args))
+    except UnknownSchemaVersion as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
