@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Row, Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from hifhir.fhir.errors import FhirError, business_rule, conflict
+from hifhir.store.fast import FastStatement
 from hifhir.store.tables import is_current, resource_version
 
 if TYPE_CHECKING:
@@ -112,6 +113,14 @@ def _bump_versions(table: Table) -> Any:
         .values(version_id=t.c.version_id + 1, last_updated=bindparam("now"))
         .returning(t.c.pk, t.c.id, t.c.version_id)
     )
+
+
+# Every write appends here: through the driver, without SQLAlchemy's per-execution work (the columns need no type
+# processing: strings, integers, bytes).
+_HISTORY_INSERT = FastStatement(insert(resource_version).inline().values({c.name: bindparam(c.name) for c in (
+    resource_version.c.res_type, resource_version.c.res_id, resource_version.c.kind, resource_version.c.version,
+    resource_version.c.last_updated, resource_version.c.operation, resource_version.c.user_name,
+    resource_version.c.body)}))
 
 
 def now_us() -> int:
@@ -302,7 +311,7 @@ class WriteContext:
             out[(kind.name, pk)] = Written(kind, pk, row.id, row.version_id, self.now, None, "delete")
             history_rows.append(self._history_row(kind, row.id, row.version_id, "delete", None))
         if history_rows:
-            self.conn.execute(insert(resource_version), history_rows)
+            _HISTORY_INSERT.execute_many(self.conn, history_rows)
         self.touched.clear()
         self.deleted.clear()
         self.created.clear()

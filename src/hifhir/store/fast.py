@@ -48,3 +48,11 @@ class FastStatement:
         if positional:
             return conn.exec_driver_sql(sql, tuple(values[k] for k in order)).all()
         return conn.exec_driver_sql(sql, {k: values[k] for k in order}).all()
+
+    def execute_many(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """An executemany through the driver (for plain INSERTs: no result, no type processing needed)."""
+        sql, order, positional, defaults = self._for(conn)
+        if positional:
+            conn.exec_driver_sql(sql, [tuple({**defaults, **r}[k] for k in order) for r in rows])
+        else:
+            conn.exec_driver_sql(sql, [{k: {**defaults, **r}[k] for k in order} for r in rows])
