@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from hifhir.domain.eligibility import add_months
+from hifhir.domain.policy import add_months
 from hifhir.fhir.registry import KINDS
 from hifhir.store.tables import POLICY_IDLE, POLICY_SUSPENDED
 from tests.builders_eligibility import (

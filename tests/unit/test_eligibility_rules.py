@@ -17,9 +17,8 @@ from hifhir.domain.eligibility import (
     LineCoverage,
     PolicyEligibility,
     Provision,
-    add_months,
-    age_at,
 )
+from hifhir.domain.policy import add_months, age_on
 
 TODAY = date(2025, 3, 15)
 SURGERY = Provision("service", "S1", 7, "S")
@@ -50,9 +49,9 @@ def test_add_months_is_calendar_wise(day, months, expected):
 
 
 def test_age_is_exact_on_the_day():
-    assert age_at(date(2007, 3, 15), TODAY) == 18  # eighteenth birthday: adult
-    assert age_at(date(2007, 3, 16), TODAY) == 17
-    assert age_at(date(2008, 2, 29), date(2026, 2, 28)) == 17  # a leap-day birthday comes on 1 March
+    assert age_on(date(2007, 3, 15), TODAY) == 18  # eighteenth birthday: adult
+    assert age_on(date(2007, 3, 16), TODAY) == 17
+    assert age_on(date(2008, 2, 29), date(2026, 2, 28)) == 17  # a leap-day birthday comes on 1 March
 
 
 def test_counters_balances_and_quantities_never_go_below_zero():

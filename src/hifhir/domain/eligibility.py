@@ -44,26 +44,25 @@ Deliberate differences from the legacy procedure (documented divergences):
 
 Cost: at most four indexed queries (policies with their product terms; codes with their coverage lines; claim
 usage, only when a limit or a category maximum applies; consumed deductibles/ceilings, only when the product sets
-one), none per policy. They run through `DriverQuery` (compiled once, executed on the DB-API connection): on
+one), none per policy. They run through `store.fast.DriverQuery` (compiled once, executed on the DB-API connection): on
 SQLite an enquiry runs inside the cross-process writer lock, so SQLAlchemy's per-execution overhead (~60 µs a
 statement) directly caps the server's enquiry throughput.
 """
 
 from __future__ import annotations
 
-import calendar
-import collections
 import functools
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 from typing import Any, Literal
 
 from sqlalchemy import Connection, String, and_, bindparam, false, func, literal, null, select, union_all
-from sqlalchemy.exc import DBAPIError
 
+from hifhir.domain.policy import add_months, age_on
+from hifhir.store.fast import DriverQuery
 from hifhir.store.tables import (
     CLAIM_ENTERED,
     LINE_PASSED,
@@ -204,103 +203,6 @@ class Eligibility:
     @property
     def insured(self) -> bool:
         return bool(self.policies)
-
-
-# --- dates ---------------------------------------------------------------------------------------------------
-
-
-def add_months(day: date, months: int) -> date:
-    """Calendar months later, clamped to the last day of the month (T-SQL DATEADD(MONTH, …))."""
-    years, month0 = divmod(day.month - 1 + months, 12)
-    year, month = day.year + years, month0 + 1
-    return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
-
-
-def age_at(birth: date, day: date) -> int:
-    """Exact age in whole years on `day` (domain §6.1)."""
-    return day.year - birth.year - ((day.month, day.day) < (birth.month, birth.day))
-
-
-# --- driver-level queries ------------------------------------------------------------------------------------
-
-
-class DriverRow(tuple[Any, ...]):
-    """A result row: columns as attributes and in `_mapping` (the interface of SQLAlchemy's Row used here).
-    `DriverQuery` makes one namedtuple subclass of it per statement; `_mapping` is built once, when first used."""
-
-    _fields: tuple[str, ...] = ()
-
-    @functools.cached_property
-    def _mapping(self) -> dict[str, Any]:
-        return dict(zip(self._fields, self, strict=True))
-
-
-def _row_class(names: tuple[str, ...]) -> type[DriverRow]:
-    base = collections.namedtuple("Row", names)  # type: ignore[misc]
-    return type("DriverRow", (base, DriverRow), {})
-
-
-_Compiled = tuple[str, tuple[str, ...], bool, dict[str, Any], dict[str, Callable[[Any], Any]], type[DriverRow],
-                  tuple[tuple[int, Callable[[Any], Any]], ...]]
-
-
-class DriverQuery:
-    """A statement without expanding parameters (a SELECT, or an INSERT … RETURNING), compiled once per dialect and
-    executed on the DB-API connection of the caller's transaction, with the column types' own bind and result
-    conversions (dates on SQLite, `Amount` hundredths): ~10 µs instead of ~60 µs through `Connection.execute`
-    (`store/fast.FastStatement` skips the conversions, which these statements need). Driver errors are raised
-    wrapped as SQLAlchemy's (`sqlalchemy.exc.IntegrityError`…), as `Connection.execute` would."""
-
-    def __init__(self, statement: Any) -> None:
-        self._statement = statement
-        self._compiled: dict[str, _Compiled] = {}
-
-    def _for(self, conn: Connection) -> _Compiled:
-        dialect = conn.dialect
-        found = self._compiled.get(dialect.name)
-        if found is None:
-            compiled = self._statement.compile(dialect=dialect)
-            rendered = compiled.construct_params(_check=False)
-            positional = bool(compiled.positiontup)
-            order = tuple(compiled.positiontup or rendered)
-            defaults = {k: v for k, v in rendered.items() if v is not None}  # values fixed in the statement
-            binds = dict(compiled._bind_processors)
-            columns = self._statement.exported_columns
-            row_class = _row_class(tuple(columns.keys()))
-            results = tuple((i, proc) for i, c in enumerate(columns)
-                            if (proc := c.type._cached_result_processor(dialect, None)) is not None)
-            found = self._compiled[dialect.name] = (compiled.string, order, positional, defaults, binds,
-                                                    row_class, results)
-        return found
-
-    def rows(self, conn: Connection, params: dict[str, Any]) -> list[DriverRow]:
-        sql, order, positional, defaults, binds, row_class, results = self._for(conn)
-        values = defaults | params
-        for name, proc in binds.items():
-            if name in values:
-                values[name] = proc(values[name])
-        raw = conn.connection.driver_connection
-        assert raw is not None
-        args = [values[k] for k in order] if positional else {k: values[k] for k in order}
-        dbapi_error = conn.dialect.loaded_dbapi.Error
-        try:
-            cursor = raw.execute(sql, args)
-            try:
-                fetched = cursor.fetchall()
-            finally:
-                cursor.close()
-        except dbapi_error as exc:  # as SQLAlchemy wraps it (IntegrityError, OperationalError…), for the callers
-            raise DBAPIError.instance(sql, args, exc, dbapi_error, dialect=conn.dialect) from exc
-        make = row_class._make  # type: ignore[attr-defined]
-        if not results:
-            return [make(row) for row in fetched]
-        out = []
-        for row in fetched:
-            cells = list(row)
-            for i, proc in results:
-                cells[i] = proc(cells[i])
-            out.append(make(cells))
-        return out
 
 
 # --- queries (built once) ------------------------------------------------------------------------------------
@@ -445,7 +347,7 @@ def evaluate(conn: Connection, insuree_pk: int, today: date, *, items: Sequence[
     rows = _POLICIES.rows(conn, {"insuree": insuree_pk, "today": today})
     product_pks = sorted({r.product_pk for r in rows})
     provisions, lines = _provisions(conn, items, services, product_pks)
-    adult = bool(rows) and age_at(rows[0].dob, today) >= ADULT_AGE
+    adult = bool(rows) and age_on(rows[0].dob, today) >= ADULT_AGE
 
     usage: list[_Use] = []
     if rows and _needs_usage(rows, lines, adult):

@@ -6,10 +6,13 @@ statements every read request runs (read by id, the page's bodies) that is most 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import collections
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Executable
 
 
@@ -56,3 +59,82 @@ class FastStatement:
             conn.exec_driver_sql(sql, [tuple({**defaults, **r}[k] for k in order) for r in rows])
         else:
             conn.exec_driver_sql(sql, [{k: {**defaults, **r}[k] for k in order} for r in rows])
+
+
+class DriverRow(tuple[Any, ...]):
+    """A result row: columns as attributes and in `_mapping` (the interface of SQLAlchemy's Row used here).
+    `DriverQuery` makes one namedtuple subclass of it per statement; `_mapping` is built once, when first used."""
+
+    _fields: tuple[str, ...] = ()
+
+    @functools.cached_property
+    def _mapping(self) -> dict[str, Any]:
+        return dict(zip(self._fields, self, strict=True))
+
+
+def _row_class(names: tuple[str, ...]) -> type[DriverRow]:
+    base = collections.namedtuple("Row", names)  # type: ignore[misc]
+    return type("DriverRow", (base, DriverRow), {})
+
+
+_Compiled = tuple[str, tuple[str, ...], bool, dict[str, Any], dict[str, Callable[[Any], Any]], type[DriverRow],
+                  tuple[tuple[int, Callable[[Any], Any]], ...]]
+
+
+class DriverQuery:
+    """A statement without expanding parameters (a SELECT, or an INSERT … RETURNING), compiled once per dialect and
+    executed on the DB-API connection of the caller's transaction, with the column types' own bind and result
+    conversions (dates on SQLite, `Amount` hundredths): ~10 µs instead of ~60 µs through `Connection.execute`
+    (`store/fast.FastStatement` skips the conversions, which these statements need). Driver errors are raised
+    wrapped as SQLAlchemy's (`sqlalchemy.exc.IntegrityError`…), as `Connection.execute` would."""
+
+    def __init__(self, statement: Any) -> None:
+        self._statement = statement
+        self._compiled: dict[str, _Compiled] = {}
+
+    def _for(self, conn: Connection) -> _Compiled:
+        dialect = conn.dialect
+        found = self._compiled.get(dialect.name)
+        if found is None:
+            compiled = self._statement.compile(dialect=dialect)
+            rendered = compiled.construct_params(_check=False)
+            positional = bool(compiled.positiontup)
+            order = tuple(compiled.positiontup or rendered)
+            defaults = {k: v for k, v in rendered.items() if v is not None}  # values fixed in the statement
+            binds = dict(compiled._bind_processors)
+            columns = self._statement.exported_columns
+            row_class = _row_class(tuple(columns.keys()))
+            results = tuple((i, proc) for i, c in enumerate(columns)
+                            if (proc := c.type._cached_result_processor(dialect, None)) is not None)
+            found = self._compiled[dialect.name] = (compiled.string, order, positional, defaults, binds,
+                                                    row_class, results)
+        return found
+
+    def rows(self, conn: Connection, params: dict[str, Any]) -> list[DriverRow]:
+        sql, order, positional, defaults, binds, row_class, results = self._for(conn)
+        values = defaults | params
+        for name, proc in binds.items():
+            if name in values:
+                values[name] = proc(values[name])
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        args = [values[k] for k in order] if positional else {k: values[k] for k in order}
+        dbapi_error = conn.dialect.loaded_dbapi.Error
+        try:
+            cursor = raw.execute(sql, args)
+            try:
+                fetched = cursor.fetchall()
+            finally:
+                cursor.close()
+        except dbapi_error as exc:  # as SQLAlchemy wraps it (IntegrityError, OperationalError…), for the callers
+            raise DBAPIError.instance(sql, args, exc, dbapi_error, dialect=conn.dialect) from exc
+        make = row_class._make  # type: ignore[attr-defined]
+        if not results:
+            return [make(row) for row in fetched]
+        out = []
+        for row in fetched:
+            cells = list(row)
+            for i, proc in results:
+                cells[i] = proc(cells[i])
+            out.append(make(cells))
+        return out

@@ -60,7 +60,6 @@ from sqlalchemy.exc import IntegrityError
 
 from hifhir.domain.eligibility import (
     Balance,
-    DriverQuery,
     Eligibility,
     LineCoverage,
     PolicyEligibility,
@@ -73,6 +72,7 @@ from hifhir.fhir.profiles.common import is_uuid, resolve_new_id
 from hifhir.fhir.profiles.medication import money
 from hifhir.fhir.search import common_params, common_sorts
 from hifhir.fhir.searchparams import SortKey, column_ref, date_param, reference_param
+from hifhir.store.fast import DriverQuery
 from hifhir.store.tables import (
     eligibility_request,
     eligibility_response,
@@ -134,7 +134,7 @@ def _immutable(what: str) -> FhirError:
 
 # --- the request ---------------------------------------------------------------------------------------------
 
-# The enquiry's statements run at the driver level (domain.eligibility.DriverQuery): on SQLite the whole write runs
+# The enquiry's statements run at the driver level (store.fast.DriverQuery): on SQLite the whole write runs
 # inside the cross-process writer lock, where SQLAlchemy's per-statement overhead limits the enquiries per second.
 # Two index lookups (by id, by insurance number) rather than an OR, which SQLite answers with a scan.
 _INSUREE_BY_REF = DriverQuery(union_all(
