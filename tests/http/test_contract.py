@@ -34,37 +34,19 @@ from tests.builders_enrolment import (
 from tests.builders_medical import months
 from tests.conftest import CLERK, NOBODY, Api, load_example
 from tests.http.test_ig_examples import assert_equivalent, load_all_by_put
+from tests.responses import created, refused
 
-OO = "OperationOutcome"
 DAR = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
 
 
-def created(resp: Any) -> dict[str, Any]:
-    assert resp.status_code == 201, resp.text
-    return resp.json()
-
 
 def ok(resp: Any, status: int = 200) -> dict[str, Any]:
     assert resp.status_code == status, resp.text
     return resp.json()
 
-
-def refused(resp: Any, *statuses: int, expression: str | None = None, text: str | None = None) -> dict[str, Any]:
-    assert resp.status_code in statuses, f"{resp.status_code}: {resp.text}"
-    body = resp.json()
-    assert body["resourceType"] == OO
-    issue = body["issue"][0]
-    assert issue["severity"] in ("error", "fatal")
-    assert len(issue.get("diagnostics", "")) > 10, body
-    if expression is not None:
-        exprs = [e for i in body["issue"] for e in i.get("expression", [])]
-        assert any(expression in e for e in exprs), body
-    if text is not None:
-        assert text in issue["diagnostics"], body
-    return body
 
 
 def asset(c: dict[str, Any]) -> dict[str, Any]:

@@ -14,8 +14,8 @@ from tests.builders import EXT, health_facility, ident, location
 from tests.builders_practitioner import claim_admin, claim_admin_role, enrolment_officer, officer_role
 from tests.conftest import CLERK, Api, load_example
 from tests.http.test_ig_examples import assert_equivalent
+from tests.responses import created, refused
 
-OO = "OperationOutcome"
 CA_EXAMPLE = "Practitioner-Rushila-Dani-CA"
 EO_EXAMPLE = "Practitioner-Roberts-Jeb-EO"
 SUBSTITUTION = f"{EXT}practitioner-role-substitution-reference"
@@ -26,21 +26,6 @@ PAYOR = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/contactent
 # --- helpers ------------------------------------------------------------------------------------------------
 
 
-def created(resp: Any) -> dict[str, Any]:
-    assert resp.status_code == 201, resp.text
-    return resp.json()
-
-
-def refused(resp: Any, *statuses: int, expression: str | None = None) -> dict[str, Any]:
-    assert resp.status_code in statuses, f"{resp.status_code}: {resp.text}"
-    body = resp.json()
-    assert body["resourceType"] == OO
-    assert body["issue"][0]["severity"] in ("error", "fatal")
-    assert len(body["issue"][0].get("diagnostics", "")) > 10, body
-    if expression is not None:
-        exprs = [e for i in body["issue"] for e in i.get("expression", [])]
-        assert any(expression in e for e in exprs), body
-    return body
 
 
 def diagnostics(body: dict[str, Any]) -> str:

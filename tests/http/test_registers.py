@@ -9,6 +9,7 @@ import pytest
 
 from tests.builders import CS, EXT, health_facility, ident, location, patient
 from tests.builders import group as family_group
+from tests.responses import created, refused
 
 OO = "OperationOutcome"
 
@@ -16,23 +17,6 @@ OO = "OperationOutcome"
 # --- helpers ------------------------------------------------------------------------------------------------
 
 
-def created(resp: Any) -> dict[str, Any]:
-    assert resp.status_code == 201, resp.text
-    return resp.json()
-
-
-def refused(resp: Any, *statuses: int, expression: str | None = None) -> dict[str, Any]:
-    """A 4xx OperationOutcome with one of `statuses`, readable diagnostics and (optionally) an expression."""
-    assert resp.status_code in statuses, f"{resp.status_code}: {resp.text}"
-    body = resp.json()
-    assert body["resourceType"] == OO
-    issue = body["issue"][0]
-    assert issue["severity"] in ("error", "fatal")
-    assert len(issue.get("diagnostics", "")) > 10, body
-    if expression is not None:
-        exprs = [e for i in body["issue"] for e in i.get("expression", [])]
-        assert any(expression in e for e in exprs), body
-    return body
 
 
 def ext_of(resource: dict[str, Any], name: str) -> dict[str, Any] | None:
