@@ -128,7 +128,7 @@ def test_insuree_without_policy_gets_a_response_without_insurance(api, world):
     assert body["request"] == {"reference": f"{REQ}/{request_uuid}"}
     assert body["insurer"] == {"reference": "Organization/openIMIS-Implementation"}
     assert body["created"] == TODAY.isoformat()
-    assert body["id"] != request_uuid and body["meta"]["versionId"] == "1"
+    assert body["id"] == request_uuid and body["meta"]["versionId"] == "1"  # one enquiry, one id per type
     assert resp.headers["Location"].endswith(f"/{RESP}/{body['id']}/_history/1")
 
 

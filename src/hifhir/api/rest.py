@@ -260,6 +260,7 @@ class PreparedWrite:
     kinds: list[ResourceKind]
     kind: ResourceKind
     resource: dict[str, Any]
+    read_ahead: Any = None
 
 
 def prepare_write(call: Call, resource_type: str, resource: Any, res_id: str | None, *,
@@ -315,6 +316,7 @@ def apply_create(call: Call, ctx: WriteContext, prepared: PreparedWrite, if_none
         if found:
             return Pending(200, existing=found[0])
     ctx.new_id, ctx.id_from_client = new_id or str(uuid.uuid4()), False
+    ctx.read_ahead = prepared.read_ahead
     pk = prepared.kind.write(ctx, prepared.resource, None)
     ctx.mark(prepared.kind.name, pk)
     answer_kind, answer_pk, status = prepared.kind.create_answer(ctx, pk)  # RPC-style creates answer otherwise
@@ -413,8 +415,19 @@ def _run_one(call: Call, apply: Any) -> tuple[Pending, dict[tuple[str, int], Wri
     return pending, flushed
 
 
+def read_ahead(call: Call, prepared: PreparedWrite) -> None:
+    """On SQLite, a create's reads run in a read transaction before the writer lock is taken, so the lock is held
+    for the writes alone (PostgreSQL has no such lock: there they stay in the write transaction)."""
+    if prepared.kind.reads_ahead and not call.is_postgres:
+        with transaction(call.engine, write=False) as conn:
+            ctx = WriteContext(conn, call.principal.username, lenient=call.lenient)
+            prepared.read_ahead = prepared.kind.read_ahead(ctx, prepared.resource)
+
+
 def create(call: Call, resource_type: str, body: bytes, if_none_exist: str | None = None) -> HttpResponse:
     prepared = prepare_write(call, resource_type, parse_resource(body, resource_type), None)
+    if not if_none_exist:  # a conditional create may write nothing: its reads stay in its transaction
+        read_ahead(call, prepared)
     pending, flushed = _run_one(call, lambda ctx: apply_create(call, ctx, prepared, if_none_exist))
     if pending.existing is not None:
         return existing_response(call, *pending.existing)

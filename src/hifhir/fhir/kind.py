@@ -74,6 +74,15 @@ class ResourceKind:
         """from_fhir plus domain rules; inserts or updates the entity and returns its pk (ctx.mark is implicit)."""
         raise NotImplementedError
 
+    # Creates whose reads can run before the write transaction (see read_ahead).
+    reads_ahead: bool = False
+
+    def read_ahead(self, ctx: WriteContext, resource: dict[str, Any]) -> Any:
+        """The read-only part of a create (resolving references, evaluating rules), run in a read transaction
+        before the write one where that shortens the write (SQLite: outside its single writer lock); write()
+        finds the result in `ctx.read_ahead`, or calls this itself on its own connection when it is None."""
+        return None
+
     def delete(self, ctx: WriteContext, current: Row) -> None:
         """Domain rules for a logical delete (e.g. a family head cannot just vanish). Default: allowed."""
 
@@ -162,6 +171,7 @@ class WriteContext:
     prerendered: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     # (kind name, pk) of a create → (kind name, pk) of the resource that answers it (RPC-style creates)
     answers: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
+    read_ahead: Any = None  # what the created kind's read_ahead() computed before this transaction
 
     def insert(self, table: Table, values: dict[str, Any]) -> int:
         """Insert a new entity already at version 1, so that flush needs no version bump for it."""
@@ -253,7 +263,9 @@ class WriteContext:
             if type_code == "code" and kind.code_column:
                 found = self._current_pk(kind, t.c[kind.code_column] == value)
             else:
-                found = self._current_pk(kind, (t.c.uuid == value) | (t.c.id == value))
+                # Where uuid is not indexed it always equals the id (an OR with an unindexed column scans).
+                by_uuid = (t.c.uuid == value) | (t.c.id == value) if t.c.uuid.index else t.c.id == value
+                found = self._current_pk(kind, by_uuid)
             if found is not None:
                 return kind, found
         raise business_rule(f"No current {rtype} has identifier {value[:64]}", expression)

@@ -1,10 +1,11 @@
 """OpenIMISCoverageEligibilityRequest → OpenIMISCoverageEligibilityResponse (IG rows 17–18, domain §3.2).
 
 `POST CoverageEligibilityRequest` is the IG's RPC: it answers **200 with the CoverageEligibilityResponse**. Both
-resources are stored in the same transaction (each with its history) and stay readable and searchable afterwards:
-the request at CoverageEligibilityRequest/<its identifier[UUID]>, the response at CoverageEligibilityResponse/<a
-server UUID> with identifier[UUID] echoing the request's UUID. Both are immutable records of what was asked and
-answered on that day: the request cannot be updated or deleted, the response is read-only.
+resources are stored in the same transaction (each with its history) and stay readable and searchable afterwards,
+under the same id (FHIR ids are per type): the request at CoverageEligibilityRequest/<its identifier[UUID]>, the
+response at CoverageEligibilityResponse/<the same UUID>, its identifier[UUID] echoing the request's. Both are
+immutable records of what was asked and answered on that day: the request cannot be updated or deleted, the
+response is read-only.
 
 Request:
 * `patient`: `Patient/<id>` or — as the reference's clients send it — `Patient/<insurance number>` (the id is tried
@@ -43,19 +44,20 @@ Response (profile row 18), computed by `domain.eligibility.evaluate` as of the s
 Rights: 101201 (Policy search, which openIMIS also uses for eligibility, domain §4.5) for create and read; the
 Insuree "enquire" right 101105 is not accepted on its own, a kind has one right per interaction.
 
-Speed: the response is rendered once, in `write`, and handed to the flush (no second evaluation); an enquiry costs
-a handful of indexed queries (see `domain/eligibility.py`).
+Speed: an enquiry costs a handful of indexed queries (see `domain/eligibility.py`), run by `read_ahead` — on
+SQLite before the writer lock is taken; the lock then covers one insert into the shared `eligibility_enquiry` row
+and the two history rows. The response is rendered once, in `write`, and handed to the flush.
 """
 
 from __future__ import annotations
 
-import uuid
+from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Row, Table, bindparam, insert, select, union_all
+from sqlalchemy import Connection, Row, bindparam, insert, select, union_all
 from sqlalchemy.exc import IntegrityError
 
 from hifhir.domain.eligibility import (
@@ -74,8 +76,7 @@ from hifhir.fhir.search import common_params, common_sorts
 from hifhir.fhir.searchparams import SortKey, column_ref, date_param, reference_param
 from hifhir.store.fast import DriverQuery
 from hifhir.store.tables import (
-    eligibility_request,
-    eligibility_response,
+    eligibility_enquiry,
     insuree,
     insurer_org,
     is_current,
@@ -147,43 +148,50 @@ _INSURER_BY_ID = DriverQuery(
 _INSURER_ID = select(insurer_org.c.id).where(insurer_org.c.pk == bindparam("pk"))
 
 
-def _insert_query(table: Table, columns: tuple[str, ...]) -> DriverQuery:
-    return DriverQuery(insert(table).values({c: bindparam(c) for c in (*columns, "version_id", "last_updated")})
-                       .returning(table.c.pk))
+_INSERT_ENQUIRY = DriverQuery(
+    insert(eligibility_enquiry)
+    .values({c: bindparam(c) for c in ("id", "uuid", "insuree_pk", "created", "answered", "version_id",
+                                       "last_updated")})
+    .returning(eligibility_enquiry.c.pk))
 
 
-_INSERT_REQUEST = _insert_query(eligibility_request, ("id", "uuid", "insuree_pk", "created"))
-_INSERT_RESPONSE = _insert_query(eligibility_response, ("id", "uuid", "request_pk", "insuree_pk", "created"))
-
-
-def _insert(ctx: WriteContext, query: DriverQuery, table: Table, values: dict[str, Any]) -> int:
+def _insert(ctx: WriteContext, values: dict[str, Any]) -> int:
     """`ctx.insert` (a new entity at version 1, registered for the flush) at the driver level. The one unique key a
-    client can collide with is the request's id (its UUID): that violation is the 409 `expect_unique` announces."""
+    client can collide with is the request's id (its UUID): that violation is a 409 naming the identifier."""
     try:
-        rows = query.rows(ctx.conn, {**values, "version_id": 1, "last_updated": ctx.now})
+        rows = _INSERT_ENQUIRY.rows(ctx.conn, {**values, "version_id": 1, "last_updated": ctx.now})
     except IntegrityError as exc:
         text = str(exc.orig)
-        if table is eligibility_request and ("eligibility_request.id" in text or
-                                             "uq_eligibility_request_id" in text):
+        if "eligibility_enquiry.id" in text or "uq_eligibility_enquiry_id" in text:
             raise conflict(f"identifier[UUID] {values['id']} is already used",
                            f"{REQUEST}.identifier") from None
         raise  # any other conflict: the generic 409
     pk = int(rows[0].pk)
-    ctx.created[(table.name, pk)] = values["id"]
+    ctx.created[(eligibility_enquiry.name, pk)] = values["id"]
     return pk
+
+
+@dataclass(frozen=True, slots=True)
+class Enquiry:
+    """An evaluated enquiry, ready to be stored."""
+
+    insuree_pk: int
+    patient_id: str
+    insurer_id: str
+    result: Eligibility
 
 
 class EligibilityRequestKind(ResourceKind):
     resource_type = REQUEST
     name = "eligibility-request"
     profile_id = "openimis-coverage-eligibility-request"
-    table = eligibility_request
+    table = eligibility_enquiry
     code_column = None
     rights = Rights(read=ENQUIRY_RIGHT, create=ENQUIRY_RIGHT, update=ENQUIRY_RIGHT, delete=ENQUIRY_RIGHT)
     updatable = deletable = False  # the record of an enquiry, answered once
 
     def __init__(self) -> None:
-        t = eligibility_request
+        t = eligibility_enquiry
         self.search_params = {
             **common_params(self),
             "patient": reference_param("patient", "Patient", column_ref(t.c.insuree_pk, "patient"),
@@ -195,36 +203,38 @@ class EligibilityRequestKind(ResourceKind):
     def render(self, conn: Connection, pks: list[int]) -> dict[int, dict[str, Any]]:
         return _render(conn, self, pks)
 
-    def write(self, ctx: WriteContext, resource: dict[str, Any], current: Row | None) -> int:
-        if current is not None or ctx.id_from_client:
-            raise _immutable("An eligibility request is answered once, at its creation (POST); it cannot be "
-                             "created or changed by PUT")
-        request_id, request_uuid = self._new_id(ctx, resource)
+    reads_ahead = True
+
+    def read_ahead(self, ctx: WriteContext, resource: dict[str, Any]) -> Enquiry:
+        """The insuree, the insurer and the evaluation: everything but the two inserts (an enquiry is answered
+        as of the moment it is evaluated; on SQLite that runs outside the writer lock)."""
         insuree_pk, patient_id = _patient(ctx, resource.get("patient"))
         insurer_id = _insurer(ctx, resource.get("insurer"))
         items, services = _requested(resource)
         today = date.today()
         result = evaluate(ctx.conn, insuree_pk, today, items=items, services=services)
+        return Enquiry(insuree_pk, patient_id, insurer_id, result)
 
-        request_pk = _insert(ctx, _INSERT_REQUEST, eligibility_request, {
-            "id": request_id, "uuid": request_uuid, "insuree_pk": insuree_pk,
-            "created": _created_date(resource.get("created"), today),
-        })
-        response_pk = _insert(ctx, _INSERT_RESPONSE, eligibility_response, {
-            "id": str(uuid.uuid4()), "uuid": request_uuid, "request_pk": request_pk, "insuree_pk": insuree_pk,
-            "created": today,
-        })
+    def write(self, ctx: WriteContext, resource: dict[str, Any], current: Row | None) -> int:
+        if current is not None or ctx.id_from_client:
+            raise _immutable("An eligibility request is answered once, at its creation (POST); it cannot be "
+                             "created or changed by PUT")
+        request_id, request_uuid = self._new_id(ctx, resource)
+        enquiry = ctx.read_ahead if isinstance(ctx.read_ahead, Enquiry) else self.read_ahead(ctx, resource)
+        today = enquiry.result.today
+        pk = _insert(ctx, {"id": request_id, "uuid": request_id, "insuree_pk": enquiry.insuree_pk,
+                           "created": _created_date(resource.get("created"), today), "answered": today})
         stored = {k: v for k, v in resource.items() if k not in ("resourceType", "id", "meta")}
-        stored["patient"] = reference("Patient", patient_id)  # an insurance number becomes the insuree's id
-        stored["insurer"] = reference("Organization", insurer_id)
+        stored["patient"] = reference("Patient", enquiry.patient_id)  # an insurance number becomes the id
+        stored["insurer"] = reference("Organization", enquiry.insurer_id)
         # The requested codes and the evaluation are not columns: the bodies built here are what flush stores.
-        ctx.prerendered[(self.name, request_pk)] = stored
-        ctx.prerendered[(RESPONSE_KIND, response_pk)] = response_body(
-            result, request_uuid=request_uuid or request_id, patient_id=patient_id, request_id=request_id,
-            insurer_id=insurer_id)
-        ctx.mark(RESPONSE_KIND, response_pk)
-        ctx.answers[(self.name, request_pk)] = (RESPONSE_KIND, response_pk)
-        return request_pk
+        ctx.prerendered[(self.name, pk)] = stored
+        ctx.prerendered[(RESPONSE_KIND, pk)] = response_body(
+            enquiry.result, request_uuid=request_uuid or request_id, patient_id=enquiry.patient_id,
+            request_id=request_id, insurer_id=enquiry.insurer_id)
+        ctx.mark(RESPONSE_KIND, pk)
+        ctx.answers[(self.name, pk)] = (RESPONSE_KIND, pk)
+        return pk
 
     @staticmethod
     def _new_id(ctx: WriteContext, resource: dict[str, Any]) -> tuple[str, str | None]:
@@ -232,7 +242,7 @@ class EligibilityRequestKind(ResourceKind):
         index on the id (one statement less than a lookup first; `_insert` turns the violation into the 409)."""
         client_uuid = identifier_value(resource, "UUID")
         if client_uuid is None:
-            return resolve_new_id(ctx, resource, eligibility_request)
+            return resolve_new_id(ctx, resource, eligibility_enquiry)
         require(is_uuid(client_uuid), "identifier[UUID] must be a UUID", "CoverageEligibilityRequest.identifier")
         return client_uuid, client_uuid
 
@@ -307,22 +317,22 @@ class EligibilityResponseKind(ResourceKind):
     resource_type = RESPONSE
     name = RESPONSE_KIND
     profile_id = "openimis-coverage-eligibility-response"
-    table = eligibility_response
+    table = eligibility_enquiry  # the request's row: same pk, same id
     code_column = None
     rights = Rights(read=ENQUIRY_RIGHT, create=ENQUIRY_RIGHT, update=ENQUIRY_RIGHT, delete=ENQUIRY_RIGHT)
     writable = False  # written only as the answer to a CoverageEligibilityRequest
 
     def __init__(self) -> None:
-        t = eligibility_response
+        t = eligibility_enquiry
         self.search_params = {
             **common_params(self),
             "patient": reference_param("patient", "Patient", column_ref(t.c.insuree_pk, "patient"),
                                        doc="The insuree the enquiry was about"),
-            "request": reference_param("request", REQUEST, column_ref(t.c.request_pk, "eligibility-request"),
+            "request": reference_param("request", REQUEST, column_ref(t.c.pk, "eligibility-request"),
                                        doc="The CoverageEligibilityRequest answered"),
-            "created": date_param("created", t.c.created, "The date of the evaluation"),
+            "created": date_param("created", t.c.answered, "The date of the evaluation"),
         }
-        self.sort_params = {**common_sorts(self), "created": SortKey(t.c.created, "date")}
+        self.sort_params = {**common_sorts(self), "created": SortKey(t.c.answered, "date")}
 
     def render(self, conn: Connection, pks: list[int]) -> dict[int, dict[str, Any]]:
         return _render(conn, self, pks)

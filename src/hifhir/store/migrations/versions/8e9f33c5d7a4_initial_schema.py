@@ -1,15 +1,15 @@
 """initial schema
 
-Revision ID: 3d924e2cdf17
+Revision ID: 8e9f33c5d7a4
 Revises: 
-Create Date: 2026-11-25 20:50:08.722041
+Create Date: 2026-11-25 22:08:36.540883
 """
 
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '3d924e2cdf17'
+revision = '8e9f33c5d7a4'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -660,7 +660,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_claim_uuid'), ['uuid'], unique=False)
         batch_op.create_index('uq_claim_hf_pk_code_current', ['hf_pk', 'code'], unique=True, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
 
-    op.create_table('eligibility_request',
+    op.create_table('eligibility_enquiry',
     sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('id', sa.String(length=64).with_variant(sa.String(length=64, collation='C'), 'postgresql'), nullable=False),
     sa.Column('uuid', sa.String(length=36), nullable=True),
@@ -669,14 +669,14 @@ def upgrade() -> None:
     sa.Column('deleted', sa.Boolean(), server_default=sa.text('(false)'), nullable=False),
     sa.Column('insuree_pk', sa.Integer(), nullable=False),
     sa.Column('created', sa.Date(), nullable=False),
-    sa.ForeignKeyConstraint(['insuree_pk'], ['insuree.pk'], name=op.f('fk_eligibility_request_insuree_pk_insuree')),
-    sa.PrimaryKeyConstraint('pk', name=op.f('pk_eligibility_request')),
-    sa.UniqueConstraint('id', name=op.f('uq_eligibility_request_id'))
+    sa.Column('answered', sa.Date(), nullable=False),
+    sa.ForeignKeyConstraint(['insuree_pk'], ['insuree.pk'], name=op.f('fk_eligibility_enquiry_insuree_pk_insuree')),
+    sa.PrimaryKeyConstraint('pk', name=op.f('pk_eligibility_enquiry')),
+    sa.UniqueConstraint('id', name=op.f('uq_eligibility_enquiry_id'))
     )
-    with op.batch_alter_table('eligibility_request', schema=None) as batch_op:
-        batch_op.create_index('ix_eligibility_request_insuree_pk_current', ['insuree_pk'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
-        batch_op.create_index(batch_op.f('ix_eligibility_request_last_updated'), ['last_updated'], unique=False)
-        batch_op.create_index(batch_op.f('ix_eligibility_request_uuid'), ['uuid'], unique=False)
+    with op.batch_alter_table('eligibility_enquiry', schema=None) as batch_op:
+        batch_op.create_index('ix_eligibility_enquiry_insuree_pk_current', ['insuree_pk'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.create_index(batch_op.f('ix_eligibility_enquiry_last_updated'), ['last_updated'], unique=False)
 
     op.create_table('insuree_photo',
     sa.Column('insuree_pk', sa.Integer(), nullable=False),
@@ -855,27 +855,6 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_coverage_last_updated'), ['last_updated'], unique=False)
         batch_op.create_index(batch_op.f('ix_coverage_uuid'), ['uuid'], unique=False)
 
-    op.create_table('eligibility_response',
-    sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
-    sa.Column('id', sa.String(length=64).with_variant(sa.String(length=64, collation='C'), 'postgresql'), nullable=False),
-    sa.Column('uuid', sa.String(length=36), nullable=True),
-    sa.Column('version_id', sa.Integer(), server_default='0', nullable=False),
-    sa.Column('last_updated', sa.BigInteger(), server_default='0', nullable=False),
-    sa.Column('deleted', sa.Boolean(), server_default=sa.text('(false)'), nullable=False),
-    sa.Column('request_pk', sa.Integer(), nullable=False),
-    sa.Column('insuree_pk', sa.Integer(), nullable=False),
-    sa.Column('created', sa.Date(), nullable=False),
-    sa.ForeignKeyConstraint(['insuree_pk'], ['insuree.pk'], name=op.f('fk_eligibility_response_insuree_pk_insuree')),
-    sa.ForeignKeyConstraint(['request_pk'], ['eligibility_request.pk'], name=op.f('fk_eligibility_response_request_pk_eligibility_request')),
-    sa.PrimaryKeyConstraint('pk', name=op.f('pk_eligibility_response')),
-    sa.UniqueConstraint('id', name=op.f('uq_eligibility_response_id')),
-    sa.UniqueConstraint('request_pk', name=op.f('uq_eligibility_response_request_pk'))
-    )
-    with op.batch_alter_table('eligibility_response', schema=None) as batch_op:
-        batch_op.create_index('ix_eligibility_response_insuree_pk_current', ['insuree_pk'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
-        batch_op.create_index(batch_op.f('ix_eligibility_response_last_updated'), ['last_updated'], unique=False)
-        batch_op.create_index(batch_op.f('ix_eligibility_response_uuid'), ['uuid'], unique=False)
-
     op.create_table('insuree_policy',
     sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('policy_pk', sa.Integer(), nullable=False),
@@ -932,12 +911,6 @@ def downgrade() -> None:
         batch_op.drop_index('ix_insuree_policy_effective_date_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
 
     op.drop_table('insuree_policy')
-    with op.batch_alter_table('eligibility_response', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_eligibility_response_uuid'))
-        batch_op.drop_index(batch_op.f('ix_eligibility_response_last_updated'))
-        batch_op.drop_index('ix_eligibility_response_insuree_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
-
-    op.drop_table('eligibility_response')
     with op.batch_alter_table('coverage', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_coverage_uuid'))
         batch_op.drop_index(batch_op.f('ix_coverage_last_updated'))
@@ -974,12 +947,11 @@ def downgrade() -> None:
 
     op.drop_table('officer_role_village')
     op.drop_table('insuree_photo')
-    with op.batch_alter_table('eligibility_request', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_eligibility_request_uuid'))
-        batch_op.drop_index(batch_op.f('ix_eligibility_request_last_updated'))
-        batch_op.drop_index('ix_eligibility_request_insuree_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+    with op.batch_alter_table('eligibility_enquiry', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_eligibility_enquiry_last_updated'))
+        batch_op.drop_index('ix_eligibility_enquiry_insuree_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
 
-    op.drop_table('eligibility_request')
+    op.drop_table('eligibility_enquiry')
     with op.batch_alter_table('claim', schema=None) as batch_op:
         batch_op.drop_index('uq_claim_hf_pk_code_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.drop_index(batch_op.f('ix_claim_uuid'))
