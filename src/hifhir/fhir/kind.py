@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Row, Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from hifhir.fhir.errors import FhirError, business_rule, conflict
-from hifhir.store.fast import FastStatement
+from hifhir.store.fast import MultiRowInsert
 from hifhir.store.tables import is_current, resource_version
 
 if TYPE_CHECKING:
@@ -125,11 +125,9 @@ def _bump_versions(table: Table) -> Any:
 
 
 # Every write appends here: through the driver, without SQLAlchemy's per-execution work (the columns need no type
-# processing: strings, integers, bytes).
-_HISTORY_INSERT = FastStatement(insert(resource_version).inline().values({c.name: bindparam(c.name) for c in (
-    resource_version.c.res_type, resource_version.c.res_id, resource_version.c.kind, resource_version.c.version,
-    resource_version.c.last_updated, resource_version.c.operation, resource_version.c.user_name,
-    resource_version.c.body)}))
+# processing: strings, integers, bytes), all of a write's versions in one statement.
+_HISTORY_INSERT = MultiRowInsert(resource_version, ("res_type", "res_id", "kind", "version", "last_updated",
+                                                    "operation", "user_name", "body"))
 
 
 def now_us() -> int:
@@ -323,7 +321,7 @@ class WriteContext:
             out[(kind.name, pk)] = Written(kind, pk, row.id, row.version_id, self.now, None, "delete")
             history_rows.append(self._history_row(kind, row.id, row.version_id, "delete", None))
         if history_rows:
-            _HISTORY_INSERT.execute_many(self.conn, history_rows)
+            _HISTORY_INSERT.execute(self.conn, history_rows)
         self.touched.clear()
         self.deleted.clear()
         self.created.clear()

@@ -72,6 +72,7 @@ from hifhir.fhir.errors import FhirError, conflict
 from hifhir.fhir.kind import ResourceKind, Rights, WriteContext, require
 from hifhir.fhir.profiles.common import is_uuid, resolve_new_id
 from hifhir.fhir.profiles.medication import money
+from hifhir.fhir.profiles.organization import is_current_insurer
 from hifhir.fhir.search import common_params, common_sorts
 from hifhir.fhir.searchparams import SortKey, column_ref, date_param, reference_param
 from hifhir.store.fast import DriverQuery
@@ -143,8 +144,6 @@ _INSUREE_BY_REF = DriverQuery(union_all(
     select(insuree.c.pk, insuree.c.id).where(insuree.c.chf_id == bindparam("ref"), is_current(insuree)),
 ))
 _INSUREE_ID = select(insuree.c.id).where(insuree.c.pk == bindparam("pk"))
-_INSURER_BY_ID = DriverQuery(
-    select(insurer_org.c.id).where(insurer_org.c.id == bindparam("ref"), is_current(insurer_org)))
 _INSURER_ID = select(insurer_org.c.id).where(insurer_org.c.pk == bindparam("pk"))
 
 
@@ -276,10 +275,8 @@ def _insurer(ctx: WriteContext, ref: Any) -> str:
     expression = f"{REQUEST}.insurer"
     literal = ref.get("reference") if isinstance(ref, dict) else None
     parsed = parse_reference(literal) if isinstance(literal, str) else None
-    if parsed is not None and parsed[0] == "Organization":
-        found = _INSURER_BY_ID.rows(ctx.conn, {"ref": parsed[1]})
-        if found:
-            return str(found[0].id)
+    if parsed is not None and parsed[0] == "Organization" and is_current_insurer(ctx.conn, parsed[1]):
+        return parsed[1]
     _, pk = ctx.resolve(ref, ["Organization"], expression, kinds=["insurer"])
     return str(ctx.conn.execute(_INSURER_ID, {"pk": pk}).scalar_one())
 

@@ -27,6 +27,7 @@ Defaults for the NOT NULL openIMIS columns the IG leaves optional (health facili
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -72,6 +73,7 @@ from hifhir.fhir.searchparams import (
     token_param,
 )
 from hifhir.store.codelists import displays_of, ig_concepts
+from hifhir.store.fast import DriverQuery
 from hifhir.store.tables import (
     claim_admin,
     claim_admin_role,
@@ -545,12 +547,34 @@ class InsurerKind(ResourceKind):
                             "read-only")
 
 
+_INSURER_TTL_S = 30.0
+_insurer_seen: dict[tuple[str, str], float] = {}  # (database, insurer id) → monotonic time it was seen current
+_INSURER_BY_ID = DriverQuery(select(insurer_org.c.id).where(insurer_org.c.id == bindparam("id"),
+                                                            is_current(insurer_org)))
+
+
+def is_current_insurer(conn: Connection, insurer_id: str) -> bool:
+    """Is `insurer_id` the id of the current insurer? The insurer is server configuration (`sync_insurer` at start,
+    which forgets what was seen): a positive answer is remembered for 30 s, so that the enquiries and claims that
+    all name it do not each pay a query for it."""
+    key = (str(conn.engine.url), insurer_id)
+    now = time.monotonic()
+    seen = _insurer_seen.get(key)
+    if seen is not None and now - seen < _INSURER_TTL_S:
+        return True
+    if not _INSURER_BY_ID.rows(conn, {"id": insurer_id}):
+        return False
+    _insurer_seen[key] = now
+    return True
+
+
 def sync_insurer(conn: Connection, cfg: InsurerConfig, user_name: str | None = None) -> None:
     """Make `insurer_org` hold exactly the configured insurer, versioning it like any other write.
 
     Idempotent: nothing is written when the row already matches. A previous insurer under another id (the
     configured id changed) is logically deleted so that searches keep returning a single insurer.
     """
+    _insurer_seen.clear()
     t = insurer_org
     values: dict[str, Any] = {
         "code": cfg.code,
