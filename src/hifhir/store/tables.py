@@ -658,6 +658,7 @@ claim = Table(
     Column("visit_type", String(1)),  # E | R | O
     Column("category", String(1)),  # S D A H C V (computed at submission)
     Column("icd_code", String(16), nullable=False),  # main diagnosis
+    *(Column(f"icd_code_{i}", String(16)) for i in range(1, 5)),  # secondary diagnoses (at most 4)
     Column("claimed", Amount()),
     Column("approved", Amount()),
     Column("valuated", Amount()),
@@ -665,8 +666,29 @@ claim = Table(
     Column("explanation", Text),
     Column("adjustment", Text),
     Column("guarantee_id", String(50)),
+    Column("feedback_available", Boolean, nullable=False, server_default=text("false")),
+    Column("submit_stamp", BigInteger),  # µs since the epoch, set by the checks (status 4 or 1)
+    Column("process_stamp", BigInteger),  # µs since the epoch, set by processing (status 8 or 16)
+    Column("run_pk", Integer, ForeignKey("batch_run.pk")),  # the batch run that valuated it (§3.4.4)
     current_unique("claim", "hf_pk", "code"),
     current_index("claim", "insuree_pk"),
+    current_index("claim", "hf_pk", "date_claimed"),
+)
+
+# Attachments sent with a claim (Claim.supportingInfo:attachment); the document bytes themselves.
+claim_attachment = Table(
+    "claim_attachment",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("claim_pk", Integer, ForeignKey("claim.pk"), nullable=False),
+    Column("sequence", Integer, nullable=False),  # supportingInfo.sequence
+    Column("title", String(250)),
+    Column("content_type", String(100)),
+    Column("filename", String(250)),
+    Column("creation", String(40)),  # Attachment.creation as sent (a FHIR dateTime)
+    Column("hash", String(40)),  # SHA-1 of the bytes, hex
+    Column("data", LargeBinary),
+    Index("ix_claim_attachment_claim", "claim_pk"),
 )
 
 
@@ -691,6 +713,7 @@ def _claim_line_columns() -> list[Column]:
         Column("explanation", Text),
         Column("justification", Text),
         Column("rejection_reason", Integer, nullable=False, server_default="0"),
+        Column("sequence", Integer),  # Claim.item.sequence as submitted
     ]
 
 
@@ -700,6 +723,7 @@ claim_item = Table(
     Column("pk", Integer, primary_key=True, autoincrement=True),
     *_claim_line_columns(),
     Column("item_pk", Integer, ForeignKey("medical_item.pk"), nullable=False),
+    Column("availability", Boolean, nullable=False, server_default=text("true")),
     Index("ix_claim_item_claim", "claim_pk"),
     Index("ix_claim_item_item", "item_pk"),
 )
@@ -727,6 +751,49 @@ claim_ded_rem = Table(
         "rem_hospitalization", "rem_antenatal")),
     Index("ix_claim_ded_rem_policy", "policy_pk"),
     Index("ix_claim_ded_rem_insuree", "insuree_pk"),
+)
+
+# --- Batch run and relative pricing (domain §2.22, §3.4.4) ----------------------------------------------------
+batch_run = Table(
+    "batch_run",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("location_pk", Integer, ForeignKey("location.pk")),  # region or district; none = national
+    Column("run_date", Date, nullable=False),
+    Column("run_year", Integer, nullable=False),
+    Column("run_month", Integer, nullable=False),
+    Column("created", BigInteger, nullable=False, server_default="0"),
+    Index("ix_batch_run_period", "run_year", "run_month", "location_pk"),
+)
+
+# A product's relative distribution (tblRelDistr): the share of the allocated contributions each period pays out.
+rel_distr = Table(
+    "rel_distr",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("product_pk", Integer, ForeignKey("product.pk"), nullable=False),
+    Column("dist_type", Integer, nullable=False),  # 12 monthly | 4 quarterly | 1 yearly
+    Column("care_type", String(1), nullable=False),  # B both | I in-patient | O out-patient
+    Column("period", Integer, nullable=False),  # 1..12, 1..4 or 1
+    Column("percent", Amount(), nullable=False),  # hundredths of a percent (Amount)
+    Index("ix_rel_distr_product", "product_pk", "dist_type", "care_type", "period", unique=True),
+)
+
+# The relative index a batch run computed (tblRelIndex), in ten-thousandths (decimal(18,4) in openIMIS).
+rel_index = Table(
+    "rel_index",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("product_pk", Integer, ForeignKey("product.pk"), nullable=False),
+    Column("rel_type", Integer, nullable=False),  # 12 | 4 | 1
+    Column("care_type", String(1), nullable=False),  # B | I | O
+    Column("rel_year", Integer, nullable=False),
+    Column("rel_period", Integer, nullable=False),
+    Column("calc_date", Date, nullable=False),
+    Column("index_e4", BigInteger, nullable=False),
+    Column("location_pk", Integer, ForeignKey("location.pk")),
+    Column("run_pk", Integer, ForeignKey("batch_run.pk")),
+    Index("ix_rel_index_product", "product_pk", "rel_year", "rel_period"),
 )
 
 # --- Users, roles, rights ---------------------------------------------------------------------------------
@@ -778,9 +845,11 @@ user_district = Table(
 __all__ = [
     "Amount",
     "app_user",
+    "batch_run",
     "claim",
     "claim_admin",
     "claim_admin_role",
+    "claim_attachment",
     "claim_ded_rem",
     "claim_item",
     "claim_service",
@@ -809,6 +878,8 @@ __all__ = [
     "product",
     "product_item",
     "product_service",
+    "rel_distr",
+    "rel_index",
     "resource_version",
     "role",
     "role_right",

@@ -1,15 +1,15 @@
 """initial schema
 
-Revision ID: 8e9f33c5d7a4
+Revision ID: 9ee280aca043
 Revises: 
-Create Date: 2026-11-25 22:08:36.540883
+Create Date: 2026-11-25 22:27:19.310477
 """
 
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '8e9f33c5d7a4'
+revision = '9ee280aca043'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -191,6 +191,19 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('pk', name=op.f('pk_role')),
     sa.UniqueConstraint('name', name=op.f('uq_role_name'))
     )
+    op.create_table('batch_run',
+    sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('location_pk', sa.Integer(), nullable=True),
+    sa.Column('run_date', sa.Date(), nullable=False),
+    sa.Column('run_year', sa.Integer(), nullable=False),
+    sa.Column('run_month', sa.Integer(), nullable=False),
+    sa.Column('created', sa.BigInteger(), server_default='0', nullable=False),
+    sa.ForeignKeyConstraint(['location_pk'], ['location.pk'], name=op.f('fk_batch_run_location_pk_location')),
+    sa.PrimaryKeyConstraint('pk', name=op.f('pk_batch_run'))
+    )
+    with op.batch_alter_table('batch_run', schema=None) as batch_op:
+        batch_op.create_index('ix_batch_run_period', ['run_year', 'run_month', 'location_pk'], unique=False)
+
     op.create_table('family',
     sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('id', sa.String(length=64).with_variant(sa.String(length=64, collation='C'), 'postgresql'), nullable=False),
@@ -619,6 +632,38 @@ def upgrade() -> None:
     with op.batch_alter_table('product_service', schema=None) as batch_op:
         batch_op.create_index('ix_product_service_service', ['service_pk'], unique=False)
 
+    op.create_table('rel_distr',
+    sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('product_pk', sa.Integer(), nullable=False),
+    sa.Column('dist_type', sa.Integer(), nullable=False),
+    sa.Column('care_type', sa.String(length=1), nullable=False),
+    sa.Column('period', sa.Integer(), nullable=False),
+    sa.Column('percent', sa.BigInteger(), nullable=False),
+    sa.ForeignKeyConstraint(['product_pk'], ['product.pk'], name=op.f('fk_rel_distr_product_pk_product')),
+    sa.PrimaryKeyConstraint('pk', name=op.f('pk_rel_distr'))
+    )
+    with op.batch_alter_table('rel_distr', schema=None) as batch_op:
+        batch_op.create_index('ix_rel_distr_product', ['product_pk', 'dist_type', 'care_type', 'period'], unique=True)
+
+    op.create_table('rel_index',
+    sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('product_pk', sa.Integer(), nullable=False),
+    sa.Column('rel_type', sa.Integer(), nullable=False),
+    sa.Column('care_type', sa.String(length=1), nullable=False),
+    sa.Column('rel_year', sa.Integer(), nullable=False),
+    sa.Column('rel_period', sa.Integer(), nullable=False),
+    sa.Column('calc_date', sa.Date(), nullable=False),
+    sa.Column('index_e4', sa.BigInteger(), nullable=False),
+    sa.Column('location_pk', sa.Integer(), nullable=True),
+    sa.Column('run_pk', sa.Integer(), nullable=True),
+    sa.ForeignKeyConstraint(['location_pk'], ['location.pk'], name=op.f('fk_rel_index_location_pk_location')),
+    sa.ForeignKeyConstraint(['product_pk'], ['product.pk'], name=op.f('fk_rel_index_product_pk_product')),
+    sa.ForeignKeyConstraint(['run_pk'], ['batch_run.pk'], name=op.f('fk_rel_index_run_pk_batch_run')),
+    sa.PrimaryKeyConstraint('pk', name=op.f('pk_rel_index'))
+    )
+    with op.batch_alter_table('rel_index', schema=None) as batch_op:
+        batch_op.create_index('ix_rel_index_product', ['product_pk', 'rel_year', 'rel_period'], unique=False)
+
     op.create_table('claim',
     sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('id', sa.String(length=64).with_variant(sa.String(length=64, collation='C'), 'postgresql'), nullable=False),
@@ -641,6 +686,10 @@ def upgrade() -> None:
     sa.Column('visit_type', sa.String(length=1), nullable=True),
     sa.Column('category', sa.String(length=1), nullable=True),
     sa.Column('icd_code', sa.String(length=16), nullable=False),
+    sa.Column('icd_code_1', sa.String(length=16), nullable=True),
+    sa.Column('icd_code_2', sa.String(length=16), nullable=True),
+    sa.Column('icd_code_3', sa.String(length=16), nullable=True),
+    sa.Column('icd_code_4', sa.String(length=16), nullable=True),
     sa.Column('claimed', sa.BigInteger(), nullable=True),
     sa.Column('approved', sa.BigInteger(), nullable=True),
     sa.Column('valuated', sa.BigInteger(), nullable=True),
@@ -648,13 +697,19 @@ def upgrade() -> None:
     sa.Column('explanation', sa.Text(), nullable=True),
     sa.Column('adjustment', sa.Text(), nullable=True),
     sa.Column('guarantee_id', sa.String(length=50), nullable=True),
+    sa.Column('feedback_available', sa.Boolean(), server_default=sa.text('(false)'), nullable=False),
+    sa.Column('submit_stamp', sa.BigInteger(), nullable=True),
+    sa.Column('process_stamp', sa.BigInteger(), nullable=True),
+    sa.Column('run_pk', sa.Integer(), nullable=True),
     sa.ForeignKeyConstraint(['claim_admin_pk'], ['claim_admin.pk'], name=op.f('fk_claim_claim_admin_pk_claim_admin')),
     sa.ForeignKeyConstraint(['hf_pk'], ['health_facility.pk'], name=op.f('fk_claim_hf_pk_health_facility')),
     sa.ForeignKeyConstraint(['insuree_pk'], ['insuree.pk'], name=op.f('fk_claim_insuree_pk_insuree')),
+    sa.ForeignKeyConstraint(['run_pk'], ['batch_run.pk'], name=op.f('fk_claim_run_pk_batch_run')),
     sa.PrimaryKeyConstraint('pk', name=op.f('pk_claim')),
     sa.UniqueConstraint('id', name=op.f('uq_claim_id'))
     )
     with op.batch_alter_table('claim', schema=None) as batch_op:
+        batch_op.create_index('ix_claim_hf_pk_date_claimed_current', ['hf_pk', 'date_claimed'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.create_index('ix_claim_insuree_pk_current', ['insuree_pk'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.create_index(batch_op.f('ix_claim_last_updated'), ['last_updated'], unique=False)
         batch_op.create_index(batch_op.f('ix_claim_uuid'), ['uuid'], unique=False)
@@ -749,6 +804,22 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['user_pk'], ['app_user.pk'], name=op.f('fk_user_role_user_pk_app_user')),
     sa.PrimaryKeyConstraint('user_pk', 'role_pk', name=op.f('pk_user_role'))
     )
+    op.create_table('claim_attachment',
+    sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('claim_pk', sa.Integer(), nullable=False),
+    sa.Column('sequence', sa.Integer(), nullable=False),
+    sa.Column('title', sa.String(length=250), nullable=True),
+    sa.Column('content_type', sa.String(length=100), nullable=True),
+    sa.Column('filename', sa.String(length=250), nullable=True),
+    sa.Column('creation', sa.String(length=40), nullable=True),
+    sa.Column('hash', sa.String(length=40), nullable=True),
+    sa.Column('data', sa.LargeBinary(), nullable=True),
+    sa.ForeignKeyConstraint(['claim_pk'], ['claim.pk'], name=op.f('fk_claim_attachment_claim_pk_claim')),
+    sa.PrimaryKeyConstraint('pk', name=op.f('pk_claim_attachment'))
+    )
+    with op.batch_alter_table('claim_attachment', schema=None) as batch_op:
+        batch_op.create_index('ix_claim_attachment_claim', ['claim_pk'], unique=False)
+
     op.create_table('claim_ded_rem',
     sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('claim_pk', sa.Integer(), nullable=False),
@@ -795,7 +866,9 @@ def upgrade() -> None:
     sa.Column('explanation', sa.Text(), nullable=True),
     sa.Column('justification', sa.Text(), nullable=True),
     sa.Column('rejection_reason', sa.Integer(), server_default='0', nullable=False),
+    sa.Column('sequence', sa.Integer(), nullable=True),
     sa.Column('item_pk', sa.Integer(), nullable=False),
+    sa.Column('availability', sa.Boolean(), server_default=sa.text('(true)'), nullable=False),
     sa.ForeignKeyConstraint(['claim_pk'], ['claim.pk'], name=op.f('fk_claim_item_claim_pk_claim')),
     sa.ForeignKeyConstraint(['item_pk'], ['medical_item.pk'], name=op.f('fk_claim_item_item_pk_medical_item')),
     sa.ForeignKeyConstraint(['policy_pk'], ['policy.pk'], name=op.f('fk_claim_item_policy_pk_policy')),
@@ -827,6 +900,7 @@ def upgrade() -> None:
     sa.Column('explanation', sa.Text(), nullable=True),
     sa.Column('justification', sa.Text(), nullable=True),
     sa.Column('rejection_reason', sa.Integer(), server_default='0', nullable=False),
+    sa.Column('sequence', sa.Integer(), nullable=True),
     sa.Column('service_pk', sa.Integer(), nullable=False),
     sa.ForeignKeyConstraint(['claim_pk'], ['claim.pk'], name=op.f('fk_claim_service_claim_pk_claim')),
     sa.ForeignKeyConstraint(['policy_pk'], ['policy.pk'], name=op.f('fk_claim_service_policy_pk_policy')),
@@ -931,6 +1005,10 @@ def downgrade() -> None:
         batch_op.drop_index('ix_claim_ded_rem_insuree')
 
     op.drop_table('claim_ded_rem')
+    with op.batch_alter_table('claim_attachment', schema=None) as batch_op:
+        batch_op.drop_index('ix_claim_attachment_claim')
+
+    op.drop_table('claim_attachment')
     op.drop_table('user_role')
     op.drop_table('user_district')
     with op.batch_alter_table('policy', schema=None) as batch_op:
@@ -957,8 +1035,17 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_claim_uuid'))
         batch_op.drop_index(batch_op.f('ix_claim_last_updated'))
         batch_op.drop_index('ix_claim_insuree_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index('ix_claim_hf_pk_date_claimed_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
 
     op.drop_table('claim')
+    with op.batch_alter_table('rel_index', schema=None) as batch_op:
+        batch_op.drop_index('ix_rel_index_product')
+
+    op.drop_table('rel_index')
+    with op.batch_alter_table('rel_distr', schema=None) as batch_op:
+        batch_op.drop_index('ix_rel_distr_product')
+
+    op.drop_table('rel_distr')
     with op.batch_alter_table('product_service', schema=None) as batch_op:
         batch_op.drop_index('ix_product_service_service')
 
@@ -1038,6 +1125,10 @@ def downgrade() -> None:
         batch_op.drop_index('ix_family_head')
 
     op.drop_table('family')
+    with op.batch_alter_table('batch_run', schema=None) as batch_op:
+        batch_op.drop_index('ix_batch_run_period')
+
+    op.drop_table('batch_run')
     op.drop_table('role')
     with op.batch_alter_table('resource_version', schema=None) as batch_op:
         batch_op.drop_index('ix_resource_version_type_seq')
