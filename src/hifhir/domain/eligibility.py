@@ -280,6 +280,63 @@ def _lines_query(n_items: int, n_services: int, n_products: int) -> DriverQuery:
     return DriverQuery(branches[0] if len(branches) == 1 else union_all(*branches))
 
 
+# Two index lookups (by id, by insurance number) rather than an OR, which SQLite answers with a scan; the id wins.
+_INSUREE_BY_REF = DriverQuery(union_all(
+    select(insuree.c.pk, insuree.c.id).where(insuree.c.id == bindparam("ref"), is_current(insuree)),
+    select(insuree.c.pk, insuree.c.id).where(insuree.c.chf_id == bindparam("ref"), is_current(insuree)),
+))
+
+
+@functools.lru_cache(maxsize=4)
+def _enquiry_query(with_item: bool, with_service: bool) -> DriverQuery:
+    """One row per policy of the insuree `ref` (rows with empty policy columns for what does not cover), with
+    the product terms, the requested item's (`i0`) and service's (`s0`) pk and the product's coverage line for
+    each (`i_*`, `s_*` columns, empty when the product does not cover it)."""
+    ranked = union_all(
+        select(insuree.c.pk, literal(0).label("rank")).where(insuree.c.id == bindparam("ref"), is_current(insuree)),
+        select(insuree.c.pk, literal(1).label("rank")).where(insuree.c.chf_id == bindparam("ref"),
+                                                             is_current(insuree)),
+    ).subquery()
+    target = select(ranked.c.pk).order_by(ranked.c.rank).limit(1).scalar_subquery()
+    ins = insuree.alias("ins")
+    # A chain of left joins, not a parenthesised inner join (which SQLite materialises for every insuree): a
+    # member row whose policy does not cover gets empty policy columns, and the caller skips it.
+    source = (
+        ins.outerjoin(insuree_policy, and_(
+            insuree_policy.c.insuree_pk == ins.c.pk, insuree_policy.c.deleted == false(),
+            insuree_policy.c.effective_date.is_not(None), insuree_policy.c.expiry_date >= bindparam("today")))
+        .outerjoin(policy, and_(policy.c.pk == insuree_policy.c.policy_pk, policy.c.deleted == false(),
+                                policy.c.status == POLICY_ACTIVE, policy.c.expiry_date >= bindparam("today")))
+        .outerjoin(product, product.c.pk == policy.c.product_pk)
+        .outerjoin(coverage, coverage.c.policy_pk == policy.c.pk)
+    )
+    columns: list[Any] = [
+        ins.c.pk.label("insuree_pk"), ins.c.id.label("insuree_id"), ins.c.dob,
+        policy.c.pk.label("policy_pk"), insuree_policy.c.effective_date, insuree_policy.c.expiry_date,
+        policy.c.id.label("policy_id"), policy.c.product_pk, coverage.c.id.label("coverage_id"),
+        _MEMBER_COUNT.label("members"),
+        *(product.c[name].label(f"p_{name}") for name in _PRODUCT_COLUMNS),
+    ]
+    for wanted, prefix, target_table, lines, fk, code_param in (
+            (with_item, "i", medical_item, product_item, "item_pk", "i0"),
+            (with_service, "s", medical_service, product_service, "service_pk", "s0")):
+        if not wanted:
+            continue
+        requested = (select(target_table.c.pk)
+                     .where(target_table.c.code == bindparam(code_param), is_current(target_table))
+                     .limit(1).scalar_subquery())
+        line = lines.alias(f"{prefix}_line")
+        source = source.outerjoin(line, and_(line.c.product_pk == policy.c.product_pk, line.c[fk] == requested))
+        columns += [requested.label(f"{prefix}_pk"), line.c.product_pk.label(f"{prefix}_product_pk"),
+                    *(line.c[c].label(f"{prefix}_{c}") for c in _LINE_COLUMNS)]
+        if prefix == "s":
+            columns.append(select(medical_service.c.category)
+                           .where(medical_service.c.code == bindparam("s0"), is_current(medical_service))
+                           .limit(1).scalar_subquery().label("s_category"))
+    return DriverQuery(select(*columns).select_from(source).where(ins.c.pk == target)
+                       .order_by(insuree_policy.c.effective_date, policy.c.pk))
+
+
 def _usage_statement() -> Any:
     """Passed lines of the insuree's checked/processed/valuated claims since a date. Every line, not only the
     requested items' and services': the category counters need all service lines, and filtering on an item
@@ -347,6 +404,50 @@ def evaluate(conn: Connection, insuree_pk: int, today: date, *, items: Sequence[
     rows = _POLICIES.rows(conn, {"insuree": insuree_pk, "today": today})
     product_pks = sorted({r.product_pk for r in rows})
     provisions, lines = _provisions(conn, items, services, product_pks)
+    return _evaluate(conn, insuree_pk, today, rows, provisions, lines)
+
+
+def evaluate_reference(conn: Connection, ref: str, today: date, *, items: Sequence[str] = (),
+                       services: Sequence[str] = ()) -> tuple[int, str, Eligibility] | None:
+    """`evaluate()` for the current insuree whose id is `ref` or, failing that, whose insurance number is `ref`:
+    (insuree pk, insuree id, eligibility), or None when there is none. An enquiry about at most one item and one
+    service (the IG's maximum) is answered by one statement — the insuree, its policies with their product terms
+    and the coverage lines of the requested codes together — plus the usage queries when a limit applies."""
+    item_codes, service_codes = _unique(items), _unique(services)
+    if len(item_codes) > 1 or len(service_codes) > 1:
+        found = _INSUREE_BY_REF.rows(conn, {"ref": ref})
+        match = next((r for r in found if r.id == ref), found[0] if found else None)
+        if match is None:
+            return None
+        return int(match.pk), str(match.id), evaluate(conn, int(match.pk), today, items=items, services=services)
+    params: dict[str, Any] = {"ref": ref, "today": today}
+    if item_codes:
+        params["i0"] = item_codes[0]
+    if service_codes:
+        params["s0"] = service_codes[0]
+    rows = _enquiry_query(bool(item_codes), bool(service_codes)).rows(conn, params)
+    if not rows:
+        return None
+    head = rows[0]
+    policies = [r for r in rows if r.policy_pk is not None]
+    provisions: list[Provision] = []
+    lines: dict[tuple[str, int, int], _Line] = {}
+    for kind, code, prefix in (("item", item_codes, "i"), ("service", service_codes, "s")):
+        if not code:
+            continue
+        m = head._mapping
+        pk = m[f"{prefix}_pk"]
+        provisions.append(Provision(kind, code[0], pk, (m.get(f"{prefix}_category") or None)))  # type: ignore[arg-type]
+        for r in policies:
+            rm = r._mapping
+            if pk is not None and rm[f"{prefix}_product_pk"] is not None:
+                lines[(kind, pk, r.product_pk)] = _Line(*(rm[f"{prefix}_{c}"] for c in _LINE_COLUMNS))
+    insuree_pk = int(head.insuree_pk)
+    return insuree_pk, str(head.insuree_id), _evaluate(conn, insuree_pk, today, policies, provisions, lines)
+
+
+def _evaluate(conn: Connection, insuree_pk: int, today: date, rows: list[Any], provisions: list[Provision],
+              lines: dict[tuple[str, int, int], _Line]) -> Eligibility:
     adult = bool(rows) and age_on(rows[0].dob, today) >= ADULT_AGE
 
     usage: list[_Use] = []

@@ -57,7 +57,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Row, bindparam, insert, select, union_all
+from sqlalchemy import Connection, Row, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from hifhir.domain.eligibility import (
@@ -66,6 +66,7 @@ from hifhir.domain.eligibility import (
     LineCoverage,
     PolicyEligibility,
     evaluate,
+    evaluate_reference,
 )
 from hifhir.fhir.elements import CS, first_code, identifier_value, identifiers, reference
 from hifhir.fhir.errors import FhirError, conflict
@@ -80,7 +81,6 @@ from hifhir.store.tables import (
     eligibility_enquiry,
     insuree,
     insurer_org,
-    is_current,
 )
 from hifhir.store.tables import resource_version as rv
 
@@ -138,11 +138,6 @@ def _immutable(what: str) -> FhirError:
 
 # The enquiry's statements run at the driver level (store.fast.DriverQuery): on SQLite the whole write runs
 # inside the cross-process writer lock, where SQLAlchemy's per-statement overhead limits the enquiries per second.
-# Two index lookups (by id, by insurance number) rather than an OR, which SQLite answers with a scan.
-_INSUREE_BY_REF = DriverQuery(union_all(
-    select(insuree.c.pk, insuree.c.id).where(insuree.c.id == bindparam("ref"), is_current(insuree)),
-    select(insuree.c.pk, insuree.c.id).where(insuree.c.chf_id == bindparam("ref"), is_current(insuree)),
-))
 _INSUREE_ID = select(insuree.c.id).where(insuree.c.pk == bindparam("pk"))
 _INSURER_ID = select(insurer_org.c.id).where(insurer_org.c.pk == bindparam("pk"))
 
@@ -207,11 +202,20 @@ class EligibilityRequestKind(ResourceKind):
     def read_ahead(self, ctx: WriteContext, resource: dict[str, Any]) -> Enquiry:
         """The insuree, the insurer and the evaluation: everything but the two inserts (an enquiry is answered
         as of the moment it is evaluated; on SQLite that runs outside the writer lock)."""
-        insuree_pk, patient_id = _patient(ctx, resource.get("patient"))
-        insurer_id = _insurer(ctx, resource.get("insurer"))
         items, services = _requested(resource)
+        insurer_id = _insurer(ctx, resource.get("insurer"))
         today = date.today()
-        result = evaluate(ctx.conn, insuree_pk, today, items=items, services=services)
+        patient = resource.get("patient")
+        literal = _patient_literal(patient)
+        if literal is None:  # a logical reference, by identifier
+            insuree_pk, patient_id = _patient_by_identifier(ctx, patient)
+            result = evaluate(ctx.conn, insuree_pk, today, items=items, services=services)
+        else:
+            found = evaluate_reference(ctx.conn, literal, today, items=items, services=services)
+            require(found is not None, f"No current insuree has the id or insurance number {literal}",
+                    f"{REQUEST}.patient")
+            assert found is not None
+            insuree_pk, patient_id, result = found
         return Enquiry(insuree_pk, patient_id, insurer_id, result)
 
     def write(self, ctx: WriteContext, resource: dict[str, Any], current: Row | None) -> int:
@@ -249,23 +253,22 @@ class EligibilityRequestKind(ResourceKind):
         raise _immutable("An eligibility request is a record of an enquiry; it cannot be deleted")
 
 
-def _patient(ctx: WriteContext, ref: Any) -> tuple[int, str]:
-    """(insuree pk, id) from `Patient/<id>`, `Patient/<insurance number>` or a logical reference."""
+def _patient_literal(ref: Any) -> str | None:
+    """The <id or insurance number> of a `Patient/<…>` reference; None for a logical reference (by identifier)."""
     from hifhir.fhir.registry import parse_reference  # the registry imports this module
 
-    expression = f"{REQUEST}.patient"
     literal = ref.get("reference") if isinstance(ref, dict) else None
-    if isinstance(literal, str):
-        parsed = parse_reference(literal)
-        require(parsed is not None and parsed[0] == "Patient",
-                "patient must be Patient/<id> or Patient/<insurance number>", expression)
-        assert parsed is not None
-        rows = _INSUREE_BY_REF.rows(ctx.conn, {"ref": parsed[1]})
-        match = next((r for r in rows if r.id == parsed[1]), rows[0] if rows else None)
-        require(match is not None, f"No current insuree has the id or insurance number {parsed[1]}", expression)
-        assert match is not None
-        return int(match.pk), str(match.id)
-    _, pk = ctx.resolve(ref, ["Patient"], expression)
+    if not isinstance(literal, str):
+        return None
+    parsed = parse_reference(literal)
+    require(parsed is not None and parsed[0] == "Patient",
+            "patient must be Patient/<id> or Patient/<insurance number>", f"{REQUEST}.patient")
+    assert parsed is not None
+    return parsed[1]
+
+
+def _patient_by_identifier(ctx: WriteContext, ref: Any) -> tuple[int, str]:
+    _, pk = ctx.resolve(ref, ["Patient"], f"{REQUEST}.patient")
     return pk, str(ctx.conn.execute(_INSUREE_ID, {"pk": pk}).scalar_one())
 
 
