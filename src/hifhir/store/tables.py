@@ -753,6 +753,35 @@ claim_ded_rem = Table(
     Index("ix_claim_ded_rem_insuree", "insuree_pk"),
 )
 
+# --- Feedback (domain §2.21, §3.5): the prompt to an enrolment officer and the answers collected ----------------
+# A prompt is the CommunicationRequest of its claim (same id as the claim); the answers are a Communication.
+feedback_prompt = Table(
+    "feedback_prompt",
+    metadata,
+    *resource_columns(uuid_index=False),
+    Column("claim_pk", Integer, ForeignKey("claim.pk"), nullable=False),
+    Column("officer_pk", Integer, ForeignKey("officer.pk"), nullable=False),
+    Column("prompt_date", Date, nullable=False),
+    Column("phone", String(50)),
+    Column("sms_status", Integer, nullable=False, server_default="0"),
+    current_unique("feedback_prompt", "claim_pk"),
+)
+
+feedback = Table(
+    "feedback",
+    metadata,
+    *resource_columns(),
+    Column("claim_pk", Integer, ForeignKey("claim.pk"), nullable=False),
+    Column("officer_pk", Integer, ForeignKey("officer.pk")),
+    Column("care_rendered", Boolean, nullable=False),
+    Column("payment_asked", Boolean, nullable=False),
+    Column("drug_prescribed", Boolean, nullable=False),
+    Column("drug_received", Boolean, nullable=False),
+    Column("assessment", Integer, nullable=False),  # 0–5
+    Column("feedback_date", Date, nullable=False),
+    current_unique("feedback", "claim_pk"),
+)
+
 # --- Batch run and relative pricing (domain §2.22, §3.4.4) ----------------------------------------------------
 batch_run = Table(
     "batch_run",
@@ -857,6 +886,8 @@ __all__ = [
     "coverage",
     "eligibility_enquiry",
     "family",
+    "feedback",
+    "feedback_prompt",
     "health_facility",
     "insuree",
     "insuree_photo",

@@ -1,15 +1,15 @@
 """initial schema
 
-Revision ID: 9ee280aca043
+Revision ID: de1bfc365f8b
 Revises: 
-Create Date: 2026-11-25 22:27:19.310477
+Create Date: 2026-11-25 22:39:27.862704
 """
 
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '9ee280aca043'
+revision = 'de1bfc365f8b'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -929,6 +929,52 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_coverage_last_updated'), ['last_updated'], unique=False)
         batch_op.create_index(batch_op.f('ix_coverage_uuid'), ['uuid'], unique=False)
 
+    op.create_table('feedback',
+    sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('id', sa.String(length=64).with_variant(sa.String(length=64, collation='C'), 'postgresql'), nullable=False),
+    sa.Column('uuid', sa.String(length=36), nullable=True),
+    sa.Column('version_id', sa.Integer(), server_default='0', nullable=False),
+    sa.Column('last_updated', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('deleted', sa.Boolean(), server_default=sa.text('(false)'), nullable=False),
+    sa.Column('claim_pk', sa.Integer(), nullable=False),
+    sa.Column('officer_pk', sa.Integer(), nullable=True),
+    sa.Column('care_rendered', sa.Boolean(), nullable=False),
+    sa.Column('payment_asked', sa.Boolean(), nullable=False),
+    sa.Column('drug_prescribed', sa.Boolean(), nullable=False),
+    sa.Column('drug_received', sa.Boolean(), nullable=False),
+    sa.Column('assessment', sa.Integer(), nullable=False),
+    sa.Column('feedback_date', sa.Date(), nullable=False),
+    sa.ForeignKeyConstraint(['claim_pk'], ['claim.pk'], name=op.f('fk_feedback_claim_pk_claim')),
+    sa.ForeignKeyConstraint(['officer_pk'], ['officer.pk'], name=op.f('fk_feedback_officer_pk_officer')),
+    sa.PrimaryKeyConstraint('pk', name=op.f('pk_feedback')),
+    sa.UniqueConstraint('id', name=op.f('uq_feedback_id'))
+    )
+    with op.batch_alter_table('feedback', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_feedback_last_updated'), ['last_updated'], unique=False)
+        batch_op.create_index(batch_op.f('ix_feedback_uuid'), ['uuid'], unique=False)
+        batch_op.create_index('uq_feedback_claim_pk_current', ['claim_pk'], unique=True, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+
+    op.create_table('feedback_prompt',
+    sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('id', sa.String(length=64).with_variant(sa.String(length=64, collation='C'), 'postgresql'), nullable=False),
+    sa.Column('uuid', sa.String(length=36), nullable=True),
+    sa.Column('version_id', sa.Integer(), server_default='0', nullable=False),
+    sa.Column('last_updated', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('deleted', sa.Boolean(), server_default=sa.text('(false)'), nullable=False),
+    sa.Column('claim_pk', sa.Integer(), nullable=False),
+    sa.Column('officer_pk', sa.Integer(), nullable=False),
+    sa.Column('prompt_date', sa.Date(), nullable=False),
+    sa.Column('phone', sa.String(length=50), nullable=True),
+    sa.Column('sms_status', sa.Integer(), server_default='0', nullable=False),
+    sa.ForeignKeyConstraint(['claim_pk'], ['claim.pk'], name=op.f('fk_feedback_prompt_claim_pk_claim')),
+    sa.ForeignKeyConstraint(['officer_pk'], ['officer.pk'], name=op.f('fk_feedback_prompt_officer_pk_officer')),
+    sa.PrimaryKeyConstraint('pk', name=op.f('pk_feedback_prompt')),
+    sa.UniqueConstraint('id', name=op.f('uq_feedback_prompt_id'))
+    )
+    with op.batch_alter_table('feedback_prompt', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_feedback_prompt_last_updated'), ['last_updated'], unique=False)
+        batch_op.create_index('uq_feedback_prompt_claim_pk_current', ['claim_pk'], unique=True, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+
     op.create_table('insuree_policy',
     sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('policy_pk', sa.Integer(), nullable=False),
@@ -985,6 +1031,17 @@ def downgrade() -> None:
         batch_op.drop_index('ix_insuree_policy_effective_date_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
 
     op.drop_table('insuree_policy')
+    with op.batch_alter_table('feedback_prompt', schema=None) as batch_op:
+        batch_op.drop_index('uq_feedback_prompt_claim_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index(batch_op.f('ix_feedback_prompt_last_updated'))
+
+    op.drop_table('feedback_prompt')
+    with op.batch_alter_table('feedback', schema=None) as batch_op:
+        batch_op.drop_index('uq_feedback_claim_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index(batch_op.f('ix_feedback_uuid'))
+        batch_op.drop_index(batch_op.f('ix_feedback_last_updated'))
+
+    op.drop_table('feedback')
     with op.batch_alter_table('coverage', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_coverage_uuid'))
         batch_op.drop_index(batch_op.f('ix_coverage_last_updated'))
