@@ -42,11 +42,13 @@ Deliberate differences from the legacy procedure (documented divergences):
 * counters and the category checks are per policy instead of the legacy `TOP 1` product;
 * items and services are never swapped (the reference converter swaps them, domain §3.2.2).
 
-Cost: at most four indexed queries (policies with their product terms; codes with their coverage lines; claim
-usage, only when a limit or a category maximum applies; consumed deductibles/ceilings, only when the product sets
-one), none per policy. They run through `store.fast.DriverQuery` (compiled once, executed on the DB-API connection): on
-SQLite an enquiry runs inside the cross-process writer lock, so SQLAlchemy's per-execution overhead (~60 µs a
-statement) directly caps the server's enquiry throughput.
+Cost: `evaluate_reference()` (an enquiry about at most one item and one service, the IG's maximum) answers with one
+indexed statement — the insuree, its policies with their product terms and the requested codes' coverage lines —
+plus, only when a limit or a category maximum applies, the claim usage, and only when the product sets
+deductibles or ceilings, what earlier claims consumed; `evaluate()` (any number of codes) adds one statement for the
+codes. None runs per policy. They run through `store.fast.DriverQuery` (compiled once, executed on the DB-API
+connection): SQLAlchemy's per-execution overhead (~60 µs a statement) would cap the enquiries per second, and on
+PostgreSQL each statement also costs the driver ~50 µs and the server as much again.
 """
 
 from __future__ import annotations
