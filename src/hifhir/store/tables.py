@@ -707,6 +707,7 @@ def _claim_line_columns() -> list[Column]:
         Column("remunerated_amount", Amount()),
         Column("deductable_amount", Amount()),
         Column("exceed_ceiling_amount", Amount()),
+        Column("exceed_ceiling_amount_category", Amount()),  # cut by the claim category's amount ceiling
         Column("limitation", String(1)),
         Column("limitation_value", Amount()),
         Column("price_origin", String(1)),
@@ -750,6 +751,7 @@ claim_ded_rem = Table(
         "ded_g", "ded_op", "ded_ip", "rem_g", "rem_op", "rem_ip", "rem_consult", "rem_surgery", "rem_delivery",
         "rem_hospitalization", "rem_antenatal")),
     Index("ix_claim_ded_rem_policy", "policy_pk"),
+    Index("ix_claim_ded_rem_claim", "claim_pk"),
     Index("ix_claim_ded_rem_insuree", "insuree_pk"),
 )
 

@@ -1,15 +1,15 @@
 """initial schema
 
-Revision ID: de1bfc365f8b
+Revision ID: 4cf5f930be77
 Revises: 
-Create Date: 2026-11-25 22:39:27.862704
+Create Date: 2026-11-25 22:41:56.616826
 """
 
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = 'de1bfc365f8b'
+revision = '4cf5f930be77'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -842,6 +842,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('pk', name=op.f('pk_claim_ded_rem'))
     )
     with op.batch_alter_table('claim_ded_rem', schema=None) as batch_op:
+        batch_op.create_index('ix_claim_ded_rem_claim', ['claim_pk'], unique=False)
         batch_op.create_index('ix_claim_ded_rem_insuree', ['insuree_pk'], unique=False)
         batch_op.create_index('ix_claim_ded_rem_policy', ['policy_pk'], unique=False)
 
@@ -860,6 +861,7 @@ def upgrade() -> None:
     sa.Column('remunerated_amount', sa.BigInteger(), nullable=True),
     sa.Column('deductable_amount', sa.BigInteger(), nullable=True),
     sa.Column('exceed_ceiling_amount', sa.BigInteger(), nullable=True),
+    sa.Column('exceed_ceiling_amount_category', sa.BigInteger(), nullable=True),
     sa.Column('limitation', sa.String(length=1), nullable=True),
     sa.Column('limitation_value', sa.BigInteger(), nullable=True),
     sa.Column('price_origin', sa.String(length=1), nullable=True),
@@ -894,6 +896,7 @@ def upgrade() -> None:
     sa.Column('remunerated_amount', sa.BigInteger(), nullable=True),
     sa.Column('deductable_amount', sa.BigInteger(), nullable=True),
     sa.Column('exceed_ceiling_amount', sa.BigInteger(), nullable=True),
+    sa.Column('exceed_ceiling_amount_category', sa.BigInteger(), nullable=True),
     sa.Column('limitation', sa.String(length=1), nullable=True),
     sa.Column('limitation_value', sa.BigInteger(), nullable=True),
     sa.Column('price_origin', sa.String(length=1), nullable=True),
@@ -1060,6 +1063,7 @@ def downgrade() -> None:
     with op.batch_alter_table('claim_ded_rem', schema=None) as batch_op:
         batch_op.drop_index('ix_claim_ded_rem_policy')
         batch_op.drop_index('ix_claim_ded_rem_insuree')
+        batch_op.drop_index('ix_claim_ded_rem_claim')
 
     op.drop_table('claim_ded_rem')
     with op.batch_alter_table('claim_attachment', schema=None) as batch_op:
