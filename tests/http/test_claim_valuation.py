@@ -525,6 +525,7 @@ def test_category_amount_ceiling_caps_a_surgery_claim(world: World) -> None:
     assert run(world.engine, visit) == CLAIM_VALUATED
     # items first: the item's 50 fits, the service's 40 only up to the 60
     assert valuated(world.engine, surgery) == {1: D(50), 2: D(10)}
+    assert lines(world.engine, surgery)[2].exceed_ceiling_amount_category == D(30)  # the 30 the ceiling cut
     row = ded_rems(world.engine, surgery)[pol.pk]
     assert (row.rem_surgery, row.rem_g, row.rem_consult) == (D(60), D(60), D(0))
     # visits have no category amount

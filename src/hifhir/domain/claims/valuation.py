@@ -329,7 +329,7 @@ def _send(cursor: Any, sql: str, args: list[Any]) -> None:
 
 _LINE_RESULT = ("status", "rejection_reason", "qty_approved", "product_pk", "policy_pk", "price_origin",
                 "limitation", "limitation_value", "price_adjusted", "price_valuated", "deductable_amount",
-                "exceed_ceiling_amount", "remunerated_amount")
+                "exceed_ceiling_amount", "exceed_ceiling_amount_category", "remunerated_amount")
 
 # One UPDATE per line, sent as one executemany: in PostgreSQL's pipeline that measured as fast as a single
 # UPDATE … FROM (VALUES …) for the claim, and it needs no hand-written SQL.
@@ -388,6 +388,7 @@ class _Line:
     price_valuated: Decimal | None = None
     deductable_amount: Decimal | None = None
     exceed_ceiling_amount: Decimal | None = None
+    exceed_ceiling_amount_category: Decimal | None = None
     remunerated_amount: Decimal | None = None
 
     @property
@@ -407,6 +408,7 @@ class _Line:
             "limitation": self.limitation, "limitation_value": self.limitation_value,
             "price_adjusted": self.price_adjusted, "price_valuated": self.price_valuated,
             "deductable_amount": self.deductable_amount, "exceed_ceiling_amount": self.exceed_ceiling_amount,
+            "exceed_ceiling_amount_category": self.exceed_ceiling_amount_category,
             "remunerated_amount": self.remunerated_amount,
         }
 
@@ -626,6 +628,7 @@ def _valuate(line: _Line, account: _Account, category: str, adult: bool) -> None
         value = min(value, _money(qty * line.limitation_value))
     line.deductable_amount = ZERO
     line.exceed_ceiling_amount = ZERO
+    line.exceed_ceiling_amount_category = ZERO
 
     left = account.deductible - account.prev_deducted - account.deducted
     if left > 0:
@@ -644,6 +647,7 @@ def _valuate(line: _Line, account: _Account, category: str, adult: bool) -> None
     if category != "V" and account.category_ceiling > 0:
         room = account.category_ceiling - account.category_remunerated
         if value > room:
+            line.exceed_ceiling_amount_category = value - max(room, ZERO)
             value = max(room, ZERO)
         account.category_remunerated += value
 
