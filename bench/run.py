@@ -35,7 +35,8 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -57,6 +58,8 @@ POST_CAPACITY_RPS = 5000
 # Contracts per second a phase can send before running out of families (each family is enrolled once per run);
 # the population leaves ~15 % of its families unenrolled (≈ 5,000 at 100,000 insurees), which caps it.
 CONTRACT_CAPACITY_RPS = 1000
+# Claims per second a phase can send before the prepared ones run out (each is sent once: its code is unique).
+CLAIM_CAPACITY_RPS = 1000
 SERVER_READY_TIMEOUT_S = 120.0
 DEMO_RETRY_S = 60.0
 IG = "https://openimis.github.io/openimis_fhir_r4_ig"
@@ -93,6 +96,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("expand", "GET ValueSet/$expand diagnoses, filter", 2000.0),
     Scenario("eligibility", "POST CoverageEligibilityRequest", 1500.0, "POST", "eligibility.lua"),
     Scenario("contract", "POST Contract (enrol a family)", 300.0, "POST", "bodies.lua"),
+    Scenario("claim", "POST Claim (10 lines)", 400.0, "POST", "bodies.lua"),
 )
 DIAGNOSIS_VS = f"{IG}/ValueSet/diagnosis-ICD10-level1"
 DIAGNOSIS_CS_FILE = REPO_ROOT / "src/hifhir/data/ig/terminology/CodeSystem-diagnosis-ICD10-level1.json"
@@ -548,6 +552,7 @@ class Samples:
     insurees: int
     insured: list[tuple[str, str, str]]  # (Patient id, item code, service code): covered today, by their product
     contracts: list[str]  # JSON Contract bodies, each enrolling a different unenrolled family
+    claims: list[str]  # JSON Claim bodies, each with its own code
     unenrolled: int  # families without any policy in the database
 
     def fresh_chfids(self, count: int, rng: random.Random) -> list[str]:
@@ -669,7 +674,95 @@ def contract_bodies(conn: Any, count: int, today: date, rng: random.Random) -> t
     return bodies, unenrolled
 
 
-def pick_samples(database_url: str, size: int, contracts: int) -> Samples:
+CLAIM_LINES = 10  # lines per benchmarked claim (the issue's figure: POST Claim with 10 lines)
+
+
+def claim_bodies(conn: Any, count: int, today: date, rng: random.Random) -> list[str]:
+    """`count` Claims as facilities send them (hifhir.demo.resources.claim_resource): an insuree covered by an
+    active policy, treated yesterday at a facility by its claim administrator, CLAIM_LINES lines (half items, half
+    services when there are) that are both on the facility's price lists and covered by the insuree's product, at
+    the facility's price, a current diagnosis, a code unique to this run."""
+    from sqlalchemy import func, select
+
+    from hifhir.demo import resources as res
+    from hifhir.domain.pricelists import facility_price_lines
+    from hifhir.store.codelists import DIAGNOSIS_LIST
+    from hifhir.store.tables import (
+        claim_admin,
+        claim_admin_role,
+        code_list_entry,
+        health_facility,
+        is_current,
+        medical_item,
+        medical_service,
+        product_item,
+        product_service,
+    )
+
+    treated = today - timedelta(days=1)
+    insured = eligibility_samples(conn, count, treated, rng)
+    if not insured:
+        return []
+    product_of = _insuree_products(conn, [patient_id for patient_id, _, _ in insured], treated)
+    diagnoses = conn.execute(select(code_list_entry.c.code).where(
+        code_list_entry.c.list_name == DIAGNOSIS_LIST, code_list_entry.c.active.is_(True))
+        .order_by(code_list_entry.c.code).limit(200)).scalars().all()
+    facilities = conn.execute(
+        select(health_facility.c.pk, health_facility.c.id, claim_admin.c.id.label("admin_id"))
+        .join(claim_admin_role, claim_admin_role.c.hf_pk == health_facility.c.pk)
+        .join(claim_admin, claim_admin.c.pk == claim_admin_role.c.claim_admin_pk)
+        .where(is_current(health_facility), is_current(claim_admin_role), is_current(claim_admin))
+        .order_by(func.random()).limit(20)).all()
+    covered: dict[str, dict[int, set[str]]] = {"item": {}, "service": {}}
+    for kind, line, register, column in (("item", product_item, medical_item, product_item.c.item_pk),
+                                         ("service", product_service, medical_service,
+                                          product_service.c.service_pk)):
+        for r in conn.execute(select(line.c.product_pk, register.c.code, register.c.id)
+                              .join(register, register.c.pk == column).where(is_current(register))):
+            covered[kind].setdefault(r.product_pk, set()).add(r.code)
+    ids = {kind: dict(conn.execute(select(table.c.code, table.c.id).where(is_current(table))).all())
+           for kind, table in (("item", medical_item), ("service", medical_service))}
+    prices = {f.pk: {kind: {line.code: line.price for line in facility_price_lines(conn, f.pk, kind)}
+                     for kind in ("item", "service")} for f in facilities}
+    stamp = f"{int(time.time()) % 10**6:06d}"
+    bodies: list[str] = []
+    for n in range(count):
+        patient_id = insured[n % len(insured)][0]
+        product_pk = product_of.get(patient_id)
+        f = facilities[n % len(facilities)]
+        lines: list[Any] = []
+        for kind in ("item", "service"):
+            usable = sorted(set(prices[f.pk][kind]) & covered[kind].get(product_pk, set()))
+            for code in rng.sample(usable, min(len(usable), CLAIM_LINES // 2)):
+                lines.append(res.ClaimLineSpec(kind, ids[kind][code], Decimal(1), prices[f.pk][kind][code]))
+        if not lines or not diagnoses:
+            continue
+        body = res.claim_resource(code=f"B{stamp}{n:07d}"[:20], patient_id=patient_id, facility_id=f.id,
+                                  claim_admin_id=f.admin_id, treated=treated, claimed=today,
+                                  diagnoses=[rng.choice(diagnoses)], lines=lines[:CLAIM_LINES])
+        bodies.append(json.dumps(body, separators=(",", ":")))
+    return bodies
+
+
+def _insuree_products(conn: Any, patient_ids: list[str], day: date) -> dict[str, int]:
+    """Patient id → the product of an active policy covering the insuree on `day`."""
+    from sqlalchemy import select
+
+    from hifhir.store.tables import POLICY_ACTIVE, insuree, insuree_policy, is_current, policy
+
+    ip, p = insuree_policy, policy
+    out: dict[str, int] = {}
+    for start in range(0, len(patient_ids), 500):
+        for r in conn.execute(
+                select(insuree.c.id, p.c.product_pk)
+                .select_from(insuree.join(ip, ip.c.insuree_pk == insuree.c.pk).join(p, p.c.pk == ip.c.policy_pk))
+                .where(insuree.c.id.in_(patient_ids[start:start + 500]), is_current(ip), is_current(p),
+                       p.c.status == POLICY_ACTIVE, ip.c.effective_date <= day, ip.c.expiry_date >= day)):
+            out.setdefault(r.id, r.product_pk)
+    return out
+
+
+def pick_samples(database_url: str, size: int, contracts: int, claims: int = 0) -> Samples:
     from sqlalchemy import create_engine, func, select
 
     from hifhir.store.tables import family, insuree, location
@@ -698,6 +791,7 @@ def pick_samples(database_url: str, size: int, contracts: int) -> Samples:
             taken.update(conn.execute(select(family.c.code)).scalars())
             insured = eligibility_samples(conn, size, today, rng)
             bodies, unenrolled = contract_bodies(conn, contracts, today, rng)
+            claim_list = claim_bodies(conn, claims, today, rng) if claims else []
     finally:
         engine.dispose()
     if not rows:
@@ -708,6 +802,8 @@ def pick_samples(database_url: str, size: int, contracts: int) -> Samples:
         raise BenchError("the database holds no insuree covered today (eligibility)")
     if not bodies:
         raise BenchError("the database holds no unenrolled family to enrol (contract)")
+    if claims and not claim_list:
+        raise BenchError("the database holds no insured insuree with a facility to claim for (claim)")
     return Samples(
         ids=[r.id for r in rows],
         chfids=[r.chf_id for r in rows],
@@ -718,6 +814,7 @@ def pick_samples(database_url: str, size: int, contracts: int) -> Samples:
         insurees=insurees,
         insured=insured,
         contracts=bodies,
+        claims=claim_list,
         unenrolled=unenrolled,
     )
 
@@ -881,9 +978,9 @@ def eligibility_template(created: date) -> str:
     return text
 
 
-def split_contracts(bodies: list[str], wanted: dict[int, int], threads: int) -> dict[int, list[str]]:
-    """The prepared Contracts per phase (0 warm-up, 1 measurement): as many as wanted, or shares of what there is
-    in proportion; at least one per wrk thread (a repeated body fails with 409 and shows as non-2xx)."""
+def split_bodies(bodies: list[str], wanted: dict[int, int], threads: int) -> dict[int, list[str]]:
+    """The prepared bodies (Contracts, Claims) per phase (0 warm-up, 1 measurement): as many as wanted, or shares
+    of what there is in proportion; at least one per wrk thread (a repeated body fails with 409: non-2xx)."""
     total = wanted[0] + wanted[1]
     first = wanted[0] if len(bodies) >= total else round(len(bodies) * wanted[0] / max(total, 1))
     phases = {0: bodies[:first], 1: bodies[first:first + wanted[1]]}
@@ -987,11 +1084,11 @@ class Scripts:
     chfid_files: dict[int, Path]  # phase (0 warm-up, 1 measurement) -> fresh CHFIDs, one a line
     eligibility_template: Path
     eligibility_samples: Path
-    contract_files: dict[int, Path]  # phase -> Contract bodies, one a line
+    body_files: dict[str, dict[int, Path]]  # scenario (contract, claim) -> phase -> bodies, one a line
 
 
 def write_scripts(work_dir: Path, token: str, samples: Samples, chfids_per_phase: dict[int, int],
-                  contracts_per_phase: dict[int, list[str]]) -> Scripts:
+                  bodies_per_phase: dict[str, dict[int, list[str]]]) -> Scripts:
     work_dir.mkdir(parents=True, exist_ok=True)
     token_file = work_dir / "token"
     token_file.write_text(token + "\n")
@@ -1018,12 +1115,13 @@ def write_scripts(work_dir: Path, token: str, samples: Samples, chfids_per_phase
     insured = work_dir / "eligibility.samples"
     # JSON-escaped, without the quotes: the template has them.
     insured.write_text("".join("\t".join(json.dumps(v)[1:-1] for v in sample) + "\n" for sample in samples.insured))
-    contract_files: dict[int, Path] = {}
-    for phase, bodies in contracts_per_phase.items():
-        path = work_dir / f"contract.bodies.{phase}"
-        path.write_text("\n".join(bodies) + "\n")
-        contract_files[phase] = path
-    return Scripts(token_file, get_files, post_file, chfid_files, template, insured, contract_files)
+    body_files: dict[str, dict[int, Path]] = {}
+    for key, phases in bodies_per_phase.items():
+        for phase, bodies in phases.items():
+            path = work_dir / f"{key}.bodies.{phase}"
+            path.write_text("\n".join(bodies) + "\n")
+            body_files.setdefault(key, {})[phase] = path
+    return Scripts(token_file, get_files, post_file, chfid_files, template, insured, body_files)
 
 
 def verify(base: str, token: str, samples: Samples) -> None:
@@ -1041,6 +1139,8 @@ def verify(base: str, token: str, samples: Samples) -> None:
     enquiry = eligibility_body(str(uuid.uuid4()), *samples.insured[0], date.today())
     checks.append(("POST", "/fhir/CoverageEligibilityRequest", json.dumps(enquiry).encode(), 200))
     checks.append(("POST", "/fhir/Contract", samples.contracts[0].encode(), 201))
+    if samples.claims:
+        checks.append(("POST", "/fhir/Claim", samples.claims[0].encode(), 200))
     for method, path, payload, expected in checks:
         status, answer = http(base + path, method=method, body=payload, token=token)
         if status != expected:
@@ -1114,10 +1214,13 @@ def wrk_argv(scenario: Scenario, scripts: Scripts, base: str, *, duration: float
     elif scenario.script == "eligibility.lua":
         argv += [str(scripts.eligibility_template), str(scripts.eligibility_samples)]
     elif scenario.script == "bodies.lua":
-        argv += ["/fhir/Contract", str(scripts.contract_files[phase]), str(threads)]
+        argv += [BODIES_PATHS[scenario.key], str(scripts.body_files[scenario.key][phase]), str(threads)]
     else:
         raise ValueError(scenario.script)
     return argv
+
+
+BODIES_PATHS = {"contract": "/fhir/Contract", "claim": "/fhir/Claim"}
 
 
 def run_wrk(argv: list[str], nice: int = 0) -> str:
@@ -1313,13 +1416,18 @@ def run_backend(backend: str, args: argparse.Namespace) -> BackendRun:
         wanted = {0: int(args.warmup * CONTRACT_CAPACITY_RPS) + 1, 1: int(args.duration * CONTRACT_CAPACITY_RPS)}
         if "contract" not in args.scenarios:
             wanted = {0: 0, 1: 0}
-        samples = pick_samples(database_url, args.sample, 1 + wanted[0] + wanted[1])
+        wanted_claims = {0: int(args.warmup * CLAIM_CAPACITY_RPS) + 1, 1: int(args.duration * CLAIM_CAPACITY_RPS)}
+        if "claim" not in args.scenarios:
+            wanted_claims = {0: 0, 1: 0}
+        samples = pick_samples(database_url, args.sample, 1 + wanted[0] + wanted[1],
+                               wanted_claims[0] + wanted_claims[1] + 1 if "claim" in args.scenarios else 0)
         run.notes.append(
             f"{samples.insurees:,} insurees in the database; {len(samples.ids)} sampled ids/CHFIDs, "
             f"{len(samples.families)} family names, {len(samples.villages)} villages, "
             f"{len(samples.insured)} insured insurees (eligibility)"
         )
-        contracts = split_contracts(samples.contracts[1:], wanted, args.threads)
+        contracts = split_bodies(samples.contracts[1:], wanted, args.threads)
+        claims = split_bodies(samples.claims[1:], wanted_claims, args.threads)
         if "contract" in args.scenarios:
             measured = len(set(contracts[1]))
             run.notes.append(
@@ -1328,7 +1436,8 @@ def run_backend(backend: str, args: argparse.Namespace) -> BackendRun:
                 f"{measured / args.duration:,.0f} req/s can be measured before they run out)")
         # Enough fresh CHFIDs for POST at POST_CAPACITY_RPS in each phase; past that wrk reuses them (409).
         capacity = {0: int(args.warmup * POST_CAPACITY_RPS) + 1, 1: int(args.duration * POST_CAPACITY_RPS)}
-        scripts = write_scripts(VAR_DIR / f"wrk-{backend}", token, samples, capacity, contracts)
+        scripts = write_scripts(VAR_DIR / f"wrk-{backend}", token, samples, capacity,
+                                {"contract": contracts, "claim": claims})
         verify(server.base, token, samples)
         selected = [s for s in SCENARIOS if s.key in args.scenarios or s is CEILING]
         for scenario in selected:

@@ -75,7 +75,7 @@ def entered_claim(engine: Engine, facility_id: str, patient_id: str, *, date_fro
             id=claim_id, uuid=claim_id, code=code or claim_id[:8], hf_pk=_pk(conn, health_facility, facility_id),
             insuree_pk=_pk(conn, insuree, patient_id), date_from=date_from, date_to=date_to,
             date_claimed=date_claimed or max(date_from, date_to or date_from), status=CLAIM_ENTERED,
-            icd_code=icd, visit_type=visit_type, claimed=claimed, version_id=1, **diagnoses,
+            icd_code=icd, visit_type=visit_type, claimed=claimed, version_id=1, response_version=1, **diagnoses,
         )).inserted_primary_key[0])
         sequence = 0
         for table, target, column, lines in ((claim_item, medical_item, "item_pk", items),

@@ -158,3 +158,11 @@ def api(client: TestClient, app: HifhirApp) -> Api:
 @pytest.fixture
 def engine(backend: tuple[Settings, Engine]) -> Engine:
     return backend[1]
+
+
+@pytest.fixture
+def command_env(backend: tuple[Settings, Engine], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment a `hifhir` command run in the test (cli.main) needs to reach the test's database."""
+    settings, _engine = backend
+    monkeypatch.setenv("HIFHIR_DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("HIFHIR_JWT_SECRET", "x" * 40)

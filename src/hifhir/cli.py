@@ -1,4 +1,5 @@
-"""The `hifhir` command: serve, migrate, demo-data, user create, codes (code-list administration)."""
+"""The `hifhir` command: serve, migrate, demo-data, user create, codes (code-list administration), claims (batch
+run with relative pricing, relative distributions)."""
 
 from __future__ import annotations
 
@@ -155,6 +156,63 @@ def _codes_list(conn, list_name: str | None, show_all: bool) -> int:  # type: ig
     return 0
 
 
+def _period(text: str) -> tuple[int, int]:
+    """`YYYY-MM` → (year, month); ValueError with the reason otherwise."""
+    year_s, sep, month_s = text.partition("-")
+    if sep != "-" or len(year_s) != 4 or len(month_s) != 2 or not (year_s.isdigit() and month_s.isdigit()) \
+            or not 1 <= int(month_s) <= 12:
+        raise ValueError(f"--period must be a month as YYYY-MM (e.g. 2026-10), not '{text}'")
+    return int(year_s), int(month_s)
+
+
+def cmd_claims(settings: Settings, args: argparse.Namespace) -> int:
+    """The monthly batch run (relative pricing) and the relative distributions it uses (no FHIR resource has them)."""
+    from datetime import date
+    from decimal import Decimal, InvalidOperation
+
+    from hifhir.domain.claims import batch
+    from hifhir.fhir.kind import now_us
+    from hifhir.setup import prepare
+    from hifhir.store.db import transaction
+    from hifhir.store.tables import is_current, product
+
+    try:
+        if args.claims_command == "batch-run":
+            year, month = _period(args.period)
+        else:
+            percents = [Decimal(p) for p in args.percent]
+    except (ValueError, InvalidOperation) as exc:
+        message = str(exc) if isinstance(exc, ValueError) and str(exc) else "--percent takes numbers (0 to 100)"
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+    engine = _engine(settings)
+    prepare(settings, engine)
+    try:
+        with transaction(engine, write=True) as conn:
+            if args.claims_command == "distribution":
+                product_pk = conn.execute(select(product.c.pk).where(
+                    product.c.code == args.product, is_current(product))).scalar()
+                if product_pk is None:
+                    raise ValueError(f"no product with code '{args.product}'")
+                batch.set_distribution(conn, int(product_pk), args.type, args.care, percents)
+                print(f"product {args.product}: {args.type} distribution for care type {args.care} set "
+                      f"({', '.join(str(p) for p in percents)} %)")
+                return 0
+            location_pk = None if args.location is None else batch.location_for_run(conn, args.location)
+            now = now_us()
+            result = batch.run(conn, year=year, month=month, location_pk=location_pk, today=date.today(), now=now)
+            batch.record_claim_versions(conn, result.run_pk, now=now)
+        where = "national" if args.location is None else args.location
+        print(f"batch run {year}-{month:02d} ({where}): run {result.run_pk}, {result.products} products, "
+              f"{result.indexes} relative indexes, {result.claims} claims valuated, remunerated {result.remunerated}")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hifhir", description="hifhir health-insurance FHIR server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -198,6 +256,20 @@ def main(argv: list[str] | None = None) -> int:
     codes.set_defaults(func=cmd_codes)
     jobs = sub.add_parser("jobs", help="run the calendar-driven jobs once (expiries; `serve` runs them hourly)")
     jobs.set_defaults(func=cmd_jobs)
+    claims = sub.add_parser("claims", help="claims: monthly batch run with relative pricing, relative distributions")
+    claims_sub = claims.add_subparsers(dest="claims_command", required=True)
+    batch_run = claims_sub.add_parser("batch-run", help="valuate a month's processed claims (once per location)")
+    batch_run.add_argument("--period", required=True, help="the month, YYYY-MM (e.g. 2026-10)")
+    batch_run.add_argument("--location", help="region or district code (default: national products)")
+    distribution = claims_sub.add_parser("distribution", help="set a product's relative distribution")
+    distribution.add_argument("--product", required=True, help="product code")
+    distribution.add_argument("--type", required=True, choices=("M", "Q", "Y"),
+                              help="M monthly (12 shares), Q quarterly (4), Y yearly (1)")
+    distribution.add_argument("--care", required=True, choices=("B", "I", "O"),
+                              help="B both, I in-patient (hospital), O out-patient")
+    distribution.add_argument("--percent", required=True, nargs="+",
+                              help="percentage of each period's allocated contributions paid out (0 to 100)")
+    claims.set_defaults(func=cmd_claims)
     args = parser.parse_args(argv)
     from hifhir.store.migrate import UnknownSchemaVersion
 

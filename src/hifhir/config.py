@@ -25,6 +25,9 @@ def _secret_from_file(path: Path) -> str:
 # loader): read once per process from the environment.
 SCHEME_CURRENCY = os.environ.get("HIFHIR_CURRENCY", "EUR")  # every amount of the scheme (prices, premiums)
 PUBLIC_BASE_URL = os.environ.get("HIFHIR_PUBLIC_BASE_URL", "http://127.0.0.1:8080/fhir").rstrip("/")
+# Which checked claims are selected for feedback (domain §3.4.1, domain/claims/feedback.py parse_rule): off,
+# all:<min claimed>, random:<percent> or variance:<percent>[:<min claimed>].
+FEEDBACK_SELECTION = os.environ.get("HIFHIR_FEEDBACK_SELECTION", "off")
 
 
 @dataclass(slots=True)

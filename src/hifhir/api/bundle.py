@@ -282,7 +282,7 @@ def _written_entry(call: rest.Call, entry: Entry, flushed: dict[tuple[str, int],
         return {"response": {"status": _STATUS_TEXT[pending.status]}}
     out: dict[str, Any] = {"fullUrl": f"{call.base_url}/{written.kind.resource_type}/{written.id}"}
     if written.body is not None and call.prefer_return != "minimal":
-        out["resource"] = orjson.Fragment(written.body)
+        out["resource"] = orjson.Fragment(rest.visible_body(call, written.kind.resource_type, written.body))
     response: dict[str, Any] = {"status": _STATUS_TEXT[pending.status], "etag": rest.etag(written.version),
                                 "lastModified": instant(written.last_updated)}
     if written.body is not None:

@@ -154,7 +154,36 @@ def written_response(call: Call, written: Written, status: int) -> HttpResponse:
         info = [issue("informational", f"{written.operation} {written.kind.resource_type}/{written.id}",
                       severity="information"), *call.warnings]
         return HttpResponse(status, orjson.dumps(operation_outcome(info)), call.content_type, headers)
-    return HttpResponse(status, written.body or b"", call.content_type, headers)
+    body = visible_body(call, written.kind.resource_type, written.body) if written.body else b""
+    return HttpResponse(status, body, call.content_type, headers)
+
+
+def _restricted(resource_type: str) -> dict[str, int]:
+    found = _RESTRICTED.get(resource_type)
+    if found is None:
+        found = _RESTRICTED[resource_type] = {
+            element: right for kind in TYPES.get(resource_type, ()) for element, right in
+            kind.restricted_elements.items()}
+    return found
+
+
+_RESTRICTED: dict[str, dict[str, int]] = {}
+
+
+def visible_body(call: Call, resource_type: str, body: bytes) -> bytes:
+    """A stored body as this user may see it: the elements the kind restricts to a right the user lacks removed
+    (the stored versions keep them; most bodies pass through untouched, without parsing)."""
+    restricted = _restricted(resource_type)
+    if not restricted:
+        return body
+    hidden = [element for element, right in restricted.items()
+              if not call.principal.has(right) and f'"{element}"'.encode() in body]
+    if not hidden:
+        return body
+    resource = orjson.loads(body)
+    for element in hidden:
+        resource.pop(element, None)
+    return orjson.dumps(resource)
 
 
 def _if_match_version(header: str) -> str:
@@ -194,7 +223,7 @@ def read(call: Call, resource_type: str, res_id: str, version: str | None = None
     headers = [("ETag", etag(row.version)), ("Last-Modified", http_date(row.last_updated))]
     if row.operation == "delete":
         raise FhirError(410, [issue("deleted", f"{resource_type}/{res_id} was deleted")], dict(headers))
-    return HttpResponse(200, row.body, call.content_type, headers)
+    return HttpResponse(200, visible_body(call, resource_type, row.body), call.content_type, headers)
 
 
 # --- search -------------------------------------------------------------------------------------------
@@ -218,7 +247,8 @@ def search(call: Call, resource_type: str, items: list[tuple[str, str]]) -> Http
     with call.reader.connect() as conn:
         result = execute_search(conn, req, can_read=lambda k: call.principal.has(k.rights.read),
                                 include_cap=call.settings.include_max)
-    body = build_searchset(call.base_url, req, result, summary_elements(), sync_point=instant(sync_point))
+    body = build_searchset(call.base_url, req, result, summary_elements(), sync_point=instant(sync_point),
+                           visible=lambda rtype, stored: visible_body(call, rtype, stored))
     return HttpResponse(200, body, call.content_type)
 
 
@@ -401,7 +431,7 @@ def existing_response(call: Call, resource_type: str, res_id: str) -> HttpRespon
                ("Location", f"{call.base_url}/{resource_type}/{res_id}/_history/{row.version}")]
     if call.prefer_return == "minimal":
         return HttpResponse(200, b"", None, headers)
-    return HttpResponse(200, row.body, call.content_type, headers)
+    return HttpResponse(200, visible_body(call, resource_type, row.body), call.content_type, headers)
 
 
 def _run_one(call: Call, apply: Any) -> tuple[Pending, dict[tuple[str, int], Written]]:
@@ -546,7 +576,7 @@ def history(call: Call, resource_type: str, res_id: str | None, items: list[tupl
         method, status = _METHOD_STATUS[row.operation]
         entry: dict[str, Any] = {"fullUrl": f"{call.base_url}/{resource_type}/{row.res_id}"}
         if row.body is not None:
-            entry["resource"] = orjson.Fragment(row.body)
+            entry["resource"] = orjson.Fragment(visible_body(call, resource_type, row.body))
         entry["request"] = {"method": method,
                             "url": resource_type if method == "POST" else f"{resource_type}/{row.res_id}"}
         entry["response"] = {"status": status, "etag": etag(row.version),

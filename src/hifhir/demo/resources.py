@@ -522,3 +522,58 @@ def contract_resource(*, family_id: str, head_id: str, member_ids: list[str], pr
         "asset": [asset],
     }]
     return res
+
+
+@dataclass(frozen=True)
+class ClaimLineSpec:
+    """A claim line as a facility sends it: an item (Medication) or a service (ActivityDefinition), by id."""
+
+    kind: str  # item | service
+    target_id: str
+    quantity: Decimal
+    unit_price: Decimal
+
+
+CLAIM_ITEM_CATEGORIES = {"item": "Item", "service": "Service"}
+VISIT_TYPES = {"E": "Emergency", "R": "Referrals", "O": "Other"}
+
+
+def claim_resource(*, code: str, patient_id: str, facility_id: str, claim_admin_id: str, treated: date,
+                   claimed: date, diagnoses: list[str], lines: list[ClaimLineSpec], visit_type: str = "O",
+                   discharged: date | None = None) -> dict[str, Any]:
+    """A claim as a health facility's system POSTs it (OpenIMISClaim): the lines point at the priced item or
+    service through the claim-item-reference extension; total = Σ quantity × unit price."""
+    total = sum((line.quantity * line.unit_price for line in lines), Decimal(0))
+    period = {"start": treated.isoformat()}
+    if discharged is not None:
+        period["end"] = discharged.isoformat()
+    return {
+        "resourceType": "Claim",
+        "meta": _meta("openimis-claim"),
+        "identifier": [_identifier("Code", code)],
+        "status": "active",
+        "type": {"coding": [coding(f"{CS}claim-visit-type", visit_type, VISIT_TYPES[visit_type])]},
+        "use": "claim",
+        "patient": reference("Patient", patient_id),
+        "billablePeriod": period,
+        "created": claimed.isoformat(),
+        "enterer": reference("Practitioner", claim_admin_id),
+        "provider": reference("Organization", facility_id),
+        "priority": {"coding": [coding("http://terminology.hl7.org/CodeSystem/processpriority", "normal",
+                                       "Normal")]},
+        "diagnosis": [{"sequence": i, "diagnosisCodeableConcept": {
+            "coding": [{"system": f"{CS}diagnosis-ICD10-level1", "code": c}]}} for i, c in enumerate(diagnoses, 1)],
+        "item": [{
+            "extension": [ext("claim-item-reference", "valueReference",
+                              reference("Medication" if line.kind == "item" else "ActivityDefinition",
+                                        line.target_id))],
+            "sequence": i,
+            "category": {"coding": [coding(f"{CS}claim-item-category", line.kind,
+                                           CLAIM_ITEM_CATEGORIES[line.kind])]},
+            "productOrService": {"text": line.kind},
+            "quantity": {"value": int(line.quantity) if line.quantity == int(line.quantity)
+                         else float(line.quantity)},
+            "unitPrice": _money(line.unit_price),
+        } for i, line in enumerate(lines, 1)],
+        "total": _money(total),
+    }

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 from sqlalchemy import Connection, Row, Table, bindparam, insert, select, update
@@ -57,6 +58,21 @@ class ResourceKind:
     deletable: bool = True
     search_params: dict[str, SearchParam]
     sort_params: dict[str, Any]
+    # The columns holding this kind's version and change time. Two kinds may share one row (a claim and its
+    # ClaimResponse): the one that changes on its own then keeps its versions in columns of its own.
+    version_column: str = "version_id"
+    updated_column: str = "last_updated"
+    # Elements only users holding a right may see (element → right): stored versions keep them, every response
+    # drops them for other users (api/rest.visible_body). The IG: ClaimResponse.communicationRequest needs 111009.
+    restricted_elements: ClassVar[Mapping[str, int]] = MappingProxyType({})
+
+    @property
+    def version(self) -> Any:
+        return self.table.c[self.version_column]
+
+    @property
+    def updated(self) -> Any:
+        return self.table.c[self.updated_column]
 
     @property
     def profile(self) -> str:
@@ -113,14 +129,15 @@ def _update_statement(table: Table) -> Any:
 
 
 @functools.cache
-def _bump_versions(table: Table) -> Any:
+def _bump_versions(table: Table, version_column: str = "version_id", updated_column: str = "last_updated") -> Any:
     """The next version of a batch of entities, with their ids (one statement: UPDATE … RETURNING)."""
     t = table
+    version = t.c[version_column]
     return (
         update(t)
         .where(t.c.pk.in_(bindparam("pks", expanding=True)))
-        .values(version_id=t.c.version_id + 1, last_updated=bindparam("now"))
-        .returning(t.c.pk, t.c.id, t.c.version_id)
+        .values({version_column: version + 1, updated_column: bindparam("now")})
+        .returning(t.c.pk, t.c.id, version)
     )
 
 
@@ -288,7 +305,8 @@ class WriteContext:
             rows: list[Any] = [(pk, self.created[(t.name, pk)], 1) for pk in new]
             existing = [pk for pk in pk_list if (t.name, pk) not in self.created]
             if existing:
-                rows += self.conn.execute(_bump_versions(t), {"pks": existing, "now": self.now}).all()
+                rows += self.conn.execute(_bump_versions(t, kind.version_column, kind.updated_column),
+                                          {"pks": existing, "now": self.now}).all()
             given = {pk: self.prerendered.pop((kind_name, pk)) for pk in pk_list
                      if (kind_name, pk) in self.prerendered}
             to_render = [pk for pk in pk_list if pk not in given]

@@ -6,6 +6,8 @@ import re
 
 from hifhir.fhir.kind import ResourceKind
 from hifhir.fhir.profiles.activity_definition import ActivityDefinitionKind
+from hifhir.fhir.profiles.claim import ClaimKind, ClaimResponseKind
+from hifhir.fhir.profiles.communication import CommunicationKind, CommunicationRequestKind
 from hifhir.fhir.profiles.contract import ContractKind
 from hifhir.fhir.profiles.coverage import CoverageKind
 from hifhir.fhir.profiles.eligibility import EligibilityRequestKind, EligibilityResponseKind
@@ -40,6 +42,10 @@ ALL_KINDS: list[ResourceKind] = [
     CoverageKind(),
     EligibilityRequestKind(),
     EligibilityResponseKind(),
+    ClaimKind(),
+    ClaimResponseKind(),
+    CommunicationRequestKind(),
+    CommunicationKind(),
 ]
 
 KINDS: dict[str, ResourceKind] = {k.name: k for k in ALL_KINDS}

@@ -44,7 +44,7 @@ def common_params(kind: ResourceKind) -> dict[str, SearchParam]:
     t = kind.table
     params = {
         "_id": id_param(t.c.id),
-        "_lastUpdated": instant_param("_lastUpdated", t.c.last_updated, "When the resource last changed"),
+        "_lastUpdated": instant_param("_lastUpdated", kind.updated, "When the resource last changed"),
     }
     code_col = t.c[kind.code_column] if kind.code_column else None
     params["identifier"] = identifier_param(t.c.id, code_col)
@@ -53,7 +53,7 @@ def common_params(kind: ResourceKind) -> dict[str, SearchParam]:
 
 def common_sorts(kind: ResourceKind) -> dict[str, SortKey]:
     t = kind.table
-    return {"_id": SortKey(t.c.id), "_lastUpdated": SortKey(t.c.last_updated, "int")}
+    return {"_id": SortKey(t.c.id), "_lastUpdated": SortKey(kind.updated, "int")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,7 +472,7 @@ def _query_kind(
     # Only the entity table here: joining the history table lets planners without statistics drive the query
     # from it; the page's bodies are fetched afterwards by key (`_attach_bodies`).
     stmt = (
-        select(t.c.pk, t.c.id, t.c.version_id, *[e for e, _, _ in eff_keys])
+        select(t.c.pk, t.c.id, kind.version, *[e for e, _, _ in eff_keys])
         .where(*where)
         .order_by(*order)
         .limit(limit)
@@ -526,7 +526,7 @@ def _cached_first_page(
         order = [e.desc() if d else e.asc() for e, d, _ in eff_keys]
         order.append(t.c.pk.desc() if reverse else t.c.pk.asc())
         statement = FastStatement(
-            select(t.c.pk, t.c.id, t.c.version_id, *[e for e, _, _ in eff_keys])
+            select(t.c.pk, t.c.id, kind.version, *[e for e, _, _ in eff_keys])
             .where(*where).order_by(*order).limit(bindparam("page_limit"))
         )
         if len(_FIRST_PAGE_CACHE) < _FIRST_PAGE_CACHE_MAX:
@@ -618,9 +618,9 @@ def _load_current(conn: Connection, included: dict[str, set[int]]) -> list[tuple
     for kind_name in sorted(included):
         kind = _kind(kind_name)
         t = kind.table
-        rows = conn.execute(select(t.c.id, t.c.version_id).where(
+        rows = conn.execute(select(t.c.id, kind.version).where(
             t.c.pk.in_(sorted(included[kind_name])), is_current(t)).order_by(t.c.pk))
-        by_type.setdefault(kind.resource_type, []).extend(Hit((), [], row.id, row.version_id) for row in rows)
+        by_type.setdefault(kind.resource_type, []).extend(Hit((), [], row[0], row[1]) for row in rows)
     out: list[tuple[str, Hit]] = []
     for resource_type, page in by_type.items():
         for start in range(0, len(page), 500):
@@ -720,8 +720,14 @@ def subset(body: bytes, keep: set[str]) -> orjson.Fragment | dict[str, Any]:
 
 def build_searchset(
     base_url: str, req: SearchRequest, result: SearchResult, summary_elements: dict[str, set[str]],
-    sync_point: str | None = None,
+    sync_point: str | None = None, visible: Callable[[str, bytes], bytes] | None = None,
 ) -> bytes:
+    """`visible(resource type, body)`: the body as the user may see it (restricted elements removed)."""
+    if visible is not None:
+        for hit in result.hits:
+            hit.body = visible(req.resource_type, hit.body)
+        for resource_type, hit in result.included:
+            hit.body = visible(resource_type, hit.body)
     bundle: dict[str, Any] = {"resourceType": "Bundle"}
     if sync_point is not None:
         bundle["meta"] = {"lastUpdated": sync_point}

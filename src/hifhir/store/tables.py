@@ -670,9 +670,14 @@ claim = Table(
     Column("submit_stamp", BigInteger),  # µs since the epoch, set by the checks (status 4 or 1)
     Column("process_stamp", BigInteger),  # µs since the epoch, set by processing (status 8 or 16)
     Column("run_pk", Integer, ForeignKey("batch_run.pk")),  # the batch run that valuated it (§3.4.4)
+    # The ClaimResponse (the same row) changes as the claim is processed and valuated while the Claim stays as
+    # submitted: its versions and change time are its own (ResourceKind.version_column / updated_column).
+    Column("response_version", Integer, nullable=False, server_default="0"),
+    Column("response_updated", BigInteger, nullable=False, server_default="0", index=True),
     current_unique("claim", "hf_pk", "code"),
     current_index("claim", "insuree_pk"),
     current_index("claim", "hf_pk", "date_claimed"),
+    current_index("claim", "icd_code", "date_processed"),  # feedback selection by variance (§3.4.1)
 )
 
 # Attachments sent with a claim (Claim.supportingInfo:attachment); the document bytes themselves.

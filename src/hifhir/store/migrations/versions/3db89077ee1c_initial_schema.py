@@ -1,15 +1,15 @@
 """initial schema
 
-Revision ID: 4cf5f930be77
+Revision ID: 3db89077ee1c
 Revises: 
-Create Date: 2026-11-25 22:41:56.616826
+Create Date: 2026-11-25 22:47:17.995828
 """
 
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '4cf5f930be77'
+revision = '3db89077ee1c'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -701,6 +701,8 @@ def upgrade() -> None:
     sa.Column('submit_stamp', sa.BigInteger(), nullable=True),
     sa.Column('process_stamp', sa.BigInteger(), nullable=True),
     sa.Column('run_pk', sa.Integer(), nullable=True),
+    sa.Column('response_version', sa.Integer(), server_default='0', nullable=False),
+    sa.Column('response_updated', sa.BigInteger(), server_default='0', nullable=False),
     sa.ForeignKeyConstraint(['claim_admin_pk'], ['claim_admin.pk'], name=op.f('fk_claim_claim_admin_pk_claim_admin')),
     sa.ForeignKeyConstraint(['hf_pk'], ['health_facility.pk'], name=op.f('fk_claim_hf_pk_health_facility')),
     sa.ForeignKeyConstraint(['insuree_pk'], ['insuree.pk'], name=op.f('fk_claim_insuree_pk_insuree')),
@@ -710,8 +712,10 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('claim', schema=None) as batch_op:
         batch_op.create_index('ix_claim_hf_pk_date_claimed_current', ['hf_pk', 'date_claimed'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.create_index('ix_claim_icd_code_date_processed_current', ['icd_code', 'date_processed'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.create_index('ix_claim_insuree_pk_current', ['insuree_pk'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.create_index(batch_op.f('ix_claim_last_updated'), ['last_updated'], unique=False)
+        batch_op.create_index(batch_op.f('ix_claim_response_updated'), ['response_updated'], unique=False)
         batch_op.create_index(batch_op.f('ix_claim_uuid'), ['uuid'], unique=False)
         batch_op.create_index('uq_claim_hf_pk_code_current', ['hf_pk', 'code'], unique=True, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
 
@@ -1094,8 +1098,10 @@ def downgrade() -> None:
     with op.batch_alter_table('claim', schema=None) as batch_op:
         batch_op.drop_index('uq_claim_hf_pk_code_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.drop_index(batch_op.f('ix_claim_uuid'))
+        batch_op.drop_index(batch_op.f('ix_claim_response_updated'))
         batch_op.drop_index(batch_op.f('ix_claim_last_updated'))
         batch_op.drop_index('ix_claim_insuree_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index('ix_claim_icd_code_date_processed_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.drop_index('ix_claim_hf_pk_date_claimed_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
 
     op.drop_table('claim')

@@ -1,0 +1,1258 @@
+"""OpenIMISClaim → OpenIMISClaimResponse (IG rows 14–15; domain §2.19–2.20, §3.3–3.4; reference §3.3–3.4).
+
+`POST Claim` is the IG's RPC: the claim and its lines are stored in status 2 (entered), the openIMIS checks run
+(`domain.claims.checks.submit`), a checked claim is processed and valuated (`domain.claims.valuation.process`), and
+the answer is **200 with the ClaimResponse** — all in the one transaction of the POST. Both resources live on the
+claim's row, under the same id (FHIR ids are per type): Claim/<id> and ClaimResponse/<id>. The id is the client's
+identifier[UUID] when it sends one, else a server UUID.
+
+Claim (what a health facility sends; domain §3.3.1 entry validations, all before anything is written):
+* identifier[Code] = the claim code (≤ 50), unique per health facility among current claims (the partial unique
+  index; a resubmission is a **409** and changes nothing). openIMIS Python makes it unique globally, legacy per
+  facility (`uspUpdateClaimFromPhone` error 2): per facility, as the schema's index says.
+* `patient`: `Patient/<id>`, `Patient/<insurance number>`, a logical reference by identifier, or a contained
+  Patient. A logically deleted insuree is accepted (the checks reject every line with reason 7 FAMILY, as legacy
+  does for an insuree that is no longer valid); a patient that never existed is a 422.
+* `provider`: the health facility Organization by id or code (current), 422 otherwise.
+* `enterer`: a claim administrator Practitioner (by id or code) with a current PractitionerRole at that facility.
+  An administrator of another facility is a **422** (business rule about the claim's content): the authenticated
+  user is not the claim administrator — CAs have no login here — so it is not a 403 about the caller's rights.
+* `insurance[0].coverage` (the profile makes it 1..1): a current Coverage of a policy the insuree is a member of
+  (422 otherwise). Whether that policy covers the claim is the checks' business (reasons 7, 17, 3…).
+* `type` = visit type E/R/O; `billablePeriod` start/end = date from/to (end before start: 422); `created` = date
+  claimed; `total.value` = claimed (a total that is not Σ quantity × unit price is rejected by the checks with
+  reason 20, not refused).
+* `diagnosis` 1..5 in sequence order: the main diagnosis and ≤ 4 secondary ones (more: 400 by the profile), their
+  codes stored as text. A code that is not in the configured diagnosis list is **not** refused here: the checks
+  reject the claim with reason 8.
+* `item` (1..*): category item → Medication, service → ActivityDefinition, given by the `claim-item-reference`
+  extension (as the reference: `productOrService.text` is not used to find the provision; the IG example puts the
+  name there). The reference is an id, a code, a logical reference or a contained resource; all the lines'
+  references are resolved with one query per kind. An item or service that never existed is a 422; a logically
+  deleted one is stored and rejected by the checks with reason 1 (no longer in the register). quantity > 0 and
+  unitPrice ≥ 0 (at most 2 decimals, the scheme currency); `sequence` unique. Lines are stored items first, then
+  services, each keeping Claim.item.sequence.
+* `supportingInfo`: explanation → claim.explanation; guarantee → guarantee_id (≤ 50); attachment →
+  `claim_attachment` with the decoded bytes. An attachment must carry its `data`; its `hash`, when given, must be
+  the SHA-1 of the **decoded bytes** (FHIR: base64 of the digest; the 40-digit hex form is accepted too). The
+  reference hashes the base64 *text*; that form is accepted on the openIMIS-compatible alias only (lenient), so
+  that its existing clients keep working. `justification` (opened by validation/corrections.py, IG §9.8) has no
+  claim-level column in openIMIS and is ignored.
+* Claim-AI (reference §5.1): resources carried in `contained` are matched to the registers by their identifier
+  (Code, else UUID), as `#<id>` references (and the reference's `#<Type>/<uuid>` form); a contained resource that
+  matches no current register entry is a 422 naming it. Nothing contained is created: the stored Claim references
+  the register entries and carries no `contained`.
+
+The Claim is immutable after submission: PUT and DELETE are 405. Its body is built once, in `write`, from the
+normalised values (references rewritten to register ids, contained resources dropped) and handed to the flush
+(`WriteContext.prerendered`), as for eligibility, because (1) nothing about a submitted Claim ever changes, (2)
+some of it has no column (the coverage sent, the supportingInfo sequence numbers), and (3) it costs the POST no
+render query. A re-render (a later version of the row) repeats the stored body; a claim that never went through
+POST (loaded in SQL) is rendered from its rows, with the coverage of the insuree's policy covering the claim.
+
+ClaimResponse (domain §3.4.5, rendered from the rows at every version, so it follows the claim's state):
+* identifier Code + UUID (profile 2..2); status `active`; use `claim`; type = visit type; patient; requestor →
+  the claim administrator; request → Claim/<id>; insurer → the configured insurer Organization;
+  created = the submission day (UTC day of submit_stamp; the date claimed while the claim is still entered);
+  outcome from the claim status: 2 → queued, 4/8 → partial, 1/16 → complete; processNote = the adjustment.
+* one `item` per line in Claim.item.sequence order: itemSequence, the claim-item-reference, and the adjudications:
+  a passed line of a non-rejected claim has one per reached stage — 2 entered (price asked × quantity provided),
+  4 checked (price approved or asked × quantity approved or provided), 8 processed (price adjusted or asked),
+  16 valuated; a rejected line (or any line of a rejected claim) has one adjudication of category 1. Each carries
+  `reason` = the line's rejection code with its display (0 ACCEPTED on passed lines), `amount` and `value` = the
+  quantity. For categories 2, 4 and 8 `amount` is the unit price; for 16 it is PriceValuated, which openIMIS
+  stores as the line's valuated **amount** (not a unit price — the reference renders it as one and multiplies it
+  by the quantity again in the total, a bug not copied).
+* `total`: entered (Σ asked × provided, all lines), then for a non-rejected claim checked, processed and valuated as
+  reached (Σ over passed lines of the stage's unit price × quantity; valuated = Σ PriceValuated); a rejected claim
+  has entered and rejected (the same sum). At most 4, as the profile allows.
+* Search: request, patient, requestor, outcome, status, created, identifier, claim-status, item-reference,
+  _lastUpdated; the insurer has no column (one insurer) and is not a parameter.
+
+Rights (domain §4.3, §4.5): create 111002 (Claims.Add); read and search 111001. The reference accepts 111002 or
+111007 (submit) for a create; a kind has one right per interaction, and every openIMIS role holding 111007 also
+holds 111002 (Claim Administrator), so only 111002 is asked.
+
+Versions: the POST versions Claim and ClaimResponse at 1. The Claim (the submission, immutable) keeps the row's
+`version_id` / `last_updated`; the ClaimResponse, which moves on as the claim is processed, valuated by a batch
+run or reviewed, has its own `response_version` / `response_updated` (ResourceKind.version_column).
+
+Speed (a claim of 10 lines): the reads are two statements through the driver (`store.fast.DriverQuery`) — every
+header reference (insuree, facility, claim administrator with its facilities, coverage with its members among
+the insuree candidates) in one UNION, and every line's Medication/ActivityDefinition in one more — run by
+`read_ahead`, on SQLite before the writer lock. The writes are one INSERT … RETURNING for the claim and one
+multi-row INSERT per line table (and attachments); the Claim body costs no query, the ClaimResponse two (claim,
+lines) plus the history row.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hashlib
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    Connection,
+    Date,
+    Integer,
+    Row,
+    String,
+    bindparam,
+    cast,
+    false,
+    func,
+    insert,
+    literal_column,
+    null,
+    select,
+    true,
+    union_all,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import FunctionElement
+
+from hifhir.domain.claims import BYPASSED, DELIVERED, REJECTION_DISPLAYS, SELECTED
+from hifhir.fhir.elements import CS, EXT, first_code, identifier_value, identifiers, reference
+from hifhir.fhir.errors import FhirError, business_rule, conflict
+from hifhir.fhir.kind import ResourceKind, Rights, WriteContext, require
+from hifhir.fhir.profiles.common import is_uuid
+from hifhir.fhir.profiles.contract import choice_param, typed_reference_param
+from hifhir.fhir.profiles.medication import MAX_AMOUNT, money, number, parse_amount, parse_money
+from hifhir.fhir.profiles.practitioner import full_date
+from hifhir.fhir.search import common_params, common_sorts
+from hifhir.fhir.searchparams import SortKey, column_ref, date_param, link_ref, reference_param
+from hifhir.store.codelists import DIAGNOSIS_LIST
+from hifhir.store.fast import DriverQuery, MultiRowInsert
+from hifhir.store.tables import (
+    CLAIM_CHECKED,
+    CLAIM_ENTERED,
+    CLAIM_PROCESSED,
+    CLAIM_REJECTED,
+    CLAIM_VALUATED,
+    LINE_PASSED,
+    LINE_REJECTED,
+    Amount,
+    claim,
+    claim_admin,
+    claim_admin_role,
+    claim_attachment,
+    claim_item,
+    claim_service,
+    coverage,
+    health_facility,
+    insuree,
+    insuree_policy,
+    insurer_org,
+    is_current,
+    medical_item,
+    medical_service,
+    policy,
+)
+from hifhir.store.tables import resource_version as rv
+
+CLAIM_TYPE, RESPONSE_TYPE = "Claim", "ClaimResponse"
+CLAIM_KIND, RESPONSE_KIND = "claim", "claim-response"
+READ_RIGHT, ADD_RIGHT, UPDATE_RIGHT, DELETE_RIGHT = 111001, 111002, 111010, 111004
+FEEDBACK_RIGHT = 111009  # Claims.Feedback: sees ClaimResponse.communicationRequest (IG security page)
+FEEDBACK_PROMPTED = (SELECTED, DELIVERED, BYPASSED)  # feedback statuses whose claim has a CommunicationRequest
+
+STATUS_CS = CS + "claim-status"
+REASON_CS = CS + "claim-rejection-reasons"
+VISIT_CS = CS + "claim-visit-type"
+ITEM_CATEGORY_CS = CS + "claim-item-category"
+SUPPORTING_CS = CS + "claim-supporting-info-category"
+DIAGNOSIS_CS = CS + DIAGNOSIS_LIST
+ITEM_REFERENCE_EXT = EXT + "claim-item-reference"
+PRIORITY = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/processpriority", "code": "normal",
+                        "display": "Normal"}]}
+OUTCOME_SYSTEM = "http://hl7.org/fhir/remittance-outcome"
+CLAIM_STATUS_SYSTEM = "http://hl7.org/fhir/fm-status"
+USE_SYSTEM = "http://hl7.org/fhir/claim-use"
+
+VISIT_TYPES = {"E": "Emergency", "R": "Referrals", "O": "Other"}
+STATUS_DISPLAYS = {CLAIM_REJECTED: "Rejected", CLAIM_ENTERED: "Entered", CLAIM_CHECKED: "Checked",
+                   CLAIM_PROCESSED: "Processed", CLAIM_VALUATED: "Valuated"}
+OUTCOMES = {CLAIM_REJECTED: "complete", CLAIM_ENTERED: "queued", CLAIM_CHECKED: "partial",
+            CLAIM_PROCESSED: "partial", CLAIM_VALUATED: "complete"}
+# The stages a claim in each status went through, in order (the adjudications of a passed line, the totals).
+STAGES = {CLAIM_ENTERED: (2,), CLAIM_CHECKED: (2, 4), CLAIM_PROCESSED: (2, 4, 8), CLAIM_VALUATED: (2, 4, 8, 16),
+          CLAIM_REJECTED: (2,)}
+CATEGORY_DISPLAYS = {"item": "Item", "service": "Service"}
+TARGETS = {"item": "Medication", "service": "ActivityDefinition"}
+
+CODE_MAX, GUARANTEE_MAX, ICD_MAX = 50, 50, 16
+TITLE_MAX, CONTENT_TYPE_MAX, CREATION_MAX = 250, 100, 40
+MAX_SECONDARY = 4
+
+
+def _immutable(what: str) -> FhirError:
+    return FhirError.one(405, "not-supported", what)
+
+
+# --- what a submission resolves to -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    sequence: int
+    kind: str  # item | service
+    target_pk: int
+    target_id: str
+    code: str
+    qty: Decimal
+    price: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    sequence: int
+    title: str | None
+    content_type: str | None
+    creation: str | None
+    data: bytes
+
+    @property
+    def sha1(self) -> bytes:
+        return hashlib.sha1(self.data).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimView:
+    """Everything a Claim body shows, from a submission or from the rows."""
+
+    id: str
+    uuid: str
+    code: str
+    visit_type: str | None
+    patient_id: str
+    provider_id: str
+    enterer_id: str | None
+    coverage_id: str | None
+    date_from: date
+    date_to: date | None
+    date_claimed: date
+    diagnoses: tuple[str, ...]
+    explanation: str | None
+    guarantee: str | None
+    attachments: tuple[Attachment, ...]
+    lines: tuple[Line, ...]
+    claimed: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """A mapped and checked claim, ready to be inserted (what read_ahead computes)."""
+
+    uuid: str | None
+    code: str
+    insuree_pk: int
+    patient_id: str
+    hf_pk: int
+    provider_id: str
+    claim_admin_pk: int
+    enterer_id: str
+    coverage_id: str | None
+    visit_type: str
+    date_from: date
+    date_to: date | None
+    date_claimed: date
+    diagnoses: tuple[str, ...]
+    claimed: Decimal
+    explanation: str | None
+    guarantee: str | None
+    lines: tuple[Line, ...]
+    attachments: tuple[Attachment, ...]
+
+    def view(self, claim_id: str) -> ClaimView:
+        return ClaimView(claim_id, self.uuid or claim_id, self.code, self.visit_type, self.patient_id,
+                         self.provider_id, self.enterer_id, self.coverage_id, self.date_from, self.date_to,
+                         self.date_claimed, self.diagnoses, self.explanation, self.guarantee, self.attachments,
+                         self.lines, self.claimed)
+
+
+# --- references: literal, logical, contained ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """How a reference names a register entry: its id, its identifier[UUID], its business code."""
+
+    id: str | None = None
+    uuid: str | None = None
+    code: str | None = None
+
+    def rank(self, row: Any) -> int | None:
+        """How well a register row matches (lower is better: id, then UUID, then code), None if it does not."""
+        if self.id is not None and row.id == self.id:
+            return 0
+        if self.uuid is not None and row.uuid == self.uuid:
+            return 1
+        if self.code is not None and row.code == self.code:
+            return 2
+        return None
+
+    def describe(self) -> str:
+        return self.code or self.id or self.uuid or "?"
+
+
+class Contained:
+    """The claim's contained resources, by local id."""
+
+    def __init__(self, resource: dict[str, Any]) -> None:
+        self.by_id: dict[str, tuple[int, dict[str, Any]]] = {}
+        contained = resource.get("contained")
+        for i, res in enumerate(contained if isinstance(contained, list) else ()):
+            if isinstance(res, dict) and isinstance(res.get("id"), str):
+                self.by_id.setdefault(res["id"], (i, res))
+
+    def find(self, local: str, expression: str) -> tuple[int, dict[str, Any]]:
+        found = self.by_id.get(local)
+        if found is None and "/" in local:
+            # The reference module writes `#<Type>/<uuid>` for its contained resources.
+            rtype, _, rid = local.partition("/")
+            found = self.by_id.get(rid)
+            if found is not None and found[1].get("resourceType") != rtype:
+                found = None
+        if found is None:
+            raise business_rule(f"'#{local[:70]}' names no contained resource", expression)
+        return found
+
+
+def _identifier_keys(res: dict[str, Any]) -> Keys:
+    code = identifier_value(res, "Code")
+    uuid = identifier_value(res, "UUID")
+    return Keys(id=uuid, uuid=uuid, code=code if isinstance(code, str) else None)
+
+
+def reference_keys(ref: Any, allowed: Iterable[str], contained: Contained,
+                   expression: str) -> tuple[str, Keys, str]:
+    """(resource type, keys, expression to blame) for a reference that must point at one of `allowed`."""
+    from hifhir.fhir.registry import parse_reference  # the registry imports this module
+
+    types = tuple(allowed)
+    shown = " or ".join(types)
+    if not isinstance(ref, dict):
+        raise business_rule(f"A reference to {shown} is required", expression)
+    literal_ref = ref.get("reference")
+    if isinstance(literal_ref, str) and literal_ref.startswith("#"):
+        index, res = contained.find(literal_ref[1:], expression)
+        rtype = res.get("resourceType")
+        where = f"{CLAIM_TYPE}.contained[{index}]"
+        require(rtype in types, f"Contained resource #{literal_ref[1:][:64]} is a {str(rtype)[:40]}, not a {shown}",
+                expression)
+        keys = _identifier_keys(res)
+        require(keys.code is not None or keys.id is not None,
+                f"Contained {rtype} #{literal_ref[1:][:64]} has no identifier (Code or UUID) to match the register",
+                where)
+        return str(rtype), keys, where
+    if isinstance(literal_ref, str):
+        parsed = parse_reference(literal_ref)
+        require(parsed is not None and parsed[0] in types,
+                f"Reference '{literal_ref[:100]}' must point to {shown}", expression)
+        assert parsed is not None
+        # openIMIS clients put business codes where ids belong: the id is tried first, then the code.
+        return parsed[0], Keys(id=parsed[1], code=parsed[1]), expression
+    ident = ref.get("identifier")
+    if isinstance(ident, dict):
+        rtype = ref.get("type") or (types[0] if len(types) == 1 else None)
+        require(rtype in types, f"A logical reference needs 'type' ({shown})", expression)
+        value = ident.get("value")
+        require(isinstance(value, str) and bool(value), "A logical reference needs identifier.value", expression)
+        type_code = str(first_code(ident.get("type")) or "").lower()
+        if type_code == "code":
+            return str(rtype), Keys(code=value), expression
+        # As the reference: a UUID identifier, falling back to the code when the value is not a UUID.
+        return str(rtype), Keys(id=value, uuid=value, code=None if is_uuid(value) else value), expression
+    raise business_rule(f"A literal reference 'Type/id' to {shown} is required", expression)
+
+
+def _ref_branches(what: str, table: Any, code_column: str | None, prefix: str, *, current_only: bool) -> list[Any]:
+    """Rows of `table` matching an id, a UUID or a code: one index probe each (never an OR, which SQLite scans),
+    labelled `what`; unused keys are bound to NULL and match nothing."""
+    t = table
+    code = t.c[code_column] if code_column else cast(null(), String)
+    cols = (literal_column(f"'{what}'", String).label("what"), t.c.pk, t.c.id, t.c.uuid, code.label("code"),
+            t.c.deleted, cast(null(), Integer).label("owner"))
+    conditions = [t.c.id == bindparam(f"{prefix}_id"), t.c.uuid == bindparam(f"{prefix}_uuid")]
+    if code_column:
+        conditions.append(t.c[code_column] == bindparam(f"{prefix}_code"))
+    return [select(*cols).where(c, is_current(t)) if current_only else select(*cols).where(c) for c in conditions]
+
+
+def _candidates(table: Any, code_column: str | None, prefix: str, *, current_only: bool) -> Any:
+    """The pks the branches of `_ref_branches` would find (for the role and membership rows)."""
+    t = table
+    conditions = [t.c.id == bindparam(f"{prefix}_id"), t.c.uuid == bindparam(f"{prefix}_uuid")]
+    if code_column:
+        conditions.append(t.c[code_column] == bindparam(f"{prefix}_code"))
+    return union_all(*[select(t.c.pk).where(c, *([is_current(t)] if current_only else [])) for c in conditions])
+
+
+def _links(what: str, pk: Any, owner: Any) -> Any:
+    return select(literal_column(f"'{what}'", String).label("what"), pk.label("pk"), cast(null(), String),
+                  cast(null(), String), cast(null(), String), false(), owner.label("owner"))
+
+
+def _references_statement() -> Any:
+    """Everything the claim's header references, in one statement (one round trip): the insuree (current or
+    not), the facility, the claim administrator and the coverage by id, UUID or code; the facilities the claim
+    administrator is a current CA of (`role`: pk = facility, owner = CA); the members of the coverage's policy
+    among the insuree candidates (`member`: pk = coverage, owner = insuree)."""
+    role, ip = claim_admin_role, insuree_policy
+    return union_all(
+        *_ref_branches("patient", insuree, "chf_id", "p", current_only=False),
+        *_ref_branches("provider", health_facility, "code", "h", current_only=True),
+        *_ref_branches("enterer", claim_admin, "code", "e", current_only=True),
+        *_ref_branches("coverage", coverage, None, "v", current_only=True),
+        _links("role", role.c.hf_pk, role.c.claim_admin_pk).where(
+            role.c.claim_admin_pk.in_(_candidates(claim_admin, "code", "e", current_only=True)), is_current(role)),
+        _links("member", coverage.c.pk, ip.c.insuree_pk)
+        .select_from(coverage.join(ip, ip.c.policy_pk == coverage.c.policy_pk))
+        .where(coverage.c.pk.in_(_candidates(coverage, None, "v", current_only=True)),
+               ip.c.insuree_pk.in_(_candidates(insuree, "chf_id", "p", current_only=False)), is_current(ip)),
+    )
+
+
+_REFERENCES = DriverQuery(_references_statement())
+
+
+def _best(rows: Iterable[Any], keys: Keys) -> Any | None:
+    """The matching row: current before deleted, then id before UUID before code."""
+    ranked = [(bool(r.deleted), rank, r) for r in rows if (rank := keys.rank(r)) is not None]
+    return min(ranked, key=lambda x: (x[0], x[1]))[2] if ranked else None
+
+
+def _not_found(what: str, keys: Keys, where: str) -> FhirError:
+    return business_rule(f"No current {what} has the id or code {keys.describe()[:64]}", where)
+
+
+# --- mapping the submission ------------------------------------------------------------------------------------
+
+
+def _claim_code(resource: dict[str, Any]) -> str:
+    code = identifier_value(resource, "Code")
+    require(isinstance(code, str) and 0 < len(code.strip()) <= CODE_MAX and code == code.strip(),
+            f"The claim code (identifier Code) is required, at most {CODE_MAX} characters without outer spaces",
+            f"{CLAIM_TYPE}.identifier")
+    return str(code)
+
+
+def _claim_uuid(resource: dict[str, Any]) -> str | None:
+    value = identifier_value(resource, "UUID")
+    if value is None:
+        return None
+    require(is_uuid(value), "identifier[UUID] must be a UUID", f"{CLAIM_TYPE}.identifier")
+    return str(value).lower()
+
+
+def _visit_type(resource: dict[str, Any]) -> str:
+    code = first_code(resource.get("type")) or ""
+    require(code in VISIT_TYPES, "type must be a claim-visit-type code: E (emergency), R (referral) or O (other)",
+            f"{CLAIM_TYPE}.type")
+    return str(code)
+
+
+def _period(resource: dict[str, Any]) -> tuple[date, date | None]:
+    period = resource.get("billablePeriod") or {}
+    start = full_date(period.get("start"), "billablePeriod.start", f"{CLAIM_TYPE}.billablePeriod.start")
+    end = None
+    if period.get("end") is not None:
+        end = full_date(period["end"], "billablePeriod.end", f"{CLAIM_TYPE}.billablePeriod.end")
+        require(end >= start, f"billablePeriod.end {end} is before its start {start}",
+                f"{CLAIM_TYPE}.billablePeriod.end")
+    return start, end
+
+
+def _diagnoses(resource: dict[str, Any]) -> tuple[str, ...]:
+    entries = resource.get("diagnosis") or []
+    require(0 < len(entries) <= 1 + MAX_SECONDARY,
+            f"A claim has a main diagnosis and at most {MAX_SECONDARY} secondary ones", f"{CLAIM_TYPE}.diagnosis")
+    ordered = sorted(enumerate(entries), key=lambda e: (e[1].get("sequence") or 0, e[0]))
+    codes: list[str] = []
+    for i, entry in ordered:
+        expression = f"{CLAIM_TYPE}.diagnosis[{i}]"
+        concept = entry.get("diagnosisCodeableConcept")
+        code = first_code(concept) if isinstance(concept, dict) else None
+        require(isinstance(code, str) and 0 < len(code) <= ICD_MAX,
+                f"diagnosisCodeableConcept needs a diagnosis code (at most {ICD_MAX} characters)",
+                f"{expression}.diagnosisCodeableConcept")
+        codes.append(str(code))
+    sequences = [e.get("sequence") for e in entries]
+    require(len(set(sequences)) == len(sequences), "diagnosis.sequence values must be unique",
+            f"{CLAIM_TYPE}.diagnosis")
+    return tuple(codes)
+
+
+def _category(line: dict[str, Any], expression: str) -> str | None:
+    concept = line.get("category")
+    if not isinstance(concept, dict):
+        return None
+    code = first_code(concept) or concept.get("text")  # reference clients send category.text
+    require(code in TARGETS, "item.category is `item` or `service`", f"{expression}.category")
+    return str(code)
+
+
+@dataclass(slots=True)
+class _PendingLine:
+    index: int
+    sequence: int
+    kind: str
+    keys: Keys
+    where: str
+    qty: Decimal
+    price: Decimal
+
+
+def _pending_lines(resource: dict[str, Any], contained: Contained) -> list[_PendingLine]:
+    out: list[_PendingLine] = []
+    seen: set[int] = set()
+    for i, line in enumerate(resource.get("item") or []):
+        expression = f"{CLAIM_TYPE}.item[{i}]"
+        sequence = line.get("sequence")
+        require(isinstance(sequence, int) and not isinstance(sequence, bool) and sequence > 0,
+                "item.sequence is a positive integer", f"{expression}.sequence")
+        require(sequence not in seen, f"item.sequence {sequence} is used twice", f"{expression}.sequence")
+        seen.add(sequence)
+        category = _category(line, expression)
+        refs = [e for e in line.get("extension") or [] if e.get("url") == ITEM_REFERENCE_EXT]
+        require(len(refs) == 1, "Each line references its Medication or ActivityDefinition once "
+                "(extension claim-item-reference)", f"{expression}.extension")
+        allowed = [TARGETS[category]] if category else list(TARGETS.values())
+        rtype, keys, where = reference_keys(refs[0].get("valueReference"), allowed, contained,
+                                            f"{expression}.extension[claim-item-reference]")
+        kind = "item" if rtype == "Medication" else "service"
+        qty = parse_amount((line.get("quantity") or {}).get("value"), "item.quantity.value",
+                           f"{expression}.quantity.value")
+        require(qty > 0, "item.quantity.value must be greater than 0", f"{expression}.quantity.value")
+        price = parse_money(line.get("unitPrice"), "item.unitPrice", f"{expression}.unitPrice")
+        out.append(_PendingLine(i, sequence, kind, keys, where, qty, price))
+    require(bool(out), "A claim has at least one item", f"{CLAIM_TYPE}.item")
+    return out
+
+
+_LINE_TARGETS = {"item": medical_item, "service": medical_service}
+_KEY_COLUMNS = ("id", "uuid", "code")
+
+
+@functools.lru_cache(maxsize=256)
+def _lines_lookup(shape: tuple[tuple[str, str, int], ...]) -> DriverQuery:
+    """The register rows the lines may name, current or not (a deleted one is rejected by the checks with reason
+    1), for every line at once: one index probe per key, one statement per shape (kind, key column, count)."""
+    parts = []
+    for kind, column, n in shape:
+        t = _LINE_TARGETS[kind]
+        parts.append(select(literal_column(f"'{kind}'", String).label("kind"), t.c.pk, t.c.id, t.c.uuid, t.c.code,
+                            t.c.deleted)
+                     .where(t.c[column].in_([bindparam(f"{kind}_{column}_{i}") for i in range(n)])))
+    return DriverQuery(union_all(*parts))
+
+
+def _resolve_lines(ctx: WriteContext, pending: list[_PendingLine]) -> tuple[Line, ...]:
+    shape: list[tuple[str, str, int]] = []
+    params: dict[str, str] = {}
+    for kind in ("item", "service"):
+        for column in _KEY_COLUMNS:
+            values = sorted({v for p in pending if p.kind == kind and (v := getattr(p.keys, column))})
+            if values:
+                shape.append((kind, column, len(values)))
+                params.update((f"{kind}_{column}_{i}", v) for i, v in enumerate(values))
+    rows = _lines_lookup(tuple(shape)).rows(ctx.conn, params)
+    by_kind: dict[str, list[Any]] = {"item": [], "service": []}
+    for row in rows:
+        by_kind[row.kind].append(row)
+    lines: list[Line] = []
+    for kind in ("item", "service"):  # stored items first, then services
+        for p in pending:
+            if p.kind != kind:
+                continue
+            row = _best(by_kind[kind], p.keys)
+            if row is None:
+                raise business_rule(f"No {TARGETS[kind]} has the id or code {p.keys.describe()[:64]}", p.where)
+            lines.append(Line(p.sequence, kind, int(row.pk), str(row.id), str(row.code), p.qty, p.price))
+    return tuple(lines)
+
+
+def _supporting(resource: dict[str, Any], lenient: bool) -> tuple[str | None, str | None, tuple[Attachment, ...]]:
+    explanation: str | None = None
+    guarantee: str | None = None
+    attachments: list[Attachment] = []
+    for i, info in enumerate(resource.get("supportingInfo") or []):
+        expression = f"{CLAIM_TYPE}.supportingInfo[{i}]"
+        concept = info.get("category") or {}
+        category = first_code(concept) or concept.get("text")
+        if category == "explanation":
+            explanation = _string_value(info, expression, None)
+        elif category == "guarantee":
+            guarantee = _string_value(info, expression, GUARANTEE_MAX)
+        elif category == "attachment":
+            attachments.append(_attachment(info, expression, lenient))
+        elif category != "justification":  # no claim-level column in openIMIS: accepted (IG §9.8), not kept
+            raise business_rule(f"Unknown supporting info category '{str(category)[:40]}'",
+                                f"{expression}.category")
+    sequences = [a.sequence for a in attachments]
+    require(len(set(sequences)) == len(sequences), "supportingInfo.sequence values must be unique",
+            f"{CLAIM_TYPE}.supportingInfo")
+    return explanation, guarantee, tuple(attachments)
+
+
+def _string_value(info: dict[str, Any], expression: str, limit: int | None) -> str:
+    value = info.get("valueString")
+    require(isinstance(value, str) and bool(value.strip()), "This supporting info carries a valueString",
+            f"{expression}.valueString")
+    require(limit is None or len(value) <= limit, f"The value is at most {limit} characters",
+            f"{expression}.valueString")
+    return str(value)
+
+
+def _attachment(info: dict[str, Any], expression: str, lenient: bool) -> Attachment:
+    att = info.get("valueAttachment")
+    where = f"{expression}.valueAttachment"
+    require(isinstance(att, dict), "An attachment carries a valueAttachment", where)
+    text = att.get("data")
+    require(isinstance(text, str) and bool(text), "An attachment must carry its data (base64)", f"{where}.data")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise FhirError.one(400, "value", "Attachment.data is not valid base64", expression=f"{where}.data") from None
+    if att.get("hash") is not None:
+        require(_hash_matches(str(att["hash"]), data, text, lenient),
+                "Attachment.hash is not the SHA-1 of the data (FHIR: base64 of the SHA-1 digest of the bytes)",
+                f"{where}.hash")
+    if att.get("size") is not None:
+        require(att["size"] == len(data), f"Attachment.size {att['size']} differs from the data's {len(data)} bytes",
+                f"{where}.size")
+    limits = (("title", TITLE_MAX), ("contentType", CONTENT_TYPE_MAX), ("creation", CREATION_MAX))
+    for key, limit in limits:
+        value = att.get(key)
+        require(value is None or (isinstance(value, str) and len(value) <= limit),
+                f"Attachment.{key} is at most {limit} characters", f"{where}.{key}")
+    sequence = info.get("sequence")
+    require(isinstance(sequence, int) and sequence > 0, "supportingInfo.sequence is a positive integer",
+            f"{expression}.sequence")
+    return Attachment(int(sequence), att.get("title"), att.get("contentType"), att.get("creation"), data)
+
+
+def _hash_matches(given: str, data: bytes, text: str, lenient: bool) -> bool:
+    digest = hashlib.sha1(data).digest()
+    if given == base64.b64encode(digest).decode() or given.lower() == digest.hex():
+        return True
+    # The reference module hashes the base64 text instead of the bytes; its clients send that (alias only).
+    return lenient and given.lower() == hashlib.sha1(text.encode()).hexdigest()
+
+
+def _claimed(resource: dict[str, Any], lines: Iterable[_PendingLine]) -> Decimal:
+    """total.value, stored as claimed. A total that is not Σ quantity × unit price is not refused here: the checks
+    reject such a claim with reason 20 (invalid claim), so that the facility sees it on the ClaimResponse."""
+    require(sum((line.qty * line.price for line in lines), Decimal(0)) <= MAX_AMOUNT,
+            "The claimed amount is too large", f"{CLAIM_TYPE}.item")
+    return parse_money(resource.get("total"), "total", f"{CLAIM_TYPE}.total")
+
+
+# --- the Claim kind -----------------------------------------------------------------------------------------------
+
+
+_INSERT_CLAIM = DriverQuery(
+    insert(claim)
+    .values({c: bindparam(c) for c in (
+        "id", "uuid", "code", "hf_pk", "insuree_pk", "claim_admin_pk", "date_from", "date_to", "date_claimed",
+        "status", "visit_type", "icd_code", "icd_code_1", "icd_code_2", "icd_code_3", "icd_code_4", "claimed",
+        "explanation", "guarantee_id", "version_id", "last_updated", "response_version", "response_updated")})
+    .returning(claim.c.pk))
+_LINE_TABLES = {"item": (claim_item, "item_pk"), "service": (claim_service, "service_pk")}
+
+
+# The lines of one kind in one statement (amounts given in hundredths, as `Amount` stores them).
+_LINE_INSERTS = {kind: (column, MultiRowInsert(table, ("claim_pk", column, "status", "rejection_reason",
+                                                       "qty_provided", "price_asked", "sequence")))
+                 for kind, (table, column) in _LINE_TABLES.items()}
+_AMOUNT = Amount()
+
+
+def _hundredths(value: Decimal) -> int:
+    return int(_AMOUNT.process_bind_param(value, None))
+
+
+class ClaimKind(ResourceKind):
+    resource_type = CLAIM_TYPE
+    name = CLAIM_KIND
+    profile_id = "openimis-claim"
+    table = claim
+    code_column = "code"
+    rights = Rights(read=READ_RIGHT, create=ADD_RIGHT, update=UPDATE_RIGHT, delete=DELETE_RIGHT)
+    updatable = deletable = False  # a submitted claim is a record; corrections are new claims
+    reads_ahead = True
+
+    def __init__(self) -> None:
+        t = claim
+        self.search_params = {
+            **common_params(self),
+            "patient": reference_param("patient", "Patient", column_ref(t.c.insuree_pk, "patient"),
+                                       doc="The insuree the claim is for"),
+            "provider": reference_param("provider", "Organization", column_ref(t.c.hf_pk, "health-facility"),
+                                        doc="The health facility claiming"),
+            "enterer": reference_param("enterer", "Practitioner", column_ref(t.c.claim_admin_pk, "claim-admin"),
+                                       doc="The claim administrator who entered the claim"),
+            "item-reference": _item_reference_param(),
+            "created": date_param("created", t.c.date_claimed, "The date claimed"),
+            "status": choice_param("status", _fixed_code("active", ("cancelled", "draft", "entered-in-error")),
+                                   frozenset({CLAIM_STATUS_SYSTEM}), "Always active (the IG fixes it)"),
+            "use": choice_param("use", _fixed_code("claim", ("preauthorization", "predetermination")),
+                                frozenset({USE_SYSTEM}), "Always claim (the IG fixes it)"),
+            "claim-status": claim_status_param(),
+        }
+        self.sort_params = {**common_sorts(self), "created": SortKey(t.c.date_claimed, "date")}
+
+    def render(self, conn: Connection, pks: list[int]) -> dict[int, dict[str, Any]]:
+        out = _stored_bodies(conn, self, pks)
+        missing = [pk for pk in pks if pk not in out]
+        if missing:
+            out.update({pk: claim_body(view) for pk, view in _claim_views(conn, missing).items()})
+        return out
+
+    def read_ahead(self, ctx: WriteContext, resource: dict[str, Any]) -> Submission:
+        """Mapping, validation and every register lookup: all but the inserts (on SQLite outside the writer
+        lock). Cheap checks of the body come first, so that a malformed claim costs no query."""
+        code = _claim_code(resource)
+        claim_uuid = _claim_uuid(resource)
+        visit_type = _visit_type(resource)
+        date_from, date_to = _period(resource)
+        date_claimed = full_date(resource.get("created"), "created", f"{CLAIM_TYPE}.created")
+        diagnoses = _diagnoses(resource)
+        contained = Contained(resource)
+        pending = _pending_lines(resource, contained)
+        claimed = _claimed(resource, pending)
+        explanation, guarantee, attachments = _supporting(resource, ctx.lenient)
+
+        refs = {what: reference_keys(resource.get(what), [rtype], contained, f"{CLAIM_TYPE}.{what}")[1:]
+                for what, rtype in (("patient", "Patient"), ("provider", "Organization"),
+                                    ("enterer", "Practitioner"))}
+        coverage_ref = _coverage_reference(resource, contained)
+        params: dict[str, Any] = {}
+        for prefix, keys in (("p", refs["patient"][0]), ("h", refs["provider"][0]), ("e", refs["enterer"][0]),
+                             ("v", coverage_ref[0] if coverage_ref else Keys())):
+            params.update({f"{prefix}_id": keys.id, f"{prefix}_uuid": keys.uuid, f"{prefix}_code": keys.code})
+        found: dict[str, list[Any]] = {}
+        for row in _REFERENCES.rows(ctx.conn, params):
+            found.setdefault(row.what, []).append(row)
+        keys, where = refs["patient"]
+        patient = _best(found.get("patient", ()), keys)
+        if patient is None:
+            raise business_rule(f"No insuree has the id or insurance number {keys.describe()[:64]}", where)
+        keys, where = refs["provider"]
+        provider = _best(found.get("provider", ()), keys)
+        if provider is None:
+            raise _not_found("health facility", keys, where)
+        keys, where = refs["enterer"]
+        enterer = _best(found.get("enterer", ()), keys)
+        if enterer is None:
+            raise _not_found("claim administrator", keys, where)
+        require(any(r.pk == provider.pk and r.owner == enterer.pk for r in found.get("role", ())),
+                f"Claim administrator {enterer.code} is not a claim administrator of health facility "
+                f"{provider.code} (no current PractitionerRole there)", f"{CLAIM_TYPE}.enterer")
+        coverage_id = None
+        if coverage_ref is not None:
+            keys, where = coverage_ref
+            cov = _best(found.get("coverage", ()), keys)
+            if cov is None:
+                raise _not_found("Coverage", keys, where)
+            require(any(r.pk == cov.pk and r.owner == patient.pk for r in found.get("member", ())),
+                    f"Coverage/{cov.id} is not a policy of this patient", f"{CLAIM_TYPE}.insurance[0].coverage")
+            coverage_id = str(cov.id)
+        lines = _resolve_lines(ctx, pending)
+        return Submission(claim_uuid, code, int(patient.pk), str(patient.id), int(provider.pk), str(provider.id),
+                          int(enterer.pk), str(enterer.id), coverage_id, visit_type, date_from, date_to,
+                          date_claimed, diagnoses, claimed, explanation, guarantee, lines, attachments)
+
+    def write(self, ctx: WriteContext, resource: dict[str, Any], current: Row | None) -> int:
+        if current is not None or ctx.id_from_client:
+            raise _immutable("A claim is submitted once (POST Claim); it cannot be created or changed by PUT")
+        sub = ctx.read_ahead if isinstance(ctx.read_ahead, Submission) else self.read_ahead(ctx, resource)
+        claim_id = sub.uuid or ctx.new_id
+        pk = _insert_claim(ctx, claim_id, sub)
+        for kind, (column, statement) in _LINE_INSERTS.items():
+            rows = [{"claim_pk": pk, column: line.target_pk, "status": LINE_PASSED, "rejection_reason": 0,
+                     "qty_provided": _hundredths(line.qty), "price_asked": _hundredths(line.price),
+                     "sequence": line.sequence} for line in sub.lines if line.kind == kind]
+            if rows:
+                statement.execute(ctx.conn, rows)
+        if sub.attachments:
+            ctx.conn.execute(insert(claim_attachment), [
+                {"claim_pk": pk, "sequence": a.sequence, "title": a.title, "content_type": a.content_type,
+                 "filename": None, "creation": a.creation, "hash": a.sha1.hex(), "data": a.data}
+                for a in sub.attachments])
+        ctx.prerendered[(self.name, pk)] = claim_body(sub.view(claim_id))
+        _adjudicate(ctx, pk)
+        ctx.mark(RESPONSE_KIND, pk)
+        ctx.answers[(self.name, pk)] = (RESPONSE_KIND, pk)
+        return pk
+
+    def delete(self, ctx: WriteContext, current: Row) -> None:
+        raise _immutable("A submitted claim is a record; it cannot be deleted")
+
+
+def _adjudicate(ctx: WriteContext, pk: int) -> None:
+    """The openIMIS checks, then — unless the claim is selected for feedback, when it waits for the answers
+    (POST Communication processes it then) — processing and valuation, in the POST's transaction."""
+    from hifhir.domain.claims import checks, valuation
+    from hifhir.fhir.profiles.communication import select_claim_for_feedback
+
+    today = date.today()
+    if checks.submit(ctx.conn, pk, today=today, now=ctx.now) != CLAIM_CHECKED:
+        return
+    if not select_claim_for_feedback(ctx, pk, today=today):
+        valuation.process(ctx.conn, pk, today=today, now=ctx.now)
+
+
+def _insert_claim(ctx: WriteContext, claim_id: str, sub: Submission) -> int:
+    secondary = list(sub.diagnoses[1:]) + [None] * (MAX_SECONDARY + 1 - len(sub.diagnoses))
+    values: dict[str, Any] = {
+        "id": claim_id, "uuid": sub.uuid or claim_id, "code": sub.code, "hf_pk": sub.hf_pk,
+        "insuree_pk": sub.insuree_pk, "claim_admin_pk": sub.claim_admin_pk, "date_from": sub.date_from,
+        "date_to": sub.date_to, "date_claimed": sub.date_claimed, "status": CLAIM_ENTERED,
+        "visit_type": sub.visit_type, "icd_code": sub.diagnoses[0],
+        **{f"icd_code_{i}": secondary[i - 1] for i in range(1, MAX_SECONDARY + 1)},
+        "claimed": sub.claimed, "explanation": sub.explanation, "guarantee_id": sub.guarantee,
+        "version_id": 1, "last_updated": ctx.now, "response_version": 1, "response_updated": ctx.now,
+    }
+    try:
+        rows = _INSERT_CLAIM.rows(ctx.conn, values)
+    except IntegrityError as exc:
+        text = str(exc.orig)
+        if "claim.hf_pk" in text or "uq_claim_hf_pk_code" in text:
+            raise conflict(f"Claim code {sub.code} is already used by a current claim of this health facility",
+                           f"{CLAIM_TYPE}.identifier") from None
+        if "claim.id" in text or "uq_claim_id" in text:
+            raise conflict(f"identifier[UUID] {claim_id} is already used", f"{CLAIM_TYPE}.identifier") from None
+        raise
+    pk = int(rows[0].pk)
+    ctx.created[(claim.name, pk)] = claim_id
+    return pk
+
+
+def _coverage_reference(resource: dict[str, Any], contained: Contained) -> tuple[Keys, str] | None:
+    """insurance[0].coverage (1..1 in the profile), by id or UUID."""
+    insurance = resource.get("insurance") or []
+    ref = insurance[0].get("coverage") if insurance and isinstance(insurance[0], dict) else None
+    if ref is None:
+        return None
+    _, keys, where = reference_keys(ref, ["Coverage"], contained, f"{CLAIM_TYPE}.insurance[0].coverage")
+    return Keys(id=keys.id, uuid=keys.uuid or keys.id), where
+
+
+# --- the Claim body ------------------------------------------------------------------------------------------------
+
+
+def _concept(system: str, code: str, display: str | None) -> dict[str, Any]:
+    coding: dict[str, Any] = {"system": system, "code": code}
+    if display:
+        coding["display"] = display
+    return {"coding": [coding]}
+
+
+def _visit_concept(visit_type: str | None) -> dict[str, Any]:
+    code = visit_type if visit_type in VISIT_TYPES else "O"
+    return _concept(VISIT_CS, str(code), VISIT_TYPES[str(code)])
+
+
+def _item_reference(line: Line) -> dict[str, Any]:
+    return {"url": ITEM_REFERENCE_EXT, "valueReference": reference(TARGETS[line.kind], line.target_id)}
+
+
+def claim_body(v: ClaimView) -> dict[str, Any]:
+    """The Claim (without resourceType, id and meta)."""
+    body: dict[str, Any] = {
+        "identifier": identifiers(v.code, v.uuid),
+        "status": "active",
+        "type": _visit_concept(v.visit_type),
+        "use": "claim",
+        "patient": reference("Patient", v.patient_id),
+        "billablePeriod": {"start": v.date_from.isoformat(),
+                           **({"end": v.date_to.isoformat()} if v.date_to else {})},
+        "created": v.date_claimed.isoformat(),
+    }
+    if v.enterer_id:
+        body["enterer"] = reference("Practitioner", v.enterer_id)
+    body["provider"] = reference("Organization", v.provider_id)
+    body["priority"] = PRIORITY
+    if info := _supporting_body(v):
+        body["supportingInfo"] = info
+    body["diagnosis"] = [{"sequence": i, "diagnosisCodeableConcept": {"coding": [
+        {"system": DIAGNOSIS_CS, "code": code}]}} for i, code in enumerate(v.diagnoses, start=1)]
+    if v.coverage_id:
+        body["insurance"] = [{"sequence": 1, "focal": True, "coverage": reference("Coverage", v.coverage_id)}]
+    body["item"] = [{
+        "extension": [_item_reference(line)],
+        "sequence": line.sequence,
+        "category": _concept(ITEM_CATEGORY_CS, line.kind, CATEGORY_DISPLAYS[line.kind]),
+        "productOrService": {"text": line.code},
+        "quantity": {"value": number(line.qty)},
+        "unitPrice": money(line.price),
+    } for line in sorted(v.lines, key=lambda x: x.sequence)]
+    body["total"] = money(v.claimed)
+    return body
+
+
+def _supporting_body(v: ClaimView) -> list[dict[str, Any]]:
+    """supportingInfo: attachments keep the sequence they were sent with; explanation and guarantee take the
+    smallest numbers left (their own sequence has no column)."""
+    taken = {a.sequence for a in v.attachments}
+    free = (n for n in range(1, len(taken) + 3) if n not in taken)
+    out: list[dict[str, Any]] = []
+    for category, value in (("explanation", v.explanation), ("guarantee", v.guarantee)):
+        if value is not None:
+            out.append({"sequence": next(free), "category": _concept(SUPPORTING_CS, category, None),
+                        "valueString": value})
+    for a in v.attachments:
+        att: dict[str, Any] = {}
+        if a.content_type:
+            att["contentType"] = a.content_type
+        att["data"] = base64.b64encode(a.data).decode()
+        att["hash"] = base64.b64encode(a.sha1).decode()
+        if a.title:
+            att["title"] = a.title
+        if a.creation:
+            att["creation"] = a.creation
+        out.append({"sequence": a.sequence, "category": _concept(SUPPORTING_CS, "attachment", None),
+                    "valueAttachment": att})
+    return sorted(out, key=lambda x: x["sequence"])
+
+
+def _stored_bodies(conn: Connection, kind: ResourceKind, pks: list[int]) -> dict[int, dict[str, Any]]:
+    """The latest stored version of immutable Claims (a re-render repeats it)."""
+    t = kind.table
+    ids = {r.id: r.pk for r in conn.execute(select(t.c.pk, t.c.id).where(t.c.pk.in_(pks)))}
+    latest: dict[str, tuple[int, bytes]] = {}
+    for r in conn.execute(select(rv.c.res_id, rv.c.version, rv.c.body).where(
+            rv.c.res_type == kind.resource_type, rv.c.res_id.in_(list(ids)), rv.c.body.is_not(None))):
+        if r.res_id not in latest or r.version > latest[r.res_id][0]:
+            latest[r.res_id] = (r.version, r.body)
+    out: dict[int, dict[str, Any]] = {}
+    for res_id, (_, body) in latest.items():
+        resource = orjson.loads(body)
+        out[ids[res_id]] = {k: v for k, v in resource.items() if k not in ("resourceType", "id", "meta")}
+    return out
+
+
+# --- rows → views (Claims loaded in SQL, and every ClaimResponse) ----------------------------------------------------
+
+
+_LINE_COLUMNS = ("pk", "sequence", "status", "rejection_reason", "qty_provided", "qty_approved", "price_asked",
+                 "price_approved", "price_adjusted", "price_valuated")
+
+
+def _lines_statement(one: bool) -> Any:
+    parts = []
+    for kind, (table, column) in _LINE_TABLES.items():
+        target = _LINE_TARGETS[kind]
+        which = table.c.claim_pk == bindparam("pk") if one else table.c.claim_pk.in_(bindparam("pks", expanding=True))
+        parts.append(
+            select(table.c.claim_pk, literal_column(f"'{kind}'", String).label("kind"),
+                   target.c.id.label("target_id"), target.c.code.label("code"), target.c.pk.label("target_pk"),
+                   *[table.c[c] for c in _LINE_COLUMNS])
+            .select_from(table.join(target, target.c.pk == table.c[column]))
+            .where(which))
+    return union_all(*parts)
+
+
+def _claims_statement(one: bool) -> Any:
+    i, h, a = insuree.alias("i"), health_facility.alias("h"), claim_admin.alias("a")
+    return (
+        select(claim, i.c.id.label("patient_id"), h.c.id.label("provider_id"), a.c.id.label("enterer_id"))
+        .select_from(claim.join(i, i.c.pk == claim.c.insuree_pk).join(h, h.c.pk == claim.c.hf_pk)
+                     .outerjoin(a, a.c.pk == claim.c.claim_admin_pk))
+        .where(claim.c.pk == bindparam("pk") if one else claim.c.pk.in_(bindparam("pks", expanding=True)))
+    )
+
+
+# A batch (a re-render of many claims) through SQLAlchemy; the one claim of a POST through the driver.
+_LINES, _LINES_ONE = _lines_statement(False), DriverQuery(_lines_statement(True))
+_CLAIMS, _CLAIM_ONE = _claims_statement(False), DriverQuery(_claims_statement(True))
+_ATTACHMENTS = select(claim_attachment).where(claim_attachment.c.claim_pk.in_(bindparam("pks", expanding=True)))
+# The policy covering a claim's insuree on its first day (the latest such membership), else the latest membership.
+_COVERAGES = (
+    select(insuree_policy.c.insuree_pk, insuree_policy.c.effective_date, insuree_policy.c.expiry_date,
+           coverage.c.id)
+    .select_from(insuree_policy.join(policy, policy.c.pk == insuree_policy.c.policy_pk)
+                 .join(coverage, coverage.c.policy_pk == policy.c.pk))
+    .where(insuree_policy.c.insuree_pk.in_(bindparam("insurees", expanding=True)), is_current(insuree_policy),
+           is_current(policy))
+)
+
+
+def _line_order(row: Any) -> tuple[bool, int, bool, int]:
+    # Claim.item.sequence order; lines loaded without one follow, items before services.
+    return row.sequence is None, row.sequence or 0, row.kind != "item", row.pk
+
+
+def _line_rows(conn: Connection, pks: list[int]) -> dict[int, list[Any]]:
+    out: dict[int, list[Any]] = {pk: [] for pk in pks}
+    rows = _LINES_ONE.rows(conn, {"pk": pks[0]}) if len(pks) == 1 else conn.execute(_LINES, {"pks": pks})
+    for row in rows:
+        out[row.claim_pk].append(row)
+    for lines in out.values():
+        lines.sort(key=_line_order)
+    return out
+
+
+def _claim_rows(conn: Connection, pks: list[int]) -> list[Any]:
+    if len(pks) == 1:
+        return list(_CLAIM_ONE.rows(conn, {"pk": pks[0]}))
+    return list(conn.execute(_CLAIMS, {"pks": pks}))
+
+
+def _claim_views(conn: Connection, pks: list[int]) -> dict[int, ClaimView]:
+    claims = _claim_rows(conn, pks)
+    lines = _line_rows(conn, pks)
+    attachments: dict[int, list[Attachment]] = {pk: [] for pk in pks}
+    for a in conn.execute(_ATTACHMENTS, {"pks": pks}):
+        attachments[a.claim_pk].append(Attachment(a.sequence, a.title, a.content_type, a.creation, a.data or b""))
+    memberships: dict[int, list[Any]] = {}
+    for m in conn.execute(_COVERAGES, {"insurees": sorted({c.insuree_pk for c in claims})}):
+        memberships.setdefault(m.insuree_pk, []).append(m)
+    out: dict[int, ClaimView] = {}
+    for c in claims:
+        out[c.pk] = ClaimView(
+            c.id, c.uuid or c.id, c.code, c.visit_type, c.patient_id, c.provider_id, c.enterer_id,
+            _covering(memberships.get(c.insuree_pk, []), c.date_from), c.date_from, c.date_to, c.date_claimed,
+            tuple(d for d in (c.icd_code, c.icd_code_1, c.icd_code_2, c.icd_code_3, c.icd_code_4) if d),
+            c.explanation, c.guarantee_id, tuple(sorted(attachments[c.pk], key=lambda a: a.sequence)),
+            tuple(Line(r.sequence or n, r.kind, r.target_pk, r.target_id, r.code, r.qty_provided, r.price_asked)
+                  for n, r in enumerate(lines[c.pk], start=1)),
+            c.claimed if c.claimed is not None else sum(
+                (r.qty_provided * r.price_asked for r in lines[c.pk]), Decimal(0)))
+    return out
+
+
+def _covering(memberships: list[Any], day: date) -> str | None:
+    covering = [m for m in memberships if m.effective_date is not None and m.effective_date <= day <= m.expiry_date]
+    pool = covering or [m for m in memberships if m.effective_date is not None] or memberships
+    if not pool:
+        return None
+    return str(max(pool, key=lambda m: (m.effective_date or date.min, m.id)).id)
+
+
+# --- the ClaimResponse ---------------------------------------------------------------------------------------------
+
+
+class _StampDay(FunctionElement[date]):
+    """The UTC day of a µs-since-epoch stamp column (the submission day)."""
+
+    type = Date()
+    inherit_cache = True
+    name = "stamp_day"
+
+
+@compiles(_StampDay)
+def _stamp_day_pg(element: _StampDay, compiler: Any, **kw: Any) -> str:
+    column = compiler.process(next(iter(element.clauses)), **kw)
+    return f"CAST(to_timestamp({column} / 1000000.0) AT TIME ZONE 'UTC' AS DATE)"
+
+
+@compiles(_StampDay, "sqlite")
+def _stamp_day_sqlite(element: _StampDay, compiler: Any, **kw: Any) -> str:
+    column = compiler.process(next(iter(element.clauses)), **kw)
+    return f"date({column} / 1000000, 'unixepoch')"
+
+
+def _created_expression() -> Any:
+    return func.coalesce(_StampDay(claim.c.submit_stamp), claim.c.date_claimed, type_=Date())
+
+
+def _stamp_day(stamp: int | None, fallback: date) -> date:
+    if stamp is None:
+        return fallback
+    return datetime.fromtimestamp(stamp / 1_000_000, UTC).date()
+
+
+_INSURER_TTL_S = 30.0
+_insurer_ids: dict[str, tuple[float, str]] = {}
+_INSURER_ID = select(insurer_org.c.id).where(is_current(insurer_org)).order_by(insurer_org.c.pk).limit(1)
+
+
+def insurer_id(conn: Connection) -> str:
+    """The configured insurer Organization's id (server configuration: remembered for 30 s per database)."""
+    key = str(conn.engine.url)
+    now = time.monotonic()
+    hit = _insurer_ids.get(key)
+    if hit is not None and now - hit[0] < _INSURER_TTL_S:
+        return hit[1]
+    found = conn.execute(_INSURER_ID).scalar()
+    value = str(found) if found is not None else "openIMIS-Implementation"
+    _insurer_ids[key] = (now, value)
+    return value
+
+
+# Built once and shared by every body (serialised, never mutated): a ClaimResponse has up to 4 per line.
+_STATUS_CONCEPTS = {status: _concept(STATUS_CS, str(status), display) for status, display in STATUS_DISPLAYS.items()}
+_REASON_CONCEPTS = {reason: _concept(REASON_CS, str(reason), display) for reason, display in REJECTION_DISPLAYS.items()}
+
+
+def _reason_concept(reason: int) -> dict[str, Any]:
+    return _REASON_CONCEPTS.get(reason) or _concept(REASON_CS, str(reason), None)
+
+
+def _adjudication(category: int, reason: int, amount: Decimal, qty: Decimal) -> dict[str, Any]:
+    return {"category": _STATUS_CONCEPTS[category], "reason": _reason_concept(reason), "amount": money(amount),
+            "value": number(qty)}
+
+
+def _approved_qty(line: Any) -> Decimal:
+    return line.qty_approved if line.qty_approved else line.qty_provided
+
+
+def _stage_amount(line: Any, stage: int) -> Decimal:
+    """A passed line's amount at a stage: the unit price for 2, 4 and 8; the valuated line amount for 16."""
+    asked = line.price_asked
+    if stage == 2:
+        return asked
+    if stage == 4:
+        return line.price_approved if line.price_approved is not None else asked
+    adjusted = line.price_adjusted if line.price_adjusted is not None else asked
+    if stage == 8:
+        return adjusted
+    return line.price_valuated if line.price_valuated is not None else adjusted * _approved_qty(line)
+
+
+def _stage_value(line: Any, stage: int) -> Decimal:
+    """What a passed line adds to a stage's total."""
+    if stage == 2:
+        return line.price_asked * line.qty_provided
+    if stage == 16:
+        return _stage_amount(line, 16)
+    return _stage_amount(line, stage) * _approved_qty(line)
+
+
+def response_body(c: Any, lines: list[Any], insurer: str) -> dict[str, Any]:
+    """The ClaimResponse (without resourceType, id and meta) for a claim row and its line rows."""
+    status = int(c.status)
+    rejected_claim = status == CLAIM_REJECTED
+    stages = STAGES.get(status, (2,))
+    items: list[dict[str, Any]] = []
+    for n, line in enumerate(lines, start=1):
+        reason = int(line.rejection_reason or 0)
+        if rejected_claim or line.status == LINE_REJECTED:
+            adjudications = [_adjudication(CLAIM_REJECTED, reason, line.price_asked, line.qty_provided)]
+        else:
+            adjudications = [_adjudication(2, reason, line.price_asked, line.qty_provided)]
+            adjudications += [_adjudication(stage, reason, _stage_amount(line, stage), _approved_qty(line))
+                              for stage in stages[1:]]
+        items.append({
+            "extension": [{"url": ITEM_REFERENCE_EXT, "valueReference": reference(TARGETS[line.kind],
+                                                                                    line.target_id)}],
+            "itemSequence": line.sequence or n,
+            "adjudication": adjudications,
+        })
+    entered = sum((line.price_asked * line.qty_provided for line in lines), Decimal(0))
+    totals = [(2, entered)]
+    if rejected_claim:
+        totals.append((CLAIM_REJECTED, entered))
+    else:
+        passed = [line for line in lines if line.status != LINE_REJECTED]
+        totals += [(stage, sum((_stage_value(line, stage) for line in passed), Decimal(0)))
+                   for stage in stages[1:]]
+    body: dict[str, Any] = {
+        "identifier": identifiers(c.code, c.uuid or c.id),
+        "status": "active",
+        "type": _visit_concept(c.visit_type),
+        "use": "claim",
+        "patient": reference("Patient", c.patient_id),
+        "created": _stamp_day(c.submit_stamp, c.date_claimed).isoformat(),
+        "insurer": reference("Organization", insurer),
+    }
+    if c.enterer_id:
+        body["requestor"] = reference("Practitioner", c.enterer_id)
+    body["request"] = reference(CLAIM_TYPE, c.id)
+    body["outcome"] = OUTCOMES.get(status, "queued")
+    body["item"] = items
+    body["total"] = [{"category": _STATUS_CONCEPTS[stage], "amount": money(amount)} for stage, amount in totals]
+    if c.adjustment:
+        body["processNote"] = [{"text": c.adjustment}]
+    if c.feedback_status in FEEDBACK_PROMPTED:  # the prompt is the claim's CommunicationRequest (same id)
+        body["communicationRequest"] = [reference("CommunicationRequest", c.id)]
+    return body
+
+
+class ClaimResponseKind(ResourceKind):
+    resource_type = RESPONSE_TYPE
+    name = RESPONSE_KIND
+    profile_id = "openimis-claim-response"
+    table = claim  # the claim's row: same pk, same id
+    version_column, updated_column = "response_version", "response_updated"
+    restricted_elements = MappingProxyType({"communicationRequest": FEEDBACK_RIGHT})  # the IG: Claims.Feedback
+    code_column = "code"
+    rights = Rights(read=READ_RIGHT, create=ADD_RIGHT, update=UPDATE_RIGHT, delete=DELETE_RIGHT)
+    writable = False  # the server's adjudication, written only as the answer to a Claim
+
+    def __init__(self) -> None:
+        t = claim
+        created = _created_expression()
+        self.search_params = {
+            **common_params(self),
+            "request": reference_param("request", CLAIM_TYPE, column_ref(t.c.pk, CLAIM_KIND),
+                                       doc="The Claim adjudicated"),
+            "patient": reference_param("patient", "Patient", column_ref(t.c.insuree_pk, "patient"),
+                                       doc="The insuree the claim is for"),
+            "requestor": reference_param("requestor", "Practitioner",
+                                         column_ref(t.c.claim_admin_pk, "claim-admin"),
+                                         doc="The claim administrator who entered the claim"),
+            "item-reference": _item_reference_param(),
+            "created": date_param("created", created, "The submission day (the date claimed while entered)"),
+            "outcome": choice_param("outcome", {
+                "queued": lambda: t.c.status == CLAIM_ENTERED,
+                "partial": lambda: t.c.status.in_([CLAIM_CHECKED, CLAIM_PROCESSED]),
+                "complete": lambda: t.c.status.in_([CLAIM_REJECTED, CLAIM_VALUATED]),
+                "error": false,
+            }, frozenset({OUTCOME_SYSTEM}), "queued (entered), partial (checked, processed), complete "
+                                            "(valuated, rejected)"),
+            "status": choice_param("status", _fixed_code("active", ("cancelled", "draft", "entered-in-error")),
+                                   frozenset({CLAIM_STATUS_SYSTEM}), "Always active (the IG fixes it)"),
+            "claim-status": claim_status_param(),
+        }
+        self.sort_params = {**common_sorts(self), "created": SortKey(created, "date")}
+
+    def render(self, conn: Connection, pks: list[int]) -> dict[int, dict[str, Any]]:
+        claims = _claim_rows(conn, pks)
+        lines = _line_rows(conn, pks)
+        insurer = insurer_id(conn)
+        return {c.pk: response_body(c, lines[c.pk], insurer) for c in claims}
+
+    def write(self, ctx: WriteContext, resource: dict[str, Any], current: Row | None) -> int:
+        raise _immutable("A ClaimResponse is the server's adjudication of a Claim; POST the Claim instead")
+
+
+# --- search parameters shared by both kinds --------------------------------------------------------------------------
+
+
+def _fixed_code(own: str, others: tuple[str, ...]) -> dict[str, Any]:
+    return {own: true, **{code: false for code in others}}
+
+
+def claim_status_param() -> Any:
+    """`claim-status` (hifhir): the openIMIS claim status, by the IG claim-status code (1, 2, 4, 8, 16) or its
+    name (rejected, entered, checked, processed, valuated)."""
+    options: dict[str, Any] = {}
+    for status, display in STATUS_DISPLAYS.items():
+        options[str(status)] = options[display.lower()] = (lambda s=status: claim.c.status == s)
+    return choice_param("claim-status", options, frozenset({STATUS_CS}),
+                        "The openIMIS claim status: 1 rejected, 2 entered, 4 checked, 8 processed, 16 valuated")
+
+
+def _item_reference_param() -> Any:
+    t = claim
+    return typed_reference_param("item-reference", [
+        ("Medication", link_ref(t.c.pk, claim_item.c.claim_pk, claim_item.c.item_pk, "medication")),
+        ("ActivityDefinition", link_ref(t.c.pk, claim_service.c.claim_pk, claim_service.c.service_pk,
+                                        "activity-definition")),
+    ], "A Medication or ActivityDefinition claimed (extension claim-item-reference)")
+
+
