@@ -832,6 +832,28 @@ rel_index = Table(
     Index("ix_rel_index_product", "product_pk", "rel_year", "rel_period"),
 )
 
+# --- Outbox: work to do after a commit, written in the same transaction as the change it follows ---------------
+# (claim-AI deliveries, notifications). A worker claims due rows, runs the topic's handler, and retries with
+# backoff; at-least-once, so every row carries an id its receiver can deduplicate on.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(36), nullable=False, unique=True),  # delivery id (UUID), stable across retries
+    Column("topic", String(40), nullable=False),  # which handler runs it, e.g. claim-ai
+    Column("subject", String(64)),  # what it is about (e.g. the claim id), for searches and deduplication
+    Column("payload", LargeBinary),  # JSON the handler needs
+    Column("status", String(10), nullable=False, server_default="pending"),  # pending | done | failed
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt", BigInteger, nullable=False, server_default="0"),  # µs since the epoch
+    Column("locked_until", BigInteger, nullable=False, server_default="0"),  # a worker's claim on the row
+    Column("last_error", Text),
+    Column("created", BigInteger, nullable=False),
+    Column("finished", BigInteger),
+    Index("ix_outbox_due", "status", "next_attempt"),
+    Index("ix_outbox_topic_subject", "topic", "subject"),
+)
+
 # --- Users, roles, rights ---------------------------------------------------------------------------------
 app_user = Table(
     "app_user",
@@ -907,6 +929,7 @@ __all__ = [
     "officer",
     "officer_role",
     "officer_role_village",
+    "outbox",
     "policy",
     "policy_holder",
     "premium",

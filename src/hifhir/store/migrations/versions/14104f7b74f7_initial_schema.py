@@ -1,15 +1,15 @@
 """initial schema
 
-Revision ID: 3db89077ee1c
+Revision ID: 14104f7b74f7
 Revises: 
-Create Date: 2026-11-25 22:47:17.995828
+Create Date: 2026-11-25 22:53:39.346102
 """
 
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '3db89077ee1c'
+revision = '14104f7b74f7'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -165,6 +165,26 @@ def upgrade() -> None:
         batch_op.create_index('ix_medical_service_name_norm_current', ['name_norm'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.create_index(batch_op.f('ix_medical_service_uuid'), ['uuid'], unique=False)
         batch_op.create_index('uq_medical_service_code_current', ['code'], unique=True, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+
+    op.create_table('outbox',
+    sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('id', sa.String(length=36), nullable=False),
+    sa.Column('topic', sa.String(length=40), nullable=False),
+    sa.Column('subject', sa.String(length=64), nullable=True),
+    sa.Column('payload', sa.LargeBinary(), nullable=True),
+    sa.Column('status', sa.String(length=10), server_default='pending', nullable=False),
+    sa.Column('attempts', sa.Integer(), server_default='0', nullable=False),
+    sa.Column('next_attempt', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('locked_until', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('last_error', sa.Text(), nullable=True),
+    sa.Column('created', sa.BigInteger(), nullable=False),
+    sa.Column('finished', sa.BigInteger(), nullable=True),
+    sa.PrimaryKeyConstraint('pk', name=op.f('pk_outbox')),
+    sa.UniqueConstraint('id', name=op.f('uq_outbox_id'))
+    )
+    with op.batch_alter_table('outbox', schema=None) as batch_op:
+        batch_op.create_index('ix_outbox_due', ['status', 'next_attempt'], unique=False)
+        batch_op.create_index('ix_outbox_topic_subject', ['topic', 'subject'], unique=False)
 
     op.create_table('resource_version',
     sa.Column('seq', sa.Integer(), autoincrement=True, nullable=False),
@@ -1202,6 +1222,11 @@ def downgrade() -> None:
         batch_op.drop_index('ix_resource_version_time')
 
     op.drop_table('resource_version')
+    with op.batch_alter_table('outbox', schema=None) as batch_op:
+        batch_op.drop_index('ix_outbox_topic_subject')
+        batch_op.drop_index('ix_outbox_due')
+
+    op.drop_table('outbox')
     with op.batch_alter_table('medical_service', schema=None) as batch_op:
         batch_op.drop_index('uq_medical_service_code_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.drop_index(batch_op.f('ix_medical_service_uuid'))
