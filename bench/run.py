@@ -703,7 +703,7 @@ def claim_bodies(conn: Any, count: int, today: date, rng: random.Random) -> list
     insured = eligibility_samples(conn, count, treated, rng)
     if not insured:
         return []
-    product_of = _insuree_products(conn, [patient_id for patient_id, _, _ in insured], treated)
+    cover_of = _insuree_covers(conn, [patient_id for patient_id, _, _ in insured], treated)
     diagnoses = conn.execute(select(code_list_entry.c.code).where(
         code_list_entry.c.list_name == DIAGNOSIS_LIST, code_list_entry.c.active.is_(True))
         .order_by(code_list_entry.c.code).limit(200)).scalars().all()
@@ -728,7 +728,9 @@ def claim_bodies(conn: Any, count: int, today: date, rng: random.Random) -> list
     bodies: list[str] = []
     for n in range(count):
         patient_id = insured[n % len(insured)][0]
-        product_pk = product_of.get(patient_id)
+        if patient_id not in cover_of:
+            continue
+        product_pk, coverage_id = cover_of[patient_id]
         f = facilities[n % len(facilities)]
         lines: list[Any] = []
         for kind in ("item", "service"):
@@ -737,28 +739,30 @@ def claim_bodies(conn: Any, count: int, today: date, rng: random.Random) -> list
                 lines.append(res.ClaimLineSpec(kind, ids[kind][code], Decimal(1), prices[f.pk][kind][code]))
         if not lines or not diagnoses:
             continue
-        body = res.claim_resource(code=f"B{stamp}{n:07d}"[:20], patient_id=patient_id, facility_id=f.id,
+        body = res.claim_resource(code=f"B{stamp}{n:07d}"[:20], patient_id=patient_id, coverage_id=coverage_id,
+                                  facility_id=f.id,
                                   claim_admin_id=f.admin_id, treated=treated, claimed=today,
                                   diagnoses=[rng.choice(diagnoses)], lines=lines[:CLAIM_LINES])
         bodies.append(json.dumps(body, separators=(",", ":")))
     return bodies
 
 
-def _insuree_products(conn: Any, patient_ids: list[str], day: date) -> dict[str, int]:
-    """Patient id → the product of an active policy covering the insuree on `day`."""
+def _insuree_covers(conn: Any, patient_ids: list[str], day: date) -> dict[str, tuple[int, str]]:
+    """Patient id → (product pk, Coverage id) of an active policy covering the insuree on `day`."""
     from sqlalchemy import select
 
-    from hifhir.store.tables import POLICY_ACTIVE, insuree, insuree_policy, is_current, policy
+    from hifhir.store.tables import POLICY_ACTIVE, coverage, insuree, insuree_policy, is_current, policy
 
     ip, p = insuree_policy, policy
-    out: dict[str, int] = {}
+    out: dict[str, tuple[int, str]] = {}
     for start in range(0, len(patient_ids), 500):
         for r in conn.execute(
-                select(insuree.c.id, p.c.product_pk)
-                .select_from(insuree.join(ip, ip.c.insuree_pk == insuree.c.pk).join(p, p.c.pk == ip.c.policy_pk))
+                select(insuree.c.id, p.c.product_pk, coverage.c.id.label("coverage_id"))
+                .select_from(insuree.join(ip, ip.c.insuree_pk == insuree.c.pk).join(p, p.c.pk == ip.c.policy_pk)
+                             .join(coverage, coverage.c.policy_pk == p.c.pk))
                 .where(insuree.c.id.in_(patient_ids[start:start + 500]), is_current(ip), is_current(p),
                        p.c.status == POLICY_ACTIVE, ip.c.effective_date <= day, ip.c.expiry_date >= day)):
-            out.setdefault(r.id, r.product_pk)
+            out.setdefault(r.id, (r.product_pk, r.coverage_id))
     return out
 
 

@@ -538,9 +538,9 @@ CLAIM_ITEM_CATEGORIES = {"item": "Item", "service": "Service"}
 VISIT_TYPES = {"E": "Emergency", "R": "Referrals", "O": "Other"}
 
 
-def claim_resource(*, code: str, patient_id: str, facility_id: str, claim_admin_id: str, treated: date,
-                   claimed: date, diagnoses: list[str], lines: list[ClaimLineSpec], visit_type: str = "O",
-                   discharged: date | None = None) -> dict[str, Any]:
+def claim_resource(*, code: str, patient_id: str, coverage_id: str, facility_id: str, claim_admin_id: str,
+                   treated: date, claimed: date, diagnoses: list[str], lines: list[ClaimLineSpec],
+                   visit_type: str = "O", discharged: date | None = None) -> dict[str, Any]:
     """A claim as a health facility's system POSTs it (OpenIMISClaim): the lines point at the priced item or
     service through the claim-item-reference extension; total = Σ quantity × unit price."""
     total = sum((line.quantity * line.unit_price for line in lines), Decimal(0))
@@ -561,6 +561,7 @@ def claim_resource(*, code: str, patient_id: str, facility_id: str, claim_admin_
         "provider": reference("Organization", facility_id),
         "priority": {"coding": [coding("http://terminology.hl7.org/CodeSystem/processpriority", "normal",
                                        "Normal")]},
+        "insurance": [{"sequence": 1, "focal": True, "coverage": reference("Coverage", coverage_id)}],
         "diagnosis": [{"sequence": i, "diagnosisCodeableConcept": {
             "coding": [{"system": f"{CS}diagnosis-ICD10-level1", "code": c}]}} for i, c in enumerate(diagnoses, 1)],
         "item": [{

@@ -173,17 +173,13 @@ def _head_statement() -> Any:
                members.c.effective_date <= target, members.c.expiry_date >= target)
         .scalar_subquery()
     )
-    covering = (
-        insuree_policy
-        .join(policy, and_(policy.c.pk == insuree_policy.c.policy_pk, policy.c.deleted == false(),
-                           or_(policy.c.status == POLICY_ACTIVE, policy.c.status == POLICY_EXPIRED)))
-        .join(product, and_(product.c.pk == policy.c.product_pk, is_current(product)))
-    )
     return (
         select(claim.c.status, claim.c.insuree_pk, claim.c.date_from, claim.c.date_to, claim.c.visit_type,
                claim.c.category, health_facility.c.level.label("hf_level"), insuree.c.dob,
                item_list.c.pk.label("item_list_pk"), service_list.c.pk.label("service_list_pk"),
-               insuree_policy.c.policy_pk, policy.c.product_pk, member_count.label("members"),
+               # empty unless the member row, its policy and the product all qualify (see the joins)
+               case((product.c.pk.is_not(None), policy.c.pk)).label("policy_pk"),
+               product.c.pk.label("product_pk"), member_count.label("members"),
                *(product.c[name].label(f"p_{name}") for name in _TERMS))
         .select_from(
             claim.join(health_facility, health_facility.c.pk == claim.c.hf_pk)
@@ -192,12 +188,16 @@ def _head_statement() -> Any:
                                        item_list.c.deleted == false()))
             .outerjoin(service_list, and_(service_list.c.pk == health_facility.c.service_price_list_pk,
                                           service_list.c.deleted == false()))
-            .outerjoin(covering, and_(insuree_policy.c.insuree_pk == claim.c.insuree_pk,
-                                      insuree_policy.c.deleted == false(),
-                                      insuree_policy.c.effective_date <= target,
-                                      insuree_policy.c.expiry_date >= target,
-                                      # in this outer ON clause: PostgreSQL lets no inner one see `claim`
-                                      policy.c.effective_date <= target, policy.c.expiry_date >= target))
+            # A chain of left joins, not a parenthesised inner join (which SQLite materialises over every member
+            # row of every policy): rows of members, policies or products that do not qualify have empty columns.
+            .outerjoin(insuree_policy, and_(insuree_policy.c.insuree_pk == claim.c.insuree_pk,
+                                            insuree_policy.c.deleted == false(),
+                                            insuree_policy.c.effective_date <= target,
+                                            insuree_policy.c.expiry_date >= target))
+            .outerjoin(policy, and_(policy.c.pk == insuree_policy.c.policy_pk, policy.c.deleted == false(),
+                                    or_(policy.c.status == POLICY_ACTIVE, policy.c.status == POLICY_EXPIRED),
+                                    policy.c.effective_date <= target, policy.c.expiry_date >= target))
+            .outerjoin(product, and_(product.c.pk == policy.c.product_pk, is_current(product)))
         )
         .where(claim.c.pk == bindparam("claim"), is_current(claim))
         .order_by(insuree_policy.c.effective_date, policy.c.pk)

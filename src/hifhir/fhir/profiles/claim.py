@@ -376,6 +376,16 @@ def reference_keys(ref: Any, allowed: Iterable[str], contained: Contained,
     raise business_rule(f"A literal reference 'Type/id' to {shown} is required", expression)
 
 
+def _key_conditions(t: Any, code_column: str | None, prefix: str, current_only: bool) -> list[list[Any]]:
+    """The WHERE of each probe: by id, by UUID, by code. A code is unique among current rows only, and its index
+    covers only those: a deleted row is found by its id or UUID, never by a code (which a scan would need)."""
+    current = [is_current(t)] if current_only else []
+    conditions = [[t.c.id == bindparam(f"{prefix}_id"), *current], [t.c.uuid == bindparam(f"{prefix}_uuid"), *current]]
+    if code_column:
+        conditions.append([t.c[code_column] == bindparam(f"{prefix}_code"), is_current(t)])
+    return conditions
+
+
 def _ref_branches(what: str, table: Any, code_column: str | None, prefix: str, *, current_only: bool) -> list[Any]:
     """Rows of `table` matching an id, a UUID or a code: one index probe each (never an OR, which SQLite scans),
     labelled `what`; unused keys are bound to NULL and match nothing."""
@@ -383,19 +393,13 @@ def _ref_branches(what: str, table: Any, code_column: str | None, prefix: str, *
     code = t.c[code_column] if code_column else cast(null(), String)
     cols = (literal_column(f"'{what}'", String).label("what"), t.c.pk, t.c.id, t.c.uuid, code.label("code"),
             t.c.deleted, cast(null(), Integer).label("owner"))
-    conditions = [t.c.id == bindparam(f"{prefix}_id"), t.c.uuid == bindparam(f"{prefix}_uuid")]
-    if code_column:
-        conditions.append(t.c[code_column] == bindparam(f"{prefix}_code"))
-    return [select(*cols).where(c, is_current(t)) if current_only else select(*cols).where(c) for c in conditions]
+    return [select(*cols).where(*c) for c in _key_conditions(t, code_column, prefix, current_only)]
 
 
 def _candidates(table: Any, code_column: str | None, prefix: str, *, current_only: bool) -> Any:
     """The pks the branches of `_ref_branches` would find (for the role and membership rows)."""
     t = table
-    conditions = [t.c.id == bindparam(f"{prefix}_id"), t.c.uuid == bindparam(f"{prefix}_uuid")]
-    if code_column:
-        conditions.append(t.c[code_column] == bindparam(f"{prefix}_code"))
-    return union_all(*[select(t.c.pk).where(c, *([is_current(t)] if current_only else [])) for c in conditions])
+    return union_all(*[select(t.c.pk).where(*c) for c in _key_conditions(t, code_column, prefix, current_only)])
 
 
 def _links(what: str, pk: Any, owner: Any) -> Any:
