@@ -541,9 +541,19 @@ def test_a_deleted_item_is_stored_and_rejected_with_reason_1(api, engine, world)
 def test_a_deleted_insuree_is_stored_and_rejected_with_reason_7(api, engine, world):
     with transaction(engine, write=True) as conn:
         conn.execute(update(insuree).where(insuree.c.id == world.patient["id"]).values(deleted=True))
-    body = answered(api.post("Claim", claim_of(world, patient="Patient/100000001")))
+    body = answered(api.post("Claim", claim_of(world, patient=f"Patient/{world.patient['id']}")))
     assert body["outcome"] == "complete"
     assert {code for i in body["item"] for _, code, _, _ in adjudications(i)} == {"7"}
+
+
+def test_the_insurance_number_of_a_deleted_insuree_names_no_one(api, engine, world):
+    # Insurance numbers are unique among current insurees only (another may get it): by number, a deleted insuree
+    # is not found; by its id it is (the test above).
+    with transaction(engine, write=True) as conn:
+        conn.execute(update(insuree).where(insuree.c.id == world.patient["id"]).values(deleted=True))
+    before = counts(engine)
+    assert refused(api.post("Claim", claim_of(world, patient="Patient/100000001")), 422, expression="Claim.patient")
+    assert counts(engine) == before
 
 
 # --- rendering of every status (claims loaded in SQL) ----------------------------------------------------------------
