@@ -1,8 +1,11 @@
 """OpenIMISClaim → OpenIMISClaimResponse (IG rows 14–15; domain §2.19–2.20, §3.3–3.4; reference §3.3–3.4).
 
 `POST Claim` is the IG's RPC: the claim and its lines are stored in status 2 (entered), the openIMIS checks run
-(`domain.claims.checks.submit`), a checked claim is processed and valuated (`domain.claims.valuation.process`), and
-the answer is **200 with the ClaimResponse** — all in the one transaction of the POST. Both resources live on the
+(`domain.claims.checks.submit`), a checked claim goes through the selections for review and for feedback
+(`HIFHIR_REVIEW_SELECTION`, `HIFHIR_FEEDBACK_SELECTION`, both `off` by default) and, unless one selected it, is
+processed and valuated (`domain.claims.valuation.process`), and the answer is **200 with the ClaimResponse** — all
+in the one transaction of the POST. A selected claim stays checked (outcome `partial`) until the last of its review
+(PUT ClaimResponse, below) and its feedback (POST Communication) processes it. Both resources live on the
 claim's row, under the same id (FHIR ids are per type): Claim/<id> and ClaimResponse/<id>. The id is the client's
 identifier[UUID] when it sends one, else a server UUID.
 
@@ -69,9 +72,26 @@ ClaimResponse (domain §3.4.5, rendered from the rows at every version, so it fo
 * Search: request, patient, requestor, outcome, status, created, identifier, claim-status, item-reference,
   _lastUpdated; the insurer has no column (one insurer) and is not a parameter.
 
-Rights (domain §4.3, §4.5): create 111002 (Claims.Add); read and search 111001. The reference accepts 111002 or
-111007 (submit) for a create; a kind has one right per interaction, and every openIMIS role holding 111007 also
-holds 111002 (Claim Administrator), so only 111002 is asked.
+Review (domain §3.4.1, `domain.claims.review`): a medical officer (right 111008) delivers the review of a claim
+selected for it with **`PUT ClaimResponse/<id>`**, the body being the ClaimResponse as read in which, per line that
+passed the checks, the checked adjudication (category 4) is changed: `reason` −1 (REJECTED BY MEDICAL OFFICER)
+rejects the line, `value` is the quantity approved, `amount.value` the unit price approved; `processNote[0].text`
+is the adjustment (no processNote clears it). Everything else must be as read — compared element by element, items
+matched by itemSequence, numbers by value; `meta` is ignored and `communicationRequest` may be left out (a reviewer
+without 111009 never sees it) — else a **422** naming the first element that differs. A claim that is not
+awaiting a review (not checked, never or not selected, reviewed already, bypassed) is a **409**: the body may be
+flawless, it is the resource's state that refuses it, whatever the body says. Quantities and prices the domain
+refuses (more than provided or asked, a quantity 0 on a line kept) are 422s on that `value` / `amount.value`.
+`If-Match` is compared with the ClaimResponse's own version (412). The answer is 200 with the ClaimResponse,
+re-versioned: lines rejected, `approved` recomputed, and — unless the claim still waits for its feedback, or no
+line is left and it is rejected — processed and valuated in the same transaction. The reason's display may be left
+out (else it is the CodeSystem's); a reason text is refused like any other change: openIMIS's line justification
+has no element in the IG profile, and hifhir would not show it back.
+
+Rights (domain §4.3, §4.5): create 111002 (Claims.Add); read and search 111001; a review (update of the
+ClaimResponse) 111008 (Claims.Review). The reference accepts 111002 or 111007 (submit) for a create; a kind has one
+right per interaction, and every openIMIS role holding 111007 also holds 111002 (Claim Administrator), so only
+111002 is asked. A ClaimResponse is never created nor deleted by a client (405: the kind is not `creatable`).
 
 Versions: the POST versions Claim and ClaimResponse at 1. The Claim (the submission, immutable) keeps the row's
 `version_id` / `last_updated`; the ClaimResponse, which moves on as the claim is processed, valuated by a batch
@@ -121,7 +141,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 
-from hifhir.domain.claims import BYPASSED, DELIVERED, REJECTION_DISPLAYS, SELECTED
+from hifhir import config
+from hifhir.domain.claims import (
+    BYPASSED,
+    DELIVERED,
+    IDLE,
+    NOT_SELECTED,
+    REJECTED_BY_MEDICAL_OFFICER,
+    REJECTION_DISPLAYS,
+    SELECTED,
+)
+from hifhir.domain.claims.feedback import SelectionRule, parse_rule
 from hifhir.fhir.elements import CS, EXT, first_code, identifier_value, identifiers, reference
 from hifhir.fhir.errors import FhirError, business_rule, conflict
 from hifhir.fhir.kind import ResourceKind, Rights, WriteContext, require
@@ -163,6 +193,7 @@ from hifhir.store.tables import resource_version as rv
 CLAIM_TYPE, RESPONSE_TYPE = "Claim", "ClaimResponse"
 CLAIM_KIND, RESPONSE_KIND = "claim", "claim-response"
 READ_RIGHT, ADD_RIGHT, UPDATE_RIGHT, DELETE_RIGHT = 111001, 111002, 111010, 111004
+REVIEW_RIGHT = 111008  # Claims.Review: delivers a medical officer's review (PUT ClaimResponse)
 FEEDBACK_RIGHT = 111009  # Claims.Feedback: sees ClaimResponse.communicationRequest (IG security page)
 FEEDBACK_PROMPTED = (SELECTED, DELIVERED, BYPASSED)  # feedback statuses whose claim has a CommunicationRequest
 
@@ -550,14 +581,16 @@ _KEY_COLUMNS = ("id", "uuid", "code")
 
 @functools.lru_cache(maxsize=256)
 def _lines_lookup(shape: tuple[tuple[str, str, int], ...]) -> DriverQuery:
-    """The register rows the lines may name, current or not (a deleted one is rejected by the checks with reason
-    1), for every line at once: one index probe per key, one statement per shape (kind, key column, count)."""
+    """The register rows the lines may name, for every line at once: one index probe per key, one statement per
+    shape (kind, key column, count). By id or UUID a deleted item or service is found too (the checks reject it
+    with reason 1); codes are unique among current rows only, and only their index answers without a scan."""
     parts = []
     for kind, column, n in shape:
         t = _LINE_TARGETS[kind]
+        current = [is_current(t)] if column == "code" else []
         parts.append(select(literal_column(f"'{kind}'", String).label("kind"), t.c.pk, t.c.id, t.c.uuid, t.c.code,
                             t.c.deleted)
-                     .where(t.c[column].in_([bindparam(f"{kind}_{column}_{i}") for i in range(n)])))
+                     .where(t.c[column].in_([bindparam(f"{kind}_{column}_{i}") for i in range(n)]), *current))
     return DriverQuery(union_all(*parts))
 
 
@@ -805,16 +838,31 @@ class ClaimKind(ResourceKind):
 
 
 def _adjudicate(ctx: WriteContext, pk: int) -> None:
-    """The openIMIS checks, then — unless the claim is selected for feedback, when it waits for the answers
-    (POST Communication processes it then) — processing and valuation, in the POST's transaction."""
-    from hifhir.domain.claims import checks, valuation
+    """The openIMIS checks, then the selections for review and for feedback (both always run: a claim may be
+    selected for both), then — unless it was selected for either, when it waits for the medical officer's review
+    (PUT ClaimResponse) and/or the insuree's answers (POST Communication), the last of which processes it —
+    processing and valuation, in the POST's transaction."""
+    from hifhir.domain.claims import checks, review, valuation
     from hifhir.fhir.profiles.communication import select_claim_for_feedback
 
     today = date.today()
     if checks.submit(ctx.conn, pk, today=today, now=ctx.now) != CLAIM_CHECKED:
         return
-    if not select_claim_for_feedback(ctx, pk, today=today):
+    held = review.select_for_review(ctx.conn, pk, rule=configured_review_rule(), today=today)
+    held = select_claim_for_feedback(ctx, pk, today=today) or held
+    if not held:
         valuation.process(ctx.conn, pk, today=today, now=ctx.now)
+
+
+@functools.cache
+def _review_rule(text: str) -> SelectionRule:
+    return parse_rule(text)
+
+
+def configured_review_rule() -> SelectionRule:
+    """The review selection rule of HIFHIR_REVIEW_SELECTION (read at each call: tests and the demo may change
+    it); the syntax is the feedback selection's."""
+    return _review_rule(config.REVIEW_SELECTION)
 
 
 def _insert_claim(ctx: WriteContext, claim_id: str, sub: Submission) -> int:
@@ -1194,8 +1242,9 @@ class ClaimResponseKind(ResourceKind):
     version_column, updated_column = "response_version", "response_updated"
     restricted_elements = MappingProxyType({"communicationRequest": FEEDBACK_RIGHT})  # the IG: Claims.Feedback
     code_column = "code"
-    rights = Rights(read=READ_RIGHT, create=ADD_RIGHT, update=UPDATE_RIGHT, delete=DELETE_RIGHT)
-    writable = False  # the server's adjudication, written only as the answer to a Claim
+    rights = Rights(read=READ_RIGHT, create=ADD_RIGHT, update=REVIEW_RIGHT, delete=DELETE_RIGHT)
+    # The server's adjudication, created as the answer to a Claim; a client only updates it, to deliver a review.
+    creatable = deletable = False
 
     def __init__(self) -> None:
         t = claim
@@ -1231,7 +1280,204 @@ class ClaimResponseKind(ResourceKind):
         return {c.pk: response_body(c, lines[c.pk], insurer) for c in claims}
 
     def write(self, ctx: WriteContext, resource: dict[str, Any], current: Row | None) -> int:
-        raise _immutable("A ClaimResponse is the server's adjudication of a Claim; POST the Claim instead")
+        if current is None:  # the REST layer refuses creates of a kind that is not creatable; kept as a guard
+            raise _immutable("A ClaimResponse is the server's adjudication of a Claim; POST the Claim instead")
+        return _deliver_review(ctx, resource, current)
+
+
+# --- review: PUT ClaimResponse ----------------------------------------------------------------------------------
+
+_REVIEW_HINT = ("a review changes only the checked adjudication (category 4) of a line that passed the checks — "
+                "reason -1 to reject it, value = the quantity approved, amount = the unit price approved — and "
+                "processNote[0].text (the adjustment)")
+_NOT_REVIEWABLE_STATUS = {IDLE: "it was not selected for review", NOT_SELECTED: "it was not selected for review",
+                          DELIVERED: "it was reviewed already",
+                          BYPASSED: "its review was bypassed (the claim was processed without it)"}
+
+
+def _not_pending(current: Row) -> FhirError:
+    if current.deleted:
+        why = "the claim is deleted"
+    elif current.status != CLAIM_CHECKED:
+        why = f"the claim is {STATUS_DISPLAYS.get(current.status, str(current.status)).lower()}"
+    else:
+        why = _NOT_REVIEWABLE_STATUS.get(current.review_status) or f"review status {current.review_status}"
+    return conflict(f"{RESPONSE_TYPE}/{current.id} is not awaiting a review: {why}. Only a checked claim selected "
+                    "for review takes one")
+
+
+def _deliver_review(ctx: WriteContext, resource: dict[str, Any], current: Row) -> int:
+    """A medical officer's review (domain §3.4.1), sent as the ClaimResponse as read with the checked
+    adjudications changed; see the module docstring."""
+    from hifhir.domain.claims import review
+
+    if not review.is_pending(current.status, current.review_status, current.deleted):
+        raise _not_pending(current)
+    pk = int(current.pk)
+    lines = _line_rows(ctx.conn, [pk])[pk]
+    shown = response_body(_claim_rows(ctx.conn, [pk])[0], lines, insurer_id(ctx.conn))
+    _unchanged_elements(resource, shown)
+    decisions, where = _line_decisions(resource, shown, lines)
+    adjustment = _adjustment(resource, shown)
+    try:
+        review.deliver(ctx.conn, pk, decisions, adjustment=adjustment, today=date.today(), now=ctx.now)
+    except review.LineReviewError as exc:
+        at = where[(exc.line.kind, exc.line.line_pk)]
+        raise business_rule(str(exc), at + {"quantity": ".value", "price": ".amount.value"}.get(exc.field or "",
+                                                                                            "")) from None
+    except review.NotPending as exc:
+        raise conflict(str(exc)) from None
+    return pk
+
+
+def _difference(sent: Any, shown: Any, path: str) -> str | None:
+    """The first element (as a FHIRPath-like expression) where what was sent differs from what was read: numbers
+    compare by value (10 = 10.0), objects by their keys in any order, lists element by element."""
+    if isinstance(sent, dict) and isinstance(shown, dict):
+        for key in sorted(set(sent) | set(shown)):
+            found = _difference(sent.get(key), shown.get(key), f"{path}.{key}")
+            if found is not None:
+                return found
+        return None
+    if isinstance(sent, list) and isinstance(shown, list):
+        if len(sent) != len(shown):
+            return path
+        for i, (a, b) in enumerate(zip(sent, shown, strict=True)):
+            found = _difference(a, b, f"{path}[{i}]")
+            if found is not None:
+                return found
+        return None
+    if _is_number(sent) and _is_number(shown):
+        return None if Decimal(str(sent)) == Decimal(str(shown)) else path
+    return None if type(sent) is type(shown) and sent == shown else path
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | Decimal) and not isinstance(value, bool)
+
+
+def _unchanged(sent: Any, shown: Any, path: str) -> None:
+    found = _difference(sent, shown, path)
+    if found is not None:
+        raise business_rule(f"{found.partition('.')[2]} differs from the ClaimResponse as read: {_REVIEW_HINT}",
+                            found)
+
+
+def _unchanged_elements(resource: dict[str, Any], shown: dict[str, Any]) -> None:
+    """Every top-level element but the reviewable ones is as read. `meta` is the server's; an element the user may
+    not see (communicationRequest without 111009) may be left out."""
+    for key in sorted((set(resource) | set(shown)) - {"resourceType", "id", "meta", "item", "processNote"}):
+        if key in ClaimResponseKind.restricted_elements and key not in resource:
+            continue
+        _unchanged(resource.get(key), shown.get(key), f"{RESPONSE_TYPE}.{key}")
+
+
+def _adjustment(resource: dict[str, Any], shown: dict[str, Any]) -> str | None:
+    """processNote[0].text: the reviewer's comment (claim.adjustment); no processNote clears it."""
+    notes = resource.get("processNote")
+    if not notes:
+        return None
+    where = f"{RESPONSE_TYPE}.processNote"
+    require(isinstance(notes, list) and len(notes) == 1 and isinstance(notes[0], dict),
+            "processNote holds one note, the adjustment", where)
+    note = notes[0]
+    shown_note = (shown.get("processNote") or [{}])[0]
+    for key in sorted((set(note) | set(shown_note)) - {"text"}):
+        _unchanged(note.get(key), shown_note.get(key), f"{where}[0].{key}")
+    text = note.get("text")
+    require(isinstance(text, str) and bool(text.strip()), "processNote[0].text is the adjustment (a text)",
+            f"{where}[0].text")
+    return str(text)
+
+
+def _line_decisions(resource: dict[str, Any], shown: dict[str, Any],
+                    lines: list[Any]) -> tuple[list[Any], dict[tuple[str, int], str]]:
+    """The reviewer's decision on each line whose checked adjudication changed (domain LineReview), and where each
+    decision was read (the expression of its adjudication). Items are matched by itemSequence, in any order."""
+    from hifhir.domain.claims.review import LineReview
+
+    where = f"{RESPONSE_TYPE}.item"
+    by_sequence = {item["itemSequence"]: (item, line) for item, line in zip(shown["item"], lines, strict=True)}
+    items = resource.get("item")
+    require(isinstance(items, list) and len(items) == len(by_sequence),
+            f"A review keeps the claim's {len(by_sequence)} lines (item), each once: {_REVIEW_HINT}", where)
+    decisions: list[Any] = []
+    expressions: dict[tuple[str, int], str] = {}
+    seen: set[int] = set()
+    for i, item in enumerate(items):
+        expression = f"{where}[{i}]"
+        require(isinstance(item, dict), "An item is an object", expression)
+        sequence = item.get("itemSequence")
+        require(isinstance(sequence, int) and sequence in by_sequence and sequence not in seen,
+                f"itemSequence {str(sequence)[:20]} names no line of the claim, or one named twice",
+                f"{expression}.itemSequence")
+        seen.add(sequence)
+        shown_item, line = by_sequence[sequence]
+        for key in sorted((set(item) | set(shown_item)) - {"adjudication"}):
+            _unchanged(item.get(key), shown_item.get(key), f"{expression}.{key}")
+        sent_adjudications = item.get("adjudication")
+        shown_adjudications = shown_item["adjudication"]
+        require(isinstance(sent_adjudications, list) and len(sent_adjudications) == len(shown_adjudications),
+                f"A review keeps the line's {len(shown_adjudications)} adjudications: {_REVIEW_HINT}",
+                f"{expression}.adjudication")
+        for j, (sent, seen_adjudication) in enumerate(zip(sent_adjudications, shown_adjudications, strict=True)):
+            at = f"{expression}.adjudication[{j}]"
+            if line.status == LINE_REJECTED or first_code(seen_adjudication["category"]) != str(CLAIM_CHECKED):
+                _unchanged(sent, seen_adjudication, at)
+                continue
+            require(isinstance(sent, dict), "An adjudication is an object", at)
+            rejected, qty, price = _checked_adjudication(sent, seen_adjudication, at)
+            if rejected or qty is not None or price is not None:
+                decisions.append(LineReview(line.kind, int(line.pk), rejected, qty, price))
+                expressions[(line.kind, int(line.pk))] = at
+    return decisions, expressions
+
+
+def _checked_adjudication(sent: dict[str, Any], shown: dict[str, Any],
+                          at: str) -> tuple[bool, Decimal | None, Decimal | None]:
+    """(rejected, quantity approved, unit price approved) from a line's checked adjudication; a quantity or a
+    price that did not change is None (the line keeps what it had)."""
+    for key in sorted((set(sent) | set(shown)) - {"reason", "amount", "value"}):
+        _unchanged(sent.get(key), shown.get(key), f"{at}.{key}")
+    rejected = _review_reason(sent.get("reason"), shown["reason"], f"{at}.reason")
+    amount = sent.get("amount")
+    require(isinstance(amount, dict), "adjudication.amount is the unit price approved (Money)", f"{at}.amount")
+    for key in sorted((set(amount) | set(shown["amount"])) - {"value"}):
+        _unchanged(amount.get(key), shown["amount"].get(key), f"{at}.amount.{key}")
+    price = parse_amount(amount.get("value"), "adjudication.amount.value", f"{at}.amount.value")
+    qty = parse_amount(sent.get("value"), "adjudication.value", f"{at}.value")
+    if rejected:
+        return True, None, None
+    return (False, None if qty == Decimal(str(shown["value"])) else qty,
+            None if price == Decimal(str(shown["amount"]["value"])) else price)
+
+
+def _review_reason(sent: Any, shown: dict[str, Any], at: str) -> bool:
+    """True when the reviewer rejects the line: reason -1 in claim-rejection-reasons (display optional, but the
+    CodeSystem's when given); the reason as read keeps it."""
+    if _difference(sent, shown, at) is None:
+        return False
+    require(isinstance(sent, dict), "adjudication.reason is a CodeableConcept", at)
+    for key in sorted(set(sent) - {"coding"}):
+        _unchanged(sent.get(key), shown.get(key), f"{at}.{key}")
+    codings = sent.get("coding")
+    require(isinstance(codings, list) and len(codings) == 1 and isinstance(codings[0], dict),
+            "adjudication.reason has one coding", f"{at}.coding")
+    coding = codings[0]
+    for key in sorted(set(coding) - {"system", "code", "display"}):
+        _unchanged(coding.get(key), shown["coding"][0].get(key), f"{at}.coding[0].{key}")
+    require(coding.get("system") == REASON_CS, f"adjudication.reason is coded in {REASON_CS}",
+            f"{at}.coding[0].system")
+    kept = first_code(shown)
+    code = coding.get("code")
+    require(code in (kept, str(REJECTED_BY_MEDICAL_OFFICER)),
+            f"A reviewer rejects a line with reason {REJECTED_BY_MEDICAL_OFFICER} (rejected by a medical officer) "
+            f"or keeps reason {kept}, not {str(code)[:20]}", f"{at}.coding[0].code")
+    display = coding.get("display")
+    require(display is None or display == REJECTION_DISPLAYS.get(int(str(code))),
+            f"The display of reason {code} is {REJECTION_DISPLAYS.get(int(str(code)))!r}",
+            f"{at}.coding[0].display")
+    return code == str(REJECTED_BY_MEDICAL_OFFICER)
 
 
 # --- search parameters shared by both kinds --------------------------------------------------------------------------
