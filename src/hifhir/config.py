@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,12 @@ PUBLIC_BASE_URL = os.environ.get("HIFHIR_PUBLIC_BASE_URL", "http://127.0.0.1:808
 # Which checked claims are selected for feedback (domain §3.4.1, domain/claims/feedback.py parse_rule): off,
 # all:<min claimed>, random:<percent> or variance:<percent>[:<min claimed>].
 FEEDBACK_SELECTION = os.environ.get("HIFHIR_FEEDBACK_SELECTION", "off")
+# Which checked claims wait for a medical officer's review (domain §3.4.1, domain/claims/review.py): the same
+# rules as the feedback selection.
+REVIEW_SELECTION = os.environ.get("HIFHIR_REVIEW_SELECTION", "off")
+# The external claim adjudicator (domain/claims/ai.py): checked claims are POSTed to it through the outbox and wait
+# for its ClaimResponse. Unset: no AI, claims are processed at once.
+CLAIM_AI_URL = os.environ.get("HIFHIR_CLAIM_AI_URL", "").strip() or None
 
 
 @dataclass(slots=True)
@@ -40,6 +47,22 @@ class InsurerConfig:
     email: str | None = "implementation@openimis.org"
     phone: str | None = None
     fax: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxConfig:
+    """The outbox worker (outbox/): polling, concurrency, retries."""
+
+    poll_s: float = 0.25  # an idle worker looks for due rows this often (one indexed read; writes in-process wake it)
+    batch: int = 32  # rows claimed at once
+    concurrency: int = 4  # handlers run at once by one worker (threads: they mostly wait on the network)
+    lease_s: float = 120.0  # a claimed row is another worker's again when its worker has not finished it by then
+    backoff_base_s: float = 5.0  # retry n waits base × 2^(n−1), at most cap
+    backoff_cap_s: float = 3600.0
+    jitter: float = 0.1  # ± this fraction of each wait, so that rows failing together do not retry together
+    max_attempts: int = 12  # then the row stays failed (with its last error) until requeued
+    keep_done_s: float = 7 * 24 * 3600.0  # delivered rows are purged after this
+    in_app: bool = False  # each served process runs a worker (load_settings turns it on; tests drive it by hand)
 
 
 @dataclass(slots=True)
@@ -59,6 +82,7 @@ class Settings:
     # read. The lag must exceed the longest write transaction.
     sync_settle_ms: int = 5000
     insurer: InsurerConfig = field(default_factory=InsurerConfig)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
 
     @property
     def is_sqlite(self) -> bool:
@@ -84,4 +108,21 @@ def load_settings() -> Settings:
         max_body_bytes=int(env.get("HIFHIR_MAX_BODY_BYTES", str(5 * 1024 * 1024))),
         include_max=int(env.get("HIFHIR_INCLUDE_MAX", "1000")),
         sync_settle_ms=int(env.get("HIFHIR_SYNC_SETTLE_MS", "5000")),
+        outbox=_outbox_config(env),
+    )
+
+
+def _outbox_config(env: Mapping[str, str]) -> OutboxConfig:
+    d = OutboxConfig()
+    return OutboxConfig(
+        poll_s=float(env.get("HIFHIR_OUTBOX_POLL_S", str(d.poll_s))),
+        batch=int(env.get("HIFHIR_OUTBOX_BATCH", str(d.batch))),
+        concurrency=int(env.get("HIFHIR_OUTBOX_CONCURRENCY", str(d.concurrency))),
+        lease_s=float(env.get("HIFHIR_OUTBOX_LEASE_S", str(d.lease_s))),
+        backoff_base_s=float(env.get("HIFHIR_OUTBOX_BACKOFF_BASE_S", str(d.backoff_base_s))),
+        backoff_cap_s=float(env.get("HIFHIR_OUTBOX_BACKOFF_CAP_S", str(d.backoff_cap_s))),
+        jitter=float(env.get("HIFHIR_OUTBOX_JITTER", str(d.jitter))),
+        max_attempts=int(env.get("HIFHIR_OUTBOX_MAX_ATTEMPTS", str(d.max_attempts))),
+        keep_done_s=float(env.get("HIFHIR_OUTBOX_KEEP_DONE_S", str(d.keep_done_s))),
+        in_app=env.get("HIFHIR_OUTBOX_IN_APP", "1") not in ("0", "false", "no", "off"),
     )

@@ -310,9 +310,11 @@ def prepare_write(call: Call, resource_type: str, resource: Any, res_id: str | N
     if (res_id is not None or conditional) and not kind.updatable:
         raise FhirError.one(405, "not-supported", f"{resource_type} is created once (POST) and never changed")
     if res_id is None and not conditional:
+        _require_creatable(kind)
         require_right(call, kind.rights.create, f"create {resource_type}")
     else:  # an update may turn out to be a create (update-as-create, no conditional match): checked again then
-        require_any_right(call, [kind], ("update", "create"), f"update {resource_type}")
+        interactions = ("update", "create") if kind.creatable else ("update",)
+        require_any_right(call, [kind], interactions, f"update {resource_type}")
     return PreparedWrite(resource_type, kinds, kind, validate_or_raise(call, kind, resource))
 
 
@@ -345,6 +347,7 @@ def apply_create(call: Call, ctx: WriteContext, prepared: PreparedWrite, if_none
                                 f"{prepared.resource_type} resources")
         if found:
             return Pending(200, existing=found[0])
+    _require_creatable(prepared.kind)
     ctx.new_id, ctx.id_from_client = new_id or str(uuid.uuid4()), False
     ctx.read_ahead = prepared.read_ahead
     pk = prepared.kind.write(ctx, prepared.resource, None)
@@ -358,6 +361,7 @@ def apply_update(call: Call, ctx: WriteContext, prepared: PreparedWrite, res_id:
     kind, rtype = prepared.kind, prepared.resource_type
     found = _find_current(ctx.conn, prepared.kinds, res_id, call.is_postgres)
     if found is None:
+        _require_creatable(kind)
         require_right(call, kind.rights.create, f"create {rtype}")
         if if_match is not None:
             raise FhirError.one(412, "conflict", f"{rtype}/{res_id} does not exist (If-Match)")
@@ -369,8 +373,7 @@ def apply_update(call: Call, ctx: WriteContext, prepared: PreparedWrite, res_id:
     if current_kind is not kind:
         raise invalid(f"{rtype}/{res_id} is a {current_kind.name}; it cannot become a {kind.name}")
     require_right(call, kind.rights.update, f"update {rtype}")
-    if if_match is not None and _if_match_version(if_match) != str(row.version_id):
-        raise FhirError.one(412, "conflict", f"Version conflict: {rtype}/{res_id} is at version {row.version_id}")
+    _check_if_match(kind, row, if_match, f"{rtype}/{res_id}")
     if row.deleted:
         ctx.conn.execute(update(kind.table).where(kind.table.c.pk == row.pk).values(deleted=False))
     pk = kind.write(ctx, prepared.resource, row)
@@ -412,9 +415,7 @@ def apply_delete(call: Call, ctx: WriteContext, resource_type: str, res_id: str,
     if not kind.deletable:
         raise FhirError.one(405, "not-supported", f"{resource_type} is a record: it cannot be deleted")
     require_right(call, kind.rights.delete, f"delete {resource_type}")
-    if if_match is not None and _if_match_version(if_match) != str(row.version_id):
-        raise FhirError.one(412, "conflict", f"Version conflict: {resource_type}/{res_id} is at version "
-                            f"{row.version_id}")
+    _check_if_match(kind, row, if_match, f"{resource_type}/{res_id}")
     if row.deleted:
         return Pending(204)
     kind.delete(ctx, row)
@@ -470,6 +471,20 @@ def _require_writable(kind: ResourceKind) -> None:
     if not kind.writable:
         raise FhirError.one(405, "not-supported", f"{kind.resource_type} ({kind.name}) is read-only: "
                             "it comes from server configuration")
+
+
+def _require_creatable(kind: ResourceKind) -> None:
+    if not kind.creatable:
+        raise FhirError.one(405, "not-supported", f"{kind.resource_type} ({kind.name}) is created by the server "
+                            "only, never by a client")
+
+
+def _check_if_match(kind: ResourceKind, row: Any, if_match: str | None, what: str) -> None:
+    """412 unless If-Match names the current version — the kind's own (a ClaimResponse versions apart from the
+    Claim on the same row)."""
+    version = row._mapping[kind.version_column]
+    if if_match is not None and _if_match_version(if_match) != str(version):
+        raise FhirError.one(412, "conflict", f"Version conflict: {what} is at version {version}")
 
 
 def _find_current(conn: Connection, kinds: list[ResourceKind], res_id: str,
@@ -643,6 +658,7 @@ def _dry_run_write(call: Call, kinds: list[ResourceKind], kind: ResourceKind, re
             found = _find_current(conn, kinds, res_id, False) if res_id else None
             row = None
             if found is None:
+                _require_creatable(kind)
                 require_right(call, kind.rights.create, f"create {kind.resource_type}")
             else:
                 current_kind, row = found

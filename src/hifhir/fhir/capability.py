@@ -82,7 +82,7 @@ def capability_statement(base_url: str) -> dict[str, Any]:
     for rtype in sorted(TYPES):
         kinds = TYPES[rtype]
         interactions = ["read", "vread", "search-type", "history-instance", "history-type"]
-        if any(k.writable for k in kinds):
+        if any(k.writable and k.creatable for k in kinds):
             interactions.append("create")
         if any(k.writable and k.updatable for k in kinds):
             interactions.append("update")
@@ -100,8 +100,8 @@ def capability_statement(base_url: str) -> dict[str, Any]:
             "interaction": [{"code": c} for c in sorted(interactions)],
             "versioning": "versioned-update",
             "readHistory": True,
-            "updateCreate": True,
-            "conditionalCreate": any(k.writable for k in kinds),
+            "updateCreate": any(k.writable and k.creatable and k.updatable for k in kinds),
+            "conditionalCreate": any(k.writable and k.creatable for k in kinds),
             "conditionalUpdate": any(k.writable and k.updatable for k in kinds),
             "conditionalDelete": "not-supported",
             "searchInclude": sorted(include.get(rtype, ())),

@@ -53,7 +53,9 @@ class ResourceKind:
     code_column: str | None = "code"  # the column behind identifier[Code]
     rights: Rights = Rights()
     writable: bool = True
-    # Writable kinds that are records of an event (an eligibility enquiry) are created once and never changed.
+    # Writable kinds that are records of an event (an eligibility enquiry) are created once and never changed;
+    # a kind the server creates as a side effect (a ClaimResponse) may still take updates (a review) but no create.
+    creatable: bool = True
     updatable: bool = True
     deletable: bool = True
     search_params: dict[str, SearchParam]

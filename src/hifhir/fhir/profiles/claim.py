@@ -1296,12 +1296,14 @@ _NOT_REVIEWABLE_STATUS = {IDLE: "it was not selected for review", NOT_SELECTED: 
 
 
 def _not_pending(current: Row) -> FhirError:
+    state = f"the claim is {STATUS_DISPLAYS.get(current.status, str(current.status)).lower()}"
     if current.deleted:
         why = "the claim is deleted"
-    elif current.status != CLAIM_CHECKED:
-        why = f"the claim is {STATUS_DISPLAYS.get(current.status, str(current.status)).lower()}"
+    elif current.review_status == SELECTED:  # selected, yet no longer checked
+        why = state
     else:
-        why = _NOT_REVIEWABLE_STATUS.get(current.review_status) or f"review status {current.review_status}"
+        why = f"{_NOT_REVIEWABLE_STATUS.get(current.review_status, 'review status ' + str(current.review_status))}" \
+              f" ({state})"
     return conflict(f"{RESPONSE_TYPE}/{current.id} is not awaiting a review: {why}. Only a checked claim selected "
                     "for review takes one")
 

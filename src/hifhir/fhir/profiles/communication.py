@@ -263,13 +263,15 @@ class CommunicationKind(ResourceKind):
 
 
 def _process_after_feedback(ctx: WriteContext, claim_pk: int) -> None:
-    """A claim held for feedback goes on once the answers are in: processed and valuated in the same transaction,
-    its ClaimResponse re-versioned (it also shows the request completed)."""
-    from hifhir.domain.claims import valuation
+    """A claim held for feedback goes on once the answers are in: processed and valuated in the same transaction
+    (unless it still waits for a medical officer's review: the review then processes it), its ClaimResponse
+    re-versioned (it also shows the request completed)."""
+    from hifhir.domain.claims import review, valuation
     from hifhir.fhir.profiles.claim import RESPONSE_KIND
 
-    status = ctx.conn.execute(select(claim.c.status).where(claim.c.pk == claim_pk)).scalar_one()
-    if status == CLAIM_CHECKED:
+    row = ctx.conn.execute(select(claim.c.status, claim.c.review_status, claim.c.feedback_status)
+                           .where(claim.c.pk == claim_pk)).one()
+    if row.status == CLAIM_CHECKED and review.may_process(row.review_status, row.feedback_status):
         valuation.process(ctx.conn, claim_pk, today=date.today(), now=ctx.now)
     ctx.mark(RESPONSE_KIND, claim_pk)
 

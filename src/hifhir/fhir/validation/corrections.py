@@ -74,4 +74,11 @@ VALUESET_ADDITIONS: dict[str, frozenset[tuple[str, str]]] = {
     f"{B}/ValueSet/coverage-item-benefit-type-amount-left": frozenset(
         (f"{B}/CodeSystem/coverage-item-benefit-type", c) for c in ("total_deduction", "total_ceiling")
     ),
+    # Domain §3.3.3: CodeSystem claim-rejection-reasons (and so the required VS of ClaimResponse's adjudication
+    # reason) stops at 19, but openIMIS rejects with −2 (rejected by the claim-AI evaluation, reference §5.1),
+    # 20 (invalid claim: hifhir's checks use it for a total that is not the sum of the lines) and 21 (no
+    # coverage). Without them a ClaimResponse carrying one of those reasons would fail its own profile.
+    f"{B}/ValueSet/claim-rejection-reasons": frozenset(
+        (f"{B}/CodeSystem/claim-rejection-reasons", c) for c in ("-2", "20", "21")
+    ),
 }
