@@ -1,5 +1,5 @@
 """The `hifhir` command: serve, migrate, demo-data, user create, codes (code-list administration), claims (batch
-run with relative pricing, relative distributions)."""
+run with relative pricing, relative distributions), worker (outbox deliveries)."""
 
 from __future__ import annotations
 
@@ -103,6 +103,44 @@ def cmd_jobs(settings: Settings, _args: argparse.Namespace) -> int:
     finally:
         engine.dispose()
     print(f"coverage flags: {changed} insurees changed")
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    """The outbox worker (claim-AI deliveries) in the foreground; `serve` runs one in each process as well."""
+    import logging
+    import signal
+
+    from hifhir.outbox import store
+    from hifhir.outbox.worker import Worker
+    from hifhir.setup import prepare
+    from hifhir.store.db import transaction
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    engine = _engine(settings)
+    prepare(settings, engine)
+    try:
+        if args.requeue_failed:
+            with transaction(engine, write=True) as conn:
+                print(f"{store.requeue_failed(conn, args.topic)} failed deliveries requeued")
+        if args.status:
+            with transaction(engine, write=False) as conn:
+                found = store.counts(conn)
+            print(", ".join(f"{n} {status}" for status, n in sorted(found.items())) or "the outbox is empty")
+            return 0
+        worker = Worker(engine, settings.outbox, topics=[args.topic] if args.topic else None)
+        try:
+            if args.once:
+                done = worker.drain()
+                print(f"outbox: {done.done} done, {done.retrying} to retry later, {done.failed} failed")
+                return 0
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: worker.stop())
+            worker.run_forever()
+        finally:
+            worker.close()
+    finally:
+        engine.dispose()
     return 0
 
 
@@ -256,6 +294,13 @@ def main(argv: list[str] | None = None) -> int:
     codes.set_defaults(func=cmd_codes)
     jobs = sub.add_parser("jobs", help="run the calendar-driven jobs once (expiries; `serve` runs them hourly)")
     jobs.set_defaults(func=cmd_jobs)
+    worker = sub.add_parser("worker", help="deliver the outbox (claim-AI) until SIGTERM/SIGINT (`serve` runs one too)")
+    worker.add_argument("--once", action="store_true", help="deliver what is due now, then exit")
+    worker.add_argument("--topic", help="only this topic (e.g. claim-ai)")
+    worker.add_argument("--requeue-failed", action="store_true",
+                        help="give the failed deliveries (of --topic) a fresh set of attempts first")
+    worker.add_argument("--status", action="store_true", help="print the deliveries by status and exit")
+    worker.set_defaults(func=cmd_worker)
     claims = sub.add_parser("claims", help="claims: monthly batch run with relative pricing, relative distributions")
     claims_sub = claims.add_subparsers(dest="claims_command", required=True)
     batch_run = claims_sub.add_parser("batch-run", help="valuate a month's processed claims (once per location)")

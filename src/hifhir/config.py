@@ -53,7 +53,7 @@ class InsurerConfig:
 class OutboxConfig:
     """The outbox worker (outbox/): polling, concurrency, retries."""
 
-    poll_s: float = 0.25  # an idle worker looks for due rows this often (one indexed read; writes in-process wake it)
+    poll_s: float = 0.5  # an idle worker looks for due rows this often (one indexed read; writes in-process wake it)
     batch: int = 32  # rows claimed at once
     concurrency: int = 4  # handlers run at once by one worker (threads: they mostly wait on the network)
     lease_s: float = 120.0  # a claimed row is another worker's again when its worker has not finished it by then
@@ -108,11 +108,11 @@ def load_settings() -> Settings:
         max_body_bytes=int(env.get("HIFHIR_MAX_BODY_BYTES", str(5 * 1024 * 1024))),
         include_max=int(env.get("HIFHIR_INCLUDE_MAX", "1000")),
         sync_settle_ms=int(env.get("HIFHIR_SYNC_SETTLE_MS", "5000")),
-        outbox=_outbox_config(env),
+        outbox=outbox_config_from_env(env),
     )
 
 
-def _outbox_config(env: Mapping[str, str]) -> OutboxConfig:
+def outbox_config_from_env(env: Mapping[str, str]) -> OutboxConfig:
     d = OutboxConfig()
     return OutboxConfig(
         poll_s=float(env.get("HIFHIR_OUTBOX_POLL_S", str(d.poll_s))),

@@ -53,6 +53,7 @@ class HifhirApp:
         self.tokens = TokenService(settings.jwt_secret, settings.token_lifetime_s)
         self.principals = PrincipalCache(self.engine)
         self._jobs: asyncio.Task[None] | None = None
+        self._outbox: Any = None  # outbox.worker.Background when this process runs an outbox worker
 
     # --- ASGI entry point ------------------------------------------------------------------------------
 
@@ -106,10 +107,19 @@ class HifhirApp:
                 # every IG profile would cost each worker ~30 MB more).
                 warm_up([k.profile for k in ALL_KINDS])
                 self._jobs = asyncio.get_running_loop().create_task(self._run_jobs())
+                if self.settings.outbox.in_app:
+                    from hifhir.outbox.worker import start_background
+
+                    # One outbox worker per served process (claim-AI deliveries): `make run` needs no second command.
+                    self._outbox = start_background(self.engine, self.settings.outbox)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self._jobs is not None:
                     self._jobs.cancel()
+                if self._outbox is not None:
+                    # the batch in hand is finished and recorded first (bounded by the handlers' timeouts)
+                    await asyncio.get_running_loop().run_in_executor(None, self._outbox.stop)
+                    self._outbox = None
                 self.engine.dispose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return

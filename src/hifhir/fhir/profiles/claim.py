@@ -841,8 +841,10 @@ def _adjudicate(ctx: WriteContext, pk: int) -> None:
     """The openIMIS checks, then the selections for review and for feedback (both always run: a claim may be
     selected for both), then — unless it was selected for either, when it waits for the medical officer's review
     (PUT ClaimResponse) and/or the insuree's answers (POST Communication), the last of which processes it —
-    processing and valuation, in the POST's transaction."""
+    processing and valuation, in the POST's transaction. With an external adjudicator configured
+    (HIFHIR_CLAIM_AI_URL), a claim not held is sent to it through the outbox and waits for its answer."""
     from hifhir.domain.claims import checks, review, valuation
+    from hifhir.domain.claims.ai import enqueue_for_ai
     from hifhir.fhir.profiles.communication import select_claim_for_feedback
 
     today = date.today()
@@ -850,7 +852,7 @@ def _adjudicate(ctx: WriteContext, pk: int) -> None:
         return
     held = review.select_for_review(ctx.conn, pk, rule=configured_review_rule(), today=today)
     held = select_claim_for_feedback(ctx, pk, today=today) or held
-    if not held:
+    if not held and not enqueue_for_ai(ctx, pk):
         valuation.process(ctx.conn, pk, today=today, now=ctx.now)
 
 
