@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -147,6 +147,11 @@ def _bump_versions(table: Table, version_column: str = "version_id", updated_col
 # processing: strings, integers, bytes), all of a write's versions in one statement.
 _HISTORY_INSERT = MultiRowInsert(resource_version, ("res_type", "res_id", "kind", "version", "last_updated",
                                                     "operation", "user_name", "body"))
+
+
+# Called by every flush with what it wrote, in the writing transaction: what an observer records (notification rows
+# in the outbox) commits or rolls back with the change itself. Registered at import by the modules that need it.
+FLUSH_OBSERVERS: list[Callable[[Connection, list[Written]], None]] = []
 
 
 def now_us() -> int:
@@ -342,6 +347,10 @@ class WriteContext:
             history_rows.append(self._history_row(kind, row.id, row.version_id, "delete", None))
         if history_rows:
             _HISTORY_INSERT.execute(self.conn, history_rows)
+        if out and FLUSH_OBSERVERS:
+            written = list(out.values())
+            for observer in FLUSH_OBSERVERS:
+                observer(self.conn, written)
         self.touched.clear()
         self.deleted.clear()
         self.created.clear()

@@ -832,6 +832,141 @@ rel_index = Table(
     Index("ix_rel_index_product", "product_pk", "rel_year", "rel_period"),
 )
 
+# --- Invoices, bills and payments (domain §2.23, §3.6) -------------------------------------------------------
+# openIMIS statuses: 0 draft, 1 validated, 2 paid, 3 cancelled, 4 deleted, 5 suspended, 6 unpaid, 7 reconciliated.
+INVOICE_DRAFT, INVOICE_VALIDATED, INVOICE_PAID, INVOICE_CANCELLED, INVOICE_DELETED = 0, 1, 2, 3, 4
+INVOICE_SUSPENDED, INVOICE_UNPAID, INVOICE_RECONCILIATED = 5, 6, 7
+
+
+def _invoice_columns(thirdparty: str) -> list[Column]:
+    """The GenericInvoice fields an invoice (owed to the scheme) and a bill (owed by it) share."""
+    return [
+        *resource_columns(),
+        Column("code", String(64), nullable=False),
+        Column("type_code", String(32), nullable=False),  # invoice-type / bill-type code (contribution, claim-batch…)
+        Column("status", Integer, nullable=False, server_default="1"),
+        # what it is for: a family or policy holder (invoice), a batch run or officer (bill) — type + pk
+        Column("subject_type", String(32)),
+        Column("subject_pk", Integer),
+        # who pays (invoice: the head insuree or the policy holder) / who is paid (bill: the facility, the officer)
+        Column(f"{thirdparty}_type", String(32), nullable=False),
+        Column(f"{thirdparty}_pk", Integer, nullable=False),
+        Column("date_issued", Date, nullable=False),
+        Column("date_due", Date),
+        Column("date_paid", Date),
+        Column("amount_discount", Amount(), nullable=False, server_default="0"),
+        Column("amount_net", Amount(), nullable=False, server_default="0"),
+        Column("amount_total", Amount(), nullable=False, server_default="0"),
+        Column("amount_paid", Amount(), nullable=False, server_default="0"),  # Σ accepted payments
+        Column("currency", String(3), nullable=False),
+        Column("note", Text),
+        Column("terms", Text),
+        Column("payment_reference", String(64)),
+    ]
+
+
+def _invoice_line_columns(parent: str) -> list[Column]:
+    return [
+        Column("pk", Integer, primary_key=True, autoincrement=True),
+        Column(f"{parent}_pk", Integer, ForeignKey(f"{parent}.pk"), nullable=False),
+        Column("sequence", Integer, nullable=False),
+        Column("line_type", String(32), nullable=False),  # policy | contract | claim | …
+        Column("line_pk", Integer),
+        Column("code", String(64), nullable=False),
+        Column("description", Text),
+        Column("ledger_account", String(64)),
+        Column("quantity", Integer, nullable=False, server_default="1"),
+        Column("unit_price", Amount(), nullable=False),
+        Column("discount", Amount(), nullable=False, server_default="0"),  # a rate (0..1) applied to qty × price
+        Column("deduction", Amount(), nullable=False, server_default="0"),  # an amount
+        Column("tax_rate", Amount()),
+        Column("amount_net", Amount(), nullable=False),
+        Column("amount_total", Amount(), nullable=False),
+    ]
+
+
+invoice = Table(
+    "invoice",
+    metadata,
+    *_invoice_columns("payer"),
+    Column("policy_pk", Integer, ForeignKey("policy.pk")),  # a contribution invoice's policy (paid → activation)
+    current_unique("invoice", "code"),
+    current_index("invoice", "policy_pk"),
+    current_index("invoice", "payer_type", "payer_pk"),
+)
+invoice_line = Table("invoice_line", metadata, *_invoice_line_columns("invoice"),
+                     Index("ix_invoice_line_invoice", "invoice_pk"))
+
+bill = Table(
+    "bill",
+    metadata,
+    *_invoice_columns("payee"),
+    Column("run_pk", Integer, ForeignKey("batch_run.pk")),  # a claim-batch bill's batch run
+    Column("product_pk", Integer, ForeignKey("product.pk")),
+    current_unique("bill", "code"),
+    current_index("bill", "payee_type", "payee_pk"),
+    current_index("bill", "run_pk"),
+)
+bill_line = Table("bill_line", metadata, *_invoice_line_columns("bill"), Index("ix_bill_line_bill", "bill_pk"))
+
+# A payments platform's reconciliation report (PaymentReconciliation): the payments it settled.
+payment_reconciliation = Table(
+    "payment_reconciliation",
+    metadata,
+    *resource_columns(),
+    Column("status", String(16), nullable=False),  # active | cancelled | draft | entered-in-error
+    Column("created", String(40), nullable=False),  # a FHIR dateTime as sent
+    Column("payment_date", Date, nullable=False),
+    Column("amount", Amount(), nullable=False),
+    Column("outcome", String(16)),  # queued | complete | error | partial
+    Column("disposition", Text),
+    Column("payment_identifier", String(128)),  # the platform's reference for the settlement
+    current_index("payment_reconciliation", "payment_identifier"),
+)
+
+# A payment against an invoice or a bill (PaymentNotice; openIMIS PaymentInvoice + DetailPaymentInvoice).
+payment_notice = Table(
+    "payment_notice",
+    metadata,
+    *resource_columns(),
+    Column("invoice_pk", Integer, ForeignKey("invoice.pk")),
+    Column("bill_pk", Integer, ForeignKey("bill.pk")),
+    Column("reconciliation_pk", Integer, ForeignKey("payment_reconciliation.pk")),
+    Column("reconciliation_ref", String(255)),  # PaymentNotice.payment as sent (an external URL in the IG)
+    Column("status", String(16), nullable=False),  # FHIR financial status: active | cancelled | draft | entered-…
+    Column("detail_status", Integer, nullable=False),  # 0 rejected, 1 accepted, 2 refunded, 3 cancelled
+    Column("payment_status", String(16), nullable=False),  # paid | cleared (reconciliated)
+    Column("created", String(40), nullable=False),
+    Column("payment_date", Date, nullable=False),
+    Column("amount", Amount(), nullable=False),
+    Column("fees", Amount()),
+    Column("reference", String(128)),  # the payer's receipt / transaction reference (identifier)
+    Column("payer_ref", String(128)),
+    current_index("payment_notice", "invoice_pk"),
+    current_index("payment_notice", "bill_pk"),
+    current_unique("payment_notice", "reference"),
+)
+
+# --- Subscriptions (R4 rest-hook): who is notified of which changes -------------------------------------------
+subscription = Table(
+    "subscription",
+    metadata,
+    *resource_columns(),
+    Column("status", String(16), nullable=False),  # requested | active | error | off
+    Column("reason", Text, nullable=False),
+    Column("criteria", String(2000), nullable=False),  # a FHIR search: Type?params
+    Column("resource_type", String(40), nullable=False),  # the criteria's type (what changes are matched)
+    Column("endpoint", String(2000), nullable=False),
+    Column("headers", LargeBinary),  # channel.header as sent (JSON list); never rendered back
+    Column("payload", String(64)),  # none (the IG: empty notification) or application/fhir+json
+    Column("end_instant", BigInteger),  # µs since the epoch; after it the subscription is off
+    Column("error", Text),
+    Column("failures", Integer, nullable=False, server_default="0"),  # consecutive failed deliveries
+    Column("owner", String(50)),  # the user who created it (notifications respect what that user may read)
+    Column("secret", String(64), nullable=False),  # HMAC key of the signature header
+    current_index("subscription", "resource_type"),
+)
+
 # --- Outbox: work to do after a commit, written in the same transaction as the change it follows ---------------
 # (claim-AI deliveries, notifications). A worker claims due rows, runs the topic's handler, and retries with
 # backoff; at-least-once, so every row carries an id its receiver can deduplicate on.
@@ -904,6 +1039,8 @@ __all__ = [
     "Amount",
     "app_user",
     "batch_run",
+    "bill",
+    "bill_line",
     "claim",
     "claim_admin",
     "claim_admin_role",
@@ -922,6 +1059,8 @@ __all__ = [
     "insuree_photo",
     "insuree_policy",
     "insurer_org",
+    "invoice",
+    "invoice_line",
     "location",
     "medical_item",
     "medical_service",
@@ -930,6 +1069,8 @@ __all__ = [
     "officer_role",
     "officer_role_village",
     "outbox",
+    "payment_notice",
+    "payment_reconciliation",
     "policy",
     "policy_holder",
     "premium",
@@ -944,6 +1085,7 @@ __all__ = [
     "resource_version",
     "role",
     "role_right",
+    "subscription",
     "user_district",
     "user_role",
 ]

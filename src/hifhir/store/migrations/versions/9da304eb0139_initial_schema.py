@@ -1,15 +1,15 @@
 """initial schema
 
-Revision ID: 14104f7b74f7
+Revision ID: 9da304eb0139
 Revises: 
-Create Date: 2026-11-25 22:53:39.346102
+Create Date: 2026-11-25 23:07:58.192132
 """
 
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '14104f7b74f7'
+revision = '9da304eb0139'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -186,6 +186,28 @@ def upgrade() -> None:
         batch_op.create_index('ix_outbox_due', ['status', 'next_attempt'], unique=False)
         batch_op.create_index('ix_outbox_topic_subject', ['topic', 'subject'], unique=False)
 
+    op.create_table('payment_reconciliation',
+    sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('id', sa.String(length=64).with_variant(sa.String(length=64, collation='C'), 'postgresql'), nullable=False),
+    sa.Column('uuid', sa.String(length=36), nullable=True),
+    sa.Column('version_id', sa.Integer(), server_default='0', nullable=False),
+    sa.Column('last_updated', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('deleted', sa.Boolean(), server_default=sa.text('(false)'), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('created', sa.String(length=40), nullable=False),
+    sa.Column('payment_date', sa.Date(), nullable=False),
+    sa.Column('amount', sa.BigInteger(), nullable=False),
+    sa.Column('outcome', sa.String(length=16), nullable=True),
+    sa.Column('disposition', sa.Text(), nullable=True),
+    sa.Column('payment_identifier', sa.String(length=128), nullable=True),
+    sa.PrimaryKeyConstraint('pk', name=op.f('pk_payment_reconciliation')),
+    sa.UniqueConstraint('id', name=op.f('uq_payment_reconciliation_id'))
+    )
+    with op.batch_alter_table('payment_reconciliation', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_payment_reconciliation_last_updated'), ['last_updated'], unique=False)
+        batch_op.create_index('ix_payment_reconciliation_payment_identifier_current', ['payment_identifier'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.create_index(batch_op.f('ix_payment_reconciliation_uuid'), ['uuid'], unique=False)
+
     op.create_table('resource_version',
     sa.Column('seq', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('res_type', sa.String(length=40), nullable=False),
@@ -211,6 +233,33 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('pk', name=op.f('pk_role')),
     sa.UniqueConstraint('name', name=op.f('uq_role_name'))
     )
+    op.create_table('subscription',
+    sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('id', sa.String(length=64).with_variant(sa.String(length=64, collation='C'), 'postgresql'), nullable=False),
+    sa.Column('uuid', sa.String(length=36), nullable=True),
+    sa.Column('version_id', sa.Integer(), server_default='0', nullable=False),
+    sa.Column('last_updated', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('deleted', sa.Boolean(), server_default=sa.text('(false)'), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('reason', sa.Text(), nullable=False),
+    sa.Column('criteria', sa.String(length=2000), nullable=False),
+    sa.Column('resource_type', sa.String(length=40), nullable=False),
+    sa.Column('endpoint', sa.String(length=2000), nullable=False),
+    sa.Column('headers', sa.LargeBinary(), nullable=True),
+    sa.Column('payload', sa.String(length=64), nullable=True),
+    sa.Column('end_instant', sa.BigInteger(), nullable=True),
+    sa.Column('error', sa.Text(), nullable=True),
+    sa.Column('failures', sa.Integer(), server_default='0', nullable=False),
+    sa.Column('owner', sa.String(length=50), nullable=True),
+    sa.Column('secret', sa.String(length=64), nullable=False),
+    sa.PrimaryKeyConstraint('pk', name=op.f('pk_subscription')),
+    sa.UniqueConstraint('id', name=op.f('uq_subscription_id'))
+    )
+    with op.batch_alter_table('subscription', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_subscription_last_updated'), ['last_updated'], unique=False)
+        batch_op.create_index('ix_subscription_resource_type_current', ['resource_type'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.create_index(batch_op.f('ix_subscription_uuid'), ['uuid'], unique=False)
+
     op.create_table('batch_run',
     sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('location_pk', sa.Integer(), nullable=True),
@@ -488,6 +537,45 @@ def upgrade() -> None:
     sa.UniqueConstraint('id', name=op.f('uq_app_user_id')),
     sa.UniqueConstraint('username', name=op.f('uq_app_user_username'))
     )
+    op.create_table('bill',
+    sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('id', sa.String(length=64).with_variant(sa.String(length=64, collation='C'), 'postgresql'), nullable=False),
+    sa.Column('uuid', sa.String(length=36), nullable=True),
+    sa.Column('version_id', sa.Integer(), server_default='0', nullable=False),
+    sa.Column('last_updated', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('deleted', sa.Boolean(), server_default=sa.text('(false)'), nullable=False),
+    sa.Column('code', sa.String(length=64), nullable=False),
+    sa.Column('type_code', sa.String(length=32), nullable=False),
+    sa.Column('status', sa.Integer(), server_default='1', nullable=False),
+    sa.Column('subject_type', sa.String(length=32), nullable=True),
+    sa.Column('subject_pk', sa.Integer(), nullable=True),
+    sa.Column('payee_type', sa.String(length=32), nullable=False),
+    sa.Column('payee_pk', sa.Integer(), nullable=False),
+    sa.Column('date_issued', sa.Date(), nullable=False),
+    sa.Column('date_due', sa.Date(), nullable=True),
+    sa.Column('date_paid', sa.Date(), nullable=True),
+    sa.Column('amount_discount', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('amount_net', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('amount_total', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('amount_paid', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('currency', sa.String(length=3), nullable=False),
+    sa.Column('note', sa.Text(), nullable=True),
+    sa.Column('terms', sa.Text(), nullable=True),
+    sa.Column('payment_reference', sa.String(length=64), nullable=True),
+    sa.Column('run_pk', sa.Integer(), nullable=True),
+    sa.Column('product_pk', sa.Integer(), nullable=True),
+    sa.ForeignKeyConstraint(['product_pk'], ['product.pk'], name=op.f('fk_bill_product_pk_product')),
+    sa.ForeignKeyConstraint(['run_pk'], ['batch_run.pk'], name=op.f('fk_bill_run_pk_batch_run')),
+    sa.PrimaryKeyConstraint('pk', name=op.f('pk_bill')),
+    sa.UniqueConstraint('id', name=op.f('uq_bill_id'))
+    )
+    with op.batch_alter_table('bill', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_bill_last_updated'), ['last_updated'], unique=False)
+        batch_op.create_index('ix_bill_payee_type_payee_pk_current', ['payee_type', 'payee_pk'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.create_index('ix_bill_run_pk_current', ['run_pk'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.create_index(batch_op.f('ix_bill_uuid'), ['uuid'], unique=False)
+        batch_op.create_index('uq_bill_code_current', ['code'], unique=True, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+
     op.create_table('claim_admin_role',
     sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('id', sa.String(length=64).with_variant(sa.String(length=64, collation='C'), 'postgresql'), nullable=False),
@@ -683,6 +771,28 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('rel_index', schema=None) as batch_op:
         batch_op.create_index('ix_rel_index_product', ['product_pk', 'rel_year', 'rel_period'], unique=False)
+
+    op.create_table('bill_line',
+    sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('bill_pk', sa.Integer(), nullable=False),
+    sa.Column('sequence', sa.Integer(), nullable=False),
+    sa.Column('line_type', sa.String(length=32), nullable=False),
+    sa.Column('line_pk', sa.Integer(), nullable=True),
+    sa.Column('code', sa.String(length=64), nullable=False),
+    sa.Column('description', sa.Text(), nullable=True),
+    sa.Column('ledger_account', sa.String(length=64), nullable=True),
+    sa.Column('quantity', sa.Integer(), server_default='1', nullable=False),
+    sa.Column('unit_price', sa.BigInteger(), nullable=False),
+    sa.Column('discount', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('deduction', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('tax_rate', sa.BigInteger(), nullable=True),
+    sa.Column('amount_net', sa.BigInteger(), nullable=False),
+    sa.Column('amount_total', sa.BigInteger(), nullable=False),
+    sa.ForeignKeyConstraint(['bill_pk'], ['bill.pk'], name=op.f('fk_bill_line_bill_pk_bill')),
+    sa.PrimaryKeyConstraint('pk', name=op.f('pk_bill_line'))
+    )
+    with op.batch_alter_table('bill_line', schema=None) as batch_op:
+        batch_op.create_index('ix_bill_line_bill', ['bill_pk'], unique=False)
 
     op.create_table('claim',
     sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
@@ -1021,6 +1131,43 @@ def upgrade() -> None:
         batch_op.create_index('ix_insuree_policy_insuree_pk_current', ['insuree_pk'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.create_index('uq_insuree_policy_policy_pk_insuree_pk_current', ['policy_pk', 'insuree_pk'], unique=True, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
 
+    op.create_table('invoice',
+    sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('id', sa.String(length=64).with_variant(sa.String(length=64, collation='C'), 'postgresql'), nullable=False),
+    sa.Column('uuid', sa.String(length=36), nullable=True),
+    sa.Column('version_id', sa.Integer(), server_default='0', nullable=False),
+    sa.Column('last_updated', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('deleted', sa.Boolean(), server_default=sa.text('(false)'), nullable=False),
+    sa.Column('code', sa.String(length=64), nullable=False),
+    sa.Column('type_code', sa.String(length=32), nullable=False),
+    sa.Column('status', sa.Integer(), server_default='1', nullable=False),
+    sa.Column('subject_type', sa.String(length=32), nullable=True),
+    sa.Column('subject_pk', sa.Integer(), nullable=True),
+    sa.Column('payer_type', sa.String(length=32), nullable=False),
+    sa.Column('payer_pk', sa.Integer(), nullable=False),
+    sa.Column('date_issued', sa.Date(), nullable=False),
+    sa.Column('date_due', sa.Date(), nullable=True),
+    sa.Column('date_paid', sa.Date(), nullable=True),
+    sa.Column('amount_discount', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('amount_net', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('amount_total', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('amount_paid', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('currency', sa.String(length=3), nullable=False),
+    sa.Column('note', sa.Text(), nullable=True),
+    sa.Column('terms', sa.Text(), nullable=True),
+    sa.Column('payment_reference', sa.String(length=64), nullable=True),
+    sa.Column('policy_pk', sa.Integer(), nullable=True),
+    sa.ForeignKeyConstraint(['policy_pk'], ['policy.pk'], name=op.f('fk_invoice_policy_pk_policy')),
+    sa.PrimaryKeyConstraint('pk', name=op.f('pk_invoice')),
+    sa.UniqueConstraint('id', name=op.f('uq_invoice_id'))
+    )
+    with op.batch_alter_table('invoice', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_invoice_last_updated'), ['last_updated'], unique=False)
+        batch_op.create_index('ix_invoice_payer_type_payer_pk_current', ['payer_type', 'payer_pk'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.create_index('ix_invoice_policy_pk_current', ['policy_pk'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.create_index(batch_op.f('ix_invoice_uuid'), ['uuid'], unique=False)
+        batch_op.create_index('uq_invoice_code_current', ['code'], unique=True, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+
     op.create_table('premium',
     sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('policy_pk', sa.Integer(), nullable=False),
@@ -1041,16 +1188,91 @@ def upgrade() -> None:
         batch_op.create_index('ix_premium_policy_pk_current', ['policy_pk'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.create_index('uq_premium_product_pk_receipt_current', ['product_pk', 'receipt'], unique=True, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
 
+    op.create_table('invoice_line',
+    sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('invoice_pk', sa.Integer(), nullable=False),
+    sa.Column('sequence', sa.Integer(), nullable=False),
+    sa.Column('line_type', sa.String(length=32), nullable=False),
+    sa.Column('line_pk', sa.Integer(), nullable=True),
+    sa.Column('code', sa.String(length=64), nullable=False),
+    sa.Column('description', sa.Text(), nullable=True),
+    sa.Column('ledger_account', sa.String(length=64), nullable=True),
+    sa.Column('quantity', sa.Integer(), server_default='1', nullable=False),
+    sa.Column('unit_price', sa.BigInteger(), nullable=False),
+    sa.Column('discount', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('deduction', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('tax_rate', sa.BigInteger(), nullable=True),
+    sa.Column('amount_net', sa.BigInteger(), nullable=False),
+    sa.Column('amount_total', sa.BigInteger(), nullable=False),
+    sa.ForeignKeyConstraint(['invoice_pk'], ['invoice.pk'], name=op.f('fk_invoice_line_invoice_pk_invoice')),
+    sa.PrimaryKeyConstraint('pk', name=op.f('pk_invoice_line'))
+    )
+    with op.batch_alter_table('invoice_line', schema=None) as batch_op:
+        batch_op.create_index('ix_invoice_line_invoice', ['invoice_pk'], unique=False)
+
+    op.create_table('payment_notice',
+    sa.Column('pk', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('id', sa.String(length=64).with_variant(sa.String(length=64, collation='C'), 'postgresql'), nullable=False),
+    sa.Column('uuid', sa.String(length=36), nullable=True),
+    sa.Column('version_id', sa.Integer(), server_default='0', nullable=False),
+    sa.Column('last_updated', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('deleted', sa.Boolean(), server_default=sa.text('(false)'), nullable=False),
+    sa.Column('invoice_pk', sa.Integer(), nullable=True),
+    sa.Column('bill_pk', sa.Integer(), nullable=True),
+    sa.Column('reconciliation_pk', sa.Integer(), nullable=True),
+    sa.Column('reconciliation_ref', sa.String(length=255), nullable=True),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('detail_status', sa.Integer(), nullable=False),
+    sa.Column('payment_status', sa.String(length=16), nullable=False),
+    sa.Column('created', sa.String(length=40), nullable=False),
+    sa.Column('payment_date', sa.Date(), nullable=False),
+    sa.Column('amount', sa.BigInteger(), nullable=False),
+    sa.Column('fees', sa.BigInteger(), nullable=True),
+    sa.Column('reference', sa.String(length=128), nullable=True),
+    sa.Column('payer_ref', sa.String(length=128), nullable=True),
+    sa.ForeignKeyConstraint(['bill_pk'], ['bill.pk'], name=op.f('fk_payment_notice_bill_pk_bill')),
+    sa.ForeignKeyConstraint(['invoice_pk'], ['invoice.pk'], name=op.f('fk_payment_notice_invoice_pk_invoice')),
+    sa.ForeignKeyConstraint(['reconciliation_pk'], ['payment_reconciliation.pk'], name=op.f('fk_payment_notice_reconciliation_pk_payment_reconciliation')),
+    sa.PrimaryKeyConstraint('pk', name=op.f('pk_payment_notice')),
+    sa.UniqueConstraint('id', name=op.f('uq_payment_notice_id'))
+    )
+    with op.batch_alter_table('payment_notice', schema=None) as batch_op:
+        batch_op.create_index('ix_payment_notice_bill_pk_current', ['bill_pk'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.create_index('ix_payment_notice_invoice_pk_current', ['invoice_pk'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.create_index(batch_op.f('ix_payment_notice_last_updated'), ['last_updated'], unique=False)
+        batch_op.create_index(batch_op.f('ix_payment_notice_uuid'), ['uuid'], unique=False)
+        batch_op.create_index('uq_payment_notice_reference_current', ['reference'], unique=True, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table('payment_notice', schema=None) as batch_op:
+        batch_op.drop_index('uq_payment_notice_reference_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index(batch_op.f('ix_payment_notice_uuid'))
+        batch_op.drop_index(batch_op.f('ix_payment_notice_last_updated'))
+        batch_op.drop_index('ix_payment_notice_invoice_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index('ix_payment_notice_bill_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+
+    op.drop_table('payment_notice')
+    with op.batch_alter_table('invoice_line', schema=None) as batch_op:
+        batch_op.drop_index('ix_invoice_line_invoice')
+
+    op.drop_table('invoice_line')
     with op.batch_alter_table('premium', schema=None) as batch_op:
         batch_op.drop_index('uq_premium_product_pk_receipt_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.drop_index('ix_premium_policy_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
 
     op.drop_table('premium')
+    with op.batch_alter_table('invoice', schema=None) as batch_op:
+        batch_op.drop_index('uq_invoice_code_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index(batch_op.f('ix_invoice_uuid'))
+        batch_op.drop_index('ix_invoice_policy_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index('ix_invoice_payer_type_payer_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index(batch_op.f('ix_invoice_last_updated'))
+
+    op.drop_table('invoice')
     with op.batch_alter_table('insuree_policy', schema=None) as batch_op:
         batch_op.drop_index('uq_insuree_policy_policy_pk_insuree_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.drop_index('ix_insuree_policy_insuree_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
@@ -1125,6 +1347,10 @@ def downgrade() -> None:
         batch_op.drop_index('ix_claim_hf_pk_date_claimed_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
 
     op.drop_table('claim')
+    with op.batch_alter_table('bill_line', schema=None) as batch_op:
+        batch_op.drop_index('ix_bill_line_bill')
+
+    op.drop_table('bill_line')
     with op.batch_alter_table('rel_index', schema=None) as batch_op:
         batch_op.drop_index('ix_rel_index_product')
 
@@ -1169,6 +1395,14 @@ def downgrade() -> None:
         batch_op.drop_index('ix_claim_admin_role_claim_admin_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
 
     op.drop_table('claim_admin_role')
+    with op.batch_alter_table('bill', schema=None) as batch_op:
+        batch_op.drop_index('uq_bill_code_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index(batch_op.f('ix_bill_uuid'))
+        batch_op.drop_index('ix_bill_run_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index('ix_bill_payee_type_payee_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index(batch_op.f('ix_bill_last_updated'))
+
+    op.drop_table('bill')
     op.drop_table('app_user')
     op.drop_table('role_right')
     with op.batch_alter_table('product', schema=None) as batch_op:
@@ -1216,12 +1450,24 @@ def downgrade() -> None:
         batch_op.drop_index('ix_batch_run_period')
 
     op.drop_table('batch_run')
+    with op.batch_alter_table('subscription', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_subscription_uuid'))
+        batch_op.drop_index('ix_subscription_resource_type_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index(batch_op.f('ix_subscription_last_updated'))
+
+    op.drop_table('subscription')
     op.drop_table('role')
     with op.batch_alter_table('resource_version', schema=None) as batch_op:
         batch_op.drop_index('ix_resource_version_type_seq')
         batch_op.drop_index('ix_resource_version_time')
 
     op.drop_table('resource_version')
+    with op.batch_alter_table('payment_reconciliation', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_payment_reconciliation_uuid'))
+        batch_op.drop_index('ix_payment_reconciliation_payment_identifier_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
+        batch_op.drop_index(batch_op.f('ix_payment_reconciliation_last_updated'))
+
+    op.drop_table('payment_reconciliation')
     with op.batch_alter_table('outbox', schema=None) as batch_op:
         batch_op.drop_index('ix_outbox_topic_subject')
         batch_op.drop_index('ix_outbox_due')
