@@ -209,7 +209,9 @@ def cmd_claims(settings: Settings, args: argparse.Namespace) -> int:
     from decimal import Decimal, InvalidOperation
 
     from hifhir.domain.claims import batch
+    from hifhir.domain.invoicing import bills_for_run
     from hifhir.fhir.kind import now_us
+    from hifhir.fhir.profiles.invoice import record_versions
     from hifhir.setup import prepare
     from hifhir.store.db import transaction
     from hifhir.store.tables import is_current, product
@@ -240,6 +242,9 @@ def cmd_claims(settings: Settings, args: argparse.Namespace) -> int:
             now = now_us()
             result = batch.run(conn, year=year, month=month, location_pk=location_pk, today=date.today(), now=now)
             batch.record_claim_versions(conn, result.run_pk, now=now)
+            # The facilities' claim-batch bills (domain §3.6), in the run's transaction.
+            bills = bills_for_run(conn, result.run_pk, today=date.today(), now=now)
+            record_versions(conn, "bill", bills, now=now, user_name=batch.BATCH_USER)
         where = "national" if args.location is None else args.location
         print(f"batch run {year}-{month:02d} ({where}): run {result.run_pk}, {result.products} products, "
               f"{result.indexes} relative indexes, {result.claims} claims valuated, remunerated {result.remunerated}")

@@ -13,6 +13,7 @@ from hifhir.fhir.profiles.coverage import CoverageKind
 from hifhir.fhir.profiles.eligibility import EligibilityRequestKind, EligibilityResponseKind
 from hifhir.fhir.profiles.group import GroupKind
 from hifhir.fhir.profiles.insurance_plan import InsurancePlanKind
+from hifhir.fhir.profiles.invoice import BillKind, InvoiceKind
 from hifhir.fhir.profiles.location import LocationKind
 from hifhir.fhir.profiles.medication import MedicationKind
 from hifhir.fhir.profiles.organization import (
@@ -46,6 +47,7 @@ ALL_KINDS: list[ResourceKind] = [
     ClaimResponseKind(),
     CommunicationRequestKind(),
     CommunicationKind(),
+    InvoiceKind(), BillKind(),
 ]
 
 KINDS: dict[str, ResourceKind] = {k.name: k for k in ALL_KINDS}

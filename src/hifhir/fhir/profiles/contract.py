@@ -67,6 +67,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, bindparam, false, insert, not_, or_, select, update
 
+from hifhir.domain.invoicing import invoice_for_policy
 from hifhir.domain.policy import (
     ACTIVE,
     EXPIRED,
@@ -868,6 +869,11 @@ class ContractKind(ResourceKind):
         pk = ctx.insert(policy, values)
         ctx.conn.execute(insert(insuree_policy), self._member_rows(pk, data, computed, effective))
         self._insert_premiums(ctx, pk, data.product.pk, data.premiums)
+        # The contribution due is invoiced (domain §3.6) — after the premiums sent with the Contract, which count
+        # as paid.
+        invoice_pk = invoice_for_policy(ctx.conn, pk, today=today(), now=ctx.now)
+        if invoice_pk is not None:
+            ctx.mark("invoice", invoice_pk)
         cov_pk = ctx.insert(coverage, {"id": values["id"], "uuid": values["uuid"], "policy_pk": pk})
         ctx.mark("coverage", cov_pk)
         self._prerender(ctx, data, pk, cov_pk, values)
