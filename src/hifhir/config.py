@@ -37,6 +37,30 @@ REVIEW_SELECTION = os.environ.get("HIFHIR_REVIEW_SELECTION", "off")
 CLAIM_AI_URL = os.environ.get("HIFHIR_CLAIM_AI_URL", "").strip() or None
 
 
+@dataclass(frozen=True, slots=True)
+class NotifyConfig:
+    """Subscription notifications (notify/): which endpoints may be reached, when a subscription is in error."""
+
+    # Hosts (names, IP addresses or CIDR networks) a subscription may reach over plain http and at internal
+    # (loopback, private, link-local) addresses; every other endpoint must be https to a public address.
+    allow_http: frozenset[str] = frozenset()
+    max_failures: int = 3  # consecutive failed deliveries after which the Subscription is `error`
+    timeout_s: float = 10.0  # per delivery (connect and answer)
+
+
+def notify_config_from_env(env: Mapping[str, str]) -> NotifyConfig:
+    d = NotifyConfig()
+    hosts = frozenset(h.strip().lower().strip("[]") for h in env.get("HIFHIR_NOTIFY_ALLOW_HTTP", "").split(",")
+                      if h.strip())
+    return NotifyConfig(allow_http=hosts,
+                        max_failures=max(1, int(env.get("HIFHIR_NOTIFY_MAX_FAILURES", str(d.max_failures)))),
+                        timeout_s=float(env.get("HIFHIR_NOTIFY_TIMEOUT_S", str(d.timeout_s))))
+
+
+# Read at subscription writes (inside write transactions) and by the outbox worker: module-level, like CLAIM_AI_URL.
+NOTIFY = notify_config_from_env(os.environ)
+
+
 @dataclass(slots=True)
 class InsurerConfig:
     """The insurer Organization (`ins`) has no table in openIMIS: it is module configuration."""

@@ -24,6 +24,7 @@ from hifhir.fhir.profiles.organization import (
 from hifhir.fhir.profiles.patient import PatientKind
 from hifhir.fhir.profiles.practitioner import ClaimAdminKind, EnrolmentOfficerKind
 from hifhir.fhir.profiles.practitioner_role import ClaimAdminRoleKind, EnrolmentOfficerRoleKind
+from hifhir.fhir.profiles.subscription import SubscriptionKind
 
 ALL_KINDS: list[ResourceKind] = [
     PatientKind(),
@@ -47,6 +48,7 @@ ALL_KINDS: list[ResourceKind] = [
     ClaimResponseKind(),
     CommunicationRequestKind(),
     CommunicationKind(),
+    SubscriptionKind(),
     InvoiceKind(), BillKind(),
 ]
 

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 # The modules that register handlers (claim-AI today; notifications will add theirs).
-HANDLER_MODULES: tuple[str, ...] = ("hifhir.domain.claims.ai",)
+HANDLER_MODULES: tuple[str, ...] = ("hifhir.domain.claims.ai", "hifhir.notify.delivery")
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,9 @@ MAX_OVERRIDES: dict[tuple[str, str], str] = {
      "CoverageEligibilityResponse.insurance.item:benefit.benefit"): "17",
     (SD + "openimis-coverage-eligibility-response",
      "CoverageEligibilityResponse.insurance.item:benefit.benefit:amount"): "11",
+    # Subscription.channel.payload is 0..0 (empty notifications only); issue 6 also lets a subscriber ask for the
+    # resource itself (`application/fhir+json`, fhir/profiles/subscription.py): 0..1, as in base R4.
+    (SD + "openimis-subscription", "Subscription.channel.payload"): "1",
 }
 
 # (profile url, sliced element id) -> extra discriminator values accepted although no
