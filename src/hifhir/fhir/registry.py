@@ -22,6 +22,7 @@ from hifhir.fhir.profiles.organization import (
     PolicyHolderKind,
 )
 from hifhir.fhir.profiles.patient import PatientKind
+from hifhir.fhir.profiles.payment import PaymentNoticeKind, PaymentReconciliationKind
 from hifhir.fhir.profiles.practitioner import ClaimAdminKind, EnrolmentOfficerKind
 from hifhir.fhir.profiles.practitioner_role import ClaimAdminRoleKind, EnrolmentOfficerRoleKind
 from hifhir.fhir.profiles.subscription import SubscriptionKind
@@ -50,6 +51,7 @@ ALL_KINDS: list[ResourceKind] = [
     CommunicationKind(),
     SubscriptionKind(),
     InvoiceKind(), BillKind(),
+    PaymentNoticeKind(), PaymentReconciliationKind(),
 ]
 
 KINDS: dict[str, ResourceKind] = {k.name: k for k in ALL_KINDS}

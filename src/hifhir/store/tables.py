@@ -944,6 +944,7 @@ payment_notice = Table(
     Column("payer_ref", String(128)),
     current_index("payment_notice", "invoice_pk"),
     current_index("payment_notice", "bill_pk"),
+    current_index("payment_notice", "reconciliation_pk"),
     current_unique("payment_notice", "reference"),
 )
 

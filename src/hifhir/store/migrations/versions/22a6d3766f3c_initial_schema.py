@@ -1,15 +1,15 @@
 """initial schema
 
-Revision ID: 9da304eb0139
+Revision ID: 22a6d3766f3c
 Revises: 
-Create Date: 2026-11-25 23:07:58.192132
+Create Date: 2026-11-25 23:23:00.280812
 """
 
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '9da304eb0139'
+revision = '22a6d3766f3c'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -1240,6 +1240,7 @@ def upgrade() -> None:
         batch_op.create_index('ix_payment_notice_bill_pk_current', ['bill_pk'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.create_index('ix_payment_notice_invoice_pk_current', ['invoice_pk'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.create_index(batch_op.f('ix_payment_notice_last_updated'), ['last_updated'], unique=False)
+        batch_op.create_index('ix_payment_notice_reconciliation_pk_current', ['reconciliation_pk'], unique=False, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.create_index(batch_op.f('ix_payment_notice_uuid'), ['uuid'], unique=False)
         batch_op.create_index('uq_payment_notice_reference_current', ['reference'], unique=True, sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
 
@@ -1251,6 +1252,7 @@ def downgrade() -> None:
     with op.batch_alter_table('payment_notice', schema=None) as batch_op:
         batch_op.drop_index('uq_payment_notice_reference_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.drop_index(batch_op.f('ix_payment_notice_uuid'))
+        batch_op.drop_index('ix_payment_notice_reconciliation_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.drop_index(batch_op.f('ix_payment_notice_last_updated'))
         batch_op.drop_index('ix_payment_notice_invoice_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
         batch_op.drop_index('ix_payment_notice_bill_pk_current', sqlite_where=sa.text('deleted = 0'), postgresql_where=sa.text('deleted = false'))
