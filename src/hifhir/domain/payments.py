@@ -52,10 +52,9 @@ from datetime import date
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, bindparam, insert, null, select, update
+from sqlalchemy import Connection, bindparam, false, insert, null, select, update
 from sqlalchemy.exc import IntegrityError
 
-from hifhir.domain.policy import ACTIVE, ProductTerms, activation_date
 from hifhir.store.fast import DriverQuery
 from hifhir.store.tables import (
     INVOICE_CANCELLED,
@@ -67,14 +66,11 @@ from hifhir.store.tables import (
     INVOICE_UNPAID,
     INVOICE_VALIDATED,
     bill,
-    coverage,
-    insuree_policy,
     invoice,
     is_current,
     payment_notice,
     policy,
     premium,
-    product,
 )
 
 if TYPE_CHECKING:
@@ -241,41 +237,31 @@ def withdraw(ctx: WriteContext, p: Payable, amount: Decimal, receipt: str, *, re
 
 # --- the policy of a contribution invoice ---------------------------------------------------------------------
 
-_POLICY = select(policy.c.pk, policy.c.status, policy.c.value, policy.c.start_date, policy.c.product_pk,
-                 policy.c.id).where(policy.c.pk == bindparam("pk"), is_current(policy))
-_PRODUCT = select(product).where(product.c.pk == bindparam("pk"))
-_MEMBERS = select(insuree_policy.c.insuree_pk).where(insuree_policy.c.policy_pk == bindparam("pk"),
-                                                     is_current(insuree_policy))
-_INSERT_PREMIUM = insert(premium)
-_COVERAGE = select(coverage.c.pk).where(coverage.c.policy_pk == bindparam("pk"))
+# The premium takes its product from the current policy row: no row inserted = the policy is gone.
+_ADD_PREMIUM = DriverQuery(insert(premium).from_select(
+    ["policy_pk", "product_pk", "amount", "receipt", "pay_date", "pay_type", "is_photo_fee", "created"],
+    select(policy.c.pk, policy.c.product_pk, bindparam("amount", type_=premium.c.amount.type),
+           bindparam("receipt", type_=premium.c.receipt.type), bindparam("pay_date", type_=premium.c.pay_date.type),
+           bindparam("pay_type", type_=premium.c.pay_type.type), false(),
+           bindparam("created", type_=premium.c.created.type))
+    .where(policy.c.pk == bindparam("pk"), is_current(policy))).returning(premium.c.pk))
 
 
 def add_contribution(ctx: WriteContext, policy_pk: int, amount: Decimal, pay_date: date, receipt: str) -> None:
-    # The Contract path's own pieces, so both paths activate the same way.
-    from hifhir.fhir.profiles.contract import ContractKind, refresh_active_policy_flags
+    """The payment as a contribution (premium) of the policy, then the Contract path's activation
+    (`activate_if_paid`), so both paths activate the same way."""
+    from hifhir.fhir.profiles.contract import activate_if_paid
 
-    conn = ctx.conn
-    row = conn.execute(_POLICY, {"pk": policy_pk}).first()
-    if row is None:  # the policy was deleted after its invoice was issued: a payment cannot resurrect it
-        raise PaymentConflict("The policy this invoice is for no longer exists; cancel the invoice")
     try:  # the partial unique index (product, receipt) decides; the error rolls the whole write back
-        conn.execute(_INSERT_PREMIUM, {
-            "policy_pk": policy_pk, "product_pk": row.product_pk, "amount": amount, "receipt": receipt,
-            "pay_date": pay_date, "pay_type": PAY_TYPE, "is_photo_fee": False, "created": ctx.now})
+        added = _ADD_PREMIUM.rows(ctx.conn, {"pk": policy_pk, "amount": amount, "receipt": receipt,
+                                             "pay_date": pay_date, "pay_type": PAY_TYPE, "created": ctx.now})
     except IntegrityError:
         raise PaymentConflict(f"Receipt {receipt} is already used for a contribution to this policy's product; "
                               "the payment reference must be new", "reference") from None
+    if not added:  # the policy was deleted after its invoice was issued: a payment cannot resurrect it
+        raise PaymentConflict("The policy this invoice is for no longer exists; cancel the invoice")
     ctx.mark("contract", policy_pk)
-    terms = ProductTerms.from_row(conn.execute(_PRODUCT, {"pk": row.product_pk}).one())
-    effective = activation_date(row.status, row.value, ContractKind._payments(conn, policy_pk), terms,
-                                row.start_date)
-    if effective is None:
-        return
-    ContractKind._set_status(ctx, policy_pk, ACTIVE, effective)
-    cov = conn.execute(_COVERAGE, {"pk": policy_pk}).scalar()
-    if cov is not None:
-        ctx.mark("coverage", int(cov))
-    refresh_active_policy_flags(ctx, [r[0] for r in conn.execute(_MEMBERS, {"pk": policy_pk})])
+    activate_if_paid(ctx, policy_pk)
 
 
 def remove_contribution(ctx: WriteContext, policy_pk: int, receipt: str) -> None:

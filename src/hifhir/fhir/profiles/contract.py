@@ -108,7 +108,7 @@ from hifhir.fhir.searchparams import (
     link_ref,
     split_token,
 )
-from hifhir.store.fast import FastStatement
+from hifhir.store.fast import DriverQuery, FastStatement
 from hifhir.store.tables import (
     coverage,
     family,
@@ -228,10 +228,14 @@ def policy_status_options(t: Any = policy) -> dict[str, Callable[[], Clause]]:
 # --- Patient.active / Group.active -----------------------------------------------------------------------------
 
 
-_FLAGS = select(insuree.c.pk, insuree.c.family_pk, insuree.c.has_active_policy).where(
-    insuree.c.pk.in_(bindparam("pks", expanding=True)))
 _FAMILY_FLAGS = select(insuree.c.pk, insuree.c.family_pk, insuree.c.has_active_policy).where(
     insuree.c.family_pk.in_(bindparam("families", expanding=True)), is_current(insuree))
+_MEMBER = insuree.alias("member")
+# Group.active before this write: a current member of the insuree's family is flagged.
+_FAMILY_WAS_ACTIVE = select(_MEMBER.c.pk).where(
+    _MEMBER.c.family_pk == insuree.c.family_pk, is_current(_MEMBER), _MEMBER.c.has_active_policy).exists()
+_MEMBERS_OF = select(insuree_policy.c.insuree_pk).where(insuree_policy.c.policy_pk == bindparam("policy"),
+                                                        is_current(insuree_policy))
 
 _SET_FLAGS = update(insuree).where(insuree.c.pk.in_(bindparam("pks", expanding=True))).values(
     has_active_policy=bindparam("flag"))
@@ -241,17 +245,26 @@ def refresh_active_policy_flags(ctx: WriteContext, insuree_pks: Iterable[int], o
     """Recompute `insuree.has_active_policy` (Patient.active: an active policy covers the insuree today, the same
     test as the calendar job `hifhir.jobs.covered_on`, which flips it when a window opens or closes) and
     re-version the Patients, and the Groups (Group.active: a member is covered), whose flag changed."""
+    pks = sorted(set(insuree_pks))
+    if pks:
+        _refresh_flags(ctx, insuree.c.pk.in_(pks), {}, on)
+
+
+def _refresh_flags(ctx: WriteContext, which: Any, params: dict[str, Any], on: date | None) -> None:
+    """`refresh_active_policy_flags` of the insurees `which` selects: their flag, whether they are covered and
+    whether their Group was active, in one read."""
     from hifhir.jobs import covered_on
 
-    pks = sorted(set(insuree_pks))
-    if not pks:
+    rows = ctx.conn.execute(select(
+        insuree.c.pk, insuree.c.family_pk, insuree.c.has_active_policy, covered_on(on or today()).label("covered"),
+        _FAMILY_WAS_ACTIVE.label("family_active")).where(which), params).all()
+    changed = [r for r in rows if bool(r.covered) != bool(r.has_active_policy)]
+    if not changed:
         return
-    conn = ctx.conn
-    active = {r[0] for r in conn.execute(select(insuree.c.pk).where(insuree.c.pk.in_(pks),
-                                                                     covered_on(on or today())))}
-    changed = [r for r in conn.execute(_FLAGS, {"pks": pks}) if (r.pk in active) != bool(r.has_active_policy)]
+    group_was_active = {r.family_pk: bool(r.family_active) for r in rows if r.family_pk is not None}
     for flag in (True, False):
-        apply_active_policy_flags(ctx, [(r.pk, r.family_pk) for r in changed if (r.pk in active) is flag], flag)
+        apply_active_policy_flags(ctx, [(r.pk, r.family_pk) for r in changed if bool(r.covered) is flag], flag,
+                                  group_was_active)
 
 
 def apply_active_policy_flags(ctx: WriteContext, flipped: list[tuple[int, int | None]], flag: bool,
@@ -285,6 +298,90 @@ def apply_active_policy_flags(ctx: WriteContext, flipped: list[tuple[int, int | 
     for family_pk in families:
         if before[family_pk] != after[family_pk]:
             ctx.mark("group", family_pk)
+
+
+# --- activation ------------------------------------------------------------------------------------------------
+
+# The policy with its product and Coverage, as activation needs them: one read. Policy columns are labelled (the
+# product has a status too); the product's keep their names for `ProductTerms.from_row`.
+_STANDING = DriverQuery(
+    select(policy.c.status.label("policy_status"), policy.c.value.label("policy_value"),
+           policy.c.start_date.label("policy_start"), policy.c.expiry_date.label("policy_expiry"),
+           policy.c.effective_date.label("policy_effective"),
+           select(coverage.c.pk).where(coverage.c.policy_pk == policy.c.pk).scalar_subquery().label("coverage_pk"),
+           product)
+    .select_from(policy.join(product, product.c.pk == policy.c.product_pk))
+    .where(policy.c.pk == bindparam("pk")))
+_PAYMENTS = DriverQuery(select(premium.c.amount, premium.c.pay_date, premium.c.is_photo_fee).where(
+    premium.c.policy_pk == bindparam("pk"), is_current(premium)))
+_SET_MEMBERS_EFFECTIVE = update(insuree_policy).where(
+    insuree_policy.c.policy_pk == bindparam("policy"), is_current(insuree_policy)).values(
+    effective_date=bindparam("effective"))
+
+
+def activate_if_paid(ctx: WriteContext, policy_pk: int, *, requested: int | None = None,
+                     members: Iterable[int] | None = None, coverage_pk: int | None = None) -> bool:
+    """Activate the policy `policy_pk` when it is idle and its current contributions cover its value
+    (`hifhir.domain.policy.activation_date`: option 1, within the product's installments), then apply the status
+    change a Contract write asks (`requested`, None when it asks nothing; a refused change is a 409). Returns
+    whether the contributions activated it.
+
+    What it re-versions, in the caller's transaction:
+    * when the status or effective date changes: the policy row (the Contract: the caller marks it) and its
+      members' `insuree_policy.effective_date`, the Coverage, and the Patients and Groups whose `active` flag
+      changed (`refresh_active_policy_flags` over the policy's current members);
+    * with `members` (a Contract write, which changed the policy whatever its status): the Coverage
+      (`coverage_pk`, or the policy's) and the flags of `members` — the insurees the write touched — always.
+    A payment that does not activate its policy changes nothing here."""
+    conn = ctx.conn
+    row = _STANDING.rows(conn, {"pk": policy_pk})[0]
+    payments = [Payment(r.amount, r.pay_date, bool(r.is_photo_fee)) for r in _PAYMENTS.rows(conn, {"pk": policy_pk})]
+    status, effective = row.policy_status, row.policy_effective
+    activated = activation_date(status, row.policy_value, payments, ProductTerms.from_row(row), row.policy_start)
+    if activated is not None:
+        status, effective = ACTIVE, activated
+    if requested is not None:
+        status, effective = _transition(status, effective, requested, row, payments, today())
+    moved = (status, effective) != (row.policy_status, row.policy_effective)
+    if moved:
+        ctx.update(policy, policy_pk, {"status": status, "effective_date": effective})
+        conn.execute(_SET_MEMBERS_EFFECTIVE, {"policy": policy_pk, "effective": effective})
+    elif members is None:
+        return False
+    if coverage_pk is None:
+        coverage_pk = row.coverage_pk
+    if coverage_pk is not None:
+        ctx.mark("coverage", int(coverage_pk))
+    if members is None:
+        _refresh_flags(ctx, insuree.c.pk.in_(_MEMBERS_OF), {"policy": policy_pk}, None)
+    else:
+        refresh_active_policy_flags(ctx, members)
+    return activated is not None
+
+
+def _transition(status: int, effective: date | None, requested: int, row: Any, payments: list[Payment],
+                day: date) -> tuple[int, date | None]:
+    """A status change asked through the policy-status extension (after this write's contributions); `row` is
+    the policy as `_STANDING` reads it."""
+    now = status_on(status, row.policy_expiry, day)
+    expression = "Contract.extension[policy-status]"
+    if requested == now:
+        return status, effective
+    if requested == SUSPENDED and now in (ACTIVE, IDLE):
+        return SUSPENDED, effective
+    if requested == ACTIVE and now == SUSPENDED:
+        if paid_amount(payments) < row.policy_value:
+            raise conflict("A suspended policy is reactivated only once its contributions cover its value",
+                           expression)
+        if row.policy_expiry < day:
+            raise conflict("A policy past its expiry date cannot be reactivated", expression)
+        if effective is None:
+            last_paid = max((p.pay_date for p in payments if not p.photo_fee), default=row.policy_start)
+            effective = max(last_paid, row.policy_start)
+        return ACTIVE, effective
+    hint = " (contributions covering its value activate an idle policy)" if now == IDLE else ""
+    raise conflict(f"A policy cannot go from {STATUS_NAMES[now]} to {STATUS_NAMES[requested]}{hint}",
+                   expression)
 
 
 # --- input -----------------------------------------------------------------------------------------------------
@@ -835,18 +932,6 @@ class ContractKind(ResourceKind):
                 for p in premiums])
 
     @staticmethod
-    def _payments(conn: Connection, policy_pk: int) -> list[Payment]:
-        return [Payment(r.amount, r.pay_date, bool(r.is_photo_fee)) for r in conn.execute(
-            select(premium.c.amount, premium.c.pay_date, premium.c.is_photo_fee).where(
-                premium.c.policy_pk == policy_pk, is_current(premium)))]
-
-    @staticmethod
-    def _set_status(ctx: WriteContext, policy_pk: int, status: int, effective: date | None) -> None:
-        ctx.update(policy, policy_pk, {"status": status, "effective_date": effective})
-        ctx.conn.execute(update(insuree_policy).where(
-            insuree_policy.c.policy_pk == policy_pk, is_current(insuree_policy)).values(effective_date=effective))
-
-    @staticmethod
     def _member_rows(policy_pk: int, data: ContractIn, computed: Computed,
                      effective: date | None = None) -> list[dict[str, Any]]:
         return [{"policy_pk": policy_pk, "insuree_pk": r.pk, "enroll_date": data.enroll_date,
@@ -965,47 +1050,13 @@ class ContractKind(ResourceKind):
         self._check_receipts(ctx, data.product, data.premiums, pk)
         self._insert_premiums(ctx, pk, data.product.pk, added)
 
-        row = conn.execute(select(policy).where(policy.c.pk == pk)).one()
-        status, effective = row.status, row.effective_date
-        payments = self._payments(conn, pk)
-        terms = ProductTerms.from_row(data.product)
-        activated = activation_date(status, row.value, payments, terms, row.start_date)
-        if activated is not None:
-            status, effective = ACTIVE, activated
-        requested = data.requested_status
-        if requested is not None and requested != status_on(current.status, current.expiry_date, day):
-            status, effective = self._transition(status, effective, requested, row, payments, day)
-        if (status, effective) != (row.status, row.effective_date):
-            self._set_status(ctx, pk, status, effective)
         cov = conn.execute(_COVERAGE_OF, {"pk": pk}).scalar()
         if cov is None:
-            cov = ctx.insert(coverage, {"id": row.id, "uuid": values["uuid"], "policy_pk": pk})
+            cov = ctx.insert(coverage, {"id": current.id, "uuid": values["uuid"], "policy_pk": pk})
         elif values["uuid"] != current.uuid:
             ctx.update(coverage, int(cov), {"uuid": values["uuid"]})
-        ctx.mark("coverage", int(cov))
-        refresh_active_policy_flags(ctx, old_members | new_members)
+        requested = data.requested_status
+        if requested == status_on(current.status, current.expiry_date, day):
+            requested = None  # the status the client read, sent back: it asks nothing
+        activate_if_paid(ctx, pk, requested=requested, members=old_members | new_members, coverage_pk=int(cov))
         return pk
-
-    @staticmethod
-    def _transition(status: int, effective: date | None, requested: int, row: Row, payments: list[Payment],
-                    day: date) -> tuple[int, date | None]:
-        """A status change asked through the policy-status extension (after this write's contributions)."""
-        now = status_on(status, row.expiry_date, day)
-        expression = "Contract.extension[policy-status]"
-        if requested == now:
-            return status, effective
-        if requested == SUSPENDED and now in (ACTIVE, IDLE):
-            return SUSPENDED, effective
-        if requested == ACTIVE and now == SUSPENDED:
-            if paid_amount(payments) < row.value:
-                raise conflict("A suspended policy is reactivated only once its contributions cover its value",
-                               expression)
-            if row.expiry_date < day:
-                raise conflict("A policy past its expiry date cannot be reactivated", expression)
-            if effective is None:
-                last_paid = max((p.pay_date for p in payments if not p.photo_fee), default=row.start_date)
-                effective = max(last_paid, row.start_date)
-            return ACTIVE, effective
-        hint = " (contributions covering its value activate an idle policy)" if now == IDLE else ""
-        raise conflict(f"A policy cannot go from {STATUS_NAMES[now]} to {STATUS_NAMES[requested]}{hint}",
-                       expression)
