@@ -1,6 +1,7 @@
 # hifhir developer entry points. Every target works on a fresh clone: it bootstraps .venv itself.
-# Variables: PYTEST_ARGS (extra pytest arguments), BENCH_ARGS (extra bench.run arguments),
-#            PYTHON (interpreter for a new venv); the server reads HIFHIR_PORT, HIFHIR_DATABASE_URL.
+# Variables: PYTEST_ARGS (extra pytest arguments), BENCH_ARGS (extra bench.run arguments; its --backend and --nice
+#            also go to bench.batch), BATCH_ARGS (extra bench.batch arguments), PYTHON (interpreter for a new
+#            venv); the server reads HIFHIR_PORT, HIFHIR_DATABASE_URL.
 
 # bash for pipefail and traps in the test recipe.
 SHELL := /bin/bash
@@ -12,6 +13,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+BATCH_ARGS ?=
 
 .PHONY: help bootstrap bootstrap-test test-deps bench-deps run test lint migrate demo bench clean
 
@@ -54,8 +56,16 @@ test: lint test-deps ## lint, then pytest (-n 2) against a throw-away PostgreSQL
 	export HIFHIR_TEST_PG_URL="$$url"; \
 	$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
-bench: bootstrap bench-deps ## run the benchmark suite (bench/)
+# The batch benchmark takes --backend and --nice from BENCH_ARGS (either form, `--nice -10` or `--nice=-10`).
+bench: bootstrap bench-deps ## run the benchmark suite (bench/): the HTTP scenarios, then the batch run
 	$(PY) -m bench.run $(BENCH_ARGS)
+	@set -- $(BENCH_ARGS); shared=""; \
+	while [ $$# -gt 0 ]; do \
+		case "$$1" in --nice|--backend) shared="$$shared $$1 $$2"; shift;; --nice=*|--backend=*) shared="$$shared $$1";; esac; \
+		shift; \
+	done; \
+	echo "$(PY) -m bench.batch$$shared $(BATCH_ARGS)"; \
+	$(PY) -m bench.batch $$shared $(BATCH_ARGS)
 
 clean: ## stop the test cluster and remove test artefacts (keeps .venv and var/ app data)
 	@if [ -x $(PY) ] && [ -f var/test-pg/state.json ]; then $(PY) -m tests.pg_cluster stop || true; fi
