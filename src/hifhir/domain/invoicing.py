@@ -77,6 +77,7 @@ from hifhir.domain.policy import (
     policy_value,
 )
 from hifhir.store.codelists import DIAGNOSIS_LIST
+from hifhir.store.fast import DriverQuery
 from hifhir.store.tables import (
     INVOICE_PAID,
     INVOICE_VALIDATED,
@@ -214,7 +215,7 @@ def _new_ids() -> dict[str, str]:
 # --- the contribution invoice of a policy ------------------------------------------------------------------------
 
 _HOLDER = policy_holder.alias("holder")
-_POLICY = (
+_POLICY = DriverQuery(
     select(policy.c.pk, policy.c.family_pk, policy.c.policy_holder_pk, policy.c.head_insuree_pk,
            policy.c.product_pk, policy.c.enroll_date, policy.c.start_date, policy.c.effective_date,
            policy.c.expiry_date, policy.c.status, policy.c.stage, policy.c.value, policy.c.previous_policy_pk,
@@ -223,10 +224,14 @@ _POLICY = (
                  .outerjoin(_HOLDER, _HOLDER.c.pk == policy.c.policy_holder_pk))
     .where(policy.c.pk == bindparam("pk"), is_current(policy))
 )
-_INVOICE_OF_POLICY = select(invoice.c.pk).where(invoice.c.policy_pk == bindparam("pk"), is_current(invoice)).limit(1)
-_PRODUCT = select(product).where(product.c.pk == bindparam("pk"))
-_PAID = select(func.coalesce(func.sum(premium.c.amount), 0), func.max(premium.c.pay_date)).where(
-    premium.c.policy_pk == bindparam("pk"), is_current(premium), premium.c.is_photo_fee.is_(False))
+# Through the driver (store/fast.DriverQuery): these run in every enrolment's write transaction, where
+# SQLAlchemy's per-statement work cost more than the statements.
+_INVOICE_OF_POLICY = DriverQuery(
+    select(invoice.c.pk).where(invoice.c.policy_pk == bindparam("pk"), is_current(invoice)).limit(1))
+_PRODUCT = DriverQuery(select(product).where(product.c.pk == bindparam("pk")))
+_PAID = DriverQuery(select(func.coalesce(func.sum(premium.c.amount), 0).label("paid"),
+                           func.max(premium.c.pay_date).label("last_paid")).where(
+    premium.c.policy_pk == bindparam("pk"), is_current(premium), premium.c.is_photo_fee.is_(False)))
 _MEMBERS = (
     select(insuree.c.dob, insuree.c.relationship)
     .join(insuree_policy, insuree_policy.c.insuree_pk == insuree.c.pk)
@@ -260,12 +265,13 @@ def invoice_for_policy(conn: Connection, policy_pk: int, *, today: date, now: in
     already has one, is not current or is suspended. Run it in the transaction that created the policy, after
     its covered insurees and premiums are written; the caller records the FHIR version (kind `invoice`).
     `today` bounds the issue date (the enrolment date, never in the future); `now` stamps the row."""
-    row = conn.execute(_POLICY, {"pk": policy_pk}).first()
+    found = _POLICY.rows(conn, {"pk": policy_pk})
+    row = found[0] if found else None
     if row is None or row.status == SUSPENDED:
         return None
-    if conn.execute(_INVOICE_OF_POLICY, {"pk": policy_pk}).first() is not None:
+    if _INVOICE_OF_POLICY.rows(conn, {"pk": policy_pk}):
         return None
-    product_row = conn.execute(_PRODUCT, {"pk": row.product_pk}).one()
+    product_row = _PRODUCT.rows(conn, {"pk": row.product_pk})[0]
     terms = ProductTerms.from_row(product_row)
     previous_expiry = (conn.execute(_EXPIRY, {"pk": row.previous_policy_pk}).scalar()
                        if row.previous_policy_pk is not None else None)
@@ -276,7 +282,7 @@ def invoice_for_policy(conn: Connection, policy_pk: int, *, today: date, now: in
     who = row.head_chf_id or row.holder_code or str(row.pk)
     code = _free_code(conn, invoice, f"IV-{product_row.code}-{who}-{row.start_date:%Y-%m}")
     totals = _totals([line])
-    paid, last_paid = conn.execute(_PAID, {"pk": row.pk}).one()
+    paid, last_paid = _PAID.rows(conn, {"pk": row.pk})[0]
     paid = Decimal(paid)
     settled = paid > 0 and paid >= totals["amount_total"]
     deadline = None if settled else last_payment_date(terms, row.stage, row.enroll_date, row.start_date,

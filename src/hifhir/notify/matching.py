@@ -10,10 +10,13 @@ subscription exists. A flush that itself writes subscriptions reads them afresh 
 
 Each subscription's criteria is then evaluated by the search engine against the written resources of its type: one
 `SELECT pk … WHERE pk IN (written) AND <criteria>` per subscription and kind in the batch (none for a criteria
-without parameters). Creates and updates match the resource as written; a delete matches the row as it was when
-deleted (a logical delete keeps it: `Invoice?type=contribution` is told of a deleted contribution invoice, not of
-a deleted bill). Each match enqueues one outbox row, topic `notify`, subject the Subscription id, payload: the
-resource's kind, type, id, version and the event (create | update | delete).
+without parameters). A flush that wrote one resource of the kind (an API write) runs `… WHERE pk = ? AND
+<criteria>` compiled once and executed through the driver (store/fast.DriverQuery): building and executing the
+query through SQLAlchemy cost more than the rest of the notification's work in the writing transaction.
+Creates and updates match the resource as written; a delete matches the row as it was when deleted (a logical
+delete keeps it: `Invoice?type=contribution` is told of a deleted contribution invoice, not of a deleted bill).
+Each match enqueues one outbox row, topic `notify`, subject the Subscription id, payload: the resource's kind,
+type, id, version and the event (create | update | delete).
 
 Rights are checked at delivery, against the owner's rights then (delivery.py). A subscription past its `end` is
 skipped, and one outbox row (payload `{"expire": true}`) has the delivery side turn it off.
@@ -22,16 +25,18 @@ skipped, and one outbox row (payload `{"expire": true}`) has the delivery side t
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from hifhir.fhir.kind import FLUSH_OBSERVERS, ResourceKind, Written, now_us
 from hifhir.notify.criteria import Criteria, CriteriaError, criteria_clauses, parse_criteria
 from hifhir.outbox import enqueue
-from hifhir.store.fast import FastStatement
+from hifhir.store.fast import DriverQuery, FastStatement
 from hifhir.store.tables import is_current, subscription
 
 log = logging.getLogger("hifhir.notify")
@@ -69,6 +74,13 @@ class Snapshot:
 _cached: Snapshot | None = None
 _unparsable_logged: set[tuple[int, str]] = set()
 
+# (criteria, kind name, deleted, dialect) → (expires at, day built, query on one written row, or None: cannot match,
+# or _GENERIC: only the generic path can run it). A criteria's clauses may hold today's date (a Contract status) or
+# the time (`ap`): an entry serves the day it was built on, a minute at most.
+_ONE_ROW_TTL_S = 60.0
+_GENERIC = object()
+_one_row: dict[tuple[str, str, bool, str], tuple[float, date, Any]] = {}
+
 
 def _load(conn: Connection, key: tuple[int, int, int]) -> Snapshot:
     by_type: dict[str, list[Live]] = {}
@@ -87,19 +99,34 @@ def _load(conn: Connection, key: tuple[int, int, int]) -> Snapshot:
     return Snapshot(key, by_type)
 
 
+# How long a process trusts its subscriptions without asking the table again: a subscription written in this
+# process is seen at once (forget()), one written by another process within this delay — a write path pays no
+# query for notifications it has no subscription for.
+FRESHNESS_S = 1.0
+_checked_at = 0.0
+
+
 def snapshot(conn: Connection, *, cache: bool = True) -> Snapshot:
     """The live subscriptions as this transaction sees them (from the process cache when still fresh)."""
-    global _cached
+    global _cached, _checked_at
+    found = _cached
+    if cache and found is not None and time.monotonic() - _checked_at < FRESHNESS_S:
+        return found
     count, versions, latest = _FRESHNESS.execute(conn, {})[0]
     key = (int(count), int(versions), int(latest))
+    if cache:
+        _checked_at = time.monotonic()
     if count == 0:
-        return Snapshot(key, {})
-    found = _cached
+        empty = Snapshot(key, {})
+        if cache:
+            _cached = empty
+        return empty
     if cache and found is not None and found.key == key:
         return found
     loaded = _load(conn, key)
     if cache:
         _cached = loaded
+        _one_row.clear()  # the subscriptions changed: drop the queries of those that may be gone
     return loaded
 
 
@@ -107,11 +134,14 @@ def forget() -> None:
     """Drop the process cache (tests)."""
     global _cached
     _cached = None
+    _one_row.clear()
 
 
 def on_flush(conn: Connection, written: list[Written]) -> None:
     """The FLUSH_OBSERVERS hook: enqueue a notification for each (subscription, written resource) that matches."""
     touches_subscriptions = any(w.kind.name == KIND_NAME for w in written)
+    if touches_subscriptions:
+        forget()  # this process's next writes ask the table again (they see the change once it is committed)
     others = [w for w in written if w.kind.name != KIND_NAME] if touches_subscriptions else written
     if not others:
         return
@@ -140,6 +170,32 @@ def on_flush(conn: Connection, written: list[Written]) -> None:
                 enqueue(conn, TOPIC, sub.id, payload)
 
 
+def _one_row_query(conn: Connection, kind: ResourceKind, criteria: Criteria, deleted: bool) -> Any:
+    """The criteria on one written row of `kind` (bind `matched_pk`; current rows only, but for a delete): a
+    DriverQuery, None when the kind cannot match, or _GENERIC when the statement needs SQLAlchemy (a list of
+    values expanded at execution)."""
+    key = (criteria.text, kind.name, deleted, conn.dialect.name)
+    clock, day = time.monotonic(), date.today()
+    hit = _one_row.get(key)
+    if hit is not None and hit[0] > clock and hit[1] == day:
+        return hit[2]
+    clauses = criteria_clauses(kind, criteria.request)
+    query: Any = None
+    if clauses is not None:
+        t = kind.table
+        wanted = t.c.pk == bindparam("matched_pk")
+        statement = select(t.c.pk).where(wanted if deleted else wanted & is_current(t), *clauses)
+        compiled = statement.compile(dialect=conn.dialect)
+        # DriverQuery runs the SQL as compiled, with the values the clauses hold: no list expanded at execution,
+        # no value left to bind but the row's pk.
+        values = compiled.construct_params(_check=False)
+        plain = not compiled.post_compile_params and not compiled.literal_execute_params and all(
+            v is not None for k, v in values.items() if k != "matched_pk")
+        query = DriverQuery(statement) if plain else _GENERIC
+    _one_row[key] = (clock + _ONE_ROW_TTL_S, day, query)
+    return query
+
+
 def matching(conn: Connection, criteria: Criteria, changes: Iterable[Written]) -> list[Written]:
     """The written resources (all of one type) the criteria selects: one query per kind written, none when the
     criteria has no parameters."""
@@ -150,6 +206,15 @@ def matching(conn: Connection, criteria: Criteria, changes: Iterable[Written]) -
         by_kind.setdefault(w.kind.name, (w.kind, {}))[1][w.pk] = w
     out: list[Written] = []
     for kind, by_pk in by_kind.values():
+        if len(by_pk) == 1:
+            (w,) = by_pk.values()
+            query = _one_row_query(conn, kind, criteria, w.operation == "delete")
+            if query is None:
+                continue
+            if query is not _GENERIC:
+                if query.rows(conn, {"matched_pk": w.pk}):
+                    out.append(w)
+                continue
         clauses = criteria_clauses(kind, criteria.request)
         if clauses is None:
             continue
