@@ -103,9 +103,10 @@ class HifhirApp:
                 from hifhir.fhir.registry import ALL_KINDS
                 from hifhir.fhir.validate import warm_up
 
-                # Compile the served profiles now rather than inside the first requests (only those: compiling
-                # every IG profile would cost each worker ~30 MB more).
-                warm_up([k.profile for k in ALL_KINDS])
+                # Compile the profiles clients write now rather than inside the first requests (only those:
+                # read-only kinds are never validated on input, and each compiled profile costs every worker
+                # ~1 MB; `$validate` of another profile compiles it on first use).
+                warm_up([k.profile for k in ALL_KINDS if k.writable and k.profile])
                 self._jobs = asyncio.get_running_loop().create_task(self._run_jobs())
                 if self.settings.outbox.in_app:
                     from hifhir.outbox.worker import start_background
