@@ -60,6 +60,12 @@ POST_CAPACITY_RPS = 5000
 CONTRACT_CAPACITY_RPS = 1000
 # Claims per second a phase can send before the prepared ones run out (each is sent once: its code is unique).
 CLAIM_CAPACITY_RPS = 1000
+# PaymentNotices per second a phase can send before the prepared invoices or bills run out (each full payment
+# settles a different one: a second payment of it would be an over-payment, 422).
+PAYMENT_CAPACITY_RPS = 1000
+PAYMENT_SCENARIOS = ("payment", "installment", "bill-payment")
+INSTALLMENTS_PER_INVOICE = 4  # installment scenario: payments per invoice, together less than its total
+UNENROLLED_KEPT = 50  # families enrol_idle leaves unenrolled
 SERVER_READY_TIMEOUT_S = 120.0
 DEMO_RETRY_S = 60.0
 IG = "https://openimis.github.io/openimis_fhir_r4_ig"
@@ -97,6 +103,9 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("eligibility", "POST CoverageEligibilityRequest", 1500.0, "POST", "eligibility.lua"),
     Scenario("contract", "POST Contract (enrol a family)", 300.0, "POST", "bodies.lua"),
     Scenario("claim", "POST Claim (10 lines)", 400.0, "POST", "bodies.lua"),
+    Scenario("payment", "POST PaymentNotice (contribution paid in full: activates)", 500.0, "POST", "bodies.lua"),
+    Scenario("installment", "POST PaymentNotice (contribution installment)", 500.0, "POST", "bodies.lua"),
+    Scenario("bill-payment", "POST PaymentNotice (bill paid in full)", 500.0, "POST", "bodies.lua"),
 )
 DIAGNOSIS_VS = f"{IG}/ValueSet/diagnosis-ICD10-level1"
 DIAGNOSIS_CS_FILE = REPO_ROOT / "src/hifhir/data/ig/terminology/CodeSystem-diagnosis-ICD10-level1.json"
@@ -766,6 +775,225 @@ def _insuree_covers(conn: Any, patient_ids: list[str], day: date) -> dict[str, t
     return out
 
 
+# --------------------------------------------------------------------------------------------------
+# Payments: the invoices and bills the payment scenarios pay, made in SQL before the server starts
+
+
+PAYMENT_NOTICE_PROFILE = f"{IG}/StructureDefinition/openimis-payment-notice"
+PAYMENT_STATUS_CS = "http://terminology.hl7.org/CodeSystem/paymentstatus"
+SETTLEMENT_REF = "https://payments.example.org/fhir/PaymentReconciliation/bench-settlement"
+
+
+def payment_notice_body(request: dict[str, Any], amount: Decimal, reference: str, day: date, currency: str) -> str:
+    """A PaymentNotice as the payments platform sends it (the shape of tests/http/test_payments.py notice()): its
+    reference (also the contribution's receipt) unique, the amount written as an exact JSON number."""
+    body = {
+        "resourceType": "PaymentNotice", "meta": {"profile": [PAYMENT_NOTICE_PROFILE]},
+        "identifier": [{"type": {"coding": [{"system": f"{IG}/CodeSystem/openimis-identifiers", "code": "UUID"}]},
+                        "value": reference}],
+        "status": "active", "request": request, "created": f"{day.isoformat()}T10:00:00Z",
+        "payment": {"reference": SETTLEMENT_REF}, "paymentDate": day.isoformat(),
+        "recipient": {"reference": INSURER_REF},
+        "amount": {"value": "@@AMOUNT@@", "currency": currency},
+        "paymentStatus": {"coding": [{"system": PAYMENT_STATUS_CS, "code": "paid"}]},
+    }
+    return json.dumps(body, separators=(",", ":")).replace('"@@AMOUNT@@"', str(amount))
+
+
+@dataclass(slots=True)
+class PaymentBodies:
+    bodies: dict[str, list[str]]  # scenario → PaymentNotice bodies, in sending order
+    notes: list[str]
+    first_contract: str | None = None  # the Contract whose invoice the first `payment` body pays (verify)
+
+
+def enrol_idle(conn: Any, count: int, today: date, rng: random.Random) -> list[int]:
+    """Enrol up to `count` unenrolled families, picked at random, in idle policies (nothing paid) with their
+    contribution invoices, as a Contract write without contributions leaves them: the demo loader's choice of
+    product, members, officer and dates for an idle policy (`hifhir.demo.policies`: enrolled in the last 60 days)
+    and the Contract kind's rows, written with WriteContext.insert and rendered by its flush. Returns the invoices'
+    pks."""
+    from sqlalchemy import exists, func, insert, select
+
+    from hifhir.demo.policies import Planned, PolicyPlanner, draw_dates
+    from hifhir.domain.invoicing import invoice_for_policy
+    from hifhir.domain.policy import IDLE, Member
+    from hifhir.fhir.kind import WriteContext
+    from hifhir.store.tables import coverage, family, insuree, insuree_policy, is_current, policy
+
+    enrolled = exists(select(policy.c.pk).where(policy.c.family_pk == family.c.pk, is_current(policy)))
+    unenrolled = int(conn.execute(select(func.count()).select_from(family).where(
+        is_current(family), ~enrolled)).scalar_one())
+    # A few stay unenrolled: verify() enrols one whatever the scenarios.
+    count = min(count, unenrolled - UNENROLLED_KEPT)
+    if count <= 0:
+        return []
+    families = conn.execute(select(family.c.pk, family.c.location_pk, family.c.head_insuree_pk).where(
+        is_current(family), ~enrolled).order_by(func.random()).limit(count)).all()
+    members: dict[int, list[Any]] = {}
+    pks = [f.pk for f in families]
+    for start in range(0, len(pks), 500):
+        for r in conn.execute(select(insuree.c.pk, insuree.c.family_pk, insuree.c.dob, insuree.c.relationship).where(
+                insuree.c.family_pk.in_(pks[start:start + 500]), is_current(insuree)).order_by(insuree.c.pk)):
+            members.setdefault(r.family_pk, []).append(r)
+    planner = PolicyPlanner(conn, rng, today)
+    ctx = WriteContext(conn, "bench")
+    made: list[int] = []
+    for f in families:
+        terms_list, weights = planner.candidates(f.location_pk)
+        family_members = sorted(members.get(f.pk, []), key=lambda m: (m.pk != f.head_insuree_pk, m.pk))
+        if not terms_list or not family_members or family_members[0].pk != f.head_insuree_pk:
+            continue
+        terms = rng.choices(terms_list, weights)[0]
+        covered = family_members[:max(terms.member_count, 0)]
+        dates = draw_dates(rng, terms, [Member(m.dob, m.relationship) for m in covered], IDLE, today)
+        if dates is None:
+            continue
+        planned = Planned(terms, f.pk, planner.officers.get(f.location_pk), [m.pk for m in covered], IDLE, dates,
+                          "C")
+        res_id = str(uuid.uuid4())
+        pol, rows, _, cov = PolicyPlanner.rows(planned, 0, 0, res_id, ctx.now)
+        drop = ("pk", "version_id", "last_updated")
+        policy_pk = ctx.insert(policy, {k: v for k, v in pol.items() if k not in drop})
+        conn.execute(insert(insuree_policy), [{**m, "policy_pk": policy_pk} for m in rows])
+        ctx.mark("contract", policy_pk)
+        ctx.mark("coverage", ctx.insert(coverage, {**{k: v for k, v in cov.items() if k not in drop},
+                                                   "policy_pk": policy_pk}))
+        invoice_pk = invoice_for_policy(conn, policy_pk, today=today, now=ctx.now)
+        if invoice_pk is not None:
+            ctx.mark("invoice", invoice_pk)
+            made.append(invoice_pk)
+    ctx.flush()
+    return made
+
+
+def prepare_payments(database_url: str, wanted: dict[str, int]) -> PaymentBodies:
+    """The invoices and bills the payment scenarios pay, written in one transaction before the server starts, and
+    the PaymentNotices paying them (at most `wanted[scenario]` per scenario).
+
+    The demo loader inserts its policies in SQL, without the contribution invoices a Contract write creates: the
+    invoices of its idle policies (enrolled, unpaid: ≈ 5 % of the families) are made here as that write makes them
+    (`invoice_for_policy`, FHIR versions recorded by `record_versions`); when they are too few, unenrolled families
+    (≈ 15 %) are enrolled in idle policies with their invoices (`enrol_idle`). Those are the families the contract
+    scenario enrols: the payment scenarios are not in the default set, they run in an invocation of their own.
+    * payment: one notice per invoice paying its total, which activates the policy (the GovStack contribution
+      payment): one invoice per request;
+    * installment: INSTALLMENTS_PER_INVOICE notices per invoice (more when invoices are short), each 1/(n+1) of its
+      total (none completes it: no activation), sent round-robin over the invoices; at most a quarter of the
+      invoices when `payment` runs too;
+    * bill-payment: claim-batch bills to health facilities, inserted as a batch run leaves them, each paid in full
+      by one notice (no policy, no contribution).
+    """
+    from sqlalchemy import exists, func, insert, select
+
+    from hifhir.config import SCHEME_CURRENCY
+    from hifhir.domain.invoicing import invoice_for_policy
+    from hifhir.fhir import registry  # noqa: F401  (the kinds record_versions renders through)
+    from hifhir.fhir.kind import now_us
+    from hifhir.fhir.profiles.invoice import record_versions
+    from hifhir.store.db import make_engine, transaction
+    from hifhir.store.tables import (
+        INVOICE_VALIDATED,
+        POLICY_IDLE,
+        bill,
+        bill_line,
+        health_facility,
+        invoice,
+        is_current,
+        policy,
+    )
+
+    today = date.today()
+    stamp = f"{int(time.time()) % 10**8:08d}"
+    rng = random.Random()
+    bodies: dict[str, list[str]] = {}
+    notes: list[str] = []
+    engine = make_engine(database_url)
+    try:
+        with transaction(engine, write=True) as conn:
+            full_wanted = wanted.get("payment", 0)
+            split_wanted = wanted.get("installment", 0)
+            needed = full_wanted + -(-split_wanted // INSTALLMENTS_PER_INVOICE)
+            invoiced = exists(select(invoice.c.pk).where(invoice.c.policy_pk == policy.c.pk))
+            idle = list(conn.execute(select(policy.c.pk).where(
+                is_current(policy), policy.c.status == POLICY_IDLE, ~invoiced).order_by(func.random())
+                .limit(needed)).scalars()) if needed else []
+            now = now_us()
+            made = [pk for pk in (invoice_for_policy(conn, pk, today=today, now=now) for pk in idle) if pk is not None]
+            record_versions(conn, "invoice", made, now=now, user_name="bench")
+            if needed:
+                notes.append(f"payments: contribution invoices made for {len(made):,} of the demo's idle policies")
+            if len(made) < needed:
+                started = time.monotonic()
+                extra = enrol_idle(conn, needed - len(made), today, rng)
+                notes.append(f"payments: {len(extra):,} unenrolled families enrolled in idle policies with their "
+                             f"invoices ({time.monotonic() - started:.0f}s)")
+                made += extra
+            rows = conn.execute(
+                select(invoice.c.pk, invoice.c.id, invoice.c.amount_total, policy.c.id.label("contract"))
+                .join(policy, policy.c.pk == invoice.c.policy_pk).where(invoice.c.pk.in_(made))).all() if made else []
+            rows = sorted(rows, key=lambda r: r.pk)
+            rng.shuffle(rows)
+            for_split = 0
+            if split_wanted and rows:
+                for_split = -(-split_wanted // INSTALLMENTS_PER_INVOICE)
+                if full_wanted:
+                    for_split = min(for_split, len(rows) // 4)
+                for_split = max(1, min(for_split, len(rows)))
+            split_rows, full_rows = rows[:for_split], rows[for_split:for_split + full_wanted]
+            if "payment" in wanted:
+                bodies["payment"] = [
+                    payment_notice_body({"reference": f"Invoice/{r.id}"}, r.amount_total, f"BENCH-PF{stamp}{n:07d}",
+                                        today, SCHEME_CURRENCY) for n, r in enumerate(full_rows)]
+                notes.append(f"payment: {len(full_rows):,} contribution invoices of idle policies, each paid in full "
+                             "once")
+            if "installment" in wanted:
+                per_invoice = -(-split_wanted // max(1, len(split_rows)))
+                split: list[str] = []
+                for n in range(per_invoice * len(split_rows)):
+                    r = split_rows[n % len(split_rows)]
+                    part = (r.amount_total / (per_invoice + 1)).quantize(Decimal("0.01"), rounding="ROUND_DOWN")
+                    split.append(payment_notice_body({"reference": f"Invoice/{r.id}"}, part,
+                                                     f"BENCH-PI{stamp}{n:07d}", today, SCHEME_CURRENCY))
+                bodies["installment"] = split
+                notes.append(f"installment: {len(split_rows):,} contribution invoices, {per_invoice} installments "
+                             "each (1/(n+1) of the total: none completes it)")
+            bill_wanted = wanted.get("bill-payment", 0)
+            if bill_wanted:
+                facilities = list(conn.execute(select(health_facility.c.pk).where(is_current(health_facility))
+                                               .order_by(health_facility.c.pk)).scalars())
+                if not facilities:
+                    raise BenchError("the database holds no health facility to bill (bill-payment)")
+                first_day = today.replace(day=1)
+                bills = []
+                for n in range(bill_wanted):
+                    amount = Decimal(rng.randrange(50_000, 5_000_000)) / 100
+                    bill_id = str(uuid.uuid4())
+                    bills.append({
+                        "id": bill_id, "uuid": bill_id, "version_id": 0, "last_updated": now,
+                        "code": f"BENCH-BL{stamp}{n:07d}", "type_code": "claim-batch", "status": INVOICE_VALIDATED,
+                        "payee_type": "health-facility", "payee_pk": facilities[n % len(facilities)],
+                        "date_issued": first_day, "date_due": first_day + timedelta(days=30),
+                        "currency": SCHEME_CURRENCY, "amount_net": amount, "amount_total": amount,
+                        "note": "Claims valuated by the batch run (bench)"})
+                conn.execute(insert(bill), bills)
+                pks = dict(conn.execute(select(bill.c.id, bill.c.pk).where(
+                    bill.c.code.like(f"BENCH-BL{stamp}%"))).all())
+                conn.execute(insert(bill_line), [
+                    {"bill_pk": pks[b["id"]], "sequence": 1, "line_type": "claim", "code": f"CL{n:07d}",
+                     "quantity": 1, "unit_price": b["amount_total"], "amount_net": b["amount_total"],
+                     "amount_total": b["amount_total"]} for n, b in enumerate(bills)])
+                record_versions(conn, "bill", sorted(pks.values()), now=now, user_name="bench")
+                bodies["bill-payment"] = [
+                    payment_notice_body({"reference": f"Invoice/{b['id']}", "type": "bill"}, b["amount_total"],
+                                        f"BENCH-PB{stamp}{n:07d}", today, SCHEME_CURRENCY)
+                    for n, b in enumerate(bills)]
+                notes.append(f"bill-payment: {len(bills):,} claim-batch bills inserted, each paid in full once")
+    finally:
+        engine.dispose()
+    return PaymentBodies(bodies, notes, full_rows[0].contract if "payment" in wanted and full_rows else None)
+
+
 def pick_samples(database_url: str, size: int, contracts: int, claims: int = 0) -> Samples:
     from sqlalchemy import create_engine, func, select
 
@@ -1170,6 +1398,29 @@ def verify(base: str, token: str, samples: Samples) -> None:
     log("verified: every scenario answers 200/201")
 
 
+def verify_payments(base: str, token: str, payments: PaymentBodies) -> None:
+    """The first PaymentNotice of each payment scenario answers 201, and the first full payment balances its invoice
+    and activates its policy (the first installment leaves the invoice issued)."""
+    for key, bodies in payments.bodies.items():
+        if not bodies:
+            raise BenchError(f"{key}: nothing to pay (no idle policy or facility in the database)")
+        status, answer = http(base + "/fhir/PaymentNotice", method="POST", body=bodies[0].encode(), token=token)
+        if status != 201:
+            raise BenchError(f"{key}: POST /fhir/PaymentNotice answered {status}, expected 201: {answer[:500]!r}")
+        request = json.loads(answer)["request"]["reference"]
+        status, answer = http(f"{base}/fhir/{request}", token=token)
+        expected = "issued" if key == "installment" else "balanced"
+        if status != 200 or json.loads(answer).get("status") != expected:
+            raise BenchError(f"{key}: {request} is not {expected} after the payment: {status} {answer[:500]!r}")
+    if payments.first_contract is not None:
+        status, answer = http(f"{base}/fhir/Contract/{payments.first_contract}", token=token)
+        states = [e.get("valueCode") for e in json.loads(answer).get("extension", [])
+                  if e.get("url", "").endswith("/policy-status")]
+        if status != 200 or states != ["active"]:
+            raise BenchError(f"payment: the contribution paid in full did not activate the policy: {answer[:800]!r}")
+    log(f"verified: {', '.join(payments.bodies)} answer 201")
+
+
 # --------------------------------------------------------------------------------------------------
 # wrk
 
@@ -1224,7 +1475,8 @@ def wrk_argv(scenario: Scenario, scripts: Scripts, base: str, *, duration: float
     return argv
 
 
-BODIES_PATHS = {"contract": "/fhir/Contract", "claim": "/fhir/Claim"}
+BODIES_PATHS = {"contract": "/fhir/Contract", "claim": "/fhir/Claim", "payment": "/fhir/PaymentNotice",
+                "installment": "/fhir/PaymentNotice", "bill-payment": "/fhir/PaymentNotice"}
 
 
 def run_wrk(argv: list[str], nice: int = 0) -> str:
@@ -1404,6 +1656,14 @@ def run_backend(backend: str, args: argparse.Namespace) -> BackendRun:
             analyze(database_url)
             run.notes.append("ANALYZE run on the database before the server started (--analyze: NOT what "
                              "`make run` does)")
+        # The invoices and bills to pay, before the server starts (one body more per scenario for verify_payments).
+        payment_phase = {0: int(args.warmup * PAYMENT_CAPACITY_RPS) + 1, 1: int(args.duration * PAYMENT_CAPACITY_RPS)}
+        payments = PaymentBodies({}, [])
+        wanted_payments = {key: 1 + payment_phase[0] + payment_phase[1] for key in PAYMENT_SCENARIOS
+                           if key in args.scenarios}
+        if wanted_payments:
+            payments = prepare_payments(database_url, wanted_payments)
+            run.notes.extend(payments.notes)
         server = Server(database_url, VAR_DIR / f"server-{backend}.log", args.workers)
         stack.callback(server.stop)
         version = code_version()  # the tree may change under a long run: record what this server loaded
@@ -1440,9 +1700,17 @@ def run_backend(backend: str, args: argparse.Namespace) -> BackendRun:
                 f"{measured / args.duration:,.0f} req/s can be measured before they run out)")
         # Enough fresh CHFIDs for POST at POST_CAPACITY_RPS in each phase; past that wrk reuses them (409).
         capacity = {0: int(args.warmup * POST_CAPACITY_RPS) + 1, 1: int(args.duration * POST_CAPACITY_RPS)}
+        paid = {key: split_bodies(bodies[1:], payment_phase, args.threads) for key, bodies in payments.bodies.items()}
+        for key, phases in paid.items():
+            measured = len(set(phases[1]))
+            run.notes.append(f"{key}: {len(set(phases[0])):,} PaymentNotices for the warm-up, {measured:,} for the "
+                             f"measurement (at most {measured / args.duration:,.0f} req/s can be measured before "
+                             "they run out)")
         scripts = write_scripts(VAR_DIR / f"wrk-{backend}", token, samples, capacity,
-                                {"contract": contracts, "claim": claims})
+                                {"contract": contracts, "claim": claims, **paid})
         verify(server.base, token, samples)
+        if payments.bodies:
+            verify_payments(server.base, token, payments)
         selected = [s for s in SCENARIOS if s.key in args.scenarios or s is CEILING]
         for scenario in selected:
             log(f"{backend}: {scenario.label} for {args.duration:g}s ({args.connections} connections)")
@@ -1454,6 +1722,12 @@ def run_backend(backend: str, args: argparse.Namespace) -> BackendRun:
                 note = (f"contract: the families ran out ({m.wrk.requests:,} requests for "
                         f"{len(set(contracts[1])):,} families): the requests beyond them re-sent a Contract and "
                         "were refused (409); load more insurees or shorten --duration")
+                log(note)
+                run.notes.append(note)
+            if scenario.key in paid and m.wrk.requests > len(set(paid[scenario.key][1])):
+                note = (f"{scenario.key}: the prepared payments ran out ({m.wrk.requests:,} requests for "
+                        f"{len(set(paid[scenario.key][1])):,}): the requests beyond them re-sent a PaymentNotice and "
+                        "were refused (non-2xx); load more insurees or shorten --duration")
                 log(note)
                 run.notes.append(note)
         if "sync" in args.scenarios:
@@ -1596,9 +1870,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="reuse var/bench/sqlite-N.db when it holds N insurees, and keep it afterwards")
     parser.add_argument("--catalogue", type=int, default=10_000,
                         help="extra medical items and as many services to load (default 10000 each)")
-    parser.add_argument("--scenarios", default=",".join([*(s.key for s in SCENARIOS), "sync"]),
+    # The payment scenarios enrol the families the contract scenario needs (prepare_payments): not by default.
+    parser.add_argument("--scenarios",
+                        default=",".join([*(s.key for s in SCENARIOS if s.key not in PAYMENT_SCENARIOS), "sync"]),
                         help="comma-separated subset of " + ", ".join(s.key for s in SCENARIOS)
-                        + ", sync (the ceiling always runs)")
+                        + ", sync (the ceiling always runs; default: all but " + ", ".join(PAYMENT_SCENARIOS)
+                        + ", which need a population of their own: run them in a separate invocation)")
     parser.add_argument("--quiet-wait", type=float, default=60.0, metavar="SECONDS",
                         help="before each scenario, wait up to this long for other processes to go idle "
                         "(default 60; 0 to skip)")
