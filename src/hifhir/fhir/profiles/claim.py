@@ -162,7 +162,7 @@ from hifhir.domain.claims.feedback import SelectionRule, parse_rule
 from hifhir.fhir.elements import CS, EXT, first_code, identifier_value, identifiers, reference
 from hifhir.fhir.errors import FhirError, business_rule, conflict
 from hifhir.fhir.kind import ResourceKind, Rights, WriteContext, require
-from hifhir.fhir.profiles.common import is_uuid
+from hifhir.fhir.profiles.common import is_uuid, stored_bodies
 from hifhir.fhir.profiles.contract import choice_param, typed_reference_param
 from hifhir.fhir.profiles.medication import CURRENCY, MAX_AMOUNT, money, number, parse_amount, parse_money
 from hifhir.fhir.profiles.practitioner import full_date
@@ -195,7 +195,6 @@ from hifhir.store.tables import (
     medical_service,
     policy,
 )
-from hifhir.store.tables import resource_version as rv
 
 CLAIM_TYPE, RESPONSE_TYPE = "Claim", "ClaimResponse"
 CLAIM_KIND, RESPONSE_KIND = "claim", "claim-response"
@@ -762,7 +761,7 @@ class ClaimKind(ResourceKind):
         self.sort_params = {**common_sorts(self), "created": SortKey(t.c.date_claimed, "date")}
 
     def render(self, conn: Connection, pks: list[int]) -> dict[int, dict[str, Any]]:
-        out = _stored_bodies(conn, self, pks)
+        out = stored_bodies(conn, self, pks)
         missing = [pk for pk in pks if pk not in out]
         if missing:
             out.update({pk: claim_body(view) for pk, view in _claim_views(conn, missing).items()})
@@ -991,22 +990,6 @@ def _supporting_body(v: ClaimView) -> list[dict[str, Any]]:
         out.append({"sequence": a.sequence, "category": _concept(SUPPORTING_CS, "attachment", None),
                     "valueAttachment": att})
     return sorted(out, key=lambda x: x["sequence"])
-
-
-def _stored_bodies(conn: Connection, kind: ResourceKind, pks: list[int]) -> dict[int, dict[str, Any]]:
-    """The latest stored version of immutable Claims (a re-render repeats it)."""
-    t = kind.table
-    ids = {r.id: r.pk for r in conn.execute(select(t.c.pk, t.c.id).where(t.c.pk.in_(pks)))}
-    latest: dict[str, tuple[int, bytes]] = {}
-    for r in conn.execute(select(rv.c.res_id, rv.c.version, rv.c.body).where(
-            rv.c.res_type == kind.resource_type, rv.c.res_id.in_(list(ids)), rv.c.body.is_not(None))):
-        if r.res_id not in latest or r.version > latest[r.res_id][0]:
-            latest[r.res_id] = (r.version, r.body)
-    out: dict[int, dict[str, Any]] = {}
-    for res_id, (_, body) in latest.items():
-        resource = orjson.loads(body)
-        out[ids[res_id]] = {k: v for k, v in resource.items() if k not in ("resourceType", "id", "meta")}
-    return out
 
 
 # --- rows → views (Claims loaded in SQL, and every ClaimResponse) ----------------------------------------------------

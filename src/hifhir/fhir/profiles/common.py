@@ -6,13 +6,15 @@ import functools
 import uuid
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, Row, Table, bindparam, select
 
 from hifhir.fhir.elements import identifier_value
 from hifhir.fhir.errors import conflict
-from hifhir.fhir.kind import WriteContext, require
+from hifhir.fhir.kind import ResourceKind, WriteContext, require
 from hifhir.fhir.searchparams import SearchParam, column_ref, reference_param
 from hifhir.store.tables import is_current, location
+from hifhir.store.tables import resource_version as rv
 
 
 def is_uuid(value: str | None) -> bool:
@@ -138,3 +140,21 @@ def address_location_param(column: Any) -> SearchParam:
     `_include`, chains and `_has` can follow it like any other reference."""
     return reference_param("address-location", "Location", column_ref(column, "location"),
                            doc="The location of the address (extension address-location-reference)")
+
+
+def stored_bodies(conn: Connection, kind: ResourceKind, pks: list[int]) -> dict[int, dict[str, Any]]:
+    """The latest stored version of resources whose content is not all in columns (an eligibility enquiry, a
+    submitted Claim) — what a render outside their creating write can only repeat — without resourceType, id and
+    meta, by pk; entities with no stored version are left out (the caller decides what that means)."""
+    t = kind.table
+    ids = {r.id: r.pk for r in conn.execute(select(t.c.pk, t.c.id).where(t.c.pk.in_(pks)))}
+    latest: dict[str, tuple[int, bytes]] = {}
+    for r in conn.execute(select(rv.c.res_id, rv.c.version, rv.c.body).where(
+            rv.c.res_type == kind.resource_type, rv.c.res_id.in_(list(ids)), rv.c.body.is_not(None))):
+        if r.res_id not in latest or r.version > latest[r.res_id][0]:
+            latest[r.res_id] = (r.version, r.body)
+    out: dict[int, dict[str, Any]] = {}
+    for res_id, (_, body) in latest.items():
+        resource = orjson.loads(body)
+        out[ids[res_id]] = {k: v for k, v in resource.items() if k not in ("resourceType", "id", "meta")}
+    return out

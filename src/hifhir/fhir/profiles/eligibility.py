@@ -56,7 +56,6 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-import orjson
 from sqlalchemy import Connection, Row, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
@@ -71,7 +70,7 @@ from hifhir.domain.eligibility import (
 from hifhir.fhir.elements import CS, first_code, identifier_value, identifiers, reference
 from hifhir.fhir.errors import FhirError, conflict
 from hifhir.fhir.kind import ResourceKind, Rights, WriteContext, require
-from hifhir.fhir.profiles.common import is_uuid, resolve_new_id
+from hifhir.fhir.profiles.common import is_uuid, resolve_new_id, stored_bodies
 from hifhir.fhir.profiles.medication import money
 from hifhir.fhir.profiles.organization import is_current_insurer
 from hifhir.fhir.search import common_params, common_sorts
@@ -82,7 +81,6 @@ from hifhir.store.tables import (
     insuree,
     insurer_org,
 )
-from hifhir.store.tables import resource_version as rv
 
 REQUEST = "CoverageEligibilityRequest"
 RESPONSE = "CoverageEligibilityResponse"
@@ -101,32 +99,16 @@ CEILING_CODES = {"general": "total_ceiling", "ip": "hospital_ceiling", "op": "no
 MIN_DATE, ITEM_LEFT = ("min_date_item", "Mininum date"), ("item_left", "Items left")  # sic, the IG's displays
 
 
-def _stored_bodies(conn: Connection, kind: ResourceKind, pks: list[int]) -> dict[int, dict[str, Any]]:
-    """The latest stored version of immutable resources (when the flush renders them outside their creating
-    write, e.g. a re-render of every kind)."""
-    t = kind.table
-    ids = {r.id: r.pk for r in conn.execute(select(t.c.pk, t.c.id).where(t.c.pk.in_(pks)))}
-    latest: dict[str, tuple[int, bytes]] = {}
-    for r in conn.execute(select(rv.c.res_id, rv.c.version, rv.c.body).where(
-            rv.c.res_type == kind.resource_type, rv.c.res_id.in_(list(ids)), rv.c.body.is_not(None))):
-        if r.res_id not in latest or r.version > latest[r.res_id][0]:
-            latest[r.res_id] = (r.version, r.body)
-    out: dict[int, dict[str, Any]] = {}
-    for res_id, pk in ids.items():
-        if res_id not in latest:
-            raise RuntimeError(f"{kind.resource_type}/{res_id} has no stored version to render from")
-        body = orjson.loads(latest[res_id][1])
-        out[pk] = {k: v for k, v in body.items() if k not in ("resourceType", "id", "meta")}
-    return out
-
-
 def _render(conn: Connection, kind: ResourceKind, pks: list[int]) -> dict[int, dict[str, Any]]:
     # The creating write hands its bodies to the flush (WriteContext.prerendered); a render outside it (e.g. a
     # re-render of every kind) can only repeat the stored version of these immutable resources.
     out: dict[int, dict[str, Any]] = {}
     missing = list(pks)
     if missing:
-        out.update(_stored_bodies(conn, kind, missing))
+        found = stored_bodies(conn, kind, missing)
+        if len(found) < len(missing):
+            raise RuntimeError(f"{kind.resource_type}: {len(missing) - len(found)} enquiries have no stored version")
+        out.update(found)
     return out
 
 
