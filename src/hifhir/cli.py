@@ -107,7 +107,8 @@ def cmd_jobs(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    """The outbox worker (claim-AI deliveries) in the foreground; `serve` runs one in each process as well."""
+    """The outbox worker (claim-AI deliveries, subscription notifications) in the foreground; `serve` runs one in
+    each process as well."""
     import logging
     import signal
 
@@ -299,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     codes.set_defaults(func=cmd_codes)
     jobs = sub.add_parser("jobs", help="run the calendar-driven jobs once (expiries; `serve` runs them hourly)")
     jobs.set_defaults(func=cmd_jobs)
-    worker = sub.add_parser("worker", help="deliver the outbox (claim-AI) until SIGTERM/SIGINT (`serve` runs one too)")
+    worker = sub.add_parser("worker", help="deliver the outbox (claim-AI, notifications) until SIGTERM/SIGINT "
+                            "(`serve` runs one too)")
     worker.add_argument("--once", action="store_true", help="deliver what is due now, then exit")
     worker.add_argument("--topic", help="only this topic (e.g. claim-ai)")
     worker.add_argument("--requeue-failed", action="store_true",

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-# The modules that register handlers (claim-AI today; notifications will add theirs).
+# The modules that register handlers: claim-AI deliveries and subscription notifications.
 HANDLER_MODULES: tuple[str, ...] = ("hifhir.domain.claims.ai", "hifhir.notify.delivery")
 
 
