@@ -11,9 +11,14 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
-from sqlalchemy import Connection
+import orjson
+from sqlalchemy import Connection, Integer, String, bindparam
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import Executable
+from sqlalchemy.sql.expression import FunctionElement
+from sqlalchemy.types import TypeDecorator
 
 
 class FastStatement:
@@ -170,3 +175,48 @@ class MultiRowInsert:
                 raw.execute(sql, args).close()
             except dbapi_error as exc:
                 raise DBAPIError.instance(sql, args, exc, dbapi_error, dialect=conn.dialect) from exc
+
+
+# --- any number of pks as one bind parameter ------------------------------------------------------------------
+
+
+class PkArray(TypeDecorator[list[int]]):
+    """Any number of pks as one bind parameter: a PostgreSQL integer array, a JSON array on SQLite. An expanding IN
+    renders one placeholder per pk, which the driver (psycopg parses every statement with more than 50 parameters
+    anew) and the planner pay for at each execution."""
+
+    impl = String
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Any) -> Any:
+        return dialect.type_descriptor(ARRAY(Integer) if dialect.name == "postgresql" else String())
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        if value is None or dialect.name == "postgresql":
+            return value
+        return orjson.dumps(list(value)).decode()
+
+
+class _AnyPk(FunctionElement[Any]):
+    """`column` is one of the pks of a `PkArray` parameter. Untyped: a Boolean would be compared with 1 on SQLite
+    (no native boolean), which hides the condition from the planner."""
+
+    inherit_cache = True
+    name = "any_pk"
+
+
+@compiles(_AnyPk)
+def _any_pk_pg(element: _AnyPk, compiler: Any, **kw: Any) -> str:
+    column, values = (compiler.process(c, **kw) for c in element.clauses)
+    return f"{column} = ANY(CAST({values} AS INTEGER[]))"
+
+
+@compiles(_AnyPk, "sqlite")
+def _any_pk_sqlite(element: _AnyPk, compiler: Any, **kw: Any) -> str:
+    column, values = (compiler.process(c, **kw) for c in element.clauses)
+    return f"{column} IN (SELECT value FROM json_each({values}))"
+
+
+def any_pk(column: Any, name: str = "pks") -> Any:
+    """`column` is one of the pks bound to parameter `name` (a list of ints, whatever its length)."""
+    return _AnyPk(column, bindparam(name, type_=PkArray()))

@@ -69,7 +69,6 @@ from __future__ import annotations
 
 import calendar
 import gc
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -80,15 +79,12 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Connection,
-    Integer,
     and_,
-    bindparam,
     case,
     delete,
     func,
     insert,
     literal,
-    literal_column,
     not_,
     select,
     text,
@@ -97,8 +93,8 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 
+from hifhir.store.fast import any_pk
 from hifhir.store.tables import (
     CLAIM_PROCESSED,
     CLAIM_VALUATED,
@@ -268,18 +264,6 @@ def _remunerate(conn: Connection, product_pk: int, claims: Any, index_e4: int) -
     return touched
 
 
-def _pk_in(conn: Connection, column: Any) -> ColumnElement[bool]:
-    """SQL: `column` is one of the pks passed as parameter `pks` (see `_pks`) — one parameter however many pks: an
-    expanding IN of 100,000 placeholders is over SQLite's limit (32,766) and costs psycopg a parse of the SQL."""
-    if conn.dialect.name == "postgresql":
-        return column == func.any(bindparam("pks", type_=ARRAY(Integer)))
-    return column.in_(select(literal_column("value")).select_from(func.json_each(bindparam("pks"))))
-
-
-def _pks(conn: Connection, pks: Sequence[int]) -> Any:
-    return list(pks) if conn.dialect.name == "postgresql" else json.dumps(list(pks))
-
-
 def _allocated(premiums: list[Any], start: date, end: date) -> Decimal:
     """A product's contributions allocated to [start, end], pro rata of each premium's covered days."""
     total = Decimal(0)
@@ -389,7 +373,7 @@ def _close(conn: Connection, run_pk: int, touched: list[int]) -> tuple[int, Deci
     if touched:
         lines = union_all(*(
             select(t.c.claim_pk.label("claim_pk"), _raw(t.c.remunerated_amount).label("amount"))
-            .where(t.c.status == LINE_PASSED, _pk_in(conn, t.c.claim_pk))
+            .where(t.c.status == LINE_PASSED, any_pk(t.c.claim_pk))
             for t in (claim_item, claim_service)
         )).subquery()
         sums = (select(lines.c.claim_pk, func.sum(func.coalesce(lines.c.amount, 0)).label("total"),
@@ -399,7 +383,7 @@ def _close(conn: Connection, run_pk: int, touched: list[int]) -> tuple[int, Deci
                      .where(claim.c.pk == sums.c.claim_pk, sums.c.lines == sums.c.done,
                             claim.c.status == CLAIM_PROCESSED)
                      .values(status=CLAIM_VALUATED, run_pk=run_pk, remunerated=type_coerce(sums.c.total, BigInteger)),
-                     {"pks": _pks(conn, touched)})
+                     {"pks": list(touched)})
     count, total = conn.execute(select(func.count(), func.coalesce(func.sum(_raw(claim.c.remunerated)), 0))
                                 .where(claim.c.run_pk == run_pk)).one()
     return int(count), Decimal(int(total)).scaleb(-2)

@@ -122,7 +122,6 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
-import orjson
 from sqlalchemy import (
     BigInteger,
     Connection,
@@ -142,11 +141,9 @@ from sqlalchemy import (
     type_coerce,
     union_all,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
-from sqlalchemy.types import TypeDecorator
 
 from hifhir import config
 from hifhir.domain.claims import (
@@ -169,7 +166,7 @@ from hifhir.fhir.profiles.practitioner import full_date
 from hifhir.fhir.search import common_params, common_sorts
 from hifhir.fhir.searchparams import SortKey, column_ref, date_param, link_ref, reference_param
 from hifhir.store.codelists import DIAGNOSIS_LIST
-from hifhir.store.fast import DriverQuery, MultiRowInsert
+from hifhir.store.fast import DriverQuery, MultiRowInsert, any_pk
 from hifhir.store.tables import (
     CLAIM_CHECKED,
     CLAIM_ENTERED,
@@ -1001,45 +998,8 @@ _LINE_COLUMNS = ("pk", "sequence", "status", "rejection_reason")
 _LINE_AMOUNTS = ("qty_provided", "qty_approved", "price_asked", "price_approved", "price_adjusted", "price_valuated")
 
 
-class _PkArray(TypeDecorator[list[int]]):
-    """Any number of pks as one bind parameter: a PostgreSQL integer array, a JSON array on SQLite. An expanding IN
-    renders one placeholder per pk, which the driver (psycopg parses every statement with more than 50 parameters
-    anew) and the planner pay for at each execution."""
-
-    impl = String
-    cache_ok = True
-
-    def load_dialect_impl(self, dialect: Any) -> Any:
-        return dialect.type_descriptor(ARRAY(Integer) if dialect.name == "postgresql" else String())
-
-    def process_bind_param(self, value: Any, dialect: Any) -> Any:
-        if value is None or dialect.name == "postgresql":
-            return value
-        return orjson.dumps(list(value)).decode()
-
-
-class _AnyPk(FunctionElement[Any]):
-    """`column` is one of the pks of a `_PkArray` parameter. Untyped: a Boolean would be compared with 1 on SQLite
-    (no native boolean), which hides the condition from the planner."""
-
-    inherit_cache = True
-    name = "any_pk"
-
-
-@compiles(_AnyPk)
-def _any_pk_pg(element: _AnyPk, compiler: Any, **kw: Any) -> str:
-    column, values = (compiler.process(c, **kw) for c in element.clauses)
-    return f"{column} = ANY(CAST({values} AS INTEGER[]))"
-
-
-@compiles(_AnyPk, "sqlite")
-def _any_pk_sqlite(element: _AnyPk, compiler: Any, **kw: Any) -> str:
-    column, values = (compiler.process(c, **kw) for c in element.clauses)
-    return f"{column} IN (SELECT value FROM json_each({values}))"
-
-
 def _which(column: Any, one: bool) -> Any:
-    return column == bindparam("pk") if one else _AnyPk(column, bindparam("pks", type_=_PkArray()))
+    return column == bindparam("pk") if one else any_pk(column)
 
 
 def _lines_statement(one: bool) -> Any:
