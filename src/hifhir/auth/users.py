@@ -17,9 +17,18 @@ _PRINCIPAL_TTL_S = 30.0
 
 @dataclass(frozen=True, slots=True)
 class Principal:
+    """Who is calling: an interactive user, an officer, a claim administrator, or a system client (OAuth2)."""
+
     username: str
     rights: frozenset[int]
     is_admin: bool
+    user_pk: int = 0
+    user_type: str = "interactive"  # interactive | officer | claim_admin | technical (app_user.user_type)
+    # The location scope (auth/scope.py fills it): None = every location (administrators, national users, system
+    # clients); otherwise the pks of the locations whose data this user may see.
+    locations: frozenset[int] | None = None
+    hf_pk: int | None = None  # claim administrators: only this facility's claims
+    client_id: str | None = None  # set when an OAuth2 client calls (auth/oauth.py)
 
     def has(self, right: int | None) -> bool:
         return right is None or self.is_admin or right in self.rights

@@ -1004,6 +1004,14 @@ app_user = Table(
     Column("language", String(5), nullable=False, server_default="en"),
     Column("active", Boolean, nullable=False, server_default=text("true")),
     Column("hf_pk", Integer, ForeignKey("health_facility.pk")),
+    # openIMIS user types (domain §4.1): interactive | officer | claim_admin | technical. The officer and claim
+    # administrator records only narrow the location scope; rights always come from the roles.
+    Column("user_type", String(12), nullable=False, server_default="interactive"),
+    Column("officer_pk", Integer, ForeignKey("officer.pk")),
+    Column("claim_admin_pk", Integer, ForeignKey("claim_admin.pk")),
+    # Tokens issued before this instant (epoch seconds) are refused: "revoke this user's tokens".
+    Column("tokens_valid_after", BigInteger, nullable=False, server_default="0"),
+    Column("password_changed", BigInteger, nullable=False, server_default="0"),
 )
 
 role = Table(
@@ -1036,9 +1044,91 @@ user_district = Table(
     Column("location_pk", Integer, ForeignKey("location.pk"), primary_key=True),
 )
 
+# Bumped by every change that must reach other processes' auth caches at once (a user disabled, tokens revoked,
+# roles or rights edited, a client disabled): each process compares it with the value it last saw.
+auth_epoch = Table(
+    "auth_epoch",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("epoch", BigInteger, nullable=False, server_default="0"),
+)
+
+# OAuth2 client-credentials clients (system integrations). A client acts as a technical user (its rights) narrowed
+# to the SMART system scopes it is granted; it authenticates with a secret or a JWT assertion signed by a key of
+# its registered JWK set.
+oauth_client = Table(
+    "oauth_client",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("client_id", String(100), nullable=False, unique=True),
+    Column("name", String(100), nullable=False, server_default=""),
+    Column("user_pk", Integer, ForeignKey("app_user.pk"), nullable=False),
+    Column("secret_hash", String(200)),
+    Column("jwks", Text),  # JSON Web Key Set (public keys) for private_key_jwt
+    Column("scopes", String(2000), nullable=False, server_default=""),  # space-separated scopes it may ask for
+    Column("active", Boolean, nullable=False, server_default=text("true")),
+    Column("created", BigInteger, nullable=False, server_default="0"),
+)
+
+# JWT assertion ids already used (replay protection), kept until the assertion expires.
+oauth_assertion = Table(
+    "oauth_assertion",
+    metadata,
+    Column("jti", String(255), primary_key=True),
+    Column("client_pk", Integer, ForeignKey("oauth_client.pk"), nullable=False),
+    Column("expires", BigInteger, nullable=False),
+)
+
+# Login throttling: failures counted per user name and per address (key "user:<name>" / "addr:<ip>").
+login_failure = Table(
+    "login_failure",
+    metadata,
+    Column("key", String(120), primary_key=True),
+    Column("failures", Integer, nullable=False, server_default="0"),
+    Column("window_start", BigInteger, nullable=False, server_default="0"),
+    Column("locked_until", BigInteger, nullable=False, server_default="0"),
+)
+
+# The audit trail (FHIR AuditEvent): append-only, never updated or deleted through the API.
+audit_event = Table(
+    "audit_event",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("recorded", BigInteger, nullable=False),  # epoch microseconds
+    Column("action", String(1), nullable=False),  # C R U D E
+    Column("subtype", String(32), nullable=False),  # the FHIR restful interaction (read, search-type, create, …)
+    Column("outcome", String(2), nullable=False),  # 0 success, 4 minor failure, 8 serious failure, 12 major failure
+    Column("status", Integer, nullable=False),  # HTTP status answered
+    Column("username", String(50)),
+    Column("client_id", String(100)),
+    Column("source_address", String(64)),
+    Column("user_agent", String(200)),
+    Column("resource_type", String(64)),  # the type the request was about
+    Column("query", Text),  # a search's query string
+    Column("description", String(300)),
+    Index("ix_audit_event_recorded", "recorded"),
+    Index("ix_audit_event_username", "username"),
+)
+
+# What an audit event touched: the resource read or written, or each resource a search or history page returned.
+audit_entity = Table(
+    "audit_entity",
+    metadata,
+    Column("event_pk", Integer, ForeignKey("audit_event.pk"), primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("resource_type", String(64), nullable=False),
+    Column("resource_id", String(64), nullable=False),
+    Column("version_id", Integer),
+    Index("ix_audit_entity_resource", "resource_type", "resource_id"),
+)
+
 __all__ = [
     "Amount",
     "app_user",
+    "audit_entity",
+    "audit_event",
+    "auth_epoch",
     "batch_run",
     "bill",
     "bill_line",
@@ -1063,9 +1153,12 @@ __all__ = [
     "invoice",
     "invoice_line",
     "location",
+    "login_failure",
     "medical_item",
     "medical_service",
     "metadata",
+    "oauth_assertion",
+    "oauth_client",
     "officer",
     "officer_role",
     "officer_role_village",
