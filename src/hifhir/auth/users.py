@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, select
 
@@ -29,6 +30,9 @@ class Principal:
     locations: frozenset[int] | None = None
     hf_pk: int | None = None  # claim administrators: only this facility's claims
     client_id: str | None = None  # set when an OAuth2 client calls (auth/oauth.py)
+    # SMART system scopes granted to a client's token (auth/scopes.SmartScopes; None for users): an interaction
+    # needs both the right and a scope that allows it.
+    scopes: Any = None
 
     def has(self, right: int | None) -> bool:
         return right is None or self.is_admin or right in self.rights
