@@ -24,7 +24,7 @@ help: ## list the targets
 bootstrap: ## create/update .venv with hifhir installed (editable)
 	@bash scripts/bootstrap.sh
 
-bootstrap-test: ## same, plus the test tools (pytest, xdist, httpx, ruff)
+bootstrap-test: ## same, plus the test tools (pytest, xdist, httpx, ruff, hypothesis)
 	@bash scripts/bootstrap.sh --test
 
 test-deps: ## install PostgreSQL server binaries if missing (apt-get)

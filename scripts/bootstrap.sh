@@ -2,7 +2,7 @@
 # Create/refresh the project venv (.venv) and install hifhir into it, editable.
 #
 #   scripts/bootstrap.sh          runtime dependencies only
-#   scripts/bootstrap.sh --test   plus the [test] extra (pytest, xdist, httpx, ruff)
+#   scripts/bootstrap.sh --test   plus the [test] extra (pytest, xdist, httpx, ruff, hypothesis)
 #
 # Idempotent and cheap when nothing changed: a stamp .venv/.installed-<sha of pyproject.toml>[-test]
 # records the last successful install, so `make test` does not touch the network on every run.

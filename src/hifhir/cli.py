@@ -1,15 +1,16 @@
-"""The `hifhir` command: serve, migrate, demo-data, user create, codes (code-list administration), claims (batch
-run with relative pricing, relative distributions), worker (outbox deliveries)."""
+"""The `hifhir` command: serve, migrate, demo-data, user / role / client administration (cli_admin.py), codes
+(code-list administration), claims (batch run with relative pricing, relative distributions), worker (outbox
+deliveries)."""
 
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 import sys
 
 from sqlalchemy import select
 
+from hifhir.cli_admin import add_parsers as add_admin_parsers
 from hifhir.config import Settings, load_settings
 
 
@@ -51,19 +52,39 @@ def _database_is_empty(engine) -> bool:  # type: ignore[no-untyped-def]
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from hifhir.setup import DEMO_ADMIN, ensure_admin, prepare
 
+    if not settings.jwt_secret:
+        print("error: no JWT secret: set HIFHIR_JWT_SECRET or HIFHIR_JWT_SECRET_FILE (a readable file)",
+              file=sys.stderr)
+        return 3
     engine = _engine(settings)
     if args.migrate:
         prepare(settings, engine)
-    ensure_admin(engine)
-    if args.demo_if_empty and _database_is_empty(engine):
-        from hifhir.demo import load_demo_scheme
+    production = settings.production or args.production
+    if production:
+        # No demo administrator nor demo data: the first administrator comes from `hifhir user create`.
+        from hifhir.production import problems
 
-        load_demo_scheme(engine)
-    engine.dispose()
+        found = problems(settings, engine)
+        if args.demo_if_empty:
+            found.append("--demo-if-empty (demo data) is not for production")
+        engine.dispose()
+        if found:
+            print("error: refusing to serve in production mode:", file=sys.stderr)
+            for problem in found:
+                print(f"  - {problem}", file=sys.stderr)
+            return 3
+    else:
+        ensure_admin(engine)
+        if args.demo_if_empty and _database_is_empty(engine):
+            from hifhir.demo import load_demo_scheme
+
+            load_demo_scheme(engine)
+        engine.dispose()
     base = f"http://{settings.host}:{settings.port}"
     print(f"hifhir serving FHIR R4 at {base}/fhir/ (openIMIS alias {base}/api/api_fhir_r4/)", flush=True)
-    print(f"log in: POST {base}/api/api_fhir_r4/login/ with user '{DEMO_ADMIN[0]}', password "
-          f"'{DEMO_ADMIN[1]}' (demo administrator)", flush=True)
+    if not production:
+        print(f"log in: POST {base}/api/api_fhir_r4/login/ with user '{DEMO_ADMIN[0]}', password "
+              f"'{DEMO_ADMIN[1]}' (demo administrator)", flush=True)
     # Replace this process with a bare uvicorn supervisor: it then holds none of the modules the set-up above
     # loaded (tens of MB), and the workers import the app themselves.
     argv = [sys.executable, "-m", "uvicorn", "hifhir.asgi:app", "--host", settings.host, "--port", str(settings.port),
@@ -73,22 +94,11 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
-def cmd_user_create(settings: Settings, args: argparse.Namespace) -> int:
-    from hifhir.auth.users import create_user
-    from hifhir.setup import prepare
-    from hifhir.store.db import transaction
+def cmd_rights(_settings: Settings, _args: argparse.Namespace) -> int:
+    """The rights matrix as Markdown (README.md \"Rights\" is this output)."""
+    from hifhir.auth.matrix import markdown_table
 
-    engine = _engine(settings)
-    prepare(settings, engine)
-    password = args.password or getpass.getpass(f"password for {args.username}: ")
-    with transaction(engine, write=True) as conn:
-        try:
-            create_user(conn, args.username, password, roles=args.role or ["IMIS Administrator"],
-                        last_name=args.last_name or "", other_names=args.other_names or "")
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-    print(f"user {args.username} created")
+    print(markdown_table(), end="")
     return 0
 
 
@@ -264,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--migrate", action="store_true", help="migrate the database first")
     serve.add_argument("--demo-if-empty", action="store_true", help="load the demo scheme into an empty database")
     serve.add_argument("--workers", type=int, default=0, help="worker processes (default: HIFHIR_WORKERS or cores)")
+    serve.add_argument("--production", action="store_true",
+                       help="production mode (as HIFHIR_ENV=production): refuse demo secrets, users and CORS '*'")
     serve.set_defaults(func=cmd_serve)
     sub.add_parser("migrate", help="create or upgrade the schema").set_defaults(func=cmd_migrate)
     demo = sub.add_parser("demo-data", help="load the demo scheme, plus synthetic insurees, items and services")
@@ -274,15 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=42)
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)
-    user = sub.add_parser("user", help="user administration")
-    user_sub = user.add_subparsers(dest="user_command", required=True)
-    create = user_sub.add_parser("create", help="create a user")
-    create.add_argument("username")
-    create.add_argument("--password")
-    create.add_argument("--role", action="append", help="role name (repeatable); default IMIS Administrator")
-    create.add_argument("--last-name")
-    create.add_argument("--other-names")
-    create.set_defaults(func=cmd_user_create)
+    add_admin_parsers(sub)  # user, role, client
     codes = sub.add_parser("codes", help="code lists: list, set a code's display, deactivate a code")
     codes_sub = codes.add_subparsers(dest="codes_command", required=True)
     listing = codes_sub.add_parser("list", help="the editable lists, or the codes of one list")
@@ -322,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     distribution.add_argument("--percent", required=True, nargs="+",
                               help="percentage of each period's allocated contributions paid out (0 to 100)")
     claims.set_defaults(func=cmd_claims)
+    sub.add_parser("rights", help="print the rights matrix (who may do what) as Markdown").set_defaults(
+        func=cmd_rights)
     args = parser.parse_args(argv)
     from hifhir.store.migrate import UnknownSchemaVersion
 

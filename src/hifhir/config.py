@@ -11,15 +11,31 @@ from pathlib import Path
 DEFAULT_SQLITE_PATH = Path("var") / "hifhir.db"
 
 
+DEV_SECRET_PREFIX = "dev-only-"  # marks the generated development secret: production mode refuses it
+
+
 def _secret_from_file(path: Path) -> str:
     # A generated secret that survives restarts, so tokens stay valid across `make run` invocations.
     if path.exists():
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(48)
+    value = DEV_SECRET_PREFIX + secrets.token_urlsafe(48)
     path.write_text(value)
     path.chmod(0o600)
     return value
+
+
+def _jwt_secret(env: Mapping[str, str]) -> tuple[str, str]:
+    """The token signing secret and where it came from: HIFHIR_JWT_SECRET, the file HIFHIR_JWT_SECRET_FILE names
+    (e.g. a mounted container secret), or else the development secret generated into var/jwt-secret."""
+    if env.get("HIFHIR_JWT_SECRET"):
+        return env["HIFHIR_JWT_SECRET"], "env"
+    if env.get("HIFHIR_JWT_SECRET_FILE"):
+        try:
+            return Path(env["HIFHIR_JWT_SECRET_FILE"]).read_text().strip(), "file"
+        except OSError:
+            return "", "file"  # unreadable: an empty secret, which `hifhir serve` refuses in production
+    return _secret_from_file(Path("var") / "jwt-secret"), "dev-file"
 
 
 # Settings the FHIR mappings need outside any request (rendering happens inside write transactions and the demo
@@ -97,10 +113,23 @@ class Settings:
     workers: int = 1
     jwt_secret: str = ""
     token_lifetime_s: int = 24 * 3600
+    # OAuth2 client tokens (auth/oauth.py) are short-lived: SMART Backend Services clients fetch a new one as needed.
+    client_token_lifetime_s: int = 300
+    password_min_length: int = 12  # the password policy (auth/password_policy.py)
     page_size_default: int = 10
     page_size_max: int = 1000
     max_body_bytes: int = 5 * 1024 * 1024
     include_max: int = 1000  # resources _include/_revinclude may add to one page
+    # Login throttling (auth/throttle.py): failures per user name / per address within the window, then a lock.
+    login_max_failures: int = 5
+    login_max_failures_per_address: int = 20
+    login_window_s: int = 15 * 60
+    login_lock_s: int = 15 * 60
+    # Peers whose X-Forwarded-For is believed (reverse proxies); anyone else's is ignored.
+    trusted_proxies: frozenset[str] = frozenset()
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API (api/cors.py); empty = CORS off
+    production: bool = False  # HIFHIR_ENV=production: `hifhir serve` refuses unsafe settings (production.py)
+    jwt_secret_source: str = "settings"  # env | file | dev-file: where jwt_secret came from
     # How far the sync point handed to clients (Bundle.meta.lastUpdated) lags behind the clock: a write transaction
     # stamps its changes when it starts, so one still running when a client reads commits changes older than the
     # read. The lag must exceed the longest write transaction.
@@ -120,18 +149,28 @@ def load_settings() -> Settings:
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
             url = "postgresql+psycopg://" + url[len(prefix):]
-    secret = env.get("HIFHIR_JWT_SECRET") or _secret_from_file(Path("var") / "jwt-secret")
+    secret, secret_source = _jwt_secret(env)
     return Settings(
         database_url=url,
         host=env.get("HIFHIR_HOST", "127.0.0.1"),
         port=int(env.get("HIFHIR_PORT", "8080")),
         workers=int(env.get("HIFHIR_WORKERS", str(os.cpu_count() or 1))),
         jwt_secret=secret,
+        jwt_secret_source=secret_source,
         page_size_default=int(env.get("HIFHIR_PAGE_SIZE", "10")),
         page_size_max=int(env.get("HIFHIR_PAGE_SIZE_MAX", "1000")),
         max_body_bytes=int(env.get("HIFHIR_MAX_BODY_BYTES", str(5 * 1024 * 1024))),
         include_max=int(env.get("HIFHIR_INCLUDE_MAX", "1000")),
+        client_token_lifetime_s=max(60, int(env.get("HIFHIR_CLIENT_TOKEN_LIFETIME_S", "300"))),
+        password_min_length=max(8, int(env.get("HIFHIR_PASSWORD_MIN_LENGTH", "12"))),
         sync_settle_ms=int(env.get("HIFHIR_SYNC_SETTLE_MS", "5000")),
+        login_max_failures=max(1, int(env.get("HIFHIR_LOGIN_MAX_FAILURES", "5"))),
+        login_max_failures_per_address=max(1, int(env.get("HIFHIR_LOGIN_MAX_FAILURES_PER_ADDRESS", "20"))),
+        login_window_s=max(1, int(env.get("HIFHIR_LOGIN_WINDOW_S", str(15 * 60)))),
+        login_lock_s=max(1, int(env.get("HIFHIR_LOGIN_LOCK_S", str(15 * 60)))),
+        trusted_proxies=frozenset(p.strip() for p in env.get("HIFHIR_TRUSTED_PROXIES", "").split(",") if p.strip()),
+        cors_origins=tuple(o.strip().rstrip("/") for o in env.get("HIFHIR_CORS_ORIGINS", "").split(",") if o.strip()),
+        production=env.get("HIFHIR_ENV", "").strip().lower() == "production",
         outbox=outbox_config_from_env(env),
     )
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, select
 
-from hifhir.auth.roles import SYSTEM_ROLES
-from hifhir.auth.users import create_user, ensure_role
+from hifhir.auth.roles import converge_system_roles
+from hifhir.auth.users import create_user
 from hifhir.config import Settings
 from hifhir.fhir.profiles.organization import sync_insurer
 from hifhir.jobs import start_job_clock
@@ -21,8 +21,7 @@ def prepare(settings: Settings, engine: Engine) -> None:
     migrate.upgrade(settings.database_url)
     with transaction(engine, write=True) as conn:
         seed_code_lists(conn)
-        for name, flag, rights in SYSTEM_ROLES:
-            ensure_role(conn, name, flag, rights)
+        converge_system_roles(conn)
         sync_insurer(conn, settings.insurer)
         start_job_clock(conn)
 

@@ -329,11 +329,16 @@ def test_expand_bad_parameters(api, diagnoses):
                     headers={"Prefer": "handling=strict"}), 400)
 
 
-def test_terminology_needs_authentication_only(api, client, app, engine):
+def test_terminology_needs_a_role(api, client, app, engine):
+    # Configuration, not personal data: any role right will do (auth/matrix.py ANY_ROLE), but not none at all.
     assert client.get("/fhir/CodeSystem/patient-profession").status_code == 401
-    nobody = user_with_rights(app, engine, client, "reader", [])
-    assert ok(nobody.get("ValueSet/patient-profession/$expand"))["expansion"]["total"] == 4
-    assert ok(nobody.get("StructureDefinition/openimis-group"))["type"] == "Group"
+    reader = user_with_rights(app, engine, client, "reader", [101101])
+    assert ok(reader.get("ValueSet/patient-profession/$expand"))["expansion"]["total"] == 4
+    assert ok(reader.get("StructureDefinition/openimis-group"))["type"] == "Group"
+    nobody = user_with_rights(app, engine, client, "roleless", [])
+    refused(nobody.get("ValueSet/patient-profession/$expand"), 403)
+    refused(nobody.get("StructureDefinition/openimis-group"), 403)
+    refused(nobody.get("CodeSystem?_summary=count"), 403)
 
 
 # --- $lookup and $validate-code -----------------------------------------------------------------------------

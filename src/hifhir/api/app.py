@@ -14,20 +14,28 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, OperationalError
 
 from hifhir.api import bundle, rest, terminology_routes
+from hifhir.api.admin_routes import ADMIN_BASE, AdminApi
+from hifhir.api.cors import Cors
 from hifhir.api.http import (
     FHIR_JSON,
     JSON,
     BodyTooLarge,
     HttpRequest,
     HttpResponse,
+    check_request_size,
     json_response,
     outcome_response,
     read_body,
     send_response,
 )
+from hifhir.audit import fhir as audit_fhir
+from hifhir.audit.sink import AuditSink
+from hifhir.auth import oauth
+from hifhir.auth.sessions import Sessions
+from hifhir.auth.throttle import LoginThrottle, address_key, client_address, policy_from_settings, user_key
 from hifhir.auth.tokens import TokenService
 from hifhir.auth.users import PrincipalCache, authenticate
-from hifhir.config import Settings
+from hifhir.config import PUBLIC_BASE_URL, Settings
 from hifhir.fhir.capability import capability_statement
 from hifhir.fhir.errors import FhirError, invalid
 from hifhir.fhir.terminology import bind_engine
@@ -38,6 +46,9 @@ log = logging.getLogger("hifhir.api")
 FHIR_BASE = "/fhir"
 ALIAS_BASE = "/api/api_fhir_r4"
 LOGIN_PATHS = {"/api/api_fhir_r4/login", "/api/login", "/fhir/login"}
+TOKEN_PATHS = {oauth.TOKEN_PATH, FHIR_BASE + oauth.TOKEN_PATH}
+SMART_CONFIG_PATHS = {"/.well-known/smart-configuration", FHIR_BASE + "/.well-known/smart-configuration",
+                      ALIAS_BASE + "/.well-known/smart-configuration"}
 _HOST_RE = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9a-fA-F:]+\](:\d{1,5})?$")
 _JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
 _FORMAT_OK = {"json", "application/json", "application/fhir+json", "fhir+json", "application/json+fhir"}
@@ -50,8 +61,14 @@ class HifhirApp:
         self.settings = settings
         self.engine = engine or make_engine(settings.database_url)
         self.reader = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        if not settings.jwt_secret:  # an HMAC with an empty key is a signature anybody can make
+            raise ValueError("no JWT secret: set HIFHIR_JWT_SECRET or HIFHIR_JWT_SECRET_FILE")
         self.tokens = TokenService(settings.jwt_secret, settings.token_lifetime_s)
         self.principals = PrincipalCache(self.engine)
+        self.sessions = Sessions(self.engine, self.tokens, self.principals)  # token → principal, revocations
+        self.throttle = LoginThrottle(self.engine, policy_from_settings(settings))
+        self.audit = AuditSink(self.engine, settings.trusted_proxies)  # audit/: the AuditEvent trail
+        self.cors = Cors(settings.cors_origins) if settings.cors_origins else None
         self._jobs: asyncio.Task[None] | None = None
         self._outbox: Any = None  # outbox.worker.Background when this process runs an outbox worker
 
@@ -63,16 +80,23 @@ class HifhirApp:
             return
         if scope["type"] != "http":
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        raw_headers = scope["headers"]
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw_headers}
+        client = scope.get("client")
         request = HttpRequest(
             method=scope["method"],
             path=scope["path"],
             raw_query=scope["query_string"].decode("latin-1"),
             headers=headers,
             scheme=scope.get("scheme", "http"),
+            host=client[0] if client else "unknown",
         )
         content_type = FHIR_JSON
         try:
+            check_request_size(raw_headers, request.raw_query)
+            if self.cors is not None and (preflight := self.cors.preflight(request.method, headers)) is not None:
+                await send_response(send, preflight, extra=self.cors.headers(headers.get("origin")))
+                return
             content_type = self._response_type(request)
             if request.method in ("POST", "PUT", "PATCH"):
                 request.body = await read_body(receive, self.settings.max_body_bytes,
@@ -94,7 +118,9 @@ class HifhirApp:
             log.exception("unhandled error on %s %s", request.method, request.path)
             response = outcome_response(FhirError.one(500, "exception", "Internal server error"),
                                         content_type)
-        await send_response(send, response)
+        self.audit.observe(request, response)
+        await send_response(send, response, https=request.scheme == "https",
+                            extra=self.cors.headers(headers.get("origin")) if self.cors is not None else None)
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:
@@ -121,6 +147,7 @@ class HifhirApp:
                     # the batch in hand is finished and recorded first (bounded by the handlers' timeouts)
                     await asyncio.get_running_loop().run_in_executor(None, self._outbox.stop)
                     self._outbox = None
+                self.audit.close()  # what is queued is written before the pool goes
                 self.engine.dispose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -145,6 +172,16 @@ class HifhirApp:
             return HttpResponse(200, PING_BODY, JSON)
         if path in LOGIN_PATHS:
             return self._login(request)
+        if path in TOKEN_PATHS:
+            return self._oauth_token(request)
+        if path in SMART_CONFIG_PATHS:
+            self._only(request.method, "GET")
+            return json_response(200, oauth.smart_configuration(self._base_url(request, "")), JSON)
+        if path.startswith(ADMIN_BASE + "/"):
+            admin_api = AdminApi(self.engine, self._authenticate(request), self.settings.password_min_length,
+                                 self.sessions.forget)
+            return admin_api.handle(request.method, [unquote(s) for s in path[len(ADMIN_BASE):].split("/") if s],
+                                    request.body)
         if path == FHIR_BASE or path.startswith(FHIR_BASE + "/"):
             prefix, lenient = FHIR_BASE, False
         elif path == ALIAS_BASE or path.startswith(ALIAS_BASE + "/"):
@@ -177,6 +214,8 @@ class HifhirApp:
             self._check_body_type(request)
             return bundle.process(call, request.body)
         rtype = segments[0]
+        if rtype == "AuditEvent":
+            return audit_fhir.route(call, request, segments[1:], self.audit)
         if rtype in terminology_routes.TYPES:
             return self._terminology(call, request, segments)
         if n == 1:
@@ -263,14 +302,14 @@ class HifhirApp:
     def _authenticate(self, request: HttpRequest) -> Any:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        claims = self.tokens.verify(token.strip()) if scheme.lower() == "bearer" and token else None
-        principal = self.principals.get(claims["sub"]) if claims else None
+        principal = self.sessions.principal(token.strip()) if scheme.lower() == "bearer" and token else None
         if principal is None:
             raise FhirError(
                 401,
                 [{"severity": "error", "code": "login", "diagnostics": "A valid bearer token is required"}],
                 {"WWW-Authenticate": 'Bearer realm="hifhir"'},
             )
+        request.principal = principal  # the audit trail's "who", also when the interaction is refused
         return principal
 
     def _login(self, request: HttpRequest) -> HttpResponse:
@@ -284,12 +323,45 @@ class HifhirApp:
         username, password = payload.get("username"), payload.get("password")
         if not isinstance(username, str) or not isinstance(password, str) or not username or not password:
             raise invalid("Missing username or password")
+        username = username[:50]
+        address = client_address(request.host, request.headers.get("x-forwarded-for"),
+                                 self.settings.trusted_proxies)
+        counted = self.throttle.check([user_key(username), address_key(address)])
         with self.engine.connect() as conn:
-            ok = authenticate(conn, username[:50], password[:200])
+            ok = authenticate(conn, username, password[:200])
         if not ok:
+            self.throttle.failed(username, address)
+            self.audit.authentication(request, 401, username=username)
             raise FhirError.one(401, "login", "INCORRECT_CREDENTIALS")
+        self.audit.authentication(request, 200, username=username)
+        if user_key(username) in counted:
+            self.throttle.succeeded(username)
         token, exp = self.tokens.issue(username)
         return json_response(200, {"token": token, "exp": exp}, JSON)
+
+    def _oauth_token(self, request: HttpRequest) -> HttpResponse:
+        self._only(request.method, "POST")
+        root = self._base_url(request, "")
+        public_root = PUBLIC_BASE_URL.removesuffix(FHIR_BASE)
+        # The assertion's audience: the endpoint as this request reached it, or as the public base URL names it.
+        audiences = {r + path for r in (root, public_root) for path in TOKEN_PATHS}
+        address = client_address(request.host, request.headers.get("x-forwarded-for"), self.settings.trusted_proxies)
+        try:
+            try:
+                self.throttle.check([address_key(address)])  # failed client authentications, as failed logins
+            except FhirError as exc:
+                raise oauth.throttled(exc.headers) from None
+            form = oauth.parse_form(request.headers.get("content-type"), request.body)
+            grant = oauth.issue_token(self.engine, self.tokens, form, request.headers.get("authorization"),
+                                      audiences=audiences, lifetime_s=self.settings.client_token_lifetime_s)
+        except oauth.OAuthError as exc:
+            if exc.error == "invalid_client":
+                self.throttle.failed(None, address)
+            claimed = oauth.claimed_client_id(request.headers.get("authorization"), request.body)
+            self.audit.authentication(request, exc.status, client_id=claimed)
+            return json_response(exc.status, exc.payload(), JSON, **oauth.NO_STORE, **exc.headers)
+        self.audit.authentication(request, 200, username=grant.username, client_id=grant.client_id)
+        return json_response(200, grant.payload(), JSON, **oauth.NO_STORE)
 
     def _base_url(self, request: HttpRequest, prefix: str) -> str:
         host = request.headers.get("host", "")

@@ -21,10 +21,11 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 
 from hifhir.api import rest
 from hifhir.api.http import HttpResponse
+from hifhir.auth.matrix import require
 from hifhir.fhir.elements import identifier_value
 from hifhir.fhir.errors import FhirError, invalid, operation_outcome
 from hifhir.fhir.kind import WriteContext, Written, instant
@@ -49,6 +50,7 @@ class Entry:
     new_id: str | None = None  # POST: the id the created resource will get (or the matched resource's)
     pending: rest.Pending | None = None
     response: dict[str, Any] = field(default_factory=dict)
+    audit: list[tuple[str, str, int | None]] = field(default_factory=list)  # what the entry read or wrote
 
     @property
     def expression(self) -> str:
@@ -58,6 +60,7 @@ class Entry:
 def process(call: rest.Call, body: bytes) -> HttpResponse:
     bundle = _parse(body)
     kind = bundle["type"]
+    require(call.principal, "Bundle", kind, f"process a {kind} Bundle")  # PER_ENTRY: each entry is checked
     entries = [_entry(call, i, raw) for i, raw in enumerate(bundle.get("entry") or [])]
     if kind == "transaction":
         responses = _transaction(call, entries)
@@ -67,7 +70,7 @@ def process(call: rest.Call, body: bytes) -> HttpResponse:
         answer_type = "batch-response"
     out = {"resourceType": "Bundle", "type": answer_type, "entry": responses} if responses else {
         "resourceType": "Bundle", "type": answer_type}
-    return HttpResponse(200, orjson.dumps(out), call.content_type)
+    return HttpResponse(200, orjson.dumps(out), call.content_type, audit=[a for e in entries for a in e.audit])
 
 
 # --- parsing ------------------------------------------------------------------------------------------------
@@ -276,10 +279,13 @@ def _written_entry(call: rest.Call, entry: Entry, flushed: dict[tuple[str, int],
     assert pending is not None
     if pending.existing is not None:
         resp = rest.existing_response(call, *pending.existing)
+        entry.audit = resp.audit or []
         return _from_http(resp, f"{pending.existing[0]}/{pending.existing[1]}")
     written = pending.written(flushed)
     if written is None:  # a delete of something already deleted
+        entry.audit = [(entry.resource_type, str(entry.res_id), None)]
         return {"response": {"status": _STATUS_TEXT[pending.status]}}
+    entry.audit = [(written.kind.resource_type, written.id, written.version)]
     out: dict[str, Any] = {"fullUrl": f"{call.base_url}/{written.kind.resource_type}/{written.id}"}
     if written.body is not None and call.prefer_return != "minimal":
         out["resource"] = orjson.Fragment(rest.visible_body(call, written.kind.resource_type, written.body))
@@ -299,6 +305,8 @@ def _batch_entry(call: rest.Call, entry: Entry) -> dict[str, Any]:
     sub = rest.Call(engine=call.engine, reader=call.reader, settings=call.settings, base_url=call.base_url,
                     principal=call.principal, lenient=call.lenient, content_type=call.content_type,
                     prefer_return=call.prefer_return, strict_handling=call.strict_handling, if_match=entry.if_match)
+    if entry.res_id is not None:  # an attempt on a named resource is audited even when refused
+        entry.audit = [(entry.resource_type, entry.res_id, None)]
     try:
         resp = _single(sub, entry)
     except FhirError as exc:
@@ -306,12 +314,19 @@ def _batch_entry(call: rest.Call, entry: Entry) -> dict[str, Any]:
     except IntegrityError as exc:
         error = rest.conflict_from_integrity(exc)
         return {"response": {"status": str(error.status), "outcome": operation_outcome(error.issues)}}
+    except DataError:  # this entry's value does not fit its column: the other entries still run
+        error = invalid("A value is out of range or too long for its field")
+        return {"response": {"status": str(error.status), "outcome": operation_outcome(error.issues)}}
+    entry.audit = resp.audit or entry.audit
     location = f"{entry.resource_type}/{entry.res_id}" if entry.res_id else None
     return _from_http(resp, location)
 
 
 def _single(call: rest.Call, entry: Entry) -> HttpResponse:
-    body = orjson.dumps(entry.resource) if entry.resource is not None else b""
+    try:
+        body = orjson.dumps(entry.resource) if entry.resource is not None else b""
+    except TypeError:  # orjson reads 1,024 levels of nesting but writes only 255
+        raise invalid("The resource is nested too deeply") from None
     if entry.method == "GET":
         if entry.res_id is None:
             items = parse_qsl(entry.query or "", keep_blank_values=True, max_num_fields=200)

@@ -12,9 +12,11 @@ from sqlalchemy import Connection, Engine, and_, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 
 from hifhir.api.http import FHIR_JSON, HttpResponse, http_date, json_response
+from hifhir.auth import scope as location_scope
+from hifhir.auth.matrix import authorize, require
 from hifhir.auth.users import Principal
 from hifhir.config import Settings
-from hifhir.fhir.errors import FhirError, forbidden, invalid, issue, not_found, operation_outcome
+from hifhir.fhir.errors import FhirError, invalid, issue, not_found, operation_outcome
 from hifhir.fhir.kind import ResourceKind, WriteContext, Written, instant, now_us
 from hifhir.fhir.registry import BY_PROFILE, KINDS, TYPES, valid_id
 from hifhir.fhir.search import (
@@ -68,17 +70,30 @@ def check_id(res_id: str) -> None:
         raise invalid(f"Invalid resource id '{res_id[:70]}' (1-64 of A-Z a-z 0-9 - .)")
 
 
-def require_right(call: Call, right: int | None, what: str) -> None:
-    if not call.principal.has(right):
-        raise forbidden(f"User '{call.principal.username}' lacks right {right} to {what}")
+def scope_of(call: Call) -> Principal | None:
+    """The principal when its location scope restricts what it sees (auth/scope.py), else None: unscoped users
+    (administrators, national staff, system clients) pay nothing for scoping."""
+    return call.principal if location_scope.is_scoped(call.principal) else None
 
 
-def readable_kinds(call: Call, kinds: list[ResourceKind], what: str) -> list[ResourceKind]:
+def require_in_scope(call: Call, conn: Connection, kind: ResourceKind, pk: int, what: str) -> None:
+    """404 for an existing row outside the user's scope: it cannot tell it from a missing one."""
+    if scope_of(call) is not None and not location_scope.visible_pks(conn, kind, call.principal, [pk]):
+        raise not_found(f"{what} not found")
+
+
+def require_written_in_scope(call: Call, conn: Connection, kind: ResourceKind, pk: int) -> None:
+    if scope_of(call) is not None:
+        location_scope.require_written_inside(conn, kind, call.principal, pk)
+
+
+def readable_kinds(call: Call, kinds: list[ResourceKind], what: str,
+                   interaction: str = "read") -> list[ResourceKind]:
     """The kinds of a type the user may read; 403 when there is none (checked before any lookup, so that a
     user without the right cannot tell which ids exist)."""
-    allowed = [k for k in kinds if call.principal.has(k.rights.read)]
+    allowed = [k for k in kinds if authorize(call.principal, k, interaction)]
     if not allowed:
-        require_right(call, kinds[0].rights.read, what)
+        require(call.principal, kinds[0].resource_type, interaction, what)
     return allowed
 
 
@@ -86,8 +101,8 @@ def require_any_right(call: Call, kinds: list[ResourceKind], interactions: tuple
                       what: str) -> None:
     """403 unless the user holds the right of one of `interactions` on one writable kind of the type."""
     writable = [k for k in kinds if k.writable] or kinds
-    if not any(call.principal.has(getattr(k.rights, i)) for k in writable for i in interactions):
-        require_right(call, getattr(writable[0].rights, interactions[0]), what)
+    if not any(authorize(call.principal, k, i) for k in writable for i in interactions):
+        require(call.principal, writable[0], interactions[0], what)
 
 
 def etag(version: int) -> str:
@@ -148,14 +163,15 @@ def written_response(call: Call, written: Written, status: int) -> HttpResponse:
     if call.warnings:
         headers.append(("Warning", "199 hifhir \"" + "; ".join(
             w["diagnostics"].replace('"', "'") for w in call.warnings)[:900] + "\""))
+    audit = [(written.kind.resource_type, written.id, written.version)]
     if call.prefer_return == "minimal":
-        return HttpResponse(status, b"", None, headers)
+        return HttpResponse(status, b"", None, headers, audit)
     if call.prefer_return == "OperationOutcome":
         info = [issue("informational", f"{written.operation} {written.kind.resource_type}/{written.id}",
                       severity="information"), *call.warnings]
-        return HttpResponse(status, orjson.dumps(operation_outcome(info)), call.content_type, headers)
+        return HttpResponse(status, orjson.dumps(operation_outcome(info)), call.content_type, headers, audit)
     body = visible_body(call, written.kind.resource_type, written.body) if written.body else b""
-    return HttpResponse(status, body, call.content_type, headers)
+    return HttpResponse(status, body, call.content_type, headers, audit)
 
 
 def _restricted(resource_type: str) -> dict[str, int]:
@@ -219,11 +235,19 @@ def read(call: Call, resource_type: str, res_id: str, version: str | None = None
     if row is None:
         what = f"{resource_type}/{res_id}" + (f"/_history/{version}" if version else "")
         raise not_found(f"{what} not found")
-    require_right(call, KINDS[row.kind].rights.read, f"read {resource_type}")
+    if not authorize(call.principal, KINDS[row.kind], "vread" if version is not None else "read"):
+        # The user reads another kind of this type (readable_kinds passed): one it may not read is as unknown as
+        # a missing id, so that a 403 never tells which ids exist.
+        raise not_found(f"{resource_type}/{res_id} not found")
+    if scope_of(call) is not None:  # before the 410: a deleted resource outside the scope is unknown too
+        with call.reader.connect() as conn:
+            location_scope.require_visible(conn, KINDS[row.kind], call.principal, res_id,
+                                           f"{resource_type}/{res_id}" + (f"/_history/{version}" if version else ""))
     headers = [("ETag", etag(row.version)), ("Last-Modified", http_date(row.last_updated))]
     if row.operation == "delete":
         raise FhirError(410, [issue("deleted", f"{resource_type}/{res_id} was deleted")], dict(headers))
-    return HttpResponse(200, visible_body(call, resource_type, row.body), call.content_type, headers)
+    return HttpResponse(200, visible_body(call, resource_type, row.body), call.content_type, headers,
+                        [(resource_type, res_id, row.version)])
 
 
 # --- search -------------------------------------------------------------------------------------------
@@ -231,25 +255,28 @@ def read(call: Call, resource_type: str, res_id: str, version: str | None = None
 
 def search(call: Call, resource_type: str, items: list[tuple[str, str]]) -> HttpResponse:
     kinds = kinds_for(resource_type)
-    allowed = readable_kinds(call, kinds, f"search {resource_type}")
+    allowed = readable_kinds(call, kinds, f"search {resource_type}", "search")
     req = parse_search(
         resource_type, kinds, items, strict=call.strict_handling,
         page_default=call.settings.page_size_default, page_max=call.settings.page_size_max,
     )
     req.kinds = allowed  # e.g. a Clerk searching Organization sees the insurer, not health facilities
+    req.scope = scope_of(call)
     for kind_name in sorted(req.involved_kinds):
         # Chains and _has reveal facts about other kinds: the user must be able to read them.
         other = KINDS[kind_name]
-        require_right(call, other.rights.read, f"search {resource_type} through {other.resource_type}")
+        require(call.principal, other, "search", f"search {resource_type} through {other.resource_type}")
     sync_point = sync_point_us(call)
     # Autocommit is safe: bodies come from the append-only history by (id, version), so a write committed between
     # the page query and the body query cannot make them disagree.
     with call.reader.connect() as conn:
-        result = execute_search(conn, req, can_read=lambda k: call.principal.has(k.rights.read),
+        result = execute_search(conn, req, can_read=lambda k: authorize(call.principal, k, "include"),
                                 include_cap=call.settings.include_max)
     body = build_searchset(call.base_url, req, result, summary_elements(), sync_point=instant(sync_point),
                            visible=lambda rtype, stored: visible_body(call, rtype, stored))
-    return HttpResponse(200, body, call.content_type)
+    returned = [(resource_type, hit.res_id, hit.version) for hit in result.hits]
+    returned.extend((rtype, hit.res_id, hit.version) for rtype, hit in result.included)
+    return HttpResponse(200, body, call.content_type, audit=returned)
 
 
 def sync_point_us(call: Call) -> int:
@@ -311,7 +338,7 @@ def prepare_write(call: Call, resource_type: str, resource: Any, res_id: str | N
         raise FhirError.one(405, "not-supported", f"{resource_type} is created once (POST) and never changed")
     if res_id is None and not conditional:
         _require_creatable(kind)
-        require_right(call, kind.rights.create, f"create {resource_type}")
+        require(call.principal, kind, "create", f"create {resource_type}")
     else:  # an update may turn out to be a create (update-as-create, no conditional match): checked again then
         interactions = ("update", "create") if kind.creatable else ("update",)
         require_any_right(call, [kind], interactions, f"update {resource_type}")
@@ -332,7 +359,8 @@ def conditional_matches(call: Call, conn: Connection, resource_type: str, query:
     kinds = kinds_for(resource_type)
     req = parse_search(resource_type, kinds, items, strict=True, page_default=2, page_max=2)
     req.count = 2
-    req.kinds = readable_kinds(call, kinds, f"search {resource_type}")
+    req.kinds = readable_kinds(call, kinds, f"search {resource_type}", "search")
+    req.scope = scope_of(call)  # a conditional interaction sees only what the user may see
     result = execute_search(conn, req)
     return [(resource_type, hit.res_id) for hit in result.hits]
 
@@ -351,6 +379,7 @@ def apply_create(call: Call, ctx: WriteContext, prepared: PreparedWrite, if_none
     ctx.new_id, ctx.id_from_client = new_id or str(uuid.uuid4()), False
     ctx.read_ahead = prepared.read_ahead
     pk = prepared.kind.write(ctx, prepared.resource, None)
+    require_written_in_scope(call, ctx.conn, prepared.kind, pk)
     ctx.mark(prepared.kind.name, pk)
     answer_kind, answer_pk, status = prepared.kind.create_answer(ctx, pk)  # RPC-style creates answer otherwise
     return Pending(status, KINDS[answer_kind], answer_pk)
@@ -362,21 +391,24 @@ def apply_update(call: Call, ctx: WriteContext, prepared: PreparedWrite, res_id:
     found = _find_current(ctx.conn, prepared.kinds, res_id, call.is_postgres)
     if found is None:
         _require_creatable(kind)
-        require_right(call, kind.rights.create, f"create {rtype}")
+        require(call.principal, kind, "create", f"create {rtype}")
         if if_match is not None:
             raise FhirError.one(412, "conflict", f"{rtype}/{res_id} does not exist (If-Match)")
         ctx.new_id, ctx.id_from_client = res_id, True
         pk = kind.write(ctx, prepared.resource, None)
+        require_written_in_scope(call, ctx.conn, kind, pk)
         ctx.mark(kind.name, pk)
         return Pending(201, kind, pk)
     current_kind, row = found
+    require_in_scope(call, ctx.conn, current_kind, row.pk, f"{rtype}/{res_id}")
     if current_kind is not kind:
         raise invalid(f"{rtype}/{res_id} is a {current_kind.name}; it cannot become a {kind.name}")
-    require_right(call, kind.rights.update, f"update {rtype}")
+    require(call.principal, kind, "update", f"update {rtype}")
     _check_if_match(kind, row, if_match, f"{rtype}/{res_id}")
     if row.deleted:
         ctx.conn.execute(update(kind.table).where(kind.table.c.pk == row.pk).values(deleted=False))
     pk = kind.write(ctx, prepared.resource, row)
+    require_written_in_scope(call, ctx.conn, kind, pk)
     ctx.mark(kind.name, pk)
     return Pending(200, kind, pk)
 
@@ -392,7 +424,7 @@ def apply_conditional_update(call: Call, ctx: WriteContext, prepared: PreparedWr
         if given_id is not None:
             check_id(str(given_id))
             return apply_update(call, ctx, prepared, str(given_id))
-        require_right(call, prepared.kind.rights.create, f"create {prepared.resource_type}")
+        require(call.principal, prepared.kind, "create", f"create {prepared.resource_type}")
         return apply_create(call, ctx, prepared)
     res_id = found[0][1]
     if given_id is not None and given_id != res_id:
@@ -411,10 +443,13 @@ def apply_delete(call: Call, ctx: WriteContext, resource_type: str, res_id: str,
     if found is None:
         raise not_found(f"{resource_type}/{res_id} not found")
     kind, row = found
+    if not authorize(call.principal, kind, "delete") and not authorize(call.principal, kind, "read"):
+        raise not_found(f"{resource_type}/{res_id} not found")  # a kind it may not even read: as if absent
+    require_in_scope(call, ctx.conn, kind, row.pk, f"{resource_type}/{res_id}")
     _require_writable(kind)
     if not kind.deletable:
         raise FhirError.one(405, "not-supported", f"{resource_type} is a record: it cannot be deleted")
-    require_right(call, kind.rights.delete, f"delete {resource_type}")
+    require(call.principal, kind, "delete", f"delete {resource_type}")
     _check_if_match(kind, row, if_match, f"{resource_type}/{res_id}")
     if row.deleted:
         return Pending(204)
@@ -430,9 +465,10 @@ def existing_response(call: Call, resource_type: str, res_id: str) -> HttpRespon
     row = rows[0]
     headers = [("ETag", etag(row.version)), ("Last-Modified", http_date(row.last_updated)),
                ("Location", f"{call.base_url}/{resource_type}/{res_id}/_history/{row.version}")]
+    audit = [(resource_type, res_id, row.version)]
     if call.prefer_return == "minimal":
-        return HttpResponse(200, b"", None, headers)
-    return HttpResponse(200, visible_body(call, resource_type, row.body), call.content_type, headers)
+        return HttpResponse(200, b"", None, headers, audit)
+    return HttpResponse(200, visible_body(call, resource_type, row.body), call.content_type, headers, audit)
 
 
 def _run_one(call: Call, apply: Any) -> tuple[Pending, dict[tuple[str, int], Written]]:
@@ -516,11 +552,12 @@ def delete(call: Call, resource_type: str, res_id: str) -> HttpResponse:
     pending, flushed = _run_one(call, lambda ctx: apply_delete(call, ctx, resource_type, res_id, call.if_match))
     written = pending.written(flushed)
     headers = [("ETag", etag(written.version))] if written is not None else []
+    audit = [(resource_type, res_id, written.version if written is not None else None)]
     if call.prefer_return == "OperationOutcome":
         info = operation_outcome([issue("informational", f"Deleted {resource_type}/{res_id}",
                                         severity="information")])
-        return HttpResponse(200, orjson.dumps(info), call.content_type, headers)
-    return HttpResponse(204, b"", None, headers)
+        return HttpResponse(200, orjson.dumps(info), call.content_type, headers, audit)
+    return HttpResponse(204, b"", None, headers, audit)
 
 
 # --- history ------------------------------------------------------------------------------------------
@@ -532,7 +569,7 @@ _METHOD_STATUS = {"create": ("POST", "201"), "put": ("PUT", "201"), "update": ("
 def history(call: Call, resource_type: str, res_id: str | None, items: list[tuple[str, str]]) -> HttpResponse:
     kinds = kinds_for(resource_type)
     what = f"read the history of {resource_type}"
-    allowed = readable_kinds(call, kinds, what)
+    allowed = readable_kinds(call, kinds, what, "history")
     count = call.settings.page_size_default
     conds = [rv.c.res_type == resource_type]
     if res_id is not None:
@@ -542,10 +579,20 @@ def history(call: Call, resource_type: str, res_id: str | None, items: list[tupl
                                                              rv.c.res_id == res_id).limit(1)).scalar()
         if kind_name is None:
             raise not_found(f"{resource_type}/{res_id} not found")
-        require_right(call, KINDS[kind_name].rights.read, what)
+        if not authorize(call.principal, KINDS[kind_name], "history"):
+            raise not_found(f"{resource_type}/{res_id} not found")  # as in read: no existence leak
+        if scope_of(call) is not None:
+            with call.reader.connect() as conn:
+                location_scope.require_visible(conn, KINDS[kind_name], call.principal, res_id,
+                                               f"{resource_type}/{res_id}")
         conds.append(rv.c.res_id == res_id)
-    elif len(allowed) < len(kinds):
-        conds.append(rv.c.kind.in_([k.name for k in allowed]))
+    else:
+        in_scope = location_scope.history_condition(allowed, call.principal, rv.c.kind, rv.c.res_id) \
+            if scope_of(call) is not None else None
+        if in_scope is not None:  # versions of resources now outside the scope are left out
+            conds.append(in_scope)
+        elif len(allowed) < len(kinds):
+            conds.append(rv.c.kind.in_([k.name for k in allowed]))
     passthrough: list[tuple[str, str]] = []
     for key, value in items:
         if key == "_count":
@@ -601,7 +648,8 @@ def history(call: Call, resource_type: str, res_id: str | None, items: list[tupl
                               "type": "history", "link": links}
     if entries:
         bundle["entry"] = entries
-    return HttpResponse(200, orjson.dumps(bundle), call.content_type)
+    return HttpResponse(200, orjson.dumps(bundle), call.content_type,
+                        audit=[(resource_type, row.res_id, row.version) for row in page])
 
 
 # --- $validate ----------------------------------------------------------------------------------------
@@ -626,7 +674,11 @@ def validate_operation(call: Call, resource_type: str, res_id: str | None, body:
         if not found:
             raise invalid("Parameters must carry a 'resource' parameter")
         payload = found[0]
-    resource = parse_resource(orjson.dumps(payload), resource_type)
+    try:
+        raw = orjson.dumps(payload)
+    except TypeError:  # orjson reads 1,024 levels of nesting but writes only 255
+        raise invalid("The resource is nested too deeply") from None
+    resource = parse_resource(raw, resource_type)
     issues: list[dict[str, Any]] = []
     try:
         if res_id is not None and resource.get("id") != res_id:
@@ -659,15 +711,18 @@ def _dry_run_write(call: Call, kinds: list[ResourceKind], kind: ResourceKind, re
             row = None
             if found is None:
                 _require_creatable(kind)
-                require_right(call, kind.rights.create, f"create {kind.resource_type}")
+                require(call.principal, kind, "create", f"create {kind.resource_type}")
             else:
                 current_kind, row = found
                 if current_kind is not kind:
                     raise invalid(f"{kind.resource_type}/{res_id} is a {current_kind.name}; "
                                   f"it cannot become a {kind.name}")
-                require_right(call, kind.rights.update, f"update {kind.resource_type}")
+                require(call.principal, kind, "update", f"update {kind.resource_type}")
             ctx.new_id, ctx.id_from_client = (res_id, True) if res_id else (str(uuid.uuid4()), False)
+            if row is not None:
+                require_in_scope(call, conn, kind, row.pk, f"{kind.resource_type}/{res_id}")
             pk = kind.write(ctx, resource, row)
+            require_written_in_scope(call, conn, kind, pk)
             ctx.mark(kind.name, pk)
             ctx.flush()
             raise _Rollback
@@ -684,11 +739,14 @@ def patient_photo(call: Call, res_id: str) -> HttpResponse:
     """The insuree photo that Patient.photo.url points to (the IG's GET slice carries a URL, not the data)."""
     from hifhir.fhir.profiles.patient import load_photo
 
-    readable_kinds(call, kinds_for("Patient"), "read Patient")
+    readable_kinds(call, kinds_for("Patient"), "read the photo of a Patient", "$photo")
     check_id(res_id)
     with call.reader.connect() as conn:
+        if scope_of(call) is not None:
+            location_scope.require_visible(conn, KINDS["patient"], call.principal, res_id, f"Patient/{res_id}")
         photo = load_photo(conn, res_id)
     if photo is None:
         raise not_found(f"Patient/{res_id} has no photo")
     content_type, data = photo
-    return HttpResponse(200, data, content_type, [("Cache-Control", "private, max-age=300")])
+    return HttpResponse(200, data, content_type, [("Cache-Control", "private, max-age=300")],
+                        [("Patient", res_id, None)])

@@ -4,9 +4,9 @@ openIMIS code lists, and the terminology operations `ValueSet/$expand`, `CodeSys
 `CodeSystem/$validate-code` and `ValueSet/$validate-code` (type and instance level, GET with query parameters or
 POST with a Parameters body).
 
-Rights (openIMIS codes, domain §4.3):
-* reading any of these resources and running the operations: any authenticated user — code lists, price lists and
-  profiles are configuration, not personal data;
+Rights (auth/matrix.py, openIMIS codes, domain §4.3):
+* reading any of these resources and running the operations: any user holding a role right (`ANY_ROLE`) — code
+  lists, price lists and profiles are configuration, not personal data;
 * PUT CodeSystem/diagnosis-ICD10-level1: **131001** (Registers: diagnoses upload — the openIMIS right to replace
   the diagnosis list, held by the Scheme Administrator);
 * PUT CodeSystem/<other code list>: **131303** (Utilities: execute scripts — openIMIS changes its other reference
@@ -23,7 +23,8 @@ from urllib.parse import urlencode
 import orjson
 
 from hifhir.api.http import HttpResponse, http_date, json_response
-from hifhir.api.rest import Call, check_id, etag, parse_resource, require_right
+from hifhir.api.rest import Call, check_id, etag, parse_resource
+from hifhir.auth.matrix import require
 from hifhir.fhir import conformance, terminology
 from hifhir.fhir.conformance import CATALOG_PARAMS, IG_DATE_US, CatalogEntry
 from hifhir.fhir.errors import FhirError, invalid, issue, not_found
@@ -35,8 +36,6 @@ from hifhir.store.db import transaction
 TYPES = frozenset({"CodeSystem", "ValueSet", "StructureDefinition", "ImplementationGuide"})
 OPERATIONS = {"CodeSystem": frozenset({"$lookup", "$validate-code"}),
               "ValueSet": frozenset({"$expand", "$validate-code"})}
-RIGHT_DIAGNOSES = 131001
-RIGHT_CODE_LISTS = 131303
 
 # The parameters each operation defines (FHIR R4); others are ignored, or refused under Prefer: handling=strict.
 _OP_PARAMS = {
@@ -71,6 +70,7 @@ def _body_response(call: Call, body: bytes, version_id: str | None, last_updated
 
 
 def read(call: Call, rtype: str, res_id: str) -> HttpResponse:
+    require(call.principal, rtype, "read", f"read {rtype}")
     check_id(res_id)
     if rtype in conformance.DEFINITION_TYPES:
         body = conformance.definition_body(rtype, res_id)
@@ -108,6 +108,7 @@ def _count(value: str, name: str, limit: int) -> int:
 
 
 def search(call: Call, rtype: str, items: list[tuple[str, str]]) -> HttpResponse:
+    require(call.principal, rtype, "search", f"search {rtype}")
     params = CATALOG_PARAMS[rtype]
     count = call.settings.page_size_default
     offset = 0
@@ -233,8 +234,8 @@ def update(call: Call, rtype: str, res_id: str, body: bytes) -> HttpResponse:
         raise FhirError(405, [issue("not-supported", f"{rtype}/{res_id} is read-only: only the openIMIS code "
                                     "lists (CodeSystem) can be replaced")], {"Allow": "GET"})
     cs_id = terminology.resolve_id(res_id)
-    right = RIGHT_DIAGNOSES if cs_id == DIAGNOSIS_LIST else RIGHT_CODE_LISTS
-    require_right(call, right, f"change the code list {cs_id}")
+    require(call.principal, "diagnoses" if cs_id == DIAGNOSIS_LIST else "CodeSystem", "update",
+            f"change the code list {cs_id}")
     resource = parse_resource(body, "CodeSystem")
     if resource.get("id") not in (res_id, cs_id):
         raise invalid(f"The resource id must be present and equal '{cs_id}'", "CodeSystem.id")
@@ -261,6 +262,7 @@ def update(call: Call, rtype: str, res_id: str, body: bytes) -> HttpResponse:
 
 def operation(call: Call, rtype: str, res_id: str | None, name: str, items: list[tuple[str, str]],
               body: bytes | None) -> HttpResponse:
+    require(call.principal, rtype, name, f"run {rtype}/{name}")
     if res_id is not None:
         check_id(res_id)
     params = _parameters(call, rtype, name, items, body)

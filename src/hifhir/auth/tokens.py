@@ -18,12 +18,23 @@ class TokenService:
         self._lifetime = lifetime_s
         self._cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
-    def issue(self, username: str) -> tuple[str, int]:
+    def issue(self, username: str, *, client_id: str | None = None, scope: str | None = None,
+              lifetime_s: int | None = None) -> tuple[str, int]:
+        """A user's token, or (client_id set) an OAuth2 client's: `sub` is then the client id (RFC 9068) and
+        `scope` the SMART scopes granted; the client's technical user is looked up from the client, not trusted
+        from the token."""
         now = int(time.time())
-        exp = now + self._lifetime
-        claims = {"username": username, "sub": username, "iat": now, "nbf": now, "exp": exp,
-                  "jti": str(uuid.uuid4())}
+        exp = now + (self._lifetime if lifetime_s is None else lifetime_s)
+        claims: dict[str, Any] = {"username": username, "sub": client_id or username, "iat": now, "nbf": now,
+                                  "exp": exp, "jti": str(uuid.uuid4())}
+        if client_id is not None:
+            claims["client_id"] = client_id
+            claims["scope"] = scope or ""
         return jwt.encode(claims, self._secret, algorithm="HS256"), exp
+
+    def clear(self) -> None:
+        """Forget every verified token (a revocation: tokens are re-checked against the users' state)."""
+        self._cache.clear()
 
     def verify(self, token: str) -> dict[str, Any] | None:
         cached = self._cache.get(token)
@@ -34,7 +45,7 @@ class TokenService:
             self._cache.pop(token, None)
             return None
         try:
-            claims = jwt.decode(token, self._secret, algorithms=["HS256"], options={"require": ["exp", "sub"]})
+            claims = jwt.decode(token, self._secret, algorithms=["HS256"], options={"require": ["exp", "sub", "iat"]})
         except jwt.PyJWTError:
             return None
         self._cache[token] = claims

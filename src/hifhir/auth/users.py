@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, insert, select
 
 from hifhir.auth.passwords import hash_password, verify_password
+from hifhir.auth.scope import load_scope
 from hifhir.store.tables import app_user, role, role_right, user_role
 
 IMIS_ADMIN_SYSTEM_FLAG = 64  # openIMIS "IMIS Administrator" system role: every right check passes
@@ -29,10 +30,13 @@ class Principal:
     # clients); otherwise the pks of the locations whose data this user may see.
     locations: frozenset[int] | None = None
     hf_pk: int | None = None  # claim administrators: only this facility's claims
+    location_ancestors: frozenset[int] = frozenset()  # the scope's ancestors: their Location resources only
     client_id: str | None = None  # set when an OAuth2 client calls (auth/oauth.py)
     # SMART system scopes granted to a client's token (auth/scopes.SmartScopes; None for users): an interaction
     # needs both the right and a scope that allows it.
     scopes: Any = None
+    # Tokens issued before this instant (epoch seconds) are refused (auth/sessions.py): a revocation.
+    tokens_valid_after: int = 0
 
     def has(self, right: int | None) -> bool:
         return right is None or self.is_admin or right in self.rights
@@ -61,7 +65,9 @@ class PrincipalCache:
 
 def load_principal(conn: Connection, username: str) -> Principal | None:
     user = conn.execute(
-        select(app_user.c.pk).where(app_user.c.username == username, app_user.c.active.is_(True))
+        select(app_user.c.pk, app_user.c.tokens_valid_after, app_user.c.user_type, app_user.c.hf_pk,
+               app_user.c.officer_pk, app_user.c.claim_admin_pk)
+        .where(app_user.c.username == username, app_user.c.active.is_(True))
     ).first()
     if user is None:
         return None
@@ -73,12 +79,17 @@ def load_principal(conn: Connection, username: str) -> Principal | None:
     ).all()
     rights = frozenset(r.right_code for r in rows if r.right_code is not None)
     is_admin = any((r.is_system or 0) & IMIS_ADMIN_SYSTEM_FLAG for r in rows)
-    return Principal(username, rights, is_admin)
+    locations, ancestors, hf_pk = load_scope(conn, user, is_admin)
+    return Principal(username, rights, is_admin, user_pk=int(user.pk), user_type=user.user_type or "interactive",
+                     locations=locations, location_ancestors=ancestors, hf_pk=hf_pk,
+                     tokens_valid_after=int(user.tokens_valid_after or 0))
 
 
 def authenticate(conn: Connection, username: str, password: str) -> bool:
+    # Technical users act only through their OAuth2 clients: a password login would escape the clients' scopes.
     row = conn.execute(
-        select(app_user.c.password_hash).where(app_user.c.username == username, app_user.c.active.is_(True))
+        select(app_user.c.password_hash).where(app_user.c.username == username, app_user.c.active.is_(True),
+                                               app_user.c.user_type != "technical")
     ).first()
     if row is None:
         verify_password(_DUMMY_HASH, password)  # same cost whether or not the user exists

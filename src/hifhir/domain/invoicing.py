@@ -196,6 +196,8 @@ def _totals(lines: list[LineIn]) -> dict[str, Decimal]:
 def _free_code(conn: Connection, table: Table, base: str) -> str:
     """`base`, or `base-2`, `base-3`… : the first code no current row of the table uses."""
     base = base[:CODE_MAX - 4]
+    if not _CODE_TAKEN[table.name].rows(conn, {"code": base}):
+        return base  # the usual case, in one indexed lookup
     n = 1
     while True:
         candidates = [base if i == 1 else f"{base}-{i}" for i in range(n, n + 20)]
@@ -205,6 +207,10 @@ def _free_code(conn: Connection, table: Table, base: str) -> str:
         if free is not None:
             return free
         n += 20
+
+
+_CODE_TAKEN = {t.name: DriverQuery(select(t.c.pk).where(t.c.code == bindparam("code"), is_current(t)).limit(1))
+               for t in (invoice, bill)}
 
 
 def _new_ids() -> dict[str, str]:
@@ -241,76 +247,132 @@ _MEMBERS = (
 _EXPIRY = select(policy.c.expiry_date).where(policy.c.pk == bindparam("pk"))
 
 
-def _discount(conn: Connection, row: Any, terms: ProductTerms, previous_expiry: date | None) -> tuple[Decimal, Decimal]:
+@dataclass(frozen=True, slots=True)
+class PolicyFacts:
+    """What the contribution invoice of a policy is made from: the policy, its product, its covered members (in
+    family order: the head first, then by registration) and the contributions recorded with it. An enrolment
+    holds all of it already (`hifhir.fhir.profiles.contract`); `invoice_for_policy` reads it back otherwise."""
+
+    pk: int
+    family_pk: int | None
+    policy_holder_pk: int | None
+    head_insuree_pk: int | None
+    who: str  # the head's CHFID, else the policy holder's code, else the policy pk (the invoice code)
+    enroll_date: date
+    start_date: date
+    effective_date: date | None
+    expiry_date: date
+    stage: str
+    value: Decimal
+    previous_expiry: date | None
+    product: Any  # the product row
+    members: list[Member]
+    paid: Decimal  # contributions recorded (photo fees excluded) and the last one's date
+    last_paid: date | None
+
+
+def _discount(facts: PolicyFacts, terms: ProductTerms) -> tuple[Decimal, Decimal]:
     """(unit price, discount rate) of a policy's line: the value before the product's discount and its rate when
     the stored value got that discount, else (value, 0). See the module docstring."""
-    value = Decimal(row.value)
-    percent = terms.enrolment_discount_perc if row.stage == NEW else terms.renewal_discount_perc
+    value = Decimal(facts.value)
+    percent = terms.enrolment_discount_perc if facts.stage == NEW else terms.renewal_discount_perc
     if percent <= 0:
         return value, ZERO
-    members = [Member(r.dob, r.relationship) for r in conn.execute(_MEMBERS, {"pk": row.pk})]
-    args: dict[str, Any] = {"stage": row.stage, "enroll_date": row.enroll_date, "start_date": row.start_date,
-                            "previous_expiry": previous_expiry}
-    if policy_value(terms, members, **args) != value:
+    args: dict[str, Any] = {"stage": facts.stage, "enroll_date": facts.enroll_date, "start_date": facts.start_date,
+                            "previous_expiry": facts.previous_expiry}
+    if policy_value(terms, facts.members, **args) != value:
         return value, ZERO  # the product's terms changed since the value was computed
-    undiscounted = policy_value(replace(terms, enrolment_discount_perc=0, renewal_discount_perc=0), members, **args)
+    undiscounted = policy_value(replace(terms, enrolment_discount_perc=0, renewal_discount_perc=0), facts.members,
+                                **args)
     rate = Decimal(percent) / 100
     if undiscounted == value or line_amounts(1, undiscounted, rate).net != value:
         return value, ZERO
     return undiscounted, rate
 
 
-def invoice_for_policy(conn: Connection, policy_pk: int, *, today: date, now: int) -> int | None:
-    """Create the contribution invoice of a policy (module docstring); returns its pk, or None when the policy
-    already has one, is not current or is suspended. Run it in the transaction that created the policy, after
-    its covered insurees and premiums are written; the caller records the FHIR version (kind `invoice`).
-    `today` bounds the issue date (the enrolment date, never in the future); `now` stamps the row."""
-    found = _POLICY.rows(conn, {"pk": policy_pk})
-    row = found[0] if found else None
-    if row is None or row.status == SUSPENDED:
-        return None
-    if _INVOICE_OF_POLICY.rows(conn, {"pk": policy_pk}):
-        return None
-    product_row = _PRODUCT.rows(conn, {"pk": row.product_pk})[0]
+@dataclass(frozen=True, slots=True)
+class NewInvoice:
+    """An invoice ready to insert: its row (without pk, version and stamps) and its lines' rows (without the
+    parent pk), both in the columns' terms."""
+
+    values: dict[str, Any]
+    lines: list[dict[str, Any]]
+
+    def line_rows(self, parent_pk: int) -> list[dict[str, Any]]:
+        return [{**ln, "invoice_pk": parent_pk} for ln in self.lines]
+
+
+def policy_invoice(conn: Connection, facts: PolicyFacts, *, today: date) -> NewInvoice:
+    """The contribution invoice of a policy (module docstring), computed from `facts`; the only read is the check
+    that its code is free."""
+    product_row = facts.product
     terms = ProductTerms.from_row(product_row)
-    previous_expiry = (conn.execute(_EXPIRY, {"pk": row.previous_policy_pk}).scalar()
-                       if row.previous_policy_pk is not None else None)
-    unit_price, rate = _discount(conn, row, terms, previous_expiry)
-    line = LineIn(LINE_POLICY, row.pk, product_row.code, product_row.name, product_row.acc_code_premiums,
+    unit_price, rate = _discount(facts, terms)
+    line = LineIn(LINE_POLICY, facts.pk, product_row.code, product_row.name, product_row.acc_code_premiums,
                   unit_price, discount=rate)
-    informal = row.family_pk is not None
-    who = row.head_chf_id or row.holder_code or str(row.pk)
-    code = _free_code(conn, invoice, f"IV-{product_row.code}-{who}-{row.start_date:%Y-%m}")
+    informal = facts.family_pk is not None
+    code = _free_code(conn, invoice, f"IV-{product_row.code}-{facts.who}-{facts.start_date:%Y-%m}")
     totals = _totals([line])
-    paid, last_paid = _PAID.rows(conn, {"pk": row.pk})[0]
-    paid = Decimal(paid)
+    paid = Decimal(facts.paid)
     settled = paid > 0 and paid >= totals["amount_total"]
-    deadline = None if settled else last_payment_date(terms, row.stage, row.enroll_date, row.start_date,
-                                                      previous_expiry)
-    due = row.effective_date or row.enroll_date
+    deadline = None if settled else last_payment_date(terms, facts.stage, facts.enroll_date, facts.start_date,
+                                                      facts.previous_expiry)
+    due = facts.effective_date or facts.enroll_date
     values = {
-        **_new_ids(),
-        "version_id": 0, "last_updated": now,
         "code": code,
         "type_code": TYPE_CONTRIBUTION if informal else TYPE_CONTRACT,
         "status": INVOICE_PAID if settled else INVOICE_VALIDATED,
         "subject_type": FAMILY if informal else POLICY_HOLDER,
-        "subject_pk": row.family_pk if informal else row.policy_holder_pk,
+        "subject_pk": facts.family_pk if informal else facts.policy_holder_pk,
         "payer_type": INSUREE if informal else POLICY_HOLDER,
-        "payer_pk": row.head_insuree_pk if informal else row.policy_holder_pk,
-        "date_issued": min(row.enroll_date, today),
+        "payer_pk": facts.head_insuree_pk if informal else facts.policy_holder_pk,
+        "date_issued": min(facts.enroll_date, today),
         "date_due": due,
-        "date_paid": last_paid if paid > 0 else None,
+        "date_paid": facts.last_paid if paid > 0 else None,
         "amount_paid": paid,
         "currency": SCHEME_CURRENCY,
-        "note": f"Policy of product {product_row.code} from {row.start_date} to {row.expiry_date}"
-                + (" (renewal)" if row.stage != NEW else ""),
+        "note": f"Policy of product {product_row.code} from {facts.start_date} to {facts.expiry_date}"
+                + (" (renewal)" if facts.stage != NEW else ""),
         "terms": f"Due {due}" + ("" if deadline is None else f", payable until {deadline}"),
-        "policy_pk": row.pk,
+        "policy_pk": facts.pk,
         **totals,
     }
-    pk = int(conn.execute(insert(invoice), values).inserted_primary_key[0])
-    conn.execute(insert(invoice_line), _line_rows("invoice", pk, [line]))
+    lines = [{k: v for k, v in row.items() if k != "invoice_pk"} for row in _line_rows("invoice", 0, [line])]
+    return NewInvoice(values, lines)
+
+
+def _stored_facts(conn: Connection, policy_pk: int) -> PolicyFacts | None:
+    found = _POLICY.rows(conn, {"pk": policy_pk})
+    row = found[0] if found else None
+    if row is None or row.status == SUSPENDED:
+        return None
+    product_row = _PRODUCT.rows(conn, {"pk": row.product_pk})[0]
+    previous_expiry = (conn.execute(_EXPIRY, {"pk": row.previous_policy_pk}).scalar()
+                       if row.previous_policy_pk is not None else None)
+    members = [Member(r.dob, r.relationship) for r in conn.execute(_MEMBERS, {"pk": row.pk})]
+    paid, last_paid = _PAID.rows(conn, {"pk": row.pk})[0]
+    return PolicyFacts(
+        pk=row.pk, family_pk=row.family_pk, policy_holder_pk=row.policy_holder_pk,
+        head_insuree_pk=row.head_insuree_pk, who=row.head_chf_id or row.holder_code or str(row.pk),
+        enroll_date=row.enroll_date, start_date=row.start_date, effective_date=row.effective_date,
+        expiry_date=row.expiry_date, stage=row.stage, value=Decimal(row.value), previous_expiry=previous_expiry,
+        product=product_row, members=members, paid=Decimal(paid), last_paid=last_paid)
+
+
+def invoice_for_policy(conn: Connection, policy_pk: int, *, today: date, now: int) -> int | None:
+    """Create the contribution invoice of a stored policy (module docstring); returns its pk, or None when the
+    policy already has one, is not current or is suspended. Run it in the transaction that wrote the policy, after
+    its covered insurees and premiums; the caller records the FHIR version (kind `invoice`). `today` bounds the
+    issue date (the enrolment date, never in the future); `now` stamps the row."""
+    if _INVOICE_OF_POLICY.rows(conn, {"pk": policy_pk}):
+        return None
+    facts = _stored_facts(conn, policy_pk)
+    if facts is None:
+        return None
+    new = policy_invoice(conn, facts, today=today)
+    pk = int(conn.execute(insert(invoice), {**new.values, **_new_ids(), "version_id": 0, "last_updated": now})
+             .inserted_primary_key[0])
+    conn.execute(insert(invoice_line), new.line_rows(pk))
     return pk
 
 

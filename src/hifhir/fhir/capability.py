@@ -75,6 +75,17 @@ def _includes() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
     return include, revinclude
 
 
+_SECURITY_SERVICE = "http://terminology.hl7.org/CodeSystem/restful-security-service"
+
+
+def _server_root(base_url: str) -> str:
+    """`http://host/fhir` (or the openIMIS alias) → `http://host`, where the token endpoint lives."""
+    for prefix in ("/api/api_fhir_r4", "/fhir"):
+        if base_url.endswith(prefix):
+            return base_url[:-len(prefix)]
+    return base_url
+
+
 @functools.cache
 def capability_statement(base_url: str) -> dict[str, Any]:
     resources = []
@@ -111,6 +122,9 @@ def capability_statement(base_url: str) -> dict[str, Any]:
         }
         resources.append({k: v for k, v in resource.items() if v != []})  # FHIR JSON has no empty arrays
     resources.extend(_definitional_resources())
+    from hifhir.audit.fhir import capability_resource
+
+    resources.append(capability_resource())
     resources.sort(key=lambda r: r["type"])
     return {
         "resourceType": "CapabilityStatement",
@@ -127,10 +141,17 @@ def capability_statement(base_url: str) -> dict[str, Any]:
         "rest": [{
             "mode": "server",
             "security": {
-                "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
-                                         "code": "OAuth"}]}],
-                "description": "JWT bearer token from POST /api/api_fhir_r4/login/ or /api/login "
-                               "({\"username\",\"password\"} → {\"token\",\"exp\"}).",
+                "extension": [{"url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                               "extension": [{"url": "token", "valueUri": _server_root(base_url) + "/oauth/token"}]}],
+                "service": [{"coding": [{"system": _SECURITY_SERVICE, "code": "SMART-on-FHIR"}]},
+                            {"coding": [{"system": _SECURITY_SERVICE, "code": "OAuth"}]}],
+                "description": "Users: JWT bearer token from POST /api/api_fhir_r4/login/ or /api/login "
+                               "({\"username\",\"password\"} → {\"token\",\"exp\"}). System clients: OAuth2 "
+                               "client credentials at /oauth/token (client secret, or a JWT assertion signed RS384 "
+                               "or ES384 as SMART Backend Services do) with SMART system scopes (system/Patient.read, "
+                               "system/*.rs, …); see /.well-known/smart-configuration. Every interaction needs "
+                               "an openIMIS right (the rights matrix: `hifhir rights`, README \"Rights\"); a "
+                               "system client also needs a scope allowing it.",
             },
             "documentation": "Search: chained reference parameters up to 3 levels (`group.identifier`, "
                              "`general-practitioner:Organization.name`), reverse chains (`_has`), `_include` and "

@@ -33,16 +33,6 @@ CS = f"{IG}/CodeSystem/"
 IDENTIFIER_SYSTEM = f"{CS}openimis-identifiers"
 
 
-@dataclass(frozen=True, slots=True)
-class Rights:
-    """openIMIS right codes guarding each interaction; None means any authenticated user."""
-
-    read: int | None = None
-    create: int | None = None
-    update: int | None = None
-    delete: int | None = None
-
-
 class ResourceKind:
     """Base class for a profile ↔ entity mapping. Subclasses set the class attributes and override hooks."""
 
@@ -51,7 +41,7 @@ class ResourceKind:
     profile_id: str = ""
     table: Table
     code_column: str | None = "code"  # the column behind identifier[Code]
-    rights: Rights = Rights()
+    # The rights guarding each interaction are not here: auth/matrix.py declares them all, by kind name.
     writable: bool = True
     # Writable kinds that are records of an event (an eligibility enquiry) are created once and never changed;
     # a kind the server creates as a side effect (a ClaimResponse) may still take updates (a review) but no create.
@@ -67,6 +57,9 @@ class ResourceKind:
     # Elements only users holding a right may see (element → right): stored versions keep them, every response
     # drops them for other users (api/rest.visible_body). The IG: ClaimResponse.communicationRequest needs 111009.
     restricted_elements: ClassVar[Mapping[str, int]] = MappingProxyType({})
+    # How this kind's rows reach a location, for location scoping: a rule of auth/scope.py (`at("location_pk")`,
+    # `via(…)`, …) giving the condition on `table` for a user's scope. None: master data, every reader sees every row.
+    scope: ClassVar[Callable[[Table, Any], Any] | None] = None
 
     @property
     def version(self) -> Any:

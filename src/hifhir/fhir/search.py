@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 import orjson
 from sqlalchemy import Connection, and_, bindparam, func, or_, select
 
+from hifhir.auth import scope as location_scope
 from hifhir.fhir.errors import FhirError, invalid, issue
 from hifhir.fhir.kind import ResourceKind
 from hifhir.fhir.searchparams import (
@@ -37,6 +38,8 @@ RESULT_PARAMS = {"_count", "_sort", "_total", "_summary", "_elements", "_cursor"
 INCLUDE_PARAMS = {"_include", "_revinclude"}
 UNSUPPORTED_RESULT_PARAMS = {"_contained", "_containedType"}
 MAX_CHAIN_DEPTH = 3  # `a.b.c`, or nested `_has` — deeper chains cost joins nobody needs
+MAX_SORT_KEYS = 8  # each is an ORDER BY column and a cursor value
+MAX_ELEMENTS = 100  # more names than any resource has elements
 MAX_INCLUDE_ROUNDS = 4  # :iterate stops after this many hops even when new resources keep appearing
 
 
@@ -85,6 +88,9 @@ class SearchRequest:
     # The kinds chains and _has read through: the caller checks the user may read them (their facts would leak
     # through the matches otherwise). Included kinds the user cannot read are left out instead.
     involved_kinds: set[str] = field(default_factory=set)
+    # The principal whose location scope (auth/scope.py) filters the matches, the rows chains and _has read through,
+    # and the included resources; None: no scope.
+    scope: Any = None
 
 
 def _split_values(raw: str) -> list[str]:
@@ -260,6 +266,8 @@ def _apply_result_param(req: SearchRequest, name: str, value: str, page_max: int
             raise invalid("_count must be a non-negative integer", "_count")
         req.count = min(int(value), page_max)
     elif name == "_sort":
+        if len(req.sort) + value.count(",") >= MAX_SORT_KEYS:
+            raise invalid(f"_sort takes at most {MAX_SORT_KEYS} keys", "_sort")
         for part in value.split(","):
             desc = part.startswith("-")
             key = part[1:] if desc else part
@@ -278,6 +286,8 @@ def _apply_result_param(req: SearchRequest, name: str, value: str, page_max: int
         req.summary = value
     elif name == "_elements":
         req.elements = [e.strip() for e in value.split(",") if e.strip()]
+        if len(req.elements) > MAX_ELEMENTS:
+            raise invalid(f"_elements takes at most {MAX_ELEMENTS} element names", "_elements")
         for e in req.elements:
             if not e.replace("_", "").isalnum():
                 raise invalid(f"Invalid element name '{e[:40]}' in _elements", "_elements")
@@ -310,29 +320,32 @@ def _where(kind: ResourceKind, req: SearchRequest) -> list[Any] | None:
     """The WHERE clauses for one kind; None when the kind cannot match (a parameter only another kind has)."""
     t = kind.table
     clauses: list[Any] = [is_current(t)]
+    in_scope = location_scope.condition(kind, req.scope)
+    if in_scope is not None:
+        clauses.append(in_scope)
     for name, occurrences in req.criteria.items():
         for modifier, values in occurrences:
-            clause = _criterion(kind, name, modifier, values)
+            clause = _criterion(kind, name, modifier, values, req.scope)
             if clause is None:
                 return None
             clauses.append(clause)
     return clauses
 
 
-def _criterion(kind: ResourceKind, key: str, modifier: str | None, values: list[str]) -> Any | None:
+def _criterion(kind: ResourceKind, key: str, modifier: str | None, values: list[str], scope: Any = None) -> Any | None:
     """One search criterion on one kind: a plain parameter, a chain `ref.param` or a reverse chain `_has:…`;
-    None when this kind cannot satisfy it."""
+    None when this kind cannot satisfy it. `scope`: the principal whose scope the rows chains read must be in."""
     if key.startswith("_has:"):
-        return _has_clause(kind, key, values)
+        return _has_clause(kind, key, values, scope)
     if modifier is None and "." in key:
-        return _chain_clause(kind, key, values)
+        return _chain_clause(kind, key, values, scope)
     if modifier is None and ":" in key:  # the leaf of a chain still carries its modifier
         key, _, modifier = key.partition(":")
     param = kind.search_params.get(key)
     return None if param is None else param.build(modifier, values)
 
 
-def _chain_clause(kind: ResourceKind, key: str, values: list[str]) -> Any | None:
+def _chain_clause(kind: ResourceKind, key: str, values: list[str], scope: Any = None) -> Any | None:
     """`ref.param=v`: the kind references a current target matching `param=v` (any of the reference's paths)."""
     head, rest = key.split(".", 1)
     ref_name, _, type_filter = head.partition(":")
@@ -341,16 +354,18 @@ def _chain_clause(kind: ResourceKind, key: str, values: list[str]) -> Any | None
         target = _kind(path.target_kind)
         if type_filter and target.resource_type != type_filter:
             continue
-        inner = _criterion(target, rest, None, values)
+        inner = _criterion(target, rest, None, values, scope)
         if inner is None:
             continue
-        options.append(path.matches(select(target.table.c.pk).where(is_current(target.table), inner)))
+        targets = select(target.table.c.pk).where(is_current(target.table), inner)
+        in_scope = location_scope.condition(target, scope)  # a chain must not tell what is outside the scope
+        options.append(path.matches(targets if in_scope is None else targets.where(in_scope)))
     if not options:
         return None
     return options[0] if len(options) == 1 else or_(*options)
 
 
-def _has_clause(kind: ResourceKind, key: str, values: list[str]) -> Any | None:
+def _has_clause(kind: ResourceKind, key: str, values: list[str], scope: Any = None) -> Any | None:
     """`_has:Source:ref:param=v`: some current Source whose `ref` points at this entity matches `param=v`."""
     _, source_type, ref_name, inner_key = key.split(":", 3)
     options = []
@@ -358,10 +373,13 @@ def _has_clause(kind: ResourceKind, key: str, values: list[str]) -> Any | None:
         paths = [p for p in _paths(source, ref_name) if p.target_kind == kind.name]
         if not paths:
             continue
-        inner = _criterion(source, inner_key, None, values)
+        inner = _criterion(source, inner_key, None, values, scope)
         if inner is None:
             continue
         matching = select(source.table.c.pk).where(is_current(source.table), inner)
+        in_scope = location_scope.condition(source, scope)
+        if in_scope is not None:
+            matching = matching.where(in_scope)
         options.extend(kind.table.c.pk.in_(path.targets_of(matching)) for path in paths)
     if not options:
         return None
@@ -451,7 +469,9 @@ def _query_kind(
     keys = _sort_keys(kind, req)
     descs = [d != reverse for _, d, _ in keys]
     eff_keys = [(e, d, k) for (e, _, k), d in zip(keys, descs, strict=True)]
-    cached = _cached_first_page(kind, req, eff_keys, reverse) if req.cursor is None else None
+    # A scoped user's statement binds the scope's pks: built per request, not cached.
+    scoped = req.scope is not None and location_scope.condition(kind, req.scope) is not None
+    cached = _cached_first_page(kind, req, eff_keys, reverse) if req.cursor is None and not scoped else None
     if cached is not None:
         statement, params = cached
         rows = statement.execute(conn, {**params, "page_limit": limit})
@@ -573,6 +593,9 @@ def _collect_includes(conn: Connection, req: SearchRequest, hits: list[Hit],
                 if (kind_name, pk) not in seen:
                     found.setdefault(kind_name, set()).add(pk)
         found = {k: v for k, v in found.items() if can_read(_kind(k))}
+        if req.scope is not None:  # included rows outside the scope are left out, and not followed further
+            found = {k: pks for k, v in found.items()
+                     if (pks := location_scope.visible_pks(conn, _kind(k), req.scope, v))}
         n_new = sum(len(v) for v in found.values())
         if n_included + n_new > cap:
             raise FhirError.one(

@@ -5,8 +5,9 @@ One attempt:
 1. The subscription is read as it is now (its endpoint, headers and secret may have changed since the match). Gone
    or `off` → nothing is sent (the row is done: a subscription switched off is not owed what it missed). Past its
    `end` → it is turned off, nothing sent.
-2. The owner must still hold the read right of the resource's kind (and of the kinds its criteria reads through);
-   otherwise nothing is sent (logged). Elements the kind restricts to a right the owner lacks are removed from a
+2. The owner must still hold the read right of the resource's kind (and of the kinds its criteria reads through),
+   and the resource must be inside the owner's location scope (auth/scope.py) as it is at delivery; otherwise
+   nothing is sent (logged). Elements the kind restricts to a right the owner lacks are removed from a
    full payload, as for a read.
 3. POST to the endpoint, re-checked against the allow-list and resolved to a checked address (endpoints.py,
    transport.py). Body: empty (`channel.payload` absent: the IG's empty notification, the subscriber reads the
@@ -48,6 +49,7 @@ import orjson
 from sqlalchemy import Connection, Engine, bindparam, select, update
 
 from hifhir import config
+from hifhir.auth import scope as location_scope
 from hifhir.auth.users import Principal, load_principal
 from hifhir.fhir.kind import WriteContext
 from hifhir.notify import transport
@@ -113,11 +115,22 @@ def forget_principals() -> None:
 
 
 def _may_read(principal: Principal | None, kind_names: list[str]) -> bool:
+    from hifhir.auth.matrix import authorize
     from hifhir.fhir.registry import KINDS
 
     if principal is None:
         return False  # an owner who no longer exists (or is inactive) reads nothing
-    return all(name in KINDS and principal.has(KINDS[name].rights.read) for name in kind_names)
+    return all(name in KINDS and authorize(principal, KINDS[name], "read") for name in kind_names)
+
+
+def _in_scope(conn: Connection, principal: Principal, kind_name: str, res_id: str) -> bool:
+    """Is the resource inside the owner's location scope now (auth/scope.py)? A scoped owner is told only of what
+    it could read; an unscoped one costs no query."""
+    from hifhir.fhir.registry import KINDS
+
+    if not location_scope.is_scoped(principal):
+        return True
+    return location_scope.visible_id(conn, KINDS[kind_name], principal, res_id)
 
 
 def _visible(principal: Principal, kind_name: str, body: bytes) -> bytes:
@@ -184,6 +197,10 @@ def deliver(delivery: Delivery) -> None:
                      sub.owner, sub.id, rtype, res_id)
             return
         assert principal is not None
+        if not _in_scope(conn, principal, kind_name, res_id):
+            log.info("notification %s: %s/%s is outside the location scope of the owner (%s) of subscription %s; "
+                     "not sent", delivery.id, rtype, res_id, sub.owner, sub.id)
+            return
         body = b""
         if sub.payload == FHIR_JSON and event != "delete":
             found = _BODY.execute(conn, {"type": rtype, "id": res_id, "version": version})

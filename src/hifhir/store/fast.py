@@ -217,6 +217,9 @@ def _any_pk_sqlite(element: _AnyPk, compiler: Any, **kw: Any) -> str:
     return f"{column} IN (SELECT value FROM json_each({values}))"
 
 
-def any_pk(column: Any, name: str = "pks") -> Any:
-    """`column` is one of the pks bound to parameter `name` (a list of ints, whatever its length)."""
+def any_pk(column: Any, name: str = "pks", value: list[int] | None = None) -> Any:
+    """`column` is one of the pks bound to parameter `name` (a list of ints, whatever its length); with `value`, the
+    pks are bound in the expression itself (a unique parameter named after `name`)."""
+    if value is not None:
+        return _AnyPk(column, bindparam(name, value, type_=PkArray(), unique=True))
     return _AnyPk(column, bindparam(name, type_=PkArray()))

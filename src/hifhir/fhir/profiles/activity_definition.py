@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, func, select
 
 from hifhir.fhir.elements import coding, ext, extension, first_coding, identifier_value, identifiers
-from hifhir.fhir.kind import CS, ResourceKind, Rights, WriteContext, instant, require
+from hifhir.fhir.kind import CS, ResourceKind, WriteContext, instant, require
 from hifhir.fhir.profiles.common import resolve_new_id, uuid_for_update, uuid_of
 from hifhir.fhir.profiles.medication import (
     active_status_param,
@@ -52,7 +52,6 @@ class ActivityDefinitionKind(ResourceKind):
     name = "activity-definition"
     profile_id = "openimis-activitiy-definition"
     table = medical_service
-    rights = Rights(read=121401, create=121402, update=121403, delete=121404)
 
     def __init__(self) -> None:
         t = medical_service

@@ -88,10 +88,9 @@ line is left and it is rejected — processed and valuated in the same transacti
 out (else it is the CodeSystem's); a reason text is refused like any other change: openIMIS's line justification
 has no element in the IG profile, and hifhir would not show it back.
 
-Rights (domain §4.3, §4.5): create 111002 (Claims.Add); read and search 111001; a review (update of the
-ClaimResponse) 111008 (Claims.Review). The reference accepts 111002 or 111007 (submit) for a create; a kind has one
-right per interaction, and every openIMIS role holding 111007 also holds 111002 (Claim Administrator), so only
-111002 is asked. A ClaimResponse is never created nor deleted by a client (405: the kind is not `creatable`).
+Rights (auth/matrix.py; domain §4.3, §4.5): create 111002 (Claims.Add) or 111007 (submit), as the reference; read
+and search 111001; a review (update of the ClaimResponse) 111008 (Claims.Review). A ClaimResponse is never created
+nor deleted by a client (405: the kind is not `creatable`).
 
 Versions: the POST versions Claim and ClaimResponse at 1. The Claim (the submission, immutable) keeps the row's
 `version_id` / `last_updated`; the ClaimResponse, which moves on as the claim is processed, valuated by a batch
@@ -146,6 +145,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 
 from hifhir import config
+from hifhir.auth import scope as location_scope
 from hifhir.domain.claims import (
     BYPASSED,
     DELIVERED,
@@ -158,7 +158,7 @@ from hifhir.domain.claims import (
 from hifhir.domain.claims.feedback import SelectionRule, parse_rule
 from hifhir.fhir.elements import CS, EXT, first_code, identifier_value, identifiers, reference
 from hifhir.fhir.errors import FhirError, business_rule, conflict
-from hifhir.fhir.kind import ResourceKind, Rights, WriteContext, require
+from hifhir.fhir.kind import ResourceKind, WriteContext, require
 from hifhir.fhir.profiles.common import is_uuid, stored_bodies
 from hifhir.fhir.profiles.contract import choice_param, typed_reference_param
 from hifhir.fhir.profiles.medication import CURRENCY, MAX_AMOUNT, money, number, parse_amount, parse_money
@@ -195,8 +195,6 @@ from hifhir.store.tables import (
 
 CLAIM_TYPE, RESPONSE_TYPE = "Claim", "ClaimResponse"
 CLAIM_KIND, RESPONSE_KIND = "claim", "claim-response"
-READ_RIGHT, ADD_RIGHT, UPDATE_RIGHT, DELETE_RIGHT = 111001, 111002, 111010, 111004
-REVIEW_RIGHT = 111008  # Claims.Review: delivers a medical officer's review (PUT ClaimResponse)
 FEEDBACK_RIGHT = 111009  # Claims.Feedback: sees ClaimResponse.communicationRequest (IG security page)
 FEEDBACK_PROMPTED = (SELECTED, DELIVERED, BYPASSED)  # feedback statuses whose claim has a CommunicationRequest
 
@@ -732,8 +730,8 @@ class ClaimKind(ResourceKind):
     name = CLAIM_KIND
     profile_id = "openimis-claim"
     table = claim
+    scope = location_scope.CLAIM
     code_column = "code"
-    rights = Rights(read=READ_RIGHT, create=ADD_RIGHT, update=UPDATE_RIGHT, delete=DELETE_RIGHT)
     updatable = deletable = False  # a submitted claim is a record; corrections are new claims
     reads_ahead = True
 
@@ -1299,10 +1297,10 @@ class ClaimResponseKind(ResourceKind):
     name = RESPONSE_KIND
     profile_id = "openimis-claim-response"
     table = claim  # the claim's row: same pk, same id
+    scope = location_scope.CLAIM
     version_column, updated_column = "response_version", "response_updated"
     restricted_elements = MappingProxyType({"communicationRequest": FEEDBACK_RIGHT})  # the IG: Claims.Feedback
     code_column = "code"
-    rights = Rights(read=READ_RIGHT, create=ADD_RIGHT, update=REVIEW_RIGHT, delete=DELETE_RIGHT)
     # The server's adjudication, created as the answer to a Claim; a client only updates it, to deliver a review.
     creatable = deletable = False
 

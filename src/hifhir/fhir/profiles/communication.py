@@ -30,10 +30,10 @@ Communication ↔ `feedback` (the answers). `POST Communication` records the fee
   prompted (the profile forbids `sender`).
 * Immutable: PUT and DELETE are 405. Search: _id, _lastUpdated, about, subject / patient.
 
-Rights (domain §4.5, reference permissions): read and search 111010 for both (openIMIS "Claims.Feedback search";
-the IG's security page ties the ClaimResponse.communicationRequest link to 111009 — the ClaimResponse kind's
-business); create 111009 (deliver feedback); update 111009 and delete 111010 are declared for completeness only
-(both are 405).
+Rights (auth/matrix.py; domain §4.5, reference permissions): read and search 111010 (openIMIS "Claims.Feedback
+search") or 111009 (deliver feedback: who answers reads what is asked) for both; create 111009. The IG's security
+page ties the ClaimResponse.communicationRequest link to 111009 — the ClaimResponse kind's business. Updates and
+deletes are 405.
 
 For the Claim kind (the lead wires these): `select_claim_for_feedback(ctx, claim_pk, today=)` after the checks
 passed the claim, and `feedback_status_changed(ctx, claim_pks)` after processing (Selected → Bypassed), so that
@@ -50,6 +50,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, and_, select
 
 from hifhir import config
+from hifhir.auth import scope as location_scope
 from hifhir.domain.claims import BYPASSED, DELIVERED, SELECTED
 from hifhir.domain.claims.feedback import (
     Answers,
@@ -63,7 +64,7 @@ from hifhir.domain.claims.feedback import (
 )
 from hifhir.fhir.elements import coding, ext, reference
 from hifhir.fhir.errors import FhirError, business_rule, conflict
-from hifhir.fhir.kind import CS, EXT, ResourceKind, Rights, WriteContext, require
+from hifhir.fhir.kind import CS, EXT, ResourceKind, WriteContext, require
 from hifhir.fhir.profiles.contract import choice_param
 from hifhir.fhir.search import common_params, common_sorts
 from hifhir.fhir.searchparams import RefPath, SearchParam, column_ref, link_ref, reference_param
@@ -71,7 +72,6 @@ from hifhir.store.tables import CLAIM_CHECKED, claim, feedback, feedback_prompt,
 
 REQUEST_TYPE, COMMUNICATION_TYPE = "CommunicationRequest", "Communication"
 REQUEST_KIND, COMMUNICATION_KIND = "communication-request", "communication"
-SEARCH_RIGHT, DELIVER_RIGHT = 111010, 111009
 PAYLOAD_EXT = "communication-payload-type"
 PAYLOAD_SYSTEM = CS + "feedback-payload"
 FEEDBACK_STATUS_SYSTEM = CS + "feedback-status"
@@ -138,8 +138,8 @@ class CommunicationRequestKind(ResourceKind):
     name = REQUEST_KIND
     profile_id = "openimis-communication-request"
     table = feedback_prompt
+    scope = location_scope.FEEDBACK
     code_column = None
-    rights = Rights(read=SEARCH_RIGHT, create=DELIVER_RIGHT, update=DELIVER_RIGHT, delete=SEARCH_RIGHT)
     writable = False  # created by the feedback selection of a claim, never through the API
 
     def __init__(self) -> None:
@@ -199,8 +199,8 @@ class CommunicationKind(ResourceKind):
     name = COMMUNICATION_KIND
     profile_id = "openimis-communication"
     table = feedback
+    scope = location_scope.FEEDBACK
     code_column = None
-    rights = Rights(read=SEARCH_RIGHT, create=DELIVER_RIGHT, update=DELIVER_RIGHT, delete=SEARCH_RIGHT)
     updatable = deletable = False  # the record of a visit: one feedback per claim, never changed
 
     def __init__(self) -> None:

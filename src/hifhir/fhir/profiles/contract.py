@@ -58,6 +58,7 @@ Lifecycle:
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date
@@ -65,9 +66,10 @@ from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, false, insert, not_, or_, select, update
+from sqlalchemy import Connection, Date, Row, bindparam, false, insert, not_, or_, select, update
 
-from hifhir.domain.invoicing import invoice_for_policy
+from hifhir.auth import scope as location_scope
+from hifhir.domain.invoicing import PolicyFacts, policy_invoice
 from hifhir.domain.policy import (
     ACTIVE,
     EXPIRED,
@@ -93,7 +95,7 @@ from hifhir.domain.policy import (
 )
 from hifhir.fhir.elements import coding, first_code, identifiers, reference, sub_extension
 from hifhir.fhir.errors import conflict, invalid
-from hifhir.fhir.kind import CS, EXT, ResourceKind, Rights, WriteContext, require
+from hifhir.fhir.kind import CS, EXT, ResourceKind, WriteContext, require
 from hifhir.fhir.profiles.common import resolve_new_id, uuid_for_update
 from hifhir.fhir.profiles.medication import money, parse_money
 from hifhir.fhir.search import common_params, common_sorts
@@ -108,12 +110,14 @@ from hifhir.fhir.searchparams import (
     link_ref,
     split_token,
 )
-from hifhir.store.fast import DriverQuery, FastStatement
+from hifhir.store.fast import DriverQuery, FastStatement, any_pk
 from hifhir.store.tables import (
     coverage,
     family,
     insuree,
     insuree_policy,
+    invoice,
+    invoice_line,
     is_current,
     location,
     officer,
@@ -247,17 +251,27 @@ def refresh_active_policy_flags(ctx: WriteContext, insuree_pks: Iterable[int], o
     re-version the Patients, and the Groups (Group.active: a member is covered), whose flag changed."""
     pks = sorted(set(insuree_pks))
     if pks:
-        _refresh_flags(ctx, insuree.c.pk.in_(pks), {}, on)
+        _refresh_flags(ctx, "insurees", {"pks": pks}, on)
 
 
-def _refresh_flags(ctx: WriteContext, which: Any, params: dict[str, Any], on: date | None) -> None:
-    """`refresh_active_policy_flags` of the insurees `which` selects: their flag, whether they are covered and
-    whether their Group was active, in one read."""
+def _flags_query(which: Any) -> DriverQuery:
     from hifhir.jobs import covered_on
 
-    rows = ctx.conn.execute(select(
-        insuree.c.pk, insuree.c.family_pk, insuree.c.has_active_policy, covered_on(on or today()).label("covered"),
-        _FAMILY_WAS_ACTIVE.label("family_active")).where(which), params).all()
+    return DriverQuery(select(
+        insuree.c.pk, insuree.c.family_pk, insuree.c.has_active_policy,
+        covered_on(bindparam("today", type_=Date)).label("covered"),
+        _FAMILY_WAS_ACTIVE.label("family_active")).where(which))
+
+
+# The insurees' flags, whether they are covered today and whether their Group was active: of a list of insurees, or
+# of a policy's members.
+_FLAGS = {"insurees": _flags_query(any_pk(insuree.c.pk)),
+          "policy": _flags_query(insuree.c.pk.in_(_MEMBERS_OF))}
+
+
+def _refresh_flags(ctx: WriteContext, which: str, params: dict[str, Any], on: date | None) -> None:
+    """`refresh_active_policy_flags` of the insurees `which` names (a key of _FLAGS), in one read."""
+    rows = _FLAGS[which].rows(ctx.conn, {**params, "today": on or today()})
     changed = [r for r in rows if bool(r.covered) != bool(r.has_active_policy)]
     if not changed:
         return
@@ -353,7 +367,7 @@ def activate_if_paid(ctx: WriteContext, policy_pk: int, *, requested: int | None
     if coverage_pk is not None:
         ctx.mark("coverage", int(coverage_pk))
     if members is None:
-        _refresh_flags(ctx, insuree.c.pk.in_(_MEMBERS_OF), {"policy": policy_pk}, None)
+        _refresh_flags(ctx, "policy", {"policy": policy_pk}, None)
     else:
         refresh_active_policy_flags(ctx, members)
     return activated is not None
@@ -422,6 +436,7 @@ class ContractIn:
     owner: Row  # the family (_FAMILY_INFO) or policy holder (_HOLDER_INFO), locked, with its place
     officer_id: str | None
     head_id: str
+    head_chf_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,6 +445,7 @@ class Computed:
     period: PolicyPeriod
     value: Decimal
     previous_pk: int | None
+    previous_expiry: date | None
 
 
 def _full_date(value: Any, what: str, expression: str) -> date:
@@ -488,7 +504,7 @@ _FAMILY_INFO = select(
                                insuree.c.has_active_policy).exists().label("any_active"),
 ).select_from(family.outerjoin(location, location.c.pk == family.c.location_pk))
 _HOLDER_INFO = select(
-    policy_holder.c.pk, policy_holder.c.id, policy_holder.c.location_pk, *_PLACE_COLUMNS,
+    policy_holder.c.pk, policy_holder.c.id, policy_holder.c.code, policy_holder.c.location_pk, *_PLACE_COLUMNS,
 ).select_from(policy_holder.outerjoin(location, location.c.pk == policy_holder.c.location_pk))
 
 
@@ -516,7 +532,7 @@ _LOOKUPS = {
     "policy_holder": _Lookup(_HOLDER_INFO, policy_holder, lock=True, fast=True),
     "product": _Lookup(select(product), product),  # dates and amounts: typed results
     "officer": _Lookup(select(officer.c.pk, officer.c.id, officer.c.code, officer.c.location_pk), officer, fast=True),
-    "insuree": _Lookup(select(insuree.c.pk, insuree.c.id), insuree, fast=True),
+    "insuree": _Lookup(select(insuree.c.pk, insuree.c.id, insuree.c.chf_id), insuree, fast=True),
 }
 _CONVERSIONS = select(product.c.pk, product.c.conversion_product_pk).where(
     product.c.conversion_product_pk.is_not(None), is_current(product))
@@ -662,8 +678,8 @@ class ContractKind(ResourceKind):
     name = "contract"
     profile_id = "openimis-contract"
     table = policy
+    scope = location_scope.POLICY
     code_column = None
-    rights = Rights(read=101201, create=101202, update=101203, delete=101204)
 
     def __init__(self) -> None:
         t = policy
@@ -713,13 +729,23 @@ class ContractKind(ResourceKind):
 
     # --- from FHIR -----------------------------------------------------------------------------------------
 
+    # An enrolment's register reads (family, officer, product, covered insurees) and the checks on them run before
+    # the SQLite writer lock; the reads that decide against other policies (renewal, overlap, receipts) stay in
+    # the write transaction.
+    reads_ahead = True
+
+    def read_ahead(self, ctx: WriteContext, resource: dict[str, Any]) -> ContractIn:
+        data = self._parse(ctx, resource)
+        self._check(ctx, data)
+        return data
+
     def write(self, ctx: WriteContext, resource: dict[str, Any], current: Row | None) -> int:
         if current is not None and current.deleted:
             raise conflict("This Contract was deleted; enrol again with a new Contract", "Contract")
-        data = self._parse(ctx, resource)
         if current is None:
+            data = ctx.read_ahead if isinstance(ctx.read_ahead, ContractIn) else self.read_ahead(ctx, resource)
             return self._create(ctx, resource, data)
-        return self._update(ctx, resource, data, current)
+        return self._update(ctx, resource, self._parse(ctx, resource), current)
 
     def delete(self, ctx: WriteContext, current: Row) -> None:
         if current.status != IDLE:
@@ -799,7 +825,7 @@ class ContractKind(ResourceKind):
                         "policy-status must be idle, active, suspended or ready", "Contract.extension[policy-status]")
         return ContractIn(informal, family_pk, holder_pk, None if officer is None else int(officer.pk), enroll_date,
                           int(head.pk), covered, product_row, premiums, requested, positions, owner,
-                          None if officer is None else officer.id, head.id)
+                          None if officer is None else officer.id, head.id, head.chf_id)
 
     @staticmethod
     def _covered(ctx: WriteContext, refs: list[Any], family_pk: int | None) -> tuple[list[Row], dict[int, int]]:
@@ -893,7 +919,7 @@ class ContractKind(ResourceKind):
             if overlapping is not None:
                 raise conflict(f"Contract exists: insuree {overlapping.chf_id} already has a policy of product "
                                f"{terms.code} in that period", f"{ASSET}.typeReference")
-        return Computed(stage, period, value, previous.pk if previous is not None else None)
+        return Computed(stage, period, value, previous.pk if previous is not None else None, previous_expiry)
 
     @staticmethod
     def _policy_values(data: ContractIn, computed: Computed) -> dict[str, Any]:
@@ -941,7 +967,6 @@ class ContractKind(ResourceKind):
     # --- create --------------------------------------------------------------------------------------------
 
     def _create(self, ctx: WriteContext, resource: dict[str, Any], data: ContractIn) -> int:
-        self._check(ctx, data)
         computed = self._compute(ctx, data, None)
         self._check_receipts(ctx, data.product, data.premiums, -1)
         # Activation is known before anything is written (the premiums are all in the request).
@@ -954,11 +979,8 @@ class ContractKind(ResourceKind):
         pk = ctx.insert(policy, values)
         ctx.conn.execute(insert(insuree_policy), self._member_rows(pk, data, computed, effective))
         self._insert_premiums(ctx, pk, data.product.pk, data.premiums)
-        # The contribution due is invoiced (domain §3.6) — after the premiums sent with the Contract, which count
-        # as paid.
-        invoice_pk = invoice_for_policy(ctx.conn, pk, today=today(), now=ctx.now)
-        if invoice_pk is not None:
-            ctx.mark("invoice", invoice_pk)
+        # The contribution due is invoiced (domain §3.6); the premiums sent with the Contract count as paid.
+        self._invoice(ctx, data, computed, pk, values)
         cov_pk = ctx.insert(coverage, {"id": values["id"], "uuid": values["uuid"], "policy_pk": pk})
         ctx.mark("coverage", cov_pk)
         self._prerender(ctx, data, pk, cov_pk, values)
@@ -971,6 +993,38 @@ class ContractKind(ResourceKind):
         else:
             refresh_active_policy_flags(ctx, [r.pk for r in data.covered])
         return pk
+
+    @staticmethod
+    def _invoice(ctx: WriteContext, data: ContractIn, computed: Computed, pk: int, values: dict[str, Any]) -> None:
+        """The new policy's contribution invoice, from what this write holds (no re-read of the policy, product,
+        members or premiums), inserted at version 1 with its body prerendered."""
+        from hifhir.fhir.profiles.claim import insurer_id
+        from hifhir.fhir.profiles.invoice import party_label, render_invoice
+
+        if values["status"] == SUSPENDED:
+            return
+        paid = [p for p in data.premiums if not p.photo_fee]
+        members = sorted(data.covered, key=lambda r: (not r.is_head, r.pk))
+        facts = PolicyFacts(
+            pk=pk, family_pk=data.family_pk, policy_holder_pk=data.holder_pk, head_insuree_pk=data.head_pk,
+            who=data.head_chf_id or (None if data.informal else data.owner.code) or str(pk),
+            enroll_date=data.enroll_date, start_date=values["start_date"], effective_date=values["effective_date"],
+            expiry_date=values["expiry_date"], stage=values["stage"], value=_stored_amount(values["value"]),
+            previous_expiry=computed.previous_expiry, product=data.product,
+            members=[Member(r.dob, r.relationship) for r in members],
+            paid=sum((_stored_amount(p.amount) for p in paid), Decimal(0)),
+            last_paid=max((p.pay_date for p in paid), default=None))
+        new = policy_invoice(ctx.conn, facts, today=today())
+        ids = {"id": str(uuid.uuid4())}
+        ids["uuid"] = ids["id"]
+        invoice_pk = ctx.insert(invoice, {**new.values, **ids})
+        ctx.conn.execute(insert(invoice_line), new.line_rows(invoice_pk))
+        ctx.mark("invoice", invoice_pk)
+        party = data.head_id if data.informal else data.owner.id
+        row = SimpleNamespace(**new.values, **ids, **{party_label(new.values["payer_type"]): party})
+        ctx.prerendered[("invoice", invoice_pk)] = render_invoice(
+            row, [SimpleNamespace(**ln) for ln in new.lines], "payer", "invoice-type",  # type: ignore[arg-type]
+            insurer_id(ctx.conn))
 
     @staticmethod
     def _prerender(ctx: WriteContext, data: ContractIn, pk: int, cov_pk: int, values: dict[str, Any]) -> None:

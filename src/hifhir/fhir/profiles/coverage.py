@@ -31,9 +31,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, bindparam, select
 
+from hifhir.auth import scope as location_scope
 from hifhir.domain.policy import ACTIVE, IDLE, READY, STATUS_NAMES, SUSPENDED, status_on
 from hifhir.fhir.elements import coding, identifiers, reference
-from hifhir.fhir.kind import EXT, ResourceKind, Rights
+from hifhir.fhir.kind import EXT, ResourceKind
 from hifhir.fhir.profiles.contract import (
     HIFHIR_CS,
     POLICY_VIEW,
@@ -105,9 +106,9 @@ class CoverageKind(ResourceKind):
     name = "coverage"
     profile_id = "openimis-coverage"
     table = coverage
+    scope = location_scope.COVERAGE
     code_column = None
     writable = False
-    rights = Rights(read=101201)
 
     def __init__(self) -> None:
         t, p, ip = coverage, policy, insuree_policy

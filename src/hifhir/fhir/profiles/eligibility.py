@@ -41,8 +41,8 @@ Response (profile row 18), computed by `domain.eligibility.evaluate` as of the s
   (`validation/corrections.py` SKIPPED_CONSTRAINTS). Dropping the category would lose the slice discriminator
   that tells an item from a service with the same code; R5's `billcode` slice is the eventual fix.
 
-Rights: 101201 (Policy search, which openIMIS also uses for eligibility, domain §4.5) for create and read; the
-Insuree "enquire" right 101105 is not accepted on its own, a kind has one right per interaction.
+Rights (auth/matrix.py): 101201 (Policy search, which openIMIS also uses for eligibility, domain §4.5) or the
+Insuree "enquire" right 101105 (the Manager's, domain §4.4) for create and read.
 
 Speed: an enquiry costs a handful of indexed queries (see `domain/eligibility.py`), run by `read_ahead` — on
 SQLite before the writer lock is taken; the lock then covers one insert into the shared `eligibility_enquiry` row
@@ -59,6 +59,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
+from hifhir.auth import scope as location_scope
 from hifhir.domain.eligibility import (
     Balance,
     Eligibility,
@@ -69,7 +70,7 @@ from hifhir.domain.eligibility import (
 )
 from hifhir.fhir.elements import CS, first_code, identifier_value, identifiers, reference
 from hifhir.fhir.errors import FhirError, conflict
-from hifhir.fhir.kind import ResourceKind, Rights, WriteContext, require
+from hifhir.fhir.kind import ResourceKind, WriteContext, require
 from hifhir.fhir.profiles.common import is_uuid, resolve_new_id, stored_bodies
 from hifhir.fhir.profiles.medication import money
 from hifhir.fhir.profiles.organization import is_current_insurer
@@ -84,7 +85,6 @@ from hifhir.store.tables import (
 
 REQUEST = "CoverageEligibilityRequest"
 RESPONSE = "CoverageEligibilityResponse"
-ENQUIRY_RIGHT = 101201
 ITEM_CATEGORY = CS + "coverage-item-category"
 BENEFIT_TYPE = CS + "coverage-item-benefit-type"
 CATEGORY_DISPLAYS = {"item": "Item", "service": "Service", "benefit": "Benefit Package"}
@@ -162,8 +162,8 @@ class EligibilityRequestKind(ResourceKind):
     name = "eligibility-request"
     profile_id = "openimis-coverage-eligibility-request"
     table = eligibility_enquiry
+    scope = location_scope.ENQUIRY
     code_column = None
-    rights = Rights(read=ENQUIRY_RIGHT, create=ENQUIRY_RIGHT, update=ENQUIRY_RIGHT, delete=ENQUIRY_RIGHT)
     updatable = deletable = False  # the record of an enquiry, answered once
 
     def __init__(self) -> None:
@@ -300,8 +300,8 @@ class EligibilityResponseKind(ResourceKind):
     name = RESPONSE_KIND
     profile_id = "openimis-coverage-eligibility-response"
     table = eligibility_enquiry  # the request's row: same pk, same id
+    scope = location_scope.ENQUIRY
     code_column = None
-    rights = Rights(read=ENQUIRY_RIGHT, create=ENQUIRY_RIGHT, update=ENQUIRY_RIGHT, delete=ENQUIRY_RIGHT)
     writable = False  # written only as the answer to a CoverageEligibilityRequest
 
     def __init__(self) -> None:

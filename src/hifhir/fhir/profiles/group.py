@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, bindparam, select, update
 
+from hifhir.auth import scope as location_scope
 from hifhir.fhir.elements import (
     CS,
     coding,
@@ -19,7 +20,7 @@ from hifhir.fhir.elements import (
     sub_extension,
 )
 from hifhir.fhir.errors import conflict
-from hifhir.fhir.kind import ResourceKind, Rights, WriteContext, require
+from hifhir.fhir.kind import ResourceKind, WriteContext, require
 from hifhir.fhir.profiles.common import (
     address_location_param,
     check_unique_code,
@@ -65,7 +66,7 @@ class GroupKind(ResourceKind):
     name = "group"
     profile_id = "openimis-group"
     table = family
-    rights = Rights(read=101001, create=101002, update=101003, delete=101004)
+    scope = location_scope.FAMILY
 
     def __init__(self) -> None:
         t = family

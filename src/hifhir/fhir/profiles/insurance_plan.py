@@ -57,7 +57,7 @@ from sqlalchemy import Connection, Row, and_, delete, insert, not_, select
 
 from hifhir.fhir.elements import coding, ext, identifier_value, identifiers, reference
 from hifhir.fhir.errors import conflict, invalid
-from hifhir.fhir.kind import CS, EXT, ResourceKind, Rights, WriteContext, require
+from hifhir.fhir.kind import CS, EXT, ResourceKind, WriteContext, require
 from hifhir.fhir.profiles.common import resolve_new_id, uuid_for_update, uuid_of
 from hifhir.fhir.profiles.location import LOCATION_USERS, LocationUser
 from hifhir.fhir.profiles.medication import (
@@ -349,7 +349,6 @@ class InsurancePlanKind(ResourceKind):
     name = "insurance-plan"
     profile_id = "openimis-insurance-plan"
     table = product
-    rights = Rights(read=121001, create=121002, update=121003, delete=121004)
 
     def __init__(self) -> None:
         t = product

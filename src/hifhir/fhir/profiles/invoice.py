@@ -36,9 +36,9 @@ offered as `resourceType=invoice|bill`: also accepted under that name), `status`
 `invoice-status` (the openIMIS status names), `recipient` (Patient or Organization), `date` (the issue date);
 invoices also `subject` (Group: the family; Organization: the policy holder). Sort: `date`.
 
-Rights (domain §4.3, the reference server's FHIRApiInvoicePermissions / FHIRApiBillPermissions): reading an
-invoice needs 155101 (invoice search), a bill 156101 (bill search). A user holding only one of them searching
-`Invoice` gets only that kind.
+Rights (auth/matrix.py; domain §4.3, the reference server's FHIRApiInvoicePermissions / FHIRApiBillPermissions):
+reading an invoice needs 155101 (invoice search), a bill 156101 (bill search). A user holding only one of them
+searching `Invoice` gets only that kind.
 """
 
 from __future__ import annotations
@@ -49,10 +49,11 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, Table, bindparam, false, not_, select, true
 
+from hifhir.auth import scope as location_scope
 from hifhir.domain import invoicing as inv
 from hifhir.fhir.elements import coding, identifiers, reference
 from hifhir.fhir.errors import FhirError, invalid
-from hifhir.fhir.kind import CS, IDENTIFIER_SYSTEM, ResourceKind, Rights, WriteContext
+from hifhir.fhir.kind import CS, IDENTIFIER_SYSTEM, ResourceKind, WriteContext
 from hifhir.fhir.profiles.claim import insurer_id
 from hifhir.fhir.profiles.contract import HIFHIR_CS, HIFHIR_EXT, choice_param, typed_reference_param
 from hifhir.fhir.profiles.medication import money, number
@@ -105,7 +106,7 @@ PARTIES: dict[str, tuple[str, Table, str]] = {
 }
 
 
-def _party_label(party_type: str) -> str:
+def party_label(party_type: str) -> str:
     return "party_" + party_type.replace("-", "_")
 
 
@@ -117,7 +118,7 @@ def _view(table: Table, party: str) -> Any:
         alias = target.alias(f"party_{target.name}")
         joined = joined.outerjoin(alias, (table.c[f"{party}_type"] == party_type)
                                   & (alias.c.pk == table.c[f"{party}_pk"]))
-        columns.append(alias.c.id.label(_party_label(party_type)))
+        columns.append(alias.c.id.label(party_label(party_type)))
     return select(*columns).select_from(joined).where(table.c.pk.in_(bindparam("pks", expanding=True)))
 
 
@@ -163,7 +164,7 @@ def render_invoice(row: Row, lines: list[Row], party: str, type_cs: str, insurer
         "type": {"coding": [coding(CS + type_cs, row.type_code, TYPE_DISPLAYS.get(row.type_code))]},
     }
     party_type = getattr(row, f"{party}_type")
-    target_id = getattr(row, _party_label(party_type), None) if party_type in PARTIES else None
+    target_id = getattr(row, party_label(party_type), None) if party_type in PARTIES else None
     if target_id is not None:
         res["recipient"] = reference(PARTIES[party_type][0], target_id)
     res["date"] = row.date_issued.isoformat()
@@ -286,13 +287,13 @@ class InvoiceKind(_InvoiceKindBase):
     name = "invoice"
     profile_id = "openimis-invoice-invoice"
     table = invoice
+    scope = location_scope.INVOICE
     line_table = invoice_line
     party = "payer"
     marker = "invoice"
     type_cs = "invoice-type"
     own_types = inv.INVOICE_TYPES
     party_types = (("Patient", inv.INSUREE), ("Organization", inv.POLICY_HOLDER))
-    rights = Rights(read=155101)
 
     def __init__(self) -> None:
         super().__init__()
@@ -307,13 +308,13 @@ class BillKind(_InvoiceKindBase):
     name = "bill"
     profile_id = "openimis-invoice-bill"
     table = bill
+    scope = location_scope.BILL
     line_table = bill_line
     party = "payee"
     marker = "bill"
     type_cs = "bill-type"
     own_types = inv.BILL_TYPES
     party_types = (("Organization", inv.HEALTH_FACILITY), ("Patient", inv.INSUREE))
-    rights = Rights(read=156101)
 
 
 def record_versions(conn: Connection, kind_name: str, pks: Iterable[int], *, now: int,

@@ -7,8 +7,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, Table, bindparam, or_, select, update
 
+from hifhir.auth import scope as location_scope
 from hifhir.fhir.elements import coding, first_code, identifier_value, identifiers, reference
-from hifhir.fhir.kind import CS, ResourceKind, Rights, WriteContext, require
+from hifhir.fhir.kind import CS, ResourceKind, WriteContext, require
 from hifhir.fhir.profiles.common import resolve_new_id, uuid_for_update, uuid_of
 from hifhir.fhir.search import common_params, common_sorts
 from hifhir.fhir.searchparams import (
@@ -39,7 +40,7 @@ class LocationKind(ResourceKind):
     name = "location"
     profile_id = "openimis-location"
     table = location
-    rights = Rights(read=121901, create=121902, update=121903, delete=121904)
+    scope = location_scope.LOCATION
 
     def __init__(self) -> None:
         t = location

@@ -29,7 +29,7 @@ from sqlalchemy import Connection, Row, Table, false, or_, select, true
 from hifhir.config import SCHEME_CURRENCY
 from hifhir.fhir.elements import coding, ext, extension, first_code, identifier_value, identifiers
 from hifhir.fhir.errors import conflict, invalid
-from hifhir.fhir.kind import CS, EXT, ResourceKind, Rights, WriteContext, require
+from hifhir.fhir.kind import CS, EXT, ResourceKind, WriteContext, require
 from hifhir.fhir.profiles.common import resolve_new_id, uuid_for_update, uuid_of
 from hifhir.fhir.search import common_params, common_sorts
 from hifhir.fhir.searchparams import (
@@ -282,7 +282,6 @@ class MedicationKind(ResourceKind):
     name = "medication"
     profile_id = "openimis-medication"
     table = medical_item
-    rights = Rights(read=122101, create=122102, update=122103, delete=122104)
 
     def __init__(self) -> None:
         t = medical_item

@@ -33,6 +33,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, Select, Table, bindparam, false, insert, not_, or_, select, true, update
 
+from hifhir.auth import scope as location_scope
 from hifhir.config import InsurerConfig
 from hifhir.fhir.elements import (
     coding,
@@ -46,7 +47,7 @@ from hifhir.fhir.elements import (
     telecoms,
 )
 from hifhir.fhir.errors import FhirError, conflict, invalid
-from hifhir.fhir.kind import ResourceKind, Rights, WriteContext, require
+from hifhir.fhir.kind import ResourceKind, WriteContext, require
 from hifhir.fhir.profiles.common import (
     address_location_param,
     check_unique_code,
@@ -284,7 +285,7 @@ class HealthFacilityKind(ResourceKind):
     name = "health-facility"
     profile_id = "openimis-health-facility-organization"
     table = health_facility
-    rights = Rights(read=121101, create=121102, update=121103, delete=121104)
+    scope = location_scope.HEALTH_FACILITY
 
     def __init__(self) -> None:
         t = health_facility
@@ -403,7 +404,6 @@ class PolicyHolderKind(ResourceKind):
     name = "policy-holder"
     profile_id = "openimis-policy-holder-organization"
     table = policy_holder
-    rights = Rights(read=150101, create=150102, update=150103, delete=150104)
 
     def __init__(self) -> None:
         t = policy_holder
@@ -509,7 +509,6 @@ class InsurerKind(ResourceKind):
     name = "insurer"
     profile_id = "openimis-insurance-organization"
     table = insurer_org
-    rights = Rights()  # every authenticated client needs the insurer (eligibility requests, contracts)
     writable = False  # it is configuration (InsurerConfig), changed by sync_insurer only
 
     def __init__(self) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, and_, bindparam, delete, false, func, insert, or_, select, update
 
+from hifhir.auth import scope as location_scope
 from hifhir.config import PUBLIC_BASE_URL
 from hifhir.fhir.elements import (
     coding,
@@ -25,7 +26,7 @@ from hifhir.fhir.elements import (
     telecoms,
 )
 from hifhir.fhir.errors import FhirError, conflict
-from hifhir.fhir.kind import ResourceKind, Rights, WriteContext, require
+from hifhir.fhir.kind import ResourceKind, WriteContext, require
 from hifhir.fhir.profiles.common import (
     address_location_param,
     concept_from_list,
@@ -158,8 +159,8 @@ class PatientKind(ResourceKind):
     name = "patient"
     profile_id = "openimis-patient"
     table = insuree
+    scope = location_scope.PATIENT
     code_column = "chf_id"
-    rights = Rights(read=101101, create=101102, update=101103, delete=101104)
 
     def __init__(self) -> None:
         t = insuree

@@ -66,10 +66,10 @@ Search: PaymentNotice `_id`, `_lastUpdated`, `identifier` (id or reference, what
 here the Invoice a listed payment settles, i.e. detail.request). `created` matches the date as written (its first
 10 characters). Sort: `created` on both.
 
-Rights (domain §4.3): the openIMIS invoice-payment rights, as the reference server's FHIRApiPaymentPermissions —
-155201 read/search, 155202 create, 155203 update, 155204 delete — for both resources (openIMIS keeps
-reconciliation on the invoice payments). Bill payments use the same rights (the reference server does too; a kind
-has one right per interaction): the bill-payment rights 1562xx are not checked.
+Rights (auth/matrix.py; domain §4.3): the openIMIS invoice-payment rights, as the reference server's
+FHIRApiPaymentPermissions — 155201 read/search, 155202 create, 155203 update, 155204 delete — for both resources
+(openIMIS keeps reconciliation on the invoice payments). Bill payments use the same rights (the reference server does
+too): the bill-payment rights 1562xx are not checked.
 
 Speed (POST PaymentNotice): the invoice row read and locked by id (one statement), the insert, the invoice update,
 the notice's body built in `write` (no re-read), the invoice's render and the two history rows; a contribution
@@ -88,10 +88,11 @@ from sqlalchemy import Connection, Row, String, bindparam, exists, func, or_, se
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.types import TypeDecorator
 
+from hifhir.auth import scope as location_scope
 from hifhir.domain import payments as pay
 from hifhir.fhir.elements import first_code, identifiers, reference
 from hifhir.fhir.errors import FhirError, business_rule, conflict, invalid
-from hifhir.fhir.kind import IDENTIFIER_SYSTEM, ResourceKind, Rights, WriteContext, require
+from hifhir.fhir.kind import IDENTIFIER_SYSTEM, ResourceKind, WriteContext, require
 from hifhir.fhir.profiles.claim import insurer_id
 from hifhir.fhir.profiles.common import is_uuid, resolve_new_id, uuid_for_update
 from hifhir.fhir.profiles.contract import typed_reference_param
@@ -115,7 +116,6 @@ from hifhir.store.tables import bill, insurer_org, invoice, is_current, payment_
 
 NOTICE, RECONCILIATION = "PaymentNotice", "PaymentReconciliation"
 NOTICE_KIND, RECONCILIATION_KIND = "payment-notice", "payment-reconciliation"
-PAYMENT_RIGHTS = Rights(read=155201, create=155202, update=155203, delete=155204)
 PAYMENT_STATUS_SYSTEM = "http://terminology.hl7.org/CodeSystem/paymentstatus"
 PAYMENT_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/payment-type"
 FINANCIAL_STATUSES = ("active", "cancelled", "draft", "entered-in-error")
@@ -317,8 +317,8 @@ class PaymentNoticeKind(ResourceKind):
     name = NOTICE_KIND
     profile_id = "openimis-payment-notice"
     table = payment_notice
+    scope = location_scope.PAYMENT_NOTICE
     code_column = "reference"
-    rights = PAYMENT_RIGHTS
     deletable = False
 
     def __init__(self) -> None:
@@ -559,7 +559,6 @@ class PaymentReconciliationKind(ResourceKind):
     profile_id = RECONCILIATION
     table = payment_reconciliation
     code_column = "payment_identifier"
-    rights = PAYMENT_RIGHTS
     deletable = False
 
     @property

@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, Table, and_, false, or_, select, true
 
+from hifhir.auth import scope as location_scope
 from hifhir.fhir.elements import (
     coding,
     ext,
@@ -30,7 +31,7 @@ from hifhir.fhir.elements import (
     telecoms,
 )
 from hifhir.fhir.errors import FhirError, business_rule, conflict
-from hifhir.fhir.kind import CS, ResourceKind, Rights, WriteContext, require
+from hifhir.fhir.kind import CS, ResourceKind, WriteContext, require
 from hifhir.fhir.profiles.common import (
     address_location_param,
     location_names,
@@ -290,7 +291,7 @@ class ClaimAdminKind(PractitionerKind):
     name = "claim-admin"
     profile_id = "openimis-claim-administrator-practitioner"
     table = claim_admin
-    rights = Rights(read=121601, create=121602, update=121603, delete=121604)
+    scope = location_scope.CLAIM_ADMIN
     qualification = "CA"
     label = "claim administrator"
 
@@ -312,7 +313,7 @@ class EnrolmentOfficerKind(PractitionerKind):
     name = "enrolment-officer"
     profile_id = "openimis-enrolment-officer-practitioner"
     table = officer
-    rights = Rights(read=121501, create=121502, update=121503, delete=121504)
+    scope = location_scope.OFFICER
     qualification = "EO"
     label = "enrolment officer"
 

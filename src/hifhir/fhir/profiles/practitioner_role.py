@@ -24,9 +24,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, bindparam, delete, insert, select, update
 
+from hifhir.auth import scope as location_scope
 from hifhir.fhir.elements import ext, ext_value, identifiers, reference, telecoms
 from hifhir.fhir.errors import conflict
-from hifhir.fhir.kind import ResourceKind, Rights, WriteContext, require
+from hifhir.fhir.kind import ResourceKind, WriteContext, require
 from hifhir.fhir.profiles.common import location_of_level, resolve_new_id, uuid_for_update
 from hifhir.fhir.profiles.location import LOCATION_USERS, LocationUser
 from hifhir.fhir.profiles.practitioner import (
@@ -90,7 +91,7 @@ class ClaimAdminRoleKind(_RoleKind):
     name = "claim-admin-role"
     profile_id = "openimis-claim-administrator-practitioner-role"
     table = claim_admin_role
-    rights = Rights(read=121601, create=121602, update=121603, delete=121604)
+    scope = location_scope.CLAIM_ADMIN_ROLE
     role = "CA"
 
     def __init__(self) -> None:
@@ -178,7 +179,7 @@ class EnrolmentOfficerRoleKind(_RoleKind):
     name = "enrolment-officer-role"
     profile_id = "openimis-enrolment-officer-practitioner-role"
     table = officer_role
-    rights = Rights(read=121501, create=121502, update=121503, delete=121504)
+    scope = location_scope.OFFICER_ROLE
     role = "EO"
 
     def __init__(self) -> None:

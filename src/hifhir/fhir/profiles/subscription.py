@@ -26,8 +26,8 @@ Mapping:
   or write after it).
 * `error` is the server's note; a value sent by a client is ignored. `reason` as sent. `contact` 0..0.
 
-Rights (openIMIS FHIR module, domain §4.3): read and search 158001, create 158002, update 158003, delete 158004
-(IMIS Administrator). The user who creates a subscription is its **owner**: only the owner (or an IMIS
+Rights (auth/matrix.py; openIMIS FHIR module, domain §4.3): read and search 158001, create 158002, update 158003,
+delete 158004 (IMIS Administrator). The user who creates a subscription is its **owner**: only the owner (or an IMIS
 Administrator) may update or delete it (403), as in openIMIS; the criteria must be a search the owner may run —
 the read right of the type (of one of its kinds) and of every kind a chain or `_has` reads through (403,
 Subscription.criteria) — and each notification is sent only if the owner may still read the resource then.
@@ -46,7 +46,7 @@ from sqlalchemy import Connection, Row, func, literal_column, select
 
 from hifhir.auth.users import Principal, load_principal
 from hifhir.fhir.errors import FhirError, business_rule, invalid
-from hifhir.fhir.kind import ResourceKind, Rights, WriteContext, instant, now_us, require
+from hifhir.fhir.kind import ResourceKind, WriteContext, instant, now_us, require
 from hifhir.fhir.profiles.common import is_uuid
 from hifhir.fhir.search import common_params, common_sorts
 from hifhir.fhir.searchparams import Clause, SearchParam, parse_date_range, token_param
@@ -158,7 +158,6 @@ class SubscriptionKind(ResourceKind):
     profile_id = "openimis-subscription"
     table = subscription
     code_column = None
-    rights = Rights(read=158001, create=158002, update=158003, delete=158004)
 
     def __init__(self) -> None:
         t = subscription
@@ -276,19 +275,20 @@ def _require_owner(user: Principal | None, current: Row, what: str) -> None:
 
 def _require_readable(owner: str | None, rights: Principal | None, criteria: Criteria) -> None:
     """The owner must be able to run the criteria as a search (type and chained kinds' read rights)."""
+    from hifhir.auth.matrix import authorize, describe
     from hifhir.fhir.registry import KINDS, kinds_of_type
 
     if owner is None:
         return
     kinds = kinds_of_type(criteria.resource_type)
     missing = None
-    if rights is None or not any(rights.has(k.rights.read) for k in kinds):
+    if rights is None or not any(authorize(rights, k, "search") for k in kinds):
         missing = kinds[0]
     else:
-        missing = next((KINDS[n] for n in sorted(criteria.involved_kinds) if not rights.has(KINDS[n].rights.read)),
-                       None)
+        missing = next((KINDS[n] for n in sorted(criteria.involved_kinds)
+                        if not authorize(rights, KINDS[n], "search")), None)
     if missing is not None:
-        raise FhirError.one(403, "forbidden", f"The owner ({owner}) lacks right {missing.rights.read} to read "
+        raise FhirError.one(403, "forbidden", f"The owner ({owner}) lacks right {describe(missing, 'search')} to read "
                             f"{missing.resource_type}: the criteria must be a search the owner may run",
                             expression=f"{R}.criteria")
 

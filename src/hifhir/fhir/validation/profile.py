@@ -818,6 +818,8 @@ class _Walk:
             return
         if t == "CodeableConcept" or (t is None and ("coding" in it or "text" in it)):
             codings = it.get("coding") or []
+            if not isinstance(codings, list):
+                return  # a wrong JSON type: the schema layer reports it
             if not codings:
                 self.err(
                     "code-invalid",

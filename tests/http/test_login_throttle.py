@@ -1,0 +1,139 @@
+"""Login throttling: repeated failed logins for one user name, or from one address, lock further attempts (429 with
+Retry-After, the password not even checked) until the lock expires; the locks live in the database, so every server
+process sees them."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select, update
+from starlette.testclient import TestClient
+
+from hifhir.api.app import HifhirApp
+from hifhir.auth.throttle import client_address
+from hifhir.config import Settings
+from hifhir.store.db import transaction
+from hifhir.store.tables import login_failure
+from tests.conftest import ADMIN, CLERK, _reset
+
+LOGIN = "/api/api_fhir_r4/login/"
+USER_MAX, ADDRESS_MAX = 3, 6
+
+
+def make_client(backend: tuple[Settings, Engine], **changes: Any) -> TestClient:
+    settings, engine = backend
+    settings = dataclasses.replace(settings, login_max_failures=USER_MAX, login_max_failures_per_address=ADDRESS_MAX,
+                                   **changes)
+    return TestClient(HifhirApp(settings, engine), base_url="http://testserver")
+
+
+@pytest.fixture
+def client(backend: tuple[Settings, Engine]) -> Iterator[TestClient]:
+    _reset(*backend)
+    yield make_client(backend)
+
+
+def log_in(client: TestClient, user: str, password: str, **headers: str) -> Any:
+    return client.post(LOGIN, json={"username": user, "password": password}, headers=headers)
+
+
+def assert_throttled(resp: Any) -> None:
+    assert resp.status_code == 429, resp.text
+    assert 1 <= int(resp.headers["retry-after"]) <= 15 * 60
+    body = resp.json()
+    assert body["resourceType"] == "OperationOutcome"
+    assert body["issue"][0]["code"] == "throttled"
+    assert "token" not in body
+
+
+def test_a_user_name_is_locked_after_repeated_failures_even_for_the_right_password(client):
+    for _ in range(USER_MAX):
+        assert log_in(client, ADMIN[0], "wrong").status_code == 401
+
+    assert_throttled(log_in(client, ADMIN[0], ADMIN[1]))
+    assert_throttled(log_in(client, ADMIN[0], "wrong"))
+    assert log_in(client, CLERK[0], CLERK[1]).status_code == 200  # another user is not locked
+
+
+def test_a_success_before_the_limit_resets_the_users_count(client, engine):
+    for _ in range(USER_MAX - 1):
+        assert log_in(client, ADMIN[0], "wrong").status_code == 401
+    assert log_in(client, ADMIN[0], ADMIN[1]).status_code == 200
+
+    for _ in range(USER_MAX - 1):
+        assert log_in(client, ADMIN[0], "wrong").status_code == 401
+    assert log_in(client, ADMIN[0], ADMIN[1]).status_code == 200
+    with engine.connect() as conn:
+        assert conn.execute(select(login_failure.c.key).where(login_failure.c.key == "user:Admin")).first() is None
+
+
+def test_unknown_user_names_count_too(client):
+    for _ in range(USER_MAX):
+        assert log_in(client, "ghost", "whatever").status_code == 401
+
+    assert_throttled(log_in(client, "ghost", "whatever"))
+
+
+def test_one_address_trying_many_user_names_is_locked(client):
+    for i in range(ADDRESS_MAX):
+        assert log_in(client, f"guess{i}", "wrong").status_code == 401
+
+    assert_throttled(log_in(client, ADMIN[0], ADMIN[1]))
+
+
+def test_the_lock_expires(client, engine):
+    for _ in range(USER_MAX):
+        log_in(client, ADMIN[0], "wrong")
+    assert_throttled(log_in(client, ADMIN[0], ADMIN[1]))
+
+    with transaction(engine, write=True) as conn:  # the lock time has passed
+        conn.execute(update(login_failure).values(locked_until=1, window_start=1))
+
+    assert log_in(client, ADMIN[0], ADMIN[1]).status_code == 200
+    assert log_in(client, ADMIN[0], "wrong").status_code == 401  # a fresh count: one failure is no lock
+
+
+def test_the_lock_holds_in_every_server_process(client, backend):
+    for _ in range(USER_MAX):
+        log_in(client, ADMIN[0], "wrong")
+
+    other_process = make_client(backend)
+
+    assert_throttled(log_in(other_process, ADMIN[0], ADMIN[1]))
+
+
+def test_forwarded_for_is_ignored_from_an_untrusted_peer(client):
+    for i in range(ADDRESS_MAX):
+        log_in(client, f"guess{i}", "wrong", **{"X-Forwarded-For": f"10.0.0.{i}"})
+
+    assert_throttled(log_in(client, CLERK[0], CLERK[1], **{"X-Forwarded-For": "10.9.9.9"}))
+
+
+def test_forwarded_for_names_the_client_behind_a_trusted_proxy(backend):
+    _reset(*backend)
+    client = make_client(backend, trusted_proxies=frozenset({"testclient"}))  # the test client's peer address
+    for i in range(ADDRESS_MAX):
+        log_in(client, f"guess{i}", "wrong", **{"X-Forwarded-For": "203.0.113.7"})
+
+    assert_throttled(log_in(client, CLERK[0], CLERK[1], **{"X-Forwarded-For": "203.0.113.7"}))
+    assert log_in(client, CLERK[0], CLERK[1], **{"X-Forwarded-For": "198.51.100.2"}).status_code == 200
+
+
+def test_client_address_takes_the_last_untrusted_hop():
+    proxies = frozenset({"10.0.0.1", "10.0.0.2"})
+
+    assert client_address("10.0.0.1", "6.6.6.6, 203.0.113.7, 10.0.0.2", proxies) == "203.0.113.7"
+    assert client_address("192.0.2.1", "203.0.113.7", proxies) == "192.0.2.1"
+    assert client_address("10.0.0.1", "not-an-ip", proxies) == "10.0.0.1"
+    assert client_address(None, None, proxies) == "unknown"
+
+
+def test_other_requests_leave_the_counters_alone(client, engine):
+    client.get("/fhir/Patient", headers={"Authorization": "Bearer forged"})
+    client.get("/fhir/metadata")
+
+    with engine.connect() as conn:
+        assert conn.execute(select(login_failure.c.key)).all() == []
