@@ -39,7 +39,7 @@ def demo_logins(engine: Engine) -> list[str]:
             app_user.c.active.is_(True), app_user.c.username.in_(DEMO_USER_NAMES))).all()
         shared = conn.execute(
             select(app_user.c.password_hash, func.count().label("n"), func.min(app_user.c.username).label("name"))
-            .where(app_user.c.active.is_(True))
+            .where(app_user.c.active.is_(True), app_user.c.username.not_in(DEMO_USER_NAMES))
             .group_by(app_user.c.password_hash).having(func.count() > 1)
             .order_by(func.count().desc()).limit(_SHARED_HASHES_CHECKED)).all()
     found = [r.username for r in named if _is_demo_password(r.password_hash)]

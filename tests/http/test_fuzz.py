@@ -3,8 +3,9 @@
 Every resource type, interaction, search parameter, include and operation `GET /fhir/metadata` declares is drawn
 with hostile values (SQL and script injection, huge numbers, unicode, impossible dates, unknown prefixes, modifiers
 and chains, `_include` junk), reads and vreads of random ids, creates and updates with mutated IG examples and stored
-resources (wrong types, unknown fields, deep nesting, huge arrays) or malformed JSON, Bundles, and random methods,
-paths and headers — on the demo scheme, as users of different rights.
+resources (wrong types, unknown fields, deep nesting, huge arrays) or malformed JSON, Bundles, random methods,
+paths and headers, the administration API and the OAuth2 token endpoint — on the demo scheme, as users of different
+rights and as a system client.
 
 The properties: never a 5xx; every error is an OperationOutcome whose text leaks no internals (SQL, table or
 constraint names, stack traces, file paths); a refused write writes nothing. Hypothesis runs derandomized with no
@@ -14,6 +15,7 @@ PostgreSQL.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -35,13 +37,15 @@ from sqlalchemy import Engine, func, select
 from starlette.testclient import TestClient
 
 from hifhir.api.app import HifhirApp
+from hifhir.auth import admin, clients
 from hifhir.config import Settings
 from hifhir.demo import load_demo_scheme
+from hifhir.store.db import transaction
 from hifhir.store.tables import metadata, resource_version
 from tests.conftest import ADMIN, CLERK, EXAMPLES, NOBODY, _reset
 
-# Hypothesis keeps caches (unicode tables, constants found in the code) in its home directory, by default
-# ./.hypothesis: outside the repository. No example database either (settings below).
+# Hypothesis keeps caches (unicode tables, constants found in the code) in its home directory, ./.hypothesis by
+# default — in the repository: a temporary directory instead. No example database either (settings below).
 set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "hifhir-hypothesis")
 
 # Per property and backend; HIFHIR_FUZZ_EXAMPLES overrides both (a longer hunt, or a quick iteration).
@@ -179,6 +183,7 @@ class Fuzz:
     api: Declared
     tokens: dict[str, str]
     backend: str
+    client_secret: str
     statuses: Counter[int] = field(default_factory=Counter)  # answers by class (2 = 2xx…) in the current run
 
     def run(self, strategy: st.SearchStrategy[Any], check: Callable[[Any], None]) -> None:
@@ -215,19 +220,29 @@ class Fuzz:
 
 
 @pytest.fixture(scope="module")
-def fuzz(backend: tuple[Settings, Engine], request: pytest.FixtureRequest) -> Iterator[Fuzz]:
+def fuzz(backend: tuple[Settings, Engine]) -> Iterator[Fuzz]:
     settings_, engine = backend
     _reset(settings_, engine)
     load_demo_scheme(engine)
-    app = HifhirApp(settings_, engine)
+    with transaction(engine, write=True) as conn:  # a system client (OAuth2) reading everything
+        admin.create_account(conn, admin.NewUser("fuzz-tech", "Tech-user-pass-42", user_type="technical",
+                                                 roles=["IMIS Administrator"]))
+        secret = clients.create_client(conn, CLIENT_ID, "fuzz-tech", "system/*.read")
+    # The fuzzing sends thousands of bad credentials from one address: the throttle (tested on its own) would
+    # soon refuse everything, the good credentials too.
+    app = HifhirApp(dataclasses.replace(settings_, login_max_failures_per_address=10**9), engine)
     with TestClient(app, base_url="http://testserver") as client:
         tokens = {name: app.tokens.issue(user[0])[0] for name, user in
                   (("admin", ADMIN), ("clerk", CLERK), ("nobody", NOBODY), ("officer", ("E00001", "")))}
+        granted = client.post("/oauth/token", data={"grant_type": "client_credentials", "client_id": CLIENT_ID,
+                                                    "client_secret": secret, "scope": "system/*.read"})
+        tokens["system"] = granted.json()["access_token"]
         name = "sqlite" if settings_.is_sqlite else "postgresql"
-        yield Fuzz(client, engine, declared_api(client, tokens["admin"]), tokens, name)
+        yield Fuzz(client, engine, declared_api(client, tokens["admin"]), tokens, name, str(secret))
 
 
-WHO = st.sampled_from(["admin", "admin", "admin", "clerk", "officer", "nobody", "anonymous"])
+CLIENT_ID = "fuzz-client"
+WHO = st.sampled_from(["admin", "admin", "admin", "clerk", "officer", "system", "nobody", "anonymous"])
 
 
 # --- searches ---------------------------------------------------------------------------------------------------
@@ -516,6 +531,71 @@ def test_any_method_path_and_headers(fuzz: Fuzz) -> None:
             assert fuzz.versions() == before, (method, url, body[:300], resp.text[:300])
 
     fuzz.run(raw_requests(fuzz.api), check)
+
+
+
+# --- the administration API and the OAuth2 token endpoint ------------------------------------------------------
+
+ADMIN_FIELDS = ["username", "password", "type", "roles", "districts", "officer", "claimAdmin", "healthFacility",
+                "lastName", "otherNames", "email", "language", "active", "name", "rights", "addRights",
+                "removeRights", "blocked", "x"]
+ADMIN_VALUES = st.one_of(json_values, st.sampled_from(["Clerk", "IMIS Administrator", "interactive", "officer",
+                                                       "technical", "E00001", "Admin", "long-enough-Passw0rd!"]),
+                         st.lists(st.one_of(st.sampled_from(["Clerk", "R1", "D1", "101101", "999999"]),
+                                            st.integers(-5, 10**7)), max_size=4))
+
+
+@st.composite
+def admin_requests(draw: st.DrawFn) -> tuple[str, str, str, bytes]:
+    subject = draw(st.sampled_from(["users", "roles", "clients", "", "users/x/y"]))
+    name = draw(st.one_of(st.sampled_from(["", "Admin", "clerk", "E00001", "Clerk", "IMIS Administrator", "nobody"]),
+                          SEGMENT_TEXT))
+    path = f"/api/admin/{subject}" + (f"/{quote(name, safe='')}" if name else "")
+    method = draw(st.sampled_from(["GET", "POST", "PATCH", "PUT", "DELETE"]))
+    body = draw(st.one_of(st.dictionaries(st.sampled_from(ADMIN_FIELDS), ADMIN_VALUES, max_size=5).map(dump),
+                          st.binary(max_size=40)))
+    return draw(WHO), method, path, body
+
+
+def test_the_administration_api(fuzz: Fuzz) -> None:
+    def check(case: tuple[str, str, str, bytes]) -> None:
+        who, method, path, body = case
+        fuzz.send(method, path, who=who, body=body, headers={"Content-Type": "application/json"})
+
+    fuzz.run(admin_requests(), check)
+
+
+@st.composite
+def token_requests(draw: st.DrawFn, secret: str) -> tuple[bytes, dict[str, str]]:
+    fields = draw(st.dictionaries(
+        st.sampled_from(["grant_type", "client_id", "client_secret", "scope", "client_assertion_type",
+                         "client_assertion", "x"]),
+        st.one_of(st.sampled_from(["client_credentials", CLIENT_ID, secret, "system/*.read", "system/Patient.rs",
+                                   "system/Patient.cr", "user/*.*", "password",
+                                   "urn:ietf:params:oauth:client-assertion-type:jwt-bearer", "eyJhbGciOiJub25lIn0.e30.",
+                                   "eyJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJ4In0.x"]), scalars), max_size=5))
+    headers = draw(st.sampled_from([{}, {"Authorization": "Basic eDp5"}, {"Authorization": "Basic %%%"},
+                                    {"Authorization": "Basic " + "A" * 300}]))
+    if draw(st.integers(0, 2)) == 0:  # a third of the time, the registered client's well-formed request
+        fields = {"grant_type": "client_credentials", "client_id": CLIENT_ID, "client_secret": secret, **fields}
+    body = draw(st.one_of(st.just(urlencode(fields).encode()), st.binary(max_size=60)))
+    return body, headers
+
+
+def test_the_oauth2_token_endpoint(fuzz: Fuzz) -> None:
+    """Errors here are OAuth2's ({"error": …}, RFC 6749 §5.2), not OperationOutcomes."""
+    def check(case: tuple[bytes, dict[str, str]]) -> None:
+        body, headers = case
+        resp = fuzz.client.post("/oauth/token", content=body, headers={
+            "Content-Type": "application/x-www-form-urlencoded", **headers})
+        fuzz.statuses[resp.status_code // 100] += 1
+        assert resp.status_code < 500, (body, resp.text)
+        if resp.status_code >= 400:
+            assert isinstance(resp.json().get("error"), str), resp.text
+            sent = unquote_plus(body.decode("utf-8", "replace"))
+            assert not [m.group(0) for m in LEAK.finditer(resp.text) if m.group(0) not in sent], resp.text
+
+    fuzz.run(token_requests(fuzz.client_secret), check)
 
 
 # --- what fuzzing found, kept as plain regression cases -------------------------------------------------------

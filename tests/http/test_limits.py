@@ -15,6 +15,7 @@ from starlette.testclient import TestClient
 
 from hifhir.api.app import HifhirApp
 from hifhir.config import Settings
+from hifhir.fhir import search
 from hifhir.fhir.search import MAX_ELEMENTS, MAX_SORT_KEYS
 from tests.builders import location
 from tests.conftest import ADMIN, Api, _reset
@@ -108,6 +109,24 @@ def test_include_fan_out_over_the_cap_is_refused_with_a_clear_issue(api, region)
     issue = body["issue"][0]
     assert issue["code"] == "too-costly"
     assert str(INCLUDE_MAX) in issue["diagnostics"] and "_count" in issue["diagnostics"]
+
+
+def test_a_reverse_include_stops_reading_rows_well_before_the_database_runs_out(backend, monkeypatch):
+    """The cap is checked on distinct resources; the rows read to find them are bounded too (INCLUDE_ROW_FACTOR per
+    resource the cap allows), so a revinclude over a huge set is refused without reading it all."""
+    settings, engine = backend
+    _reset(settings, engine)
+    app = HifhirApp(settings, engine)  # the default cap (1000): three districts are far below it
+    big = Api(TestClient(app, base_url="http://testserver"), app.tokens.issue(ADMIN[0])[0])
+    r = created(big.post("Location", location("R1", "Ultha", "R")))
+    for i in range(1, 4):
+        created(big.post("Location", location(f"R1D{i}", f"District {i}", "D", r["id"])))
+    query = f"Location?_id={r['id']}&_revinclude=Location:partof"
+    assert len(big.get(query).json()["entry"]) == 4
+
+    monkeypatch.setattr(search, "INCLUDE_ROW_FACTOR", 0)  # now two rows (the match's own, plus one) are the limit
+
+    refused(big.get(query), 400, expression="_include")
 
 
 def test_include_fan_out_within_the_cap_is_served(api, region):

@@ -137,3 +137,18 @@ def test_other_requests_leave_the_counters_alone(client, engine):
 
     with engine.connect() as conn:
         assert conn.execute(select(login_failure.c.key)).all() == []
+
+
+def test_a_refused_locked_out_login_is_in_the_audit_trail(client):
+    for _ in range(USER_MAX):
+        log_in(client, CLERK[0], "wrong")
+    assert_throttled(log_in(client, CLERK[0], CLERK[1]))
+
+    token = log_in(client, ADMIN[0], ADMIN[1]).json()["token"]
+    found = client.get(f"/fhir/AuditEvent?type=110114&agent-name={CLERK[0]}",
+                       headers={"Authorization": f"Bearer {token}"})
+    assert found.status_code == 200, found.text
+    events = [e["resource"] for e in found.json()["entry"]]
+    assert len(events) == USER_MAX + 1
+    assert events[0]["outcome"] == "4"  # newest first: the locked-out attempt
+    assert "429" in events[0]["outcomeDesc"]

@@ -326,7 +326,11 @@ class HifhirApp:
         username = username[:50]
         address = client_address(request.host, request.headers.get("x-forwarded-for"),
                                  self.settings.trusted_proxies)
-        counted = self.throttle.check([user_key(username), address_key(address)])
+        try:
+            counted = self.throttle.check([user_key(username), address_key(address)])
+        except FhirError as exc:  # locked out: the attempt is in the trail all the same
+            self.audit.authentication(request, exc.status, username=username)
+            raise
         with self.engine.connect() as conn:
             ok = authenticate(conn, username, password[:200])
         if not ok:

@@ -40,6 +40,7 @@ UNSUPPORTED_RESULT_PARAMS = {"_contained", "_containedType"}
 MAX_CHAIN_DEPTH = 3  # `a.b.c`, or nested `_has` — deeper chains cost joins nobody needs
 MAX_SORT_KEYS = 8  # each is an ORDER BY column and a cursor value
 MAX_ELEMENTS = 100  # more names than any resource has elements
+INCLUDE_ROW_FACTOR = 20  # rows a reverse include may read per resource it may add (see _follow)
 MAX_INCLUDE_ROUNDS = 4  # :iterate stops after this many hops even when new resources keep appearing
 
 
@@ -589,7 +590,7 @@ def _collect_includes(conn: Connection, req: SearchRequest, hits: list[Hit],
             break
         found: dict[str, set[int]] = {}
         for directive in directives:
-            for kind_name, pk in _follow(conn, directive, frontier):
+            for kind_name, pk in _follow(conn, directive, frontier, cap):
                 if (kind_name, pk) not in seen:
                     found.setdefault(kind_name, set()).add(pk)
         found = {k: v for k, v in found.items() if can_read(_kind(k))}
@@ -598,10 +599,7 @@ def _collect_includes(conn: Connection, req: SearchRequest, hits: list[Hit],
                      if (pks := location_scope.visible_pks(conn, _kind(k), req.scope, v))}
         n_new = sum(len(v) for v in found.values())
         if n_included + n_new > cap:
-            raise FhirError.one(
-                400, "too-costly",
-                f"_include/_revinclude would add more than {cap} resources to this page; "
-                "lower _count or narrow the search", expression="_include")
+            raise _too_many_included(cap)
         n_included += n_new
         for kind_name, pks in found.items():
             included.setdefault(kind_name, set()).update(pks)
@@ -610,9 +608,12 @@ def _collect_includes(conn: Connection, req: SearchRequest, hits: list[Hit],
     return _load_current(conn, included)
 
 
-def _follow(conn: Connection, directive: Include, frontier: dict[str, set[int]]) -> list[tuple[str, int]]:
-    """(kind name, pk) of the entities one include directive reaches from the frontier."""
+def _follow(conn: Connection, directive: Include, frontier: dict[str, set[int]], cap: int) -> list[tuple[str, int]]:
+    """(kind name, pk) of the entities one include directive reaches from the frontier. A reverse include can reach
+    any number of rows (every insuree of 1,000 villages): past INCLUDE_ROW_FACTOR × cap rows (versions and rows
+    already matched count too) it is refused before they are all read."""
     out: list[tuple[str, int]] = []
+    limit = INCLUDE_ROW_FACTOR * cap + sum(len(pks) for pks in frontier.values()) + 1
     if not directive.reverse:
         for kind_name, pks in frontier.items():
             kind = _kind(kind_name)
@@ -631,8 +632,16 @@ def _follow(conn: Connection, directive: Include, frontier: dict[str, set[int]])
                 continue
             if directive.target_type and _kind(path.target_kind).resource_type != directive.target_type:
                 continue
-            out.extend((source.name, int(row[0])) for row in conn.execute(path.reverse_pairs(sorted(pks))))
+            rows = conn.execute(path.reverse_pairs(sorted(pks)).limit(limit)).all()
+            if len(rows) >= limit:
+                raise _too_many_included(cap)
+            out.extend((source.name, int(row[0])) for row in rows)
     return out
+
+
+def _too_many_included(cap: int) -> FhirError:
+    return FhirError.one(400, "too-costly", f"_include/_revinclude would add more than {cap} resources to this page; "
+                         "lower _count or narrow the search", expression="_include")
 
 
 def _load_current(conn: Connection, included: dict[str, set[int]]) -> list[tuple[str, Hit]]:
