@@ -179,6 +179,27 @@ def test_demo_users(demo_engine: Engine) -> None:
     assert len(hashes) == 1  # hashed once
 
 
+def test_demo_staff_logins_are_scoped_to_their_villages_and_facility(demo_engine: Engine) -> None:
+    from hifhir.auth.users import load_principal
+
+    with demo_engine.connect() as conn:
+        officer_user = load_principal(conn, "E00001")
+        admin_user = load_principal(conn, "RHOS0011")
+        served = set(conn.execute(
+            select(officer_role_village.c.location_pk)
+            .join(officer_role, officer_role.c.pk == officer_role_village.c.role_pk)
+            .join(officer, officer.c.pk == officer_role.c.officer_pk)
+            .where(officer.c.code == "E00001")).scalars())
+        facility = conn.execute(select(health_facility.c.pk).join(
+            claim_admin_role, claim_admin_role.c.hf_pk == health_facility.c.pk).where(
+            claim_admin_role.c.code == "RHOS0011")).scalar_one()
+    assert officer_user is not None and officer_user.user_type == "officer"
+    assert officer_user.locations == frozenset(served)  # the villages it serves, nothing else
+    assert admin_user is not None and admin_user.user_type == "claim_admin"
+    assert admin_user.hf_pk == facility
+    assert admin_user.locations  # its facility's district and below
+
+
 def test_demo_history_and_profiles(demo_engine: Engine) -> None:
     _check_history(demo_engine)
     # What the demo stored is valid against the IG profiles, like any API response.
@@ -296,11 +317,16 @@ def test_demo_staff(demo_engine: Engine) -> None:
     assert all(r.works_to > date.today() for r in leavers)
     assert len(admins) == 15 and "RHOS0011" in {a.code for a in admins.values()}
     assert sorted(r.hf_pk for r in admin_roles) == sorted(hfs)  # one per facility
+    # Staff logins are the officer / claim administrator records themselves (the user name is the code): their
+    # scope follows the villages served and the facility, not districts attached to the user.
     for r in admin_roles:
-        user = users[admins[r.claim_admin_pk].code]  # the user name is the code
-        assert user.hf_pk == r.hf_pk and user_districts[user.pk] == hfs[r.hf_pk].location_pk
-    for o in officers.values():
-        assert user_districts[users[o.code].pk] == o.location_pk
+        user = users[admins[r.claim_admin_pk].code]
+        assert (user.user_type, user.claim_admin_pk, user.hf_pk) == ("claim_admin", r.claim_admin_pk, r.hf_pk)
+        assert user.pk not in user_districts
+    for pk, o in officers.items():
+        user = users[o.code]
+        assert (user.user_type, user.officer_pk) == ("officer", pk)
+        assert user.pk not in user_districts
     assert len(users) == 31  # Admin, Admin_Fr, 15 claim administrators, 14 officers (domain §5)
 
 

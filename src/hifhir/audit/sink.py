@@ -204,7 +204,12 @@ class AuditSink:
             self._wake.wait(self._interval)
             self._wake.clear()
             if self._pending:
-                while self._pending:
+                # What was queued goes now; then only full batches until the next tick: records that arrive while
+                # a batch is written wait for the interval, or the writes would shrink to a few records each
+                # (a transaction per handful of requests).
+                first = True
+                while first or len(self._pending) >= self._batch_size:
+                    first = False
                     with self._write_lock:
                         batch = self._take()
                         ok = not batch or self._write(batch)

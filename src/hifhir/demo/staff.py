@@ -60,6 +60,10 @@ class Login:
     district_pk: int | None
     hf_pk: int | None = None
     language: str = "en"
+    # The officer / claim administrator record this login is (domain §4.1): it narrows the location scope to the
+    # officer's villages or the administrator's facility.
+    officer_pk: int | None = None
+    claim_admin_pk: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,11 +114,11 @@ def demo_officers(create: Create, rng: random.Random, villages: list[tuple[str, 
     for i, (vcode, vname) in enumerate(villages, start=1):
         p = _person(rng)
         code = f"{OFFICER_PREFIX}{i:05d}"
-        _, oid = create("enrolment-officer", res.practitioner_resource(
+        officer_pk, oid = create("enrolment-officer", res.practitioner_resource(
             "EO", code, p.last_name, p.other_names, p.dob, phone=p.phone, email=p.email,
             district_id=ids[vcode[:4]], place=place(vcode[:4]), address_line=f"Village office, {vname}"))
         officer_ids.append(oid)
-        logins.append(Login(code, OFFICER_ROLE, p.last_name, p.other_names, pks[vcode[:4]]))
+        logins.append(Login(code, OFFICER_ROLE, p.last_name, p.other_names, pks[vcode[:4]], officer_pk=officer_pk))
     for i, (vcode, _) in enumerate(villages):
         served = [ids[vcode]] + ([ids[villages[EXTRA_VILLAGES[i]][0]]] if i in EXTRA_VILLAGES else [])
         works_to = substitute = None
@@ -134,10 +138,11 @@ def demo_claim_admins(create: Create, rng: random.Random, facilities: Iterable[t
     for hf_code, hf_pk, hf_id, district_pk in facilities:
         p = _person(rng)
         code = claim_admin_code(hf_code, taken)
-        _, ca_id = create("claim-admin", res.practitioner_resource(
+        ca_pk, ca_id = create("claim-admin", res.practitioner_resource(
             "CA", code, p.last_name, p.other_names, p.dob, phone=p.phone, email=p.email))
         create("claim-admin-role", res.claim_admin_role_resource(code, ca_id, hf_id))
-        logins.append(Login(code, CLAIM_ADMIN_ROLE, p.last_name, p.other_names, district_pk, hf_pk=hf_pk))
+        logins.append(Login(code, CLAIM_ADMIN_ROLE, p.last_name, p.other_names, district_pk, hf_pk=hf_pk,
+                            claim_admin_pk=ca_pk))
     return logins
 
 
@@ -160,10 +165,13 @@ def create_logins(conn: Connection, logins: Iterable[Login], password: str) -> i
         taken.add(login.username)
         user_pk = create_user(conn, login.username, password, roles=[login.role], last_name=login.last_name,
                               other_names=login.other_names, password_hash=_password_hash(password))
-        if login.hf_pk is not None or login.language != "en":
+        user_type = ("officer" if login.officer_pk is not None
+                     else "claim_admin" if login.claim_admin_pk is not None else "interactive")
+        if login.hf_pk is not None or login.language != "en" or user_type != "interactive":
             conn.execute(update(app_user).where(app_user.c.pk == user_pk).values(
-                hf_pk=login.hf_pk, language=login.language))
-        if login.district_pk is not None:
+                hf_pk=login.hf_pk, language=login.language, user_type=user_type, officer_pk=login.officer_pk,
+                claim_admin_pk=login.claim_admin_pk))
+        if login.district_pk is not None and user_type == "interactive":
             conn.execute(insert(user_district).values(user_pk=user_pk, location_pk=login.district_pk))
         created += 1
     return created
@@ -244,11 +252,12 @@ def ensure_staff(engine: Engine, rng: random.Random, password: str, *, progress:
                 next_number += 1
                 p = _person(rng)
                 district_id, place = districts[group[0].district_pk]
-                _, oid = w.create("enrolment-officer", res.practitioner_resource(
+                officer_pk, oid = w.create("enrolment-officer", res.practitioner_resource(
                     "EO", code, p.last_name, p.other_names, p.dob, phone=p.phone, email=p.email,
                     district_id=district_id, place=place, address_line=f"Village office, {group[0].name}"))
                 w.create("enrolment-officer-role", res.officer_role_resource(code, oid, [v.id for v in group]))
-                logins.append(Login(code, OFFICER_ROLE, p.last_name, p.other_names, group[0].district_pk))
+                logins.append(Login(code, OFFICER_ROLE, p.last_name, p.other_names, group[0].district_pk,
+                                    officer_pk=officer_pk))
             w.flush()
             create_logins(conn, logins, password)
     for start in range(0, len(facilities), STAFF_CHUNK):
