@@ -363,7 +363,7 @@ def test_the_capability_statement_names_smart_and_the_token_endpoint(client):
     assert uris["extension"] == [{"url": "token", "valueUri": TOKEN_URL}]
 
 
-def test_a_client_needs_a_technical_user_and_valid_scopes_and_keys(engine):
+def test_a_client_needs_a_technical_user_and_valid_scopes_and_keys(api, engine):  # api: a reset database
     technical_user(engine)
     with transaction(engine, write=True) as conn:
         for client_id, user, scopes, jwks in (

@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import orjson
-from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy import ColumnElement, String, and_, cast, func, or_, select
 
 from hifhir.api.http import HttpRequest, HttpResponse
 from hifhir.audit.events import PERSONAL_TYPES
@@ -90,9 +90,9 @@ def capability_resource() -> dict[str, Any]:
     }
 
 
-_EVENT_COLUMNS = (ev.c.pk, ev.c.id, ev.c.recorded, ev.c.action, ev.c.subtype, ev.c.outcome, ev.c.status,
-                  ev.c.username, ev.c.client_id, ev.c.source_address, ev.c.user_agent, ev.c.resource_type,
-                  ev.c.query, ev.c.description)
+_EVENT_COLUMNS = (ev.c.pk, cast(ev.c.pk, String).label("id"), ev.c.recorded, ev.c.action, ev.c.subtype,
+                  ev.c.outcome, ev.c.status, ev.c.username, ev.c.client_id, ev.c.source_address, ev.c.user_agent,
+                  ev.c.resource_type, ev.c.query, ev.c.description)
 
 
 # --- routing ------------------------------------------------------------------------------------------------
@@ -141,7 +141,9 @@ def read(call: Any, event_id: str) -> HttpResponse:
     if not valid_id(event_id):
         raise invalid(f"Invalid resource id '{event_id[:70]}'")
     with call.reader.connect() as conn:
-        row = conn.execute(select(*_EVENT_COLUMNS).where(ev.c.id == event_id)).first()
+        # The id is the row's pk (tables.audit_event); any other id names no event.
+        pk = int(event_id) if event_id.isdigit() and len(event_id) <= 18 else None
+        row = None if pk is None else conn.execute(select(*_EVENT_COLUMNS).where(ev.c.pk == pk)).first()
         if row is None:
             raise not_found(f"AuditEvent/{event_id} not found")
         entities = _entities(conn, [row.pk]).get(row.pk, [])

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections import deque
 from typing import Any
 
@@ -37,7 +36,7 @@ RETRY_PAUSE_S = 1.0
 
 _INSERT_EVENTS = insert(audit_event).returning(audit_event.c.pk, sort_by_parameter_order=True)
 _INSERT_ENTITIES = insert(audit_entity)
-_EVENT_FIELDS = ("id", "recorded", "action", "subtype", "outcome", "status", "username", "client_id",
+_EVENT_FIELDS = ("recorded", "action", "subtype", "outcome", "status", "username", "client_id",
                  "source_address", "user_agent", "resource_type", "query", "description")
 _ENTITY_FIELDS = ("event_pk", "position", "resource_type", "resource_id", "version_id")
 _EVENT_COLUMNS = ", ".join(_EVENT_FIELDS)
@@ -161,7 +160,7 @@ class AuditSink:
             return True
 
     def _insert(self, batch: list[AuditRecord]) -> None:
-        events = [(str(uuid.uuid4()), r.recorded, r.action, _clip(r.subtype, 32), r.outcome, r.status,
+        events = [(r.recorded, r.action, _clip(r.subtype, 32), r.outcome, r.status,
                    _clip(r.username, 50), _clip(r.client_id, 100), _clip(r.address, 64), _clip(r.user_agent, 200),
                    _clip(r.resource_type, 64), _clip(r.query, 100_000), _clip(r.description, 300)) for r in batch]
         with transaction(self._engine, write=True) as conn:

@@ -1093,8 +1093,9 @@ login_failure = Table(
 audit_event = Table(
     "audit_event",
     metadata,
+    # AuditEvent.id is the pk: a generated UUID would cost every audited request a random insert into one more
+    # index, for an id nobody chooses.
     Column("pk", Integer, primary_key=True, autoincrement=True),
-    Column("id", String(64), nullable=False, unique=True),
     Column("recorded", BigInteger, nullable=False),  # epoch microseconds
     Column("action", String(1), nullable=False),  # C R U D E
     Column("subtype", String(32), nullable=False),  # the FHIR restful interaction (read, search-type, create, …)
