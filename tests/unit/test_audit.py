@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -146,3 +147,36 @@ def test_close_writes_what_is_queued(engine):
     sink.put(a_record(1))  # usable again after a close (another lifespan of the same app)
     sink.flush()
     assert counts(engine) == (8, 1)
+
+
+def test_a_busy_database_is_retried_and_a_refused_record_does_not_stop_the_writer(engine, monkeypatch):
+    import sqlite3
+
+    from hifhir.audit import sink as sink_module
+
+    keys, write = sink_module._BULK["sqlite"]
+    failures = [sqlite3.OperationalError("database is locked")]
+
+    def flaky(driver: Any, events: list[Any], entities: list[Any]) -> None:
+        if failures:
+            raise failures.pop()
+        if any(e[-1] == "poison" for e in events):  # the driver's own error, as a refused value raises it
+            raise sqlite3.IntegrityError("refused")
+        write(driver, events, entities)
+
+    monkeypatch.setitem(sink_module._BULK, "sqlite", (keys, flaky))
+    monkeypatch.setattr(sink_module, "RETRY_PAUSE_S", 0.01)
+    sink = AuditSink(engine, flush_interval_s=0.02)
+    poison = dataclasses.replace(a_record(1), description="poison")
+    for record in (a_record(1), poison, a_record(1)):
+        sink.put(record)
+    deadline = time.monotonic() + 5
+    while counts(engine) != (2, 2) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert counts(engine) == (2, 2)  # the busy database retried; only the refused record is missing
+    sink.put(a_record(1))  # the writer thread is still alive
+    deadline = time.monotonic() + 5
+    while counts(engine) != (3, 3) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert counts(engine) == (3, 3)
+    sink.close()

@@ -67,7 +67,11 @@ class HifhirApp:
         self.principals = PrincipalCache(self.engine)
         self.sessions = Sessions(self.engine, self.tokens, self.principals)  # token → principal, revocations
         self.throttle = LoginThrottle(self.engine, policy_from_settings(settings))
-        self.audit = AuditSink(self.engine, settings.trusted_proxies)  # audit/: the AuditEvent trail
+        # audit/: the AuditEvent trail. On SQLite its writer gets a pool of its own with a small page cache: a
+        # connection of the shared pool would grow its cache to 16 MB with audit pages (+16 MB per worker).
+        self._audit_engine = (make_engine(settings.database_url, cache_kib=1024, pool_size=1)
+                              if self.engine.dialect.name == "sqlite" else self.engine)
+        self.audit = AuditSink(self._audit_engine, settings.trusted_proxies)
         self.cors = Cors(settings.cors_origins) if settings.cors_origins else None
         self._jobs: asyncio.Task[None] | None = None
         self._outbox: Any = None  # outbox.worker.Background when this process runs an outbox worker
@@ -148,6 +152,7 @@ class HifhirApp:
                     await asyncio.get_running_loop().run_in_executor(None, self._outbox.stop)
                     self._outbox = None
                 self.audit.close()  # what is queued is written before the pool goes
+                self._audit_engine.dispose()
                 self.engine.dispose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return

@@ -18,7 +18,7 @@ from collections import deque
 from typing import Any
 
 from sqlalchemy import Engine, insert
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import OperationalError
 
 from hifhir.audit.events import AuditRecord, authentication_record, record_for
 from hifhir.auth.throttle import client_address
@@ -145,18 +145,18 @@ class AuditSink:
         try:
             self._insert(batch)
             return True
-        except OperationalError:
-            log.exception("audit trail: the database refused %d events; retrying", len(batch))
-            self._requeue(batch)
-            return False
-        except DBAPIError:
+        except Exception as exc:  # the bulk paths raise the drivers' own errors, not SQLAlchemy's
+            if _transient(exc):
+                log.exception("audit trail: the database refused %d events; retrying", len(batch))
+                self._requeue(batch)
+                return False
             # A value the database rejects (a bug, since values are clipped): write the others one by one.
             log.exception("audit trail: a batch of %d events failed; writing them one by one", len(batch))
             for record in batch:
                 try:
                     self._insert([record])
-                except DBAPIError:
-                    log.error("audit trail: event not written: %r", record)
+                except Exception:
+                    log.exception("audit trail: event not written: %r", record)
             return True
 
     def _insert(self, batch: list[AuditRecord]) -> None:
@@ -224,6 +224,11 @@ class AuditSink:
                         return
                     self._running = True
 
+
+
+def _transient(exc: Exception) -> bool:
+    """The database is busy or unreachable (worth retrying), as SQLAlchemy, sqlite3 and psycopg name it."""
+    return isinstance(exc, OperationalError) or type(exc).__name__ == "OperationalError"
 
 
 def _entity_rows(pks: list[int], batch: list[AuditRecord]) -> list[tuple[Any, ...]]:

@@ -14,12 +14,14 @@ from typing import Any, ClassVar
 from sqlalchemy import Connection, Engine, create_engine, event
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, cache_kib: int = 16384, pool_size: int = 4) -> Engine:
+    """`cache_kib`, `pool_size`: SQLite's page cache per connection and the pool size (a background writer that
+    appends to a few tables needs one connection and little cache)."""
     if url.startswith("sqlite"):
         path = url.split("sqlite:///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, pool_size=4, max_overflow=12)
+        engine = create_engine(url, pool_size=pool_size, max_overflow=12)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
@@ -29,7 +31,7 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=10000")
-            cur.execute("PRAGMA cache_size=-16384")  # 16 MB per connection keeps worker RSS bounded
+            cur.execute(f"PRAGMA cache_size=-{cache_kib}")  # 16 MB per connection keeps worker RSS bounded
             # The WAL is copied back into the database by a background thread (Checkpointer); a commit runs an
             # automatic checkpoint only if that thread falls behind by this many pages (~32 MB).
             cur.execute(f"PRAGMA wal_autocheckpoint={Checkpointer.FALLBACK_PAGES}")
