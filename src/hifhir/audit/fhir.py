@@ -198,7 +198,7 @@ def search(call: Any, items: list[tuple[str, str]], sink: AuditSink) -> HttpResp
     order = (ev.c.recorded.desc(), ev.c.pk.desc()) if descending else (ev.c.recorded.asc(), ev.c.pk.asc())
     sink.flush()  # this process's queued events first: the request just made is in the answer
     with call.reader.connect() as conn:
-        rows = conn.execute(select(*_EVENT_COLUMNS).where(and_(*conds)).order_by(*order).limit(count + 1)).all()
+        rows = conn.execute(select(*_EVENT_COLUMNS).where(*conds).order_by(*order).limit(count + 1)).all()
         page = rows[:count]
         entities = _entities(conn, [r.pk for r in page]) if page else {}
     self_url = f"{call.base_url}/AuditEvent" + (f"?{urlencode(kept)}" if kept else "")
