@@ -17,7 +17,7 @@ from hifhir.auth.matrix import authorize, require
 from hifhir.auth.users import Principal
 from hifhir.config import Settings
 from hifhir.fhir.errors import FhirError, invalid, issue, not_found, operation_outcome
-from hifhir.fhir.kind import ResourceKind, WriteContext, Written, instant, now_us
+from hifhir.fhir.kind import ResourceKind, WriteContext, Written, instant, now_us, without_restricted
 from hifhir.fhir.registry import BY_PROFILE, KINDS, TYPES, valid_id
 from hifhir.fhir.search import (
     build_searchset,
@@ -190,16 +190,7 @@ def visible_body(call: Call, resource_type: str, body: bytes) -> bytes:
     """A stored body as this user may see it: the elements the kind restricts to a right the user lacks removed
     (the stored versions keep them; most bodies pass through untouched, without parsing)."""
     restricted = _restricted(resource_type)
-    if not restricted:
-        return body
-    hidden = [element for element, right in restricted.items()
-              if not call.principal.has(right) and f'"{element}"'.encode() in body]
-    if not hidden:
-        return body
-    resource = orjson.loads(body)
-    for element in hidden:
-        resource.pop(element, None)
-    return orjson.dumps(resource)
+    return without_restricted(body, restricted, call.principal.has) if restricted else body
 
 
 def _if_match_version(header: str) -> str:

@@ -213,7 +213,8 @@ _CODE_TAKEN = {t.name: DriverQuery(select(t.c.pk).where(t.c.code == bindparam("c
                for t in (invoice, bill)}
 
 
-def _new_ids() -> dict[str, str]:
+def new_ids() -> dict[str, str]:
+    """`id` and `uuid` of a new invoice or bill (the same UUID)."""
     new_id = str(uuid.uuid4())
     return {"id": new_id, "uuid": new_id}
 
@@ -370,7 +371,7 @@ def invoice_for_policy(conn: Connection, policy_pk: int, *, today: date, now: in
     if facts is None:
         return None
     new = policy_invoice(conn, facts, today=today)
-    pk = int(conn.execute(insert(invoice), {**new.values, **_new_ids(), "version_id": 0, "last_updated": now})
+    pk = int(conn.execute(insert(invoice), {**new.values, **new_ids(), "version_id": 0, "last_updated": now})
              .inserted_primary_key[0])
     conn.execute(insert(invoice_line), new.line_rows(pk))
     return pk
@@ -450,7 +451,7 @@ def bills_for_run(conn: Connection, run_pk: int, *, today: date, now: int) -> li
         prod = products[product_pk]
         bill_lines = [_bill_line(part, names, prod.acc_code_remuneration) for part in groups[(hf_pk, product_pk)]]
         values = {
-            **_new_ids(),
+            **new_ids(),
             "version_id": 0, "last_updated": now,
             "code": _free_code(conn, bill, f"IV-{prod.code}-{facilities[hf_pk]}-{period}"),
             "type_code": TYPE_CLAIM_BATCH,

@@ -365,6 +365,19 @@ class WriteContext:
         }
 
 
+def without_restricted(body: bytes, restricted: Mapping[str, int], may_see: Callable[[int], bool]) -> bytes:
+    """A stored body without the elements (`restricted_elements`: element → right) whose right `may_see` denies;
+    most bodies hold none of them and pass through untouched, without parsing."""
+    hidden = [element for element, right in restricted.items()
+              if not may_see(right) and f'"{element}"'.encode() in body]
+    if not hidden:
+        return body
+    resource = orjson.loads(body)
+    for element in hidden:
+        resource.pop(element, None)
+    return orjson.dumps(resource)
+
+
 def require(condition: bool, diagnostics: str, expression: str | None = None, status: int = 422) -> None:
     if not condition:
         code = "business-rule" if status == 422 else "invalid"

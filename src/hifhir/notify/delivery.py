@@ -51,7 +51,7 @@ from sqlalchemy import Connection, Engine, bindparam, select, update
 from hifhir import config
 from hifhir.auth import scope as location_scope
 from hifhir.auth.users import Principal, load_principal
-from hifhir.fhir.kind import WriteContext
+from hifhir.fhir.kind import WriteContext, without_restricted
 from hifhir.notify import transport
 from hifhir.notify.endpoints import EndpointRefused, check_endpoint
 from hifhir.notify.matching import KIND_NAME, LIVE, TOPIC
@@ -138,14 +138,7 @@ def _visible(principal: Principal, kind_name: str, body: bytes) -> bytes:
     visible_body, for a user who is not making a request)."""
     from hifhir.fhir.registry import KINDS
 
-    restricted = KINDS[kind_name].restricted_elements
-    hidden = [e for e, right in restricted.items() if not principal.has(right) and f'"{e}"'.encode() in body]
-    if not hidden:
-        return body
-    resource = orjson.loads(body)
-    for element in hidden:
-        resource.pop(element, None)
-    return orjson.dumps(resource)
+    return without_restricted(body, KINDS[kind_name].restricted_elements, principal.has)
 
 
 # --- signing ----------------------------------------------------------------------------------------------------

@@ -58,7 +58,6 @@ Lifecycle:
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date
@@ -69,7 +68,7 @@ from typing import Any
 from sqlalchemy import Connection, Date, Row, bindparam, false, insert, not_, or_, select, update
 
 from hifhir.auth import scope as location_scope
-from hifhir.domain.invoicing import PolicyFacts, policy_invoice
+from hifhir.domain.invoicing import PolicyFacts, new_ids, policy_invoice
 from hifhir.domain.policy import (
     ACTIVE,
     EXPIRED,
@@ -1001,8 +1000,6 @@ class ContractKind(ResourceKind):
         from hifhir.fhir.profiles.claim import insurer_id
         from hifhir.fhir.profiles.invoice import party_label, render_invoice
 
-        if values["status"] == SUSPENDED:
-            return
         paid = [p for p in data.premiums if not p.photo_fee]
         members = sorted(data.covered, key=lambda r: (not r.is_head, r.pk))
         facts = PolicyFacts(
@@ -1015,8 +1012,7 @@ class ContractKind(ResourceKind):
             paid=sum((_stored_amount(p.amount) for p in paid), Decimal(0)),
             last_paid=max((p.pay_date for p in paid), default=None))
         new = policy_invoice(ctx.conn, facts, today=today())
-        ids = {"id": str(uuid.uuid4())}
-        ids["uuid"] = ids["id"]
+        ids = new_ids()
         invoice_pk = ctx.insert(invoice, {**new.values, **ids})
         ctx.conn.execute(insert(invoice_line), new.line_rows(invoice_pk))
         ctx.mark("invoice", invoice_pk)
