@@ -153,3 +153,4 @@ def warm_up(profile_urls: list[str] | None = None) -> None:
         if t:
             layer.validator(t)
             registry.get_base(t)
+    registry.release_sources()

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from sqlalchemy import Connection, Engine, create_engine, event
 
 
-def make_engine(url: str, *, cache_kib: int = 16384, pool_size: int = 4) -> Engine:
+def make_engine(url: str, *, cache_kib: int = 4096, pool_size: int = 4) -> Engine:
     """`cache_kib`, `pool_size`: SQLite's page cache per connection and the pool size (a background writer that
     appends to a few tables needs one connection and little cache)."""
     if url.startswith("sqlite"):
@@ -31,7 +31,7 @@ def make_engine(url: str, *, cache_kib: int = 16384, pool_size: int = 4) -> Engi
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=10000")
-            cur.execute(f"PRAGMA cache_size=-{cache_kib}")  # 16 MB per connection keeps worker RSS bounded
+            cur.execute(f"PRAGMA cache_size=-{cache_kib}")  # small: the OS keeps the file cached; up to 16 per worker
             # The WAL is copied back into the database by a background thread (Checkpointer); a commit runs an
             # automatic checkpoint only if that thread falls behind by this many pages (~32 MB).
             cur.execute(f"PRAGMA wal_autocheckpoint={Checkpointer.FALLBACK_PAGES}")

@@ -861,44 +861,56 @@ def _show(cd: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _Definition:
+    type: str
+    kind: str | None
+    path: Path
+
+
 class ProfileRegistry:
     """IG StructureDefinitions and base resource definitions, compiled on first use."""
 
     def __init__(self, ig_dir: Path = _IG_DEFINITIONS, base_file: Path = _BASE_STRUCTURE) -> None:
-        self._sds: dict[str, dict[str, Any]] = {}
+        # Only what lookups need stays in memory (url → type, kind, file); a definition's body (snapshots: ~7 MB for
+        # the IG, ~15 MB for the base resources) is read to compile it and then dropped, since every worker would
+        # otherwise hold it for its lifetime.
+        self._sds: dict[str, _Definition] = {}
         for p in sorted(ig_dir.glob("StructureDefinition-*.json")):
             sd = json.loads(p.read_text())
-            self._sds[sd["url"]] = sd
+            self._sds[sd["url"]] = _Definition(str(sd.get("type")), sd.get("kind"), p)
         self._base_file = base_file
         self._base: dict[str, dict[str, Any]] | None = None
         self._plans: dict[str, Node | None] = {}
         self._lock = threading.RLock()
-        self._extension_urls = frozenset(u for u, sd in self._sds.items() if sd.get("type") == "Extension")
+        self._extension_urls = frozenset(u for u, d in self._sds.items() if d.type == "Extension")
 
     # -- lookup ---------------------------------------------------------------------------
     def structure_definition(self, url: str) -> dict[str, Any] | None:
-        return self._sds.get(url.split("|", 1)[0])
+        definition = self._sds.get(url.split("|", 1)[0])
+        return None if definition is None else json.loads(definition.path.read_text())
 
     def profiles_for_type(self, resource_type: str) -> list[str]:
-        return sorted(
-            u
-            for u, sd in self._sds.items()
-            if sd.get("type") == resource_type and sd.get("kind") == "resource"
-        )
+        return sorted(u for u, d in self._sds.items() if d.type == resource_type and d.kind == "resource")
 
     def resource_profiles(self) -> list[str]:
         """All IG profiles of resources (not extensions)."""
-        return sorted(u for u, sd in self._sds.items() if sd.get("kind") == "resource")
+        return sorted(u for u, d in self._sds.items() if d.kind == "resource")
 
     def resource_type_of(self, url: str) -> str | None:
-        sd = self.structure_definition(url)
-        return None if sd is None else str(sd.get("type"))
+        definition = self._sds.get(url.split("|", 1)[0])
+        return None if definition is None else definition.type
 
     def _base_sds(self) -> dict[str, dict[str, Any]]:
         if self._base is None:
             with gzip.open(self._base_file, "rb") as fh:
                 self._base = json.load(fh)
         return self._base
+
+    def release_sources(self) -> None:
+        """Drop the base definitions read for compiling (a later compile of another type reads them again)."""
+        with self._lock:
+            self._base = None
 
     def get(self, url: str) -> Node | None:
         """Compiled plan of an IG profile/extension by canonical URL (None if unknown)."""
@@ -907,7 +919,7 @@ class ProfileRegistry:
             return self._plans[key]
         with self._lock:
             if key not in self._plans:
-                sd = self._sds.get(key)
+                sd = self.structure_definition(key)
                 self._plans[key] = None if sd is None else _Compiler(sd, self).compile()
             return self._plans[key]
 
