@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import orjson
 from sqlalchemy import Connection, Row, Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql import ClauseElement
 
 from hifhir.fhir.errors import FhirError, business_rule, conflict
-from hifhir.store.fast import MultiRowInsert
+from hifhir.store.fast import DriverQuery, MultiRowInsert, any_pk
 from hifhir.store.tables import is_current, resource_version
 
 if TYPE_CHECKING:
@@ -124,16 +125,36 @@ def _update_statement(table: Table) -> Any:
 
 
 @functools.cache
-def _bump_versions(table: Table, version_column: str = "version_id", updated_column: str = "last_updated") -> Any:
-    """The next version of a batch of entities, with their ids (one statement: UPDATE … RETURNING)."""
+def _update_query(table: Table, columns: tuple[str, ...]) -> DriverQuery:
+    """An UPDATE of these columns of one row (`target_pk`, values as `set_<column>`), through the driver: writes
+    update a few rows each, and SQLAlchemy's per-execution work costs more than the UPDATE."""
+    return DriverQuery(update(table).where(table.c.pk == bindparam("target_pk")).values(
+        {c: bindparam("set_" + c, type_=table.c[c].type) for c in columns}))
+
+
+@functools.cache
+def _bump_versions(table: Table, version_column: str = "version_id", updated_column: str = "last_updated"
+                   ) -> DriverQuery:
+    """The next version of a batch of entities, with their ids (one statement: UPDATE … RETURNING; every write's
+    flush runs it once per touched kind, hence through the driver)."""
     t = table
     version = t.c[version_column]
-    return (
+    return DriverQuery(
         update(t)
-        .where(t.c.pk.in_(bindparam("pks", expanding=True)))
+        .where(any_pk(t.c.pk))
         .values({version_column: version + 1, updated_column: bindparam("now")})
         .returning(t.c.pk, t.c.id, version)
     )
+
+
+_RENDER_MEMO = "hifhir.render_memo"
+
+
+def render_memo(conn: Connection) -> dict[str, Any] | None:
+    """A scratch dict for the renders of one flush (None outside a flush): a render may leave rows there that another
+    kind's render of the same flush reads again (a Contract and its Coverage both show the policy). Dropped when the
+    flush ends, so nothing outlives the statements that changed the rows."""
+    return conn.info.get(_RENDER_MEMO)
 
 
 # Every write appends here: through the driver, without SQLAlchemy's per-execution work (the columns need no type
@@ -200,7 +221,11 @@ class WriteContext:
 
     def update(self, table: Table, pk: int, values: dict[str, Any]) -> None:
         try:
-            self.conn.execute(_update_statement(table), {**values, "target_pk": pk})
+            if any(isinstance(v, ClauseElement) for v in values.values()):
+                self.conn.execute(_update_statement(table), {**values, "target_pk": pk})
+            else:
+                _update_query(table, tuple(values)).run(
+                    self.conn, {"target_pk": pk, **{"set_" + k: v for k, v in values.items()}})
         except IntegrityError as exc:
             raise self._unique_violation(table, exc) from None
 
@@ -293,41 +318,13 @@ class WriteContext:
 
     def flush(self) -> dict[tuple[str, int], Written]:
         """Bump versions, render and append one history row per touched entity (in this transaction)."""
-        from hifhir.fhir.registry import KINDS
-
         out: dict[tuple[str, int], Written] = {}
         history_rows: list[dict[str, Any]] = []
-        for kind_name, pks in self.touched.items():
-            kind = KINDS[kind_name]
-            t = kind.table
-            pk_list = sorted(pks)
-            new = [pk for pk in pk_list if (t.name, pk) in self.created]
-            rows: list[Any] = [(pk, self.created[(t.name, pk)], 1) for pk in new]
-            existing = [pk for pk in pk_list if (t.name, pk) not in self.created]
-            if existing:
-                rows += self.conn.execute(_bump_versions(t, kind.version_column, kind.updated_column),
-                                          {"pks": existing, "now": self.now}).all()
-            given = {pk: self.prerendered.pop((kind_name, pk)) for pk in pk_list
-                     if (kind_name, pk) in self.prerendered}
-            to_render = [pk for pk in pk_list if pk not in given]
-            bodies = {**(kind.render(self.conn, to_render) if to_render else {}), **given}
-            for pk, res_id, version in rows:
-                resource: dict[str, Any] = {
-                    "resourceType": kind.resource_type,
-                    "id": res_id,
-                    "meta": {
-                        "versionId": str(version),
-                        "lastUpdated": instant(self.now),
-                        "profile": [kind.profile],
-                    },
-                }
-                resource.update(bodies[pk])
-                body = orjson.dumps(resource)
-                op = "create" if version == 1 else "update"
-                if op == "create" and self.id_from_client:
-                    op = "put"  # update-as-create: history must show PUT Type/id, answered 201
-                out[(kind_name, pk)] = Written(kind, pk, res_id, version, self.now, body, op)
-                history_rows.append(self._history_row(kind, res_id, version, op, body))
+        self.conn.info[_RENDER_MEMO] = {}
+        try:
+            self._render_touched(out, history_rows)
+        finally:
+            self.conn.info.pop(_RENDER_MEMO, None)
         for kind, pk in self.deleted:
             t = kind.table
             self.conn.execute(
@@ -349,6 +346,41 @@ class WriteContext:
         self.created.clear()
         self.prerendered.clear()
         return out
+
+    def _render_touched(self, out: dict[tuple[str, int], Written], history_rows: list[dict[str, Any]]) -> None:
+        from hifhir.fhir.registry import KINDS
+
+        for kind_name, pks in self.touched.items():
+            kind = KINDS[kind_name]
+            t = kind.table
+            pk_list = sorted(pks)
+            new = [pk for pk in pk_list if (t.name, pk) in self.created]
+            rows: list[Any] = [(pk, self.created[(t.name, pk)], 1) for pk in new]
+            existing = [pk for pk in pk_list if (t.name, pk) not in self.created]
+            if existing:
+                rows += _bump_versions(t, kind.version_column, kind.updated_column).rows(
+                    self.conn, {"pks": existing, "now": self.now})
+            given = {pk: self.prerendered.pop((kind_name, pk)) for pk in pk_list
+                     if (kind_name, pk) in self.prerendered}
+            to_render = [pk for pk in pk_list if pk not in given]
+            bodies = {**(kind.render(self.conn, to_render) if to_render else {}), **given}
+            for pk, res_id, version in rows:
+                resource: dict[str, Any] = {
+                    "resourceType": kind.resource_type,
+                    "id": res_id,
+                    "meta": {
+                        "versionId": str(version),
+                        "lastUpdated": instant(self.now),
+                        "profile": [kind.profile],
+                    },
+                }
+                resource.update(bodies[pk])
+                body = orjson.dumps(resource)
+                op = "create" if version == 1 else "update"
+                if op == "create" and self.id_from_client:
+                    op = "put"  # update-as-create: history must show PUT Type/id, answered 201
+                out[(kind_name, pk)] = Written(kind, pk, res_id, version, self.now, body, op)
+                history_rows.append(self._history_row(kind, res_id, version, op, body))
 
     def _history_row(
         self, kind: ResourceKind, res_id: str, version: int, op: str, body: bytes | None

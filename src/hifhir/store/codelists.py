@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, literal, select, update
 
+from hifhir.store.fast import DriverQuery
 from hifhir.store.tables import code_list_entry
 
 TERMINOLOGY = Path(__file__).resolve().parent.parent / "data" / "ig" / "terminology"
@@ -115,14 +116,17 @@ def code_display(conn: Connection, list_name: str, code: str) -> str | None:
     return conn.execute(_CODE_DISPLAY, {"list_name": list_name, "code": code}).scalar()
 
 
-_DISPLAYS = select(code_list_entry.c.list_name, code_list_entry.c.code, code_list_entry.c.display).where(
-    code_list_entry.c.list_name.in_(bindparam("names", expanding=True)))
+@functools.cache
+def _displays(list_names: tuple[str, ...]) -> DriverQuery:
+    # One prebuilt statement per set of lists (renders ask for a few fixed sets, e.g. at every Group re-version).
+    return DriverQuery(select(code_list_entry.c.list_name, code_list_entry.c.code, code_list_entry.c.display).where(
+        code_list_entry.c.list_name.in_([literal(name) for name in list_names])))
 
 
 def displays_of(conn: Connection, list_names: tuple[str, ...]) -> dict[str, dict[str, str]]:
     """Code → display for several lists in one query (read live: the lists are editable configuration)."""
     out: dict[str, dict[str, str]] = {name: {} for name in list_names}
-    for row in conn.execute(_DISPLAYS, {"names": list(list_names)}):
+    for row in _displays(tuple(list_names)).rows(conn, {}):
         out[row.list_name][row.code] = row.display
     return out
 

@@ -117,22 +117,8 @@ class DriverQuery:
 
     def rows(self, conn: Connection, params: dict[str, Any]) -> list[DriverRow]:
         sql, order, positional, defaults, binds, row_class, results = self._for(conn)
-        values = defaults | params
-        for name, proc in binds.items():
-            if name in values:
-                values[name] = proc(values[name])
-        raw = conn.connection.driver_connection
-        assert raw is not None
-        args = [values[k] for k in order] if positional else {k: values[k] for k in order}
-        dbapi_error = conn.dialect.loaded_dbapi.Error
-        try:
-            cursor = raw.execute(sql, args)
-            try:
-                fetched = cursor.fetchall()
-            finally:
-                cursor.close()
-        except dbapi_error as exc:  # as SQLAlchemy wraps it (IntegrityError, OperationalError…), for the callers
-            raise DBAPIError.instance(sql, args, exc, dbapi_error, dialect=conn.dialect) from exc
+        fetched = self._execute(conn, sql, self._args(params, order, positional, defaults, binds), fetch=True)
+        assert isinstance(fetched, list)
         make = row_class._make  # type: ignore[attr-defined]
         if not results:
             return [make(row) for row in fetched]
@@ -143,6 +129,36 @@ class DriverQuery:
                 cells[i] = proc(cells[i])
             out.append(make(cells))
         return out
+
+    def run(self, conn: Connection, params: dict[str, Any]) -> int:
+        """Execute a statement that returns no rows (an UPDATE, a DELETE); the number of rows it changed."""
+        sql, order, positional, defaults, binds, _row_class, _results = self._for(conn)
+        count = self._execute(conn, sql, self._args(params, order, positional, defaults, binds), fetch=False)
+        assert isinstance(count, int)
+        return count
+
+    @staticmethod
+    def _args(params: dict[str, Any], order: tuple[str, ...], positional: bool, defaults: dict[str, Any],
+              binds: dict[str, Callable[[Any], Any]]) -> Any:
+        values = defaults | params
+        for name, proc in binds.items():
+            if name in values:
+                values[name] = proc(values[name])
+        return [values[k] for k in order] if positional else {k: values[k] for k in order}
+
+    @staticmethod
+    def _execute(conn: Connection, sql: str, args: Any, *, fetch: bool) -> list[Any] | int:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        dbapi_error = conn.dialect.loaded_dbapi.Error
+        try:
+            cursor = raw.execute(sql, args)
+            try:
+                return cursor.fetchall() if fetch else cursor.rowcount
+            finally:
+                cursor.close()
+        except dbapi_error as exc:  # as SQLAlchemy wraps it (IntegrityError, OperationalError…), for the callers
+            raise DBAPIError.instance(sql, args, exc, dbapi_error, dialect=conn.dialect) from exc
 
 
 class MultiRowInsert:

@@ -13,6 +13,7 @@ from hifhir.fhir.elements import identifier_value
 from hifhir.fhir.errors import conflict
 from hifhir.fhir.kind import ResourceKind, WriteContext, require
 from hifhir.fhir.searchparams import SearchParam, column_ref, reference_param
+from hifhir.store.fast import DriverQuery, any_pk
 from hifhir.store.tables import is_current, location
 from hifhir.store.tables import resource_version as rv
 
@@ -77,13 +78,13 @@ def check_unique_code(conn: Connection, table: Table, column: str, code: str, cu
 
 # Built once: aliases and statement construction cost more than running these queries.
 _REGION, _DISTRICT, _WARD = location.alias("r"), location.alias("d"), location.alias("w")
-_LOCATION_NAMES = (
+_LOCATION_NAMES = DriverQuery(
     select(location.c.pk, location.c.id, location.c.name, location.c.type,
            _REGION.c.name.label("region"), _DISTRICT.c.name.label("district"), _WARD.c.name.label("ward"))
     .select_from(location.outerjoin(_REGION, _REGION.c.pk == location.c.region_pk)
                  .outerjoin(_DISTRICT, _DISTRICT.c.pk == location.c.district_pk)
                  .outerjoin(_WARD, _WARD.c.pk == location.c.ward_pk))
-    .where(location.c.pk.in_(bindparam("pks", expanding=True)))
+    .where(any_pk(location.c.pk))
 )
 _LOCATION_BY_ID = select(location.c.pk, location.c.type).where(location.c.id == bindparam("id"), is_current(location))
 _LOCATION_TYPE = select(location.c.type).where(location.c.pk == bindparam("pk"))
@@ -94,7 +95,7 @@ def location_names(conn: Connection, pks: set[int]) -> dict[int, Row]:
     """For each location pk: the row joined with its region, district and ward names, in one query."""
     if not pks:
         return {}
-    return {row.pk: row for row in conn.execute(_LOCATION_NAMES, {"pks": list(pks)})}
+    return {row.pk: row for row in _LOCATION_NAMES.rows(conn, {"pks": list(pks)})}
 
 
 def location_of_level(ctx: WriteContext, ref: Any, level: str, expression: str) -> int:

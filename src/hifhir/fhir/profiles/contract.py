@@ -94,7 +94,7 @@ from hifhir.domain.policy import (
 )
 from hifhir.fhir.elements import coding, first_code, identifiers, reference, sub_extension
 from hifhir.fhir.errors import conflict, invalid
-from hifhir.fhir.kind import CS, EXT, ResourceKind, WriteContext, require
+from hifhir.fhir.kind import CS, EXT, ResourceKind, WriteContext, render_memo, require
 from hifhir.fhir.profiles.common import resolve_new_id, uuid_for_update
 from hifhir.fhir.profiles.medication import money, parse_money
 from hifhir.fhir.search import common_params, common_sorts
@@ -240,8 +240,8 @@ _FAMILY_WAS_ACTIVE = select(_MEMBER.c.pk).where(
 _MEMBERS_OF = select(insuree_policy.c.insuree_pk).where(insuree_policy.c.policy_pk == bindparam("policy"),
                                                         is_current(insuree_policy))
 
-_SET_FLAGS = update(insuree).where(insuree.c.pk.in_(bindparam("pks", expanding=True))).values(
-    has_active_policy=bindparam("flag"))
+_SET_FLAGS = DriverQuery(update(insuree).where(any_pk(insuree.c.pk)).values(
+    has_active_policy=bindparam("flag", type_=insuree.c.has_active_policy.type)))
 
 
 def refresh_active_policy_flags(ctx: WriteContext, insuree_pks: Iterable[int], on: date | None = None) -> None:
@@ -288,7 +288,7 @@ def apply_active_policy_flags(ctx: WriteContext, flipped: list[tuple[int, int | 
     if not flipped:
         return
     conn = ctx.conn
-    conn.execute(_SET_FLAGS, {"pks": sorted(pk for pk, _ in flipped), "flag": flag})
+    _SET_FLAGS.run(conn, {"pks": sorted(pk for pk, _ in flipped), "flag": flag})
     for pk, _ in flipped:
         ctx.mark("patient", pk)
     families = sorted({family_pk for _, family_pk in flipped if family_pk is not None})
@@ -327,9 +327,9 @@ _STANDING = DriverQuery(
     .where(policy.c.pk == bindparam("pk")))
 _PAYMENTS = DriverQuery(select(premium.c.amount, premium.c.pay_date, premium.c.is_photo_fee).where(
     premium.c.policy_pk == bindparam("pk"), is_current(premium)))
-_SET_MEMBERS_EFFECTIVE = update(insuree_policy).where(
+_SET_MEMBERS_EFFECTIVE = DriverQuery(update(insuree_policy).where(
     insuree_policy.c.policy_pk == bindparam("policy"), is_current(insuree_policy)).values(
-    effective_date=bindparam("effective"))
+    effective_date=bindparam("effective", type_=insuree_policy.c.effective_date.type)))
 
 
 def activate_if_paid(ctx: WriteContext, policy_pk: int, *, requested: int | None = None,
@@ -358,7 +358,7 @@ def activate_if_paid(ctx: WriteContext, policy_pk: int, *, requested: int | None
     moved = (status, effective) != (row.policy_status, row.policy_effective)
     if moved:
         ctx.update(policy, policy_pk, {"status": status, "effective_date": effective})
-        conn.execute(_SET_MEMBERS_EFFECTIVE, {"policy": policy_pk, "effective": effective})
+        _SET_MEMBERS_EFFECTIVE.run(conn, {"policy": policy_pk, "effective": effective})
     elif members is None:
         return False
     if coverage_pk is None:
@@ -592,22 +592,36 @@ def _render_statement() -> Any:
                      .outerjoin(officer, officer.c.pk == policy.c.officer_pk)
                      .join(product, product.c.pk == policy.c.product_pk)
                      .outerjoin(head, head.c.pk == policy.c.head_insuree_pk))
-        .where(policy.c.pk.in_(bindparam("pks", expanding=True)))
+        .where(any_pk(policy.c.pk))
     )
 
 
-POLICY_VIEW = _render_statement()  # the policy with the ids and names its Contract and Coverage show
+# Renders run at every write that re-versions a policy (an enrolment, a payment that activates it): prebuilt.
+_POLICY_VIEW = DriverQuery(_render_statement())  # the policy with the ids and names its Contract and Coverage show
 
-_COVERED = (
+_COVERED = DriverQuery(
     select(insuree_policy.c.policy_pk, insuree.c.id)
     .join(insuree, insuree.c.pk == insuree_policy.c.insuree_pk)
-    .where(insuree_policy.c.policy_pk.in_(bindparam("pks", expanding=True)), is_current(insuree_policy))
+    .where(any_pk(insuree_policy.c.policy_pk), is_current(insuree_policy))
     .order_by(insuree_policy.c.policy_pk, insuree.c.is_head.desc(), insuree.c.pk)
 )
-_PREMIUMS = (
-    select(premium).where(premium.c.policy_pk.in_(bindparam("pks", expanding=True)), is_current(premium))
+_PREMIUMS = DriverQuery(
+    select(premium).where(any_pk(premium.c.policy_pk), is_current(premium))
     .order_by(premium.c.policy_pk, premium.c.pk)
 )
+
+
+def policy_views(conn: Connection, pks: list[int]) -> dict[int, Any]:
+    """The policies as their Contract and Coverage show them, by pk. Within one flush, the rows the Contract render
+    read serve the Coverage render too (`render_memo`: a policy re-versioned re-versions both)."""
+    memo = render_memo(conn)
+    if memo is None:
+        return {r.pk: r for r in _POLICY_VIEW.rows(conn, {"pks": pks})}
+    views: dict[int, Any] = memo.setdefault("policy_view", {})
+    missing = [pk for pk in pks if pk not in views]
+    if missing:
+        views.update((r.pk, r) for r in _POLICY_VIEW.rows(conn, {"pks": missing}))
+    return {pk: views[pk] for pk in pks if pk in views}
 
 
 def _premium_extension(row: Row) -> dict[str, Any]:
@@ -716,12 +730,12 @@ class ContractKind(ResourceKind):
     # --- to FHIR -------------------------------------------------------------------------------------------
 
     def render(self, conn: Connection, pks: list[int]) -> dict[int, dict[str, Any]]:
-        rows = conn.execute(POLICY_VIEW, {"pks": pks}).all()
+        rows = policy_views(conn, pks).values()
         covered: dict[int, list[str]] = {pk: [] for pk in pks}
-        for policy_pk, insuree_id in conn.execute(_COVERED, {"pks": pks}):
+        for policy_pk, insuree_id in _COVERED.rows(conn, {"pks": pks}):
             covered[policy_pk].append(insuree_id)
         premiums: dict[int, list[Row]] = {pk: [] for pk in pks}
-        for p in conn.execute(_PREMIUMS, {"pks": pks}):
+        for p in _PREMIUMS.rows(conn, {"pks": pks}):
             premiums[p.policy_pk].append(p)
         day = today()
         return {r.pk: _contract(r, covered[r.pk], premiums[r.pk], day) for r in rows}

@@ -29,7 +29,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, select
+from sqlalchemy import Connection, Row, select
 
 from hifhir.auth import scope as location_scope
 from hifhir.domain.policy import ACTIVE, IDLE, READY, STATUS_NAMES, SUSPENDED, status_on
@@ -37,16 +37,17 @@ from hifhir.fhir.elements import coding, identifiers, reference
 from hifhir.fhir.kind import EXT, ResourceKind
 from hifhir.fhir.profiles.contract import (
     HIFHIR_CS,
-    POLICY_VIEW,
     choice_param,
     not_yet_known,
     policy_status_options,
+    policy_views,
     today,
     typed_reference_param,
 )
 from hifhir.fhir.profiles.insurance_plan import period_param
 from hifhir.fhir.search import common_params, common_sorts
 from hifhir.fhir.searchparams import Clause, SearchParam, link_ref, token_param
+from hifhir.store.fast import DriverQuery, any_pk
 from hifhir.store.tables import coverage, insuree_policy, is_current, policy, product
 
 COVERAGE_DATE = EXT + "coverage-date"
@@ -56,8 +57,8 @@ CLASS_TYPE = {"coding": [coding("http://terminology.hl7.org/CodeSystem/coverage-
 COVERAGE_STATUS = {IDLE: "draft", READY: "draft", ACTIVE: "active", SUSPENDED: "cancelled"}
 STORED_BY_COVERAGE_STATUS = {"draft": (IDLE, READY), "active": (ACTIVE,), "cancelled": (SUSPENDED,)}
 
-_COVERAGE_IDS = select(coverage.c.pk, coverage.c.uuid, coverage.c.policy_pk).where(
-    coverage.c.pk.in_(bindparam("pks", expanding=True)))
+_COVERAGE_IDS = DriverQuery(select(coverage.c.pk, coverage.c.uuid, coverage.c.policy_pk).where(
+    any_pk(coverage.c.pk)))
 
 
 def _via_policy(param: SearchParam) -> SearchParam:
@@ -158,7 +159,7 @@ class CoverageKind(ResourceKind):
         self.sort_params = common_sorts(self)
 
     def render(self, conn: Connection, pks: list[int]) -> dict[int, dict[str, Any]]:
-        covs = conn.execute(_COVERAGE_IDS, {"pks": pks}).all()
-        policies = {r.pk: r for r in conn.execute(POLICY_VIEW, {"pks": [c.policy_pk for c in covs]})}
+        covs = _COVERAGE_IDS.rows(conn, {"pks": pks})
+        policies = policy_views(conn, [c.policy_pk for c in covs])
         day = today()
         return {c.pk: render_coverage(c, policies[c.policy_pk], day) for c in covs}

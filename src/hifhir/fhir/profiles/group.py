@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, select, update
+from sqlalchemy import Connection, Row, select, update
 
 from hifhir.auth import scope as location_scope
 from hifhir.fhir.elements import (
@@ -43,6 +43,7 @@ from hifhir.fhir.searchparams import (
     token_param,
 )
 from hifhir.store.codelists import displays_of
+from hifhir.store.fast import DriverQuery, any_pk
 from hifhir.store.tables import family, insuree, is_current
 
 # IG defect (ig/README.md §9.5): the example codes the family type in core group-type; both systems are
@@ -52,11 +53,11 @@ GROUP_TYPE_SYSTEMS = {CS + "group-type", "http://hl7.org/fhir/group-type"}
 
 # Built once: constructing these per render cost more than running them (a Group is re-rendered whenever a member's
 # policy changes, e.g. on every enrolment).
-_FAMILIES = select(family).where(family.c.pk.in_(bindparam("pks", expanding=True)))
-_MEMBERS = (
+_FAMILIES = DriverQuery(select(family).where(any_pk(family.c.pk)))
+_MEMBERS = DriverQuery(
     select(insuree.c.pk, insuree.c.id, insuree.c.family_pk, insuree.c.last_name, insuree.c.other_names,
            insuree.c.has_active_policy)
-    .where(insuree.c.family_pk.in_(bindparam("pks", expanding=True)), is_current(insuree))
+    .where(any_pk(insuree.c.family_pk), is_current(insuree))
     .order_by(insuree.c.pk)
 )
 
@@ -95,9 +96,9 @@ class GroupKind(ResourceKind):
     # --- to FHIR ---------------------------------------------------------------------------------------
 
     def render(self, conn: Connection, pks: list[int]) -> dict[int, dict[str, Any]]:
-        rows = {r.pk: r for r in conn.execute(_FAMILIES, {"pks": pks})}
+        rows = {r.pk: r for r in _FAMILIES.rows(conn, {"pks": pks})}
         members: dict[int, list[Row]] = {pk: [] for pk in pks}
-        for m in conn.execute(_MEMBERS, {"pks": pks}):
+        for m in _MEMBERS.rows(conn, {"pks": pks}):
             members[m.family_pk].append(m)
         places = location_names(conn, {r.location_pk for r in rows.values()})
         labels = displays_of(conn, ("group-confirmation-type", "group-type"))

@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Row, Table, bindparam, false, not_, select, true
+from sqlalchemy import Connection, Row, Table, false, not_, select, true
 
 from hifhir.auth import scope as location_scope
 from hifhir.domain import invoicing as inv
@@ -68,6 +68,7 @@ from hifhir.fhir.searchparams import (
     link_ref,
     split_token,
 )
+from hifhir.store.fast import DriverQuery, any_pk
 from hifhir.store.tables import (
     bill,
     bill_line,
@@ -110,7 +111,7 @@ def party_label(party_type: str) -> str:
     return "party_" + party_type.replace("-", "_")
 
 
-def _view(table: Table, party: str) -> Any:
+def _view(table: Table, party: str) -> DriverQuery:
     """The rows with the id of their third party, whatever its type (one outer join per possible type)."""
     columns = [table]
     joined: Any = table
@@ -119,7 +120,7 @@ def _view(table: Table, party: str) -> Any:
         joined = joined.outerjoin(alias, (table.c[f"{party}_type"] == party_type)
                                   & (alias.c.pk == table.c[f"{party}_pk"]))
         columns.append(alias.c.id.label(party_label(party_type)))
-    return select(*columns).select_from(joined).where(table.c.pk.in_(bindparam("pks", expanding=True)))
+    return DriverQuery(select(*columns).select_from(joined).where(any_pk(table.c.pk)))
 
 
 def _unit_price(value: Decimal) -> list[dict[str, Any]]:
@@ -266,14 +267,14 @@ class _InvoiceKindBase(ResourceKind):
         self.sort_params = {**common_sorts(self), "date": SortKey(t.c.date_issued, "date")}
         self._view = _view(t, self.party)
         parent = self.line_table.c[f"{self.table.name}_pk"]
-        self._lines = (select(self.line_table).where(parent.in_(bindparam("pks", expanding=True)))
-                       .order_by(parent, self.line_table.c.sequence))
+        self._lines = DriverQuery(select(self.line_table).where(any_pk(parent))
+                                  .order_by(parent, self.line_table.c.sequence))
 
     def render(self, conn: Connection, pks: list[int]) -> dict[int, dict[str, Any]]:
-        rows = conn.execute(self._view, {"pks": pks}).all()
+        rows = self._view.rows(conn, {"pks": pks})
         lines: dict[int, list[Row]] = {pk: [] for pk in pks}
         parent = f"{self.table.name}_pk"
-        for ln in conn.execute(self._lines, {"pks": pks}):
+        for ln in self._lines.rows(conn, {"pks": pks}):
             lines[getattr(ln, parent)].append(ln)
         insurer = insurer_id(conn)
         return {r.pk: render_invoice(r, lines[r.pk], self.party, self.type_cs, insurer) for r in rows}

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, delete, false, func, insert, or_, select, update
+from sqlalchemy import Connection, Row, and_, delete, false, func, insert, or_, select, update
 
 from hifhir.auth import scope as location_scope
 from hifhir.config import PUBLIC_BASE_URL
@@ -53,6 +53,7 @@ from hifhir.fhir.searchparams import (
     subquery_string_param,
     token_param,
 )
+from hifhir.store.fast import DriverQuery, any_pk
 from hifhir.store.tables import code_list_entry, family, health_facility, insuree, insuree_photo, is_current, location
 
 GENDERS = {"male": "M", "female": "F", "other": "O", "unknown": "U"}
@@ -138,11 +139,12 @@ def _render_statement() -> Any:
                region.c.name.label("region_name"),
                *[labels[name].c.display.label(f"label_{i}") for i, name in enumerate(_LABEL_LISTS)])
         .select_from(joined)
-        .where(insuree.c.pk.in_(bindparam("pks", expanding=True)))
+        .where(any_pk(insuree.c.pk))
     )
 
 
-_RENDER = _render_statement()
+# Run by every write that re-versions insurees (a payment that activates a family's policy re-renders them all).
+_RENDER = DriverQuery(_render_statement())
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +220,7 @@ class PatientKind(ResourceKind):
     # --- to FHIR ---------------------------------------------------------------------------------------
 
     def render(self, conn: Connection, pks: list[int]) -> dict[int, dict[str, Any]]:
-        rows = conn.execute(_RENDER, {"pks": pks}).all()
+        rows = _RENDER.rows(conn, {"pks": pks})
         places: dict[int, Any] = {}
         labels: dict[str, dict[str, str]] = {name: {} for name in _LABEL_LISTS}
         for row in rows:
