@@ -61,8 +61,9 @@ CONTRACT_CAPACITY_RPS = 1000
 # Claims per second a phase can send before the prepared ones run out (each is sent once: its code is unique).
 CLAIM_CAPACITY_RPS = 1000
 # PaymentNotices per second a phase can send before the prepared invoices or bills run out (each full payment
-# settles a different one: a second payment of it would be an over-payment, 422).
-PAYMENT_CAPACITY_RPS = 1000
+# settles a different one: a second payment of it would be an over-payment, 422). Bills are cheap to prepare and
+# cheap to pay (no policy behind them): their phase gets more.
+PAYMENT_CAPACITY_RPS = {"payment": 1000, "installment": 1000, "bill-payment": 4000}
 PAYMENT_SCENARIOS = ("payment", "installment", "bill-payment")
 INSTALLMENTS_PER_INVOICE = 4  # installment scenario: payments per invoice, together less than its total
 UNENROLLED_KEPT = 50  # families enrol_idle leaves unenrolled
@@ -1657,9 +1658,10 @@ def run_backend(backend: str, args: argparse.Namespace) -> BackendRun:
             run.notes.append("ANALYZE run on the database before the server started (--analyze: NOT what "
                              "`make run` does)")
         # The invoices and bills to pay, before the server starts (one body more per scenario for verify_payments).
-        payment_phase = {0: int(args.warmup * PAYMENT_CAPACITY_RPS) + 1, 1: int(args.duration * PAYMENT_CAPACITY_RPS)}
+        payment_phase = {key: {0: int(args.warmup * rps) + 1, 1: int(args.duration * rps)}
+                         for key, rps in PAYMENT_CAPACITY_RPS.items()}
         payments = PaymentBodies({}, [])
-        wanted_payments = {key: 1 + payment_phase[0] + payment_phase[1] for key in PAYMENT_SCENARIOS
+        wanted_payments = {key: 1 + payment_phase[key][0] + payment_phase[key][1] for key in PAYMENT_SCENARIOS
                            if key in args.scenarios}
         if wanted_payments:
             payments = prepare_payments(database_url, wanted_payments)
@@ -1700,7 +1702,8 @@ def run_backend(backend: str, args: argparse.Namespace) -> BackendRun:
                 f"{measured / args.duration:,.0f} req/s can be measured before they run out)")
         # Enough fresh CHFIDs for POST at POST_CAPACITY_RPS in each phase; past that wrk reuses them (409).
         capacity = {0: int(args.warmup * POST_CAPACITY_RPS) + 1, 1: int(args.duration * POST_CAPACITY_RPS)}
-        paid = {key: split_bodies(bodies[1:], payment_phase, args.threads) for key, bodies in payments.bodies.items()}
+        paid = {key: split_bodies(bodies[1:], payment_phase[key], args.threads)
+                for key, bodies in payments.bodies.items()}
         for key, phases in paid.items():
             measured = len(set(phases[1]))
             run.notes.append(f"{key}: {len(set(phases[0])):,} PaymentNotices for the warm-up, {measured:,} for the "
