@@ -159,17 +159,9 @@ def find_payable(conn: Connection, kinds: Iterable[str], column: str, value: Any
     return None
 
 
-# RETURNING: a driver-level statement reads its result (DriverQuery), which spares SQLAlchemy's per-execution work
-# on the path every payment takes.
-_SET_PAID = {name: DriverQuery(update(t).where(t.c.pk == bindparam("target")).values(
-    amount_paid=bindparam("paid"), status=bindparam("new_status"), date_paid=bindparam("date_paid"))
-    .returning(t.c.pk)) for name, t in (("invoice", invoice), ("bill", bill))}
-
-
 def _store(ctx: WriteContext, p: Payable, paid: Decimal, status: int, date_paid: date | None) -> None:
-    _SET_PAID[p.kind].rows(ctx.conn, {"target": p.pk, "paid": paid, "new_status": status, "date_paid": date_paid})
+    ctx.versioned_update(p.kind, [p.pk], {"amount_paid": paid, "status": status, "date_paid": date_paid})
     p.amount_paid, p.status = paid, status
-    ctx.mark(p.kind, p.pk)
 
 
 # --- rules ----------------------------------------------------------------------------------------------------

@@ -95,19 +95,16 @@ class DriverQuery:
 
     def __init__(self, statement: Any) -> None:
         self._statement = statement
-        self._compiled: dict[tuple[str, bool], _Compiled] = {}
+        self._compiled: dict[tuple[str, int], _Compiled] = {}
         self._pk_arrays: tuple[str, ...] | None = None  # the parameters bound to `any_pk` (PkArray)
 
     def _for(self, conn: Connection, params: dict[str, Any]) -> _Compiled:
         dialect = conn.dialect
-        # PostgreSQL plans `= ANY($1)` anew at every execution (a custom plan for the array it is given looks
-        # cheaper than the generic one), up to ~1 ms for a render's joins; for one pk each, a variant `= ($1)[1]`
-        # keeps its generic plan. SQLite prepares every statement anyway.
-        single = (dialect.name == "postgresql" and bool(self._pk_arrays)
-                  and all(len(params.get(name) or ()) == 1 for name in self._pk_arrays))  # type: ignore[union-attr]
-        found = self._compiled.get((dialect.name, single))
+        slots = _pk_slots([params.get(name) or () for name in self._pk_arrays or ()]) \
+            if dialect.name == "postgresql" else 0
+        found = self._compiled.get((dialect.name, slots))
         if found is None:
-            compiled = self._statement.compile(dialect=dialect, compile_kwargs={"any_pk_single": single})
+            compiled = self._statement.compile(dialect=dialect, compile_kwargs={"any_pk_slots": slots})
             if self._pk_arrays is None:
                 self._pk_arrays = tuple(name for name, bind in compiled.binds.items()
                                         if isinstance(bind.type, PkArray))
@@ -120,8 +117,8 @@ class DriverQuery:
             row_class = _row_class(tuple(columns.keys()))
             results = tuple((i, proc) for i, c in enumerate(columns)
                             if (proc := c.type._cached_result_processor(dialect, None)) is not None)
-            found = self._compiled[(dialect.name, single)] = (compiled.string, order, positional, defaults, binds,
-                                                              row_class, results)
+            found = self._compiled[(dialect.name, slots)] = (compiled.string, order, positional, defaults, binds,
+                                                             row_class, results)
         return found
 
     def rows(self, conn: Connection, params: dict[str, Any]) -> list[DriverRow]:
@@ -230,11 +227,33 @@ class _AnyPk(FunctionElement[Any]):
     name = "any_pk"
 
 
+# PostgreSQL plans `= ANY($1)` anew at every execution of a prepared statement (a custom plan for the array it is
+# given looks cheaper than the generic one, estimated for 10 elements): up to 1.7 ms of planning for a Patient
+# render's joins, at every write. DriverQuery therefore runs a small array through a variant `IN ($1[1], …, $1[n])`
+# with n the next power of two (subscripts past the array's end are NULL, which matches nothing): its generic plan
+# costs what a custom one would, and the server keeps it. Larger arrays keep `= ANY`.
+_MAX_PK_SLOTS = 32
+
+
+def _pk_slots(arrays: list[Any]) -> int:
+    """The variant of a statement for these any_pk arrays: n slots, or 0 for `= ANY` (see _MAX_PK_SLOTS)."""
+    if not arrays:
+        return 0
+    longest = max(len(a) for a in arrays)
+    if longest > _MAX_PK_SLOTS:
+        return 0
+    slots = 1
+    while slots < longest:
+        slots *= 2
+    return slots
+
+
 @compiles(_AnyPk)
 def _any_pk_pg(element: _AnyPk, compiler: Any, **kw: Any) -> str:
     column, values = (compiler.process(c, **kw) for c in element.clauses)
-    if kw.get("any_pk_single"):  # DriverQuery's variant for an array of one pk (see DriverQuery._for)
-        return f"{column} = (CAST({values} AS INTEGER[]))[1]"
+    slots = kw.get("any_pk_slots", 0)
+    if slots:
+        return f"{column} IN ({', '.join(f'(CAST({values} AS INTEGER[]))[{i}]' for i in range(1, slots + 1))})"
     return f"{column} = ANY(CAST({values} AS INTEGER[]))"
 
 

@@ -240,8 +240,6 @@ _FAMILY_WAS_ACTIVE = select(_MEMBER.c.pk).where(
 _MEMBERS_OF = select(insuree_policy.c.insuree_pk).where(insuree_policy.c.policy_pk == bindparam("policy"),
                                                         is_current(insuree_policy))
 
-_SET_FLAGS = DriverQuery(update(insuree).where(any_pk(insuree.c.pk)).values(
-    has_active_policy=bindparam("flag", type_=insuree.c.has_active_policy.type)))
 
 
 def refresh_active_policy_flags(ctx: WriteContext, insuree_pks: Iterable[int], on: date | None = None) -> None:
@@ -288,9 +286,7 @@ def apply_active_policy_flags(ctx: WriteContext, flipped: list[tuple[int, int | 
     if not flipped:
         return
     conn = ctx.conn
-    _SET_FLAGS.run(conn, {"pks": sorted(pk for pk, _ in flipped), "flag": flag})
-    for pk, _ in flipped:
-        ctx.mark("patient", pk)
+    ctx.versioned_update("patient", sorted(pk for pk, _ in flipped), {"has_active_policy": flag})
     families = sorted({family_pk for _, family_pk in flipped if family_pk is not None})
     if not families:
         return
@@ -357,7 +353,7 @@ def activate_if_paid(ctx: WriteContext, policy_pk: int, *, requested: int | None
         status, effective = _transition(status, effective, requested, row, payments, today())
     moved = (status, effective) != (row.policy_status, row.policy_effective)
     if moved:
-        ctx.update(policy, policy_pk, {"status": status, "effective_date": effective})
+        ctx.versioned_update("contract", [policy_pk], {"status": status, "effective_date": effective})
         _SET_MEMBERS_EFFECTIVE.run(conn, {"policy": policy_pk, "effective": effective})
     elif members is None:
         return False

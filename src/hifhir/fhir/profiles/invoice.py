@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Row, Table, false, not_, select, true
+from sqlalchemy import Connection, Row, Table, case, false, not_, select, true
 
 from hifhir.auth import scope as location_scope
 from hifhir.domain import invoicing as inv
@@ -112,15 +112,13 @@ def party_label(party_type: str) -> str:
 
 
 def _view(table: Table, party: str) -> DriverQuery:
-    """The rows with the id of their third party, whatever its type (one outer join per possible type)."""
-    columns = [table]
-    joined: Any = table
+    """The rows with the id of their third party, whatever its type (one keyed sub-select per possible type: outer
+    joins on `type = … AND pk = …` led PostgreSQL to merge-join the whole insuree index for one invoice)."""
+    columns: list[Any] = [table]
     for party_type, (_, target, _kind) in PARTIES.items():
-        alias = target.alias(f"party_{target.name}")
-        joined = joined.outerjoin(alias, (table.c[f"{party}_type"] == party_type)
-                                  & (alias.c.pk == table.c[f"{party}_pk"]))
-        columns.append(alias.c.id.label(party_label(party_type)))
-    return DriverQuery(select(*columns).select_from(joined).where(any_pk(table.c.pk)))
+        found = select(target.c.id).where(target.c.pk == table.c[f"{party}_pk"]).scalar_subquery()
+        columns.append(case((table.c[f"{party}_type"] == party_type, found)).label(party_label(party_type)))
+    return DriverQuery(select(*columns).where(any_pk(table.c.pk)))
 
 
 def _unit_price(value: Decimal) -> list[dict[str, Any]]:
