@@ -1043,3 +1043,15 @@ def test_fhir_rejects_a_string_boolean(api, village, engine):
     outcome = assert_outcome(resp, 400)
     assert errors_of(outcome)
     assert insuree_count(engine) == 0
+
+
+def test_stored_versions_are_compressed_with_lz4_on_postgresql(engine: Any) -> None:
+    """PostgreSQL compresses bodies above ~2 KB; the migration picks lz4 over the default pglz (cheaper to write and
+    read). SQLite stores them as they are."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite stores bodies uncompressed")
+    with engine.connect() as conn:
+        method = conn.exec_driver_sql(
+            "SELECT attcompression FROM pg_attribute "
+            "WHERE attrelid = 'resource_version'::regclass AND attname = 'body'").scalar_one()
+    assert method == "l"
