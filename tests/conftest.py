@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import OperationalError
 from starlette.testclient import TestClient
 
 from hifhir.api.app import HifhirApp
@@ -73,13 +74,21 @@ def backend(
 
 def _reset(settings: Settings, engine: Engine) -> None:
     names = [t.name for t in reversed(metadata.sorted_tables)]
-    with transaction(engine, write=True) as conn:
-        if settings.is_sqlite:
-            conn.exec_driver_sql("PRAGMA defer_foreign_keys=ON")
-            for name in names:
-                conn.execute(text(f'DELETE FROM "{name}"'))
-        else:
-            conn.execute(text("TRUNCATE " + ", ".join(f'"{n}"' for n in names) + " RESTART IDENTITY CASCADE"))
+    for attempt in range(3):
+        try:
+            with transaction(engine, write=True) as conn:
+                if settings.is_sqlite:
+                    conn.exec_driver_sql("PRAGMA defer_foreign_keys=ON")
+                    for name in names:
+                        conn.execute(text(f'DELETE FROM "{name}"'))
+                else:
+                    conn.execute(text("TRUNCATE " + ", ".join(f'"{n}"' for n in names) + " RESTART IDENTITY CASCADE"))
+            break
+        except OperationalError:
+            # An earlier test's app may still be writing its audit trail (asynchronously): PostgreSQL then breaks
+            # the deadlock between that INSERT and this TRUNCATE of every table by failing one of them.
+            if attempt == 2:
+                raise
     prepare(settings, engine)
     with transaction(engine, write=True) as conn:
         create_user(conn, ADMIN[0], "", roles=["IMIS Administrator"], password_hash=_HASHES[ADMIN])

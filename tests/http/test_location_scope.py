@@ -30,6 +30,7 @@ from hifhir.notify import delivery as notify_delivery
 from hifhir.notify import matching
 from hifhir.outbox.worker import Worker
 from hifhir.store.db import transaction
+from hifhir.store.fast import STATEMENT_OBSERVERS
 from hifhir.store.tables import (
     app_user,
     claim,
@@ -505,10 +506,12 @@ def _statements(engine: Engine, action: Any) -> int:
         seen.append(statement)
 
     event.listen(engine, "before_cursor_execute", count)
+    STATEMENT_OBSERVERS.append(seen.append)  # the statements sent to the driver directly (store/fast)
     try:
         action()
     finally:
         event.remove(engine, "before_cursor_execute", count)
+        STATEMENT_OBSERVERS.remove(seen.append)
     return len(seen)
 
 

@@ -129,6 +129,12 @@ def _set_values(table: Table, columns: tuple[str, ...]) -> dict[str, Any]:
 
 
 @functools.cache
+def _insert_query(table: Table, columns: tuple[str, ...]) -> DriverQuery:
+    """An INSERT of these columns (values as `set_<column>`) returning the new pk, through the driver."""
+    return DriverQuery(insert(table).values(_set_values(table, columns)).returning(table.c.pk))
+
+
+@functools.cache
 def _update_query(table: Table, columns: tuple[str, ...], *, many: bool = False) -> DriverQuery:
     """An UPDATE of these columns (values as `set_<column>`) of one row (`target_pk`) or of rows (`pks`), through
     the driver: writes update a few rows each, and SQLAlchemy's per-execution work costs more than the UPDATE."""
@@ -230,7 +236,11 @@ class WriteContext:
         """Insert a new entity already at version 1, so that flush needs no version bump for it."""
         row = {**values, "version_id": 1, "last_updated": self.now}
         try:
-            pk = int(self.conn.execute(_insert_statement(table), row).inserted_primary_key[0])
+            if any(isinstance(v, ClauseElement) for v in row.values()):
+                pk = int(self.conn.execute(_insert_statement(table), row).inserted_primary_key[0])
+            else:
+                params = {"set_" + k: v for k, v in row.items()}
+                pk = int(_insert_query(table, tuple(row)).rows(self.conn, params)[0][0])
         except IntegrityError as exc:
             raise self._unique_violation(table, exc) from None
         self.created[(table.name, pk)] = values["id"]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-from sqlalchemy import Connection, bindparam, func, insert, literal, select, update
+from sqlalchemy import Connection, bindparam, func, insert, literal_column, select, update
 
 from hifhir.store.fast import DriverQuery
 from hifhir.store.tables import code_list_entry
@@ -119,8 +119,11 @@ def code_display(conn: Connection, list_name: str, code: str) -> str | None:
 @functools.cache
 def _displays(list_names: tuple[str, ...]) -> DriverQuery:
     # One prebuilt statement per set of lists (renders ask for a few fixed sets, e.g. at every Group re-version).
+    # The names are written into the statement (server constants, not input): as parameters, PostgreSQL planned
+    # the statement anew at every execution (the lists' sizes differ, so a custom plan looks cheaper).
+    names = [literal_column("'" + name.replace("'", "''") + "'") for name in list_names]
     return DriverQuery(select(code_list_entry.c.list_name, code_list_entry.c.code, code_list_entry.c.display).where(
-        code_list_entry.c.list_name.in_([literal(name) for name in list_names])))
+        code_list_entry.c.list_name.in_(names)))
 
 
 def displays_of(conn: Connection, list_names: tuple[str, ...]) -> dict[str, dict[str, str]]:

@@ -512,14 +512,20 @@ class _Lookup:
         by_pk = stmt.where(table.c.pk == bindparam("pk"))
         if lock:  # the family / policy holder row serialises enrolments of the same owner
             by_id, by_pk = by_id.with_for_update(of=table), by_pk.with_for_update(of=table)
-        self.by_id, self.by_pk = by_id, by_pk
-        self.fast_by_id = FastStatement(by_id) if fast else None
+        # Through the driver: plain columns as they are (FastStatement), typed ones converted (DriverQuery).
+        self.by_id: FastStatement | DriverQuery = FastStatement(by_id) if fast else DriverQuery(by_id)
+        self.by_pk: FastStatement | DriverQuery = FastStatement(by_pk) if fast else DriverQuery(by_pk)
 
     def find(self, conn: Connection, rid: str) -> Any:
-        if self.fast_by_id is not None:
-            rows = self.fast_by_id.execute(conn, {"id": rid})
-            return rows[0] if rows else None
-        return conn.execute(self.by_id, {"id": rid}).first()
+        return _first(self.by_id, conn, {"id": rid})
+
+    def get(self, conn: Connection, pk: int) -> Any:
+        return _first(self.by_pk, conn, {"pk": pk})
+
+
+def _first(statement: FastStatement | DriverQuery, conn: Connection, params: dict[str, Any]) -> Any:
+    rows = statement.execute(conn, params) if isinstance(statement, FastStatement) else statement.rows(conn, params)
+    return rows[0] if rows else None
 
 
 _LOOKUPS = {
@@ -570,7 +576,9 @@ def _fetch(ctx: WriteContext, ref: Any, rtype: str, kind_name: str, table_name: 
         if row is not None:
             return row
     pk = ctx.resolve(ref, [rtype], expression, kinds=[kind_name])[1]
-    return ctx.conn.execute(lookup.by_pk, {"pk": pk}).one()
+    row = lookup.get(ctx.conn, pk)
+    assert row is not None  # ctx.resolve found it current in this transaction
+    return row
 
 
 # --- render ----------------------------------------------------------------------------------------------------
