@@ -504,36 +504,30 @@ _HOLDER_INFO = select(
 
 
 class _Lookup:
-    """A row by current id (a literal reference) or by pk (after `ctx.resolve`). `fast`: the selected columns
-    need no result processing (integers, strings, booleans), so the driver-level statement can run it."""
+    """A row by current id (a literal reference) or by pk (after `ctx.resolve`), through the driver."""
 
-    def __init__(self, stmt: Any, table: Any, *, lock: bool = False, fast: bool = False) -> None:
+    def __init__(self, stmt: Any, table: Any, *, lock: bool = False) -> None:
         by_id = stmt.where(table.c.id == bindparam("id"), is_current(table))
         by_pk = stmt.where(table.c.pk == bindparam("pk"))
         if lock:  # the family / policy holder row serialises enrolments of the same owner
             by_id, by_pk = by_id.with_for_update(of=table), by_pk.with_for_update(of=table)
-        # Through the driver: plain columns as they are (FastStatement), typed ones converted (DriverQuery).
-        self.by_id: FastStatement | DriverQuery = FastStatement(by_id) if fast else DriverQuery(by_id)
-        self.by_pk: FastStatement | DriverQuery = FastStatement(by_pk) if fast else DriverQuery(by_pk)
+        self.by_id, self.by_pk = DriverQuery(by_id), DriverQuery(by_pk)
 
     def find(self, conn: Connection, rid: str) -> Any:
-        return _first(self.by_id, conn, {"id": rid})
+        rows = self.by_id.rows(conn, {"id": rid})
+        return rows[0] if rows else None
 
     def get(self, conn: Connection, pk: int) -> Any:
-        return _first(self.by_pk, conn, {"pk": pk})
-
-
-def _first(statement: FastStatement | DriverQuery, conn: Connection, params: dict[str, Any]) -> Any:
-    rows = statement.execute(conn, params) if isinstance(statement, FastStatement) else statement.rows(conn, params)
-    return rows[0] if rows else None
+        rows = self.by_pk.rows(conn, {"pk": pk})
+        return rows[0] if rows else None
 
 
 _LOOKUPS = {
-    "family": _Lookup(_FAMILY_INFO, family, lock=True, fast=True),
-    "policy_holder": _Lookup(_HOLDER_INFO, policy_holder, lock=True, fast=True),
-    "product": _Lookup(select(product), product),  # dates and amounts: typed results
-    "officer": _Lookup(select(officer.c.pk, officer.c.id, officer.c.code, officer.c.location_pk), officer, fast=True),
-    "insuree": _Lookup(select(insuree.c.pk, insuree.c.id, insuree.c.chf_id), insuree, fast=True),
+    "family": _Lookup(_FAMILY_INFO, family, lock=True),
+    "policy_holder": _Lookup(_HOLDER_INFO, policy_holder, lock=True),
+    "product": _Lookup(select(product), product),
+    "officer": _Lookup(select(officer.c.pk, officer.c.id, officer.c.code, officer.c.location_pk), officer),
+    "insuree": _Lookup(select(insuree.c.pk, insuree.c.id, insuree.c.chf_id), insuree),
 }
 _CONVERSIONS = select(product.c.pk, product.c.conversion_product_pk).where(
     product.c.conversion_product_pk.is_not(None), is_current(product))
