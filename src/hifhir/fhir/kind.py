@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import orjson
 from sqlalchemy import Connection, Row, Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.sql import ClauseElement
 
 from hifhir.fhir.errors import FhirError, business_rule, conflict
 from hifhir.store.fast import DriverQuery, MultiRowInsert, any_pk
@@ -110,18 +109,6 @@ class ResourceKind:
         if for_update:
             stmt = stmt.with_for_update()
         return conn.execute(stmt).first()
-
-
-@functools.cache
-def _insert_statement(table: Table) -> Any:
-    # Executed with a dict of column values: `.values(**…)` would coerce every value into a new statement per
-    # call, which costs more than the INSERT itself.
-    return insert(table)
-
-
-@functools.cache
-def _update_statement(table: Table) -> Any:
-    return update(table).where(table.c.pk == bindparam("target_pk"))
 
 
 def _set_values(table: Table, columns: tuple[str, ...]) -> dict[str, Any]:
@@ -236,11 +223,8 @@ class WriteContext:
         """Insert a new entity already at version 1, so that flush needs no version bump for it."""
         row = {**values, "version_id": 1, "last_updated": self.now}
         try:
-            if any(isinstance(v, ClauseElement) for v in row.values()):
-                pk = int(self.conn.execute(_insert_statement(table), row).inserted_primary_key[0])
-            else:
-                params = {"set_" + k: v for k, v in row.items()}
-                pk = int(_insert_query(table, tuple(row)).rows(self.conn, params)[0][0])
+            params = {"set_" + k: v for k, v in row.items()}
+            pk = int(_insert_query(table, tuple(row)).rows(self.conn, params)[0][0])
         except IntegrityError as exc:
             raise self._unique_violation(table, exc) from None
         self.created[(table.name, pk)] = values["id"]
@@ -248,11 +232,8 @@ class WriteContext:
 
     def update(self, table: Table, pk: int, values: dict[str, Any]) -> None:
         try:
-            if any(isinstance(v, ClauseElement) for v in values.values()):
-                self.conn.execute(_update_statement(table), {**values, "target_pk": pk})
-            else:
-                _update_query(table, tuple(values)).run(
-                    self.conn, {"target_pk": pk, **{"set_" + k: v for k, v in values.items()}})
+            _update_query(table, tuple(values)).run(
+                self.conn, {"target_pk": pk, **{"set_" + k: v for k, v in values.items()}})
         except IntegrityError as exc:
             raise self._unique_violation(table, exc) from None
 

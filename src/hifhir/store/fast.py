@@ -26,13 +26,42 @@ from sqlalchemy.types import TypeDecorator
 STATEMENT_OBSERVERS: list[Callable[[str], None]] = []
 
 
-def _observe(sql: str) -> None:
+def _on_driver(conn: Connection, sql: str, args: Any, *, fetch: bool,
+               make_cursor: Callable[[Any], Any] | None = None) -> Any:
+    """Run one statement on the DB-API connection of the caller's transaction: (description, rows) when `fetch`,
+    else the number of rows changed. Driver errors are raised wrapped as SQLAlchemy's (`IntegrityError`,
+    `OperationalError`…), as `Connection.execute` would raise them, for the callers."""
+    raw = conn.connection.driver_connection
+    assert raw is not None
     for observer in STATEMENT_OBSERVERS:
         observer(sql)
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    try:
+        cursor = raw.cursor() if make_cursor is None else make_cursor(raw)
+        try:
+            cursor.execute(sql, args)
+            if not fetch:
+                return cursor.rowcount
+            description = cursor.description
+            return description, (cursor.fetchall() if description is not None else [])
+        finally:
+            cursor.close()
+    except dbapi_error as exc:
+        raise DBAPIError.instance(sql, args, exc, dbapi_error, dialect=conn.dialect) from exc
+
+
+def _binary_cursor(raw: Any) -> Any:
+    return raw.cursor(binary=True)
+
+
+def _raw_cursor(raw: Any) -> Any:
+    from psycopg import RawCursor
+
+    return RawCursor(raw)
 
 
 class FastStatement:
-    """A statement without expanding parameters, executed with `exec_driver_sql` and positional values."""
+    """A statement without expanding parameters and without type conversions, run on the driver."""
 
     def __init__(self, statement: Executable) -> None:
         self._statement = statement
@@ -59,24 +88,8 @@ class FastStatement:
         sql, order, positional, defaults = self._for(conn)
         values = {**defaults, **params}
         args = tuple(values[k] for k in order) if positional else {k: values[k] for k in order}
-        raw = conn.connection.driver_connection
-        assert raw is not None
-        dbapi_error = conn.dialect.loaded_dbapi.Error
-        if STATEMENT_OBSERVERS:
-            _observe(sql)
-        try:
-            if binary and conn.dialect.name == "postgresql":
-                cursor = raw.cursor(binary=True)  # type: ignore[call-arg]
-                cursor.execute(sql, args)
-            else:
-                cursor = raw.execute(sql, args)
-            try:
-                description = cursor.description
-                fetched = cursor.fetchall() if description is not None else []
-            finally:
-                cursor.close()
-        except dbapi_error as exc:  # as SQLAlchemy wraps it (IntegrityError, OperationalError…), for the callers
-            raise DBAPIError.instance(sql, args, exc, dbapi_error, dialect=conn.dialect) from exc
+        binary_cursor = _binary_cursor if binary and conn.dialect.name == "postgresql" else None
+        description, fetched = _on_driver(conn, sql, args, fetch=True, make_cursor=binary_cursor)
         if not fetched:
             return []
         make = _row_class_of(tuple(d[0] for d in description))._make  # type: ignore[attr-defined]
@@ -190,25 +203,10 @@ class DriverQuery:
 
     @staticmethod
     def _execute(conn: Connection, sql: str, args: Any, *, fetch: bool) -> list[Any] | int:
-        raw = conn.connection.driver_connection
-        assert raw is not None
-        dbapi_error = conn.dialect.loaded_dbapi.Error
-        if STATEMENT_OBSERVERS:
-            _observe(sql)
-        try:
-            if conn.dialect.name == "postgresql":
-                from psycopg import RawCursor
-
-                cursor = RawCursor(raw)  # type: ignore[arg-type]
-                cursor.execute(sql, args)
-            else:
-                cursor = raw.execute(sql, args)
-            try:
-                return cursor.fetchall() if fetch else cursor.rowcount
-            finally:
-                cursor.close()
-        except dbapi_error as exc:  # as SQLAlchemy wraps it (IntegrityError, OperationalError…), for the callers
-            raise DBAPIError.instance(sql, args, exc, dbapi_error, dialect=conn.dialect) from exc
+        # PostgreSQL statements are compiled to `$n` placeholders (_dollar_placeholders): a RawCursor sends them.
+        found = _on_driver(conn, sql, args, fetch=fetch,
+                           make_cursor=_raw_cursor if conn.dialect.name == "postgresql" else None)
+        return found[1] if fetch else found
 
 
 _NAMED = re.compile(r"%\(([^)]+)\)s|%%")
@@ -249,20 +247,11 @@ class MultiRowInsert:
         return self._head + ", ".join([row] * n)
 
     def execute(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-        raw = conn.connection.driver_connection
-        assert raw is not None
         dialect = conn.dialect.name
-        dbapi_error = conn.dialect.loaded_dbapi.Error
         for start in range(0, len(rows), self._MAX_ROWS):
             chunk = rows[start:start + self._MAX_ROWS]
-            sql = self._sql(dialect, len(chunk))
             args = [row[c] for row in chunk for c in self._columns]
-            if STATEMENT_OBSERVERS:
-                _observe(sql)
-            try:
-                raw.execute(sql, args).close()
-            except dbapi_error as exc:
-                raise DBAPIError.instance(sql, args, exc, dbapi_error, dialect=conn.dialect) from exc
+            _on_driver(conn, self._sql(dialect, len(chunk)), args, fetch=False)
 
 
 # --- any number of pks as one bind parameter ------------------------------------------------------------------
