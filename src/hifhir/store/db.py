@@ -58,7 +58,11 @@ def make_engine(url: str, *, cache_kib: int = 4096, pool_size: int = 4) -> Engin
                 "BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
 
         return engine
-    return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=False)
+    engine = create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=False)
+    from hifhir.store.fast import pg_commit
+
+    engine.dialect.do_commit = pg_commit  # type: ignore[method-assign]  # every request's COMMIT (store/fast)
+    return engine
 
 
 class Checkpointer:
