@@ -383,22 +383,16 @@ class _AnyPk(FunctionElement[Any]):
 # PostgreSQL plans `= ANY($1)` anew at every execution of a prepared statement (a custom plan for the array it is
 # given looks cheaper than the generic one, estimated for 10 elements): up to 1.7 ms of planning for a Patient
 # render's joins, at every write. DriverQuery therefore runs a small array through a variant `IN ($1[1], …, $1[n])`
-# with n the next power of two (subscripts past the array's end are NULL, which matches nothing): its generic plan
-# costs what a custom one would, and the server keeps it. Larger arrays keep `= ANY`.
+# with n its length: its generic plan costs what a custom one would, and the server keeps it. (Slots past the end of
+# a shorter array would be NULLs, which a custom plan counts as no row: with them, the custom plans of a family's
+# render looked cheaper than the generic one and were made again at every execution.) Larger arrays keep `= ANY`.
 _MAX_PK_SLOTS = 32
 
 
 def _pk_slots(arrays: list[Any]) -> int:
     """The variant of a statement for these any_pk arrays: n slots, or 0 for `= ANY` (see _MAX_PK_SLOTS)."""
-    if not arrays:
-        return 0
-    longest = max(len(a) for a in arrays)
-    if longest > _MAX_PK_SLOTS:
-        return 0
-    slots = 1
-    while slots < longest:
-        slots *= 2
-    return slots
+    longest = max((len(a) for a in arrays), default=0)
+    return longest if longest <= _MAX_PK_SLOTS else 0
 
 
 @compiles(_AnyPk)
