@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, bindparam, insert, select
+from sqlalchemy import Engine, bindparam, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from hifhir.store import fast
-from hifhir.store.fast import DriverQuery, FastStatement
+from hifhir.store import pg_direct
+from hifhir.store.fast import DriverQuery, FastStatement, MultiRowInsert
 from hifhir.store.tables import code_list_entry
 
 LIST = "test-driver-statements"
@@ -35,7 +35,7 @@ def paths(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
     """How each PostgreSQL statement ran: `prepared` (libpq, psycopg's prepared name), `cursor` (psycopg's cursor)
     or `error` (raised on the prepared path)."""
     seen: Counter[str] = Counter()
-    original = fast._pg_prepared
+    original = pg_direct.execute
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -43,10 +43,10 @@ def paths(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
         except Exception:
             seen["error"] += 1
             raise
-        seen["cursor" if result is fast._NOT_PREPARED else "prepared"] += 1
+        seen["cursor" if result is pg_direct.NOT_PREPARED else "prepared"] += 1
         return result
 
-    monkeypatch.setattr(fast, "_pg_prepared", spy)
+    monkeypatch.setattr(pg_direct, "execute", spy)
     yield seen
 
 
@@ -95,3 +95,76 @@ def test_a_unique_violation_on_a_prepared_statement_is_an_integrity_error_and_th
     if engine.dialect.name == "postgresql":
         assert refused == 1  # the duplicate was refused on the prepared path
         assert paths["prepared"] == 2  # prepared anew by psycopg's cursor, then through libpq again
+
+
+# --- statements that wait for the next round trip (PostgreSQL; SQLite runs them at once) --------------------------
+
+_INSERT = MultiRowInsert(code_list_entry, ("list_name", "code", "display"))
+
+
+def _row(code: str) -> dict[str, Any]:
+    return {"list_name": LIST, "code": code, "display": f"Entry {code}"}
+
+
+def _codes(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        return list(conn.execute(select(code_list_entry.c.code).where(code_list_entry.c.list_name == LIST)
+                                 .order_by(code_list_entry.c.code)).scalars())
+
+
+@pytest.fixture
+def cleanup(engine: Engine) -> Iterator[None]:
+    yield
+    with engine.begin() as conn:
+        conn.execute(delete(code_list_entry).where(code_list_entry.c.list_name == LIST))
+
+
+def test_a_deferred_insert_runs_before_the_next_statement_and_with_the_commit(engine: Engine,
+                                                                              cleanup: None) -> None:
+    with engine.connect() as conn:
+        conn.begin()
+        for i in range(6):
+            _INSERT.execute(conn, [_row(f"P{i}")])  # psycopg prepares it
+        _INSERT.execute(conn, [_row("Q1")], defer=True)
+        if engine.dialect.name == "postgresql":  # Q1 waits for the next round trip
+            assert len(pg_direct._SESSIONS[conn.connection.driver_connection].deferred) == 1
+        seen_by_driver = [r.code for r in _ENTRIES.rows(conn, {"name": LIST})]
+        _INSERT.execute(conn, [_row("Q2")], defer=True)
+        seen_by_sqlalchemy = list(conn.execute(
+            select(code_list_entry.c.code).where(code_list_entry.c.list_name == LIST)
+            .order_by(code_list_entry.c.code)).scalars())
+        _INSERT.execute(conn, [_row("Q3")], defer=True)
+        conn.commit()
+
+    assert seen_by_driver[-1] == "Q1"
+    assert seen_by_sqlalchemy[-2:] == ["Q1", "Q2"]
+    assert _codes(engine) == ["P0", "P1", "P2", "P3", "P4", "P5", "Q1", "Q2", "Q3"]
+
+
+def test_a_deferred_insert_that_fails_fails_the_commit_and_nothing_is_written(engine: Engine,
+                                                                              cleanup: None) -> None:
+    with engine.connect() as conn:
+        conn.begin()
+        for i in range(6):
+            _INSERT.execute(conn, [_row(f"R{i}")])
+        with pytest.raises(IntegrityError):
+            _INSERT.execute(conn, [_row("R0")], defer=True)  # a duplicate: refused when it is sent
+            conn.commit()
+        conn.rollback()
+
+    assert _codes(engine) == []
+
+
+def test_a_rollback_drops_the_deferred_insert(engine: Engine, cleanup: None) -> None:
+    with engine.connect() as conn:
+        conn.begin()
+        for i in range(6):
+            _INSERT.execute(conn, [_row(f"S{i}")])
+        _INSERT.execute(conn, [_row("S9")], defer=True)
+        conn.rollback()
+
+        conn.begin()
+        _INSERT.execute(conn, [_row("T1")])
+        conn.commit()
+
+    assert _codes(engine) == ["T1"]

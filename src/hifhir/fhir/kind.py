@@ -368,8 +368,8 @@ class WriteContext:
             row = self.conn.execute(select(t.c.id, t.c.version_id).where(t.c.pk == pk)).one()
             out[(kind.name, pk)] = Written(kind, pk, row.id, row.version_id, self.now, None, "delete")
             history_rows.append(self._history_row(kind, row.id, row.version_id, "delete", None))
-        if history_rows:
-            _HISTORY_INSERT.execute(self.conn, history_rows)
+        if history_rows:  # no one waits for it: on PostgreSQL it may travel with the next statement or the COMMIT
+            _HISTORY_INSERT.execute(self.conn, history_rows, defer=True)
         if out and FLUSH_OBSERVERS:
             written = list(out.values())
             for observer in FLUSH_OBSERVERS:

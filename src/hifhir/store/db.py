@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 
+from hifhir.store import pg_direct
+
 
 def make_engine(url: str, *, cache_kib: int = 4096, pool_size: int = 4) -> Engine:
     """`cache_kib`, `pool_size`: SQLite's page cache per connection and the pool size (a background writer that
@@ -59,9 +61,15 @@ def make_engine(url: str, *, cache_kib: int = 4096, pool_size: int = 4) -> Engin
 
         return engine
     engine = create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=False)
-    from hifhir.store.fast import pg_commit
+    # store/pg_direct: every request's COMMIT through libpq, with the statements waiting for a round trip; a
+    # rollback drops them; any other statement sends them first.
+    engine.dialect.do_commit = pg_direct.commit  # type: ignore[method-assign]
+    engine.dialect.do_rollback = pg_direct.rollback  # type: ignore[method-assign]
 
-    engine.dialect.do_commit = pg_commit  # type: ignore[method-assign]  # every request's COMMIT (store/fast)
+    @event.listens_for(engine, "before_cursor_execute")
+    def _deferred_first(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        pg_direct.drain(conn.connection.driver_connection)
+
     return engine
 
 

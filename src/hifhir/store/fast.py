@@ -21,18 +21,22 @@ from sqlalchemy.sql import Executable
 from sqlalchemy.sql.expression import FunctionElement
 from sqlalchemy.types import TypeDecorator
 
+from hifhir.store import pg_direct
+
 # Called with each statement these classes send to the driver, which SQLAlchemy's cursor events do not see (tests
 # count a request's statements with both).
 STATEMENT_OBSERVERS: list[Callable[[str], None]] = []
 
 
 def _on_driver(conn: Connection, sql: str, args: Any, *, fetch: bool, describe: bool = False,
-               make_cursor: Callable[[Any], Any] | None = None) -> Any:
+               make_cursor: Callable[[Any], Any] | None = None, defer: bool = False) -> Any:
     """Run one statement on the DB-API connection of the caller's transaction: its rows when `fetch` — with
     `describe`, (column names, rows) —, else the number of rows changed. Only a caller that does not know its
     statement's columns asks for them: psycopg builds a description object per column at each access (an
-    eligibility enquiry's 60 columns cost more than its insert). Driver errors are raised wrapped as SQLAlchemy's
-    (`IntegrityError`, `OperationalError`…), as `Connection.execute` would raise them, for the callers."""
+    eligibility enquiry's 60 columns cost more than its insert). On PostgreSQL a statement psycopg has prepared goes
+    through libpq (`store.pg_direct`), and with `defer` (no result wanted) it may wait for the next round trip.
+    Driver errors are raised wrapped as SQLAlchemy's (`IntegrityError`, `OperationalError`…), as
+    `Connection.execute` would raise them, for the callers."""
     raw = conn.connection.driver_connection
     assert raw is not None
     for observer in STATEMENT_OBSERVERS:
@@ -40,10 +44,11 @@ def _on_driver(conn: Connection, sql: str, args: Any, *, fetch: bool, describe: 
     dbapi_error = conn.dialect.loaded_dbapi.Error
     try:
         if conn.dialect.name == "postgresql":
-            done = _pg_prepared(conn, raw, sql, args, fetch=fetch, describe=describe,
-                                raw_query=make_cursor is _raw_cursor, binary=make_cursor is _binary_cursor)
-            if done is not _NOT_PREPARED:
+            done = pg_direct.execute(raw, sql, args, fetch=fetch, describe=describe, defer=defer,
+                                     raw_query=make_cursor is _raw_cursor, binary=make_cursor is _binary_cursor)
+            if done is not pg_direct.NOT_PREPARED:
                 return done
+            pg_direct.drain(raw)
         cursor = raw.cursor() if make_cursor is None else make_cursor(raw)
         try:
             cursor.execute(sql, args)
@@ -59,89 +64,6 @@ def _on_driver(conn: Connection, sql: str, args: Any, *, fetch: bool, describe: 
             cursor.close()
     except dbapi_error as exc:
         raise DBAPIError.instance(sql, args, exc, dbapi_error, dialect=conn.dialect) from exc
-
-
-# --- PostgreSQL: a statement psycopg has prepared, executed without its cursor ---------------------------------
-
-_NOT_PREPARED = object()
-_PG_STATE = "hifhir.pg_fast"
-
-
-def _pg_prepared(conn: Connection, raw: Any, sql: str, args: Any, *, fetch: bool, describe: bool, raw_query: bool,
-                 binary: bool) -> Any:
-    """Execute a statement psycopg has already prepared on this connection straight through libpq
-    (`PGconn.exec_prepared`), its parameters dumped and its rows loaded by psycopg's own adapters: ~12 µs of
-    client CPU instead of ~40 through a cursor (its generators, wait loop and result bookkeeping), for every hot
-    statement of a request. `_NOT_PREPARED` when it does not apply, and the caller's cursor runs it instead:
-    * psycopg has not prepared it (yet: it prepares a statement at its 5th execution; or no more: psycopg drops all
-      its prepared statements at a rollback, and the least used beyond `prepared_max`) — its own registry of names
-      is the one consulted, so a name used here is always one the server has;
-    * psycopg is in pipeline mode, or the connection is in a failed transaction.
-    A statement that opens the transaction is preceded by psycopg's own BEGIN (with the isolation level)."""
-    from psycopg import errors, pq
-
-    pgconn = raw.pgconn
-    if raw._pipeline is not None:
-        return _NOT_PREPARED
-    begin = not raw.autocommit and pgconn.transaction_status != pq.TransactionStatus.INTRANS
-    if begin and pgconn.transaction_status != pq.TransactionStatus.IDLE:
-        return _NOT_PREPARED  # a failed transaction: psycopg's cursor reports it
-    info = conn.connection.info
-    state = info.get(_PG_STATE)
-    if state is None or state[0] is not raw:
-        state = info[_PG_STATE] = _pg_state(raw)
-    _, transformer, raw_convert, convert = state
-    query = raw_convert if raw_query else convert
-    query.convert(sql, args)
-    name = raw._prepared._names.get((query.query, query.types))
-    if name is None:
-        return _NOT_PREPARED
-    if begin:  # the transaction psycopg would open (its BEGIN, with the connection's isolation level)
-        started = pgconn.exec_(raw._get_tx_start_command())
-        if started.status != pq.ExecStatus.COMMAND_OK:
-            raise errors.error_from_result(started, encoding=raw.info.encoding)
-    result = pgconn.exec_prepared(name, query.params, query.formats,
-                                  result_format=pq.Format.BINARY if binary else pq.Format.TEXT)
-    status = result.status
-    if status == pq.ExecStatus.TUPLES_OK:
-        if not fetch:
-            return int(result.command_tuples or 0)
-        transformer.set_pgresult(result)
-        rows = transformer.load_rows(0, result.ntuples, tuple)
-        transformer.set_pgresult(None)
-        if describe:
-            return tuple(result.fname(i).decode() for i in range(result.nfields)), rows
-        return rows
-    if status == pq.ExecStatus.COMMAND_OK:
-        if not fetch:
-            return int(result.command_tuples or 0)
-        return ((), []) if describe else []
-    raise errors.error_from_result(result, encoding=raw.info.encoding)
-
-
-def pg_commit(raw: Any) -> None:
-    """The COMMIT of a transaction in progress, straight through libpq (the dialect's `do_commit` on PostgreSQL:
-    psycopg's own costs ~25 µs of its generators at every write request); anything else — no transaction, a failed
-    one, pipeline mode, psycopg's transaction blocks — is psycopg's `commit()`."""
-    from psycopg import errors, pq
-
-    pgconn = raw.pgconn
-    if (pgconn.transaction_status != pq.TransactionStatus.INTRANS or raw._pipeline is not None
-            or raw._num_transactions or raw._tpc):
-        raw.commit()
-        return
-    result = pgconn.exec_(b"COMMIT")
-    if result.status != pq.ExecStatus.COMMAND_OK:
-        raise errors.error_from_result(result, encoding=raw.info.encoding)
-
-
-def _pg_state(raw: Any) -> tuple[Any, Any, Any, Any]:
-    """Per DB-API connection: psycopg's adapters (a Transformer) and its query converters for `$n` and `%s`."""
-    from psycopg._queries import PostgresQuery, PostgresRawQuery  # psycopg's own conversion: the same key
-    from psycopg.adapt import Transformer
-
-    transformer = Transformer(raw)
-    return raw, transformer, PostgresRawQuery(Transformer(raw)), PostgresQuery(Transformer(raw))
 
 
 def _binary_cursor(raw: Any) -> Any:
@@ -344,12 +266,14 @@ class MultiRowInsert:
         row = "(" + ", ".join([mark] * len(self._columns)) + ")"
         return self._head + ", ".join([row] * n)
 
-    def execute(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    def execute(self, conn: Connection, rows: Sequence[dict[str, Any]], *, defer: bool = False) -> None:
+        """`defer`: an insert of one chunk may wait for the transaction's next round trip (`_on_driver`)."""
         dialect = conn.dialect.name
+        defer = defer and len(rows) <= self._MAX_ROWS
         for start in range(0, len(rows), self._MAX_ROWS):
             chunk = rows[start:start + self._MAX_ROWS]
             args = [row[c] for row in chunk for c in self._columns]
-            _on_driver(conn, self._sql(dialect, len(chunk)), args, fetch=False)
+            _on_driver(conn, self._sql(dialect, len(chunk)), args, fetch=False, defer=defer)
 
 
 # --- any number of pks as one bind parameter ------------------------------------------------------------------

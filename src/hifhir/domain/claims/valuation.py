@@ -107,6 +107,7 @@ from hifhir.domain.claims import (
 )
 from hifhir.domain.eligibility import ADULT_AGE, CARE, CATEGORIES, SCOPES
 from hifhir.domain.policy import age_on
+from hifhir.store import pg_direct
 from hifhir.store.fast import DriverQuery
 from hifhir.store.tables import (
     CLAIM_CHECKED,
@@ -302,6 +303,8 @@ def _write(conn: Connection, batches: Sequence[tuple[_Dml, Sequence[dict[str, An
     raw = conn.connection.driver_connection
     assert raw is not None
     bound = [dml.bound(conn, rows) for dml, rows in batches if rows]
+    if conn.dialect.name == "postgresql":
+        pg_direct.drain(raw)  # statements left waiting for a round trip go first
     dbapi_error = conn.dialect.loaded_dbapi.Error
     sql, args = "", []
     try:

@@ -1,0 +1,191 @@
+"""PostgreSQL statements that psycopg has prepared, run straight through libpq.
+
+A statement through a psycopg cursor costs ~40 µs of client CPU (its generators, wait loop and result
+bookkeeping); `PGconn.exec_prepared`, with the parameters dumped and the rows loaded by psycopg's own adapters,
+~12 µs. Every request runs a dozen or more statements, so this is where the hot statements of `store.fast` go.
+
+Round trips cost both sides ~25 µs of CPU each (the server's part is its per-message work, whatever the
+statement), so this module also saves some:
+* a statement that opens a transaction is sent with psycopg's BEGIN (with the isolation level) in one pipeline;
+* a statement whose outcome nobody waits for (the history rows of a flush: `defer=True`) waits on the connection
+  and goes in the pipeline of whatever comes next — the next statement, or the COMMIT (`commit`, the dialect's
+  `do_commit`): statements still run in the order they were issued, and an error of a deferred one is raised by
+  the statement or the COMMIT it travelled with, failing the transaction as it would have. A rollback drops them
+  (`rollback`, the dialect's `do_rollback`); anything else on the connection sends them first (`drain`; the engine
+  calls it before each SQLAlchemy statement).
+
+psycopg stays the owner of the prepared statements: its registry of names is the one consulted, so a name used here
+is one the server has. A statement psycopg has not prepared (it prepares at the 6th execution; it drops them all at
+a rollback, and the least used beyond `prepared_max`) is left to its cursor (`NOT_PREPARED`). These are psycopg
+internals (`_prepared`, `_pipeline`, `_get_tx_start_command`, `psycopg._queries`): pyproject pins psycopg 3.3, and
+tests/http/test_driver_statements.py checks that statements take this path.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg import errors, pq
+
+NOT_PREPARED = object()
+
+_IDLE, _INTRANS = pq.TransactionStatus.IDLE, pq.TransactionStatus.INTRANS
+_TUPLES_OK, _COMMAND_OK = pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK
+_PIPELINE_SYNC = pq.ExecStatus.PIPELINE_SYNC
+_TEXT, _BINARY = pq.Format.TEXT, pq.Format.BINARY
+_COMMIT = b"COMMIT"
+
+# (statement name or None for a command, the command, parameters, parameter formats, result format)
+_Step = tuple[bytes | None, bytes, Sequence[Any] | None, Sequence[Any] | None, pq.Format]
+
+
+@dataclass(slots=True)
+class _Session:
+    """What one psycopg connection keeps here: psycopg's adapters and query converters, and the deferred steps."""
+
+    transformer: Any
+    raw_query: Any  # `$n` placeholders (RawCursor's conversion)
+    query: Any  # `%s` / `%(name)s` placeholders (Cursor's)
+    deferred: list[_Step] = field(default_factory=list)
+
+
+_SESSIONS: weakref.WeakKeyDictionary[Any, _Session] = weakref.WeakKeyDictionary()
+
+
+def _session(raw: Any) -> _Session:
+    session = _SESSIONS.get(raw)
+    if session is None:
+        from psycopg._queries import PostgresQuery, PostgresRawQuery  # psycopg's conversion: its keys
+        from psycopg.adapt import Transformer
+
+        session = _SESSIONS[raw] = _Session(Transformer(raw), PostgresRawQuery(Transformer(raw)),
+                                            PostgresQuery(Transformer(raw)))
+    return session
+
+
+def execute(raw: Any, sql: str, args: Any, *, fetch: bool, describe: bool, raw_query: bool, binary: bool,
+            defer: bool = False) -> Any:
+    """Run `sql` if psycopg has prepared it on `raw`: its rows when `fetch` (with `describe`, (names, rows)), else
+    the number of rows changed (0 for a deferred statement). `NOT_PREPARED` (nothing sent, deferred steps
+    included) when it does not apply: psycopg has not prepared it, psycopg is in pipeline mode, or the transaction
+    has failed (psycopg's cursor reports that)."""
+    pgconn = raw.pgconn
+    if raw._pipeline is not None:
+        return NOT_PREPARED
+    status = pgconn.transaction_status
+    begin = False
+    if not raw.autocommit and status != _INTRANS:
+        if status != _IDLE:
+            return NOT_PREPARED
+        begin = True
+    session = _session(raw)
+    query = session.raw_query if raw_query else session.query
+    query.convert(sql, args)
+    name = raw._prepared._names.get((query.query, query.types))
+    if name is None:
+        return NOT_PREPARED
+    step: _Step = (name, b"", query.params, query.formats, _BINARY if binary else _TEXT)
+    if defer and status == _INTRANS and not fetch:  # a transaction's COMMIT will carry it, at the latest
+        session.deferred.append(step)
+        return 0
+    steps = [(None, raw._get_tx_start_command(), None, None, _TEXT)] if begin else []
+    if session.deferred:
+        steps += session.deferred
+        session.deferred = []
+    if steps:
+        steps.append(step)
+        result = _pipeline(raw, steps)[-1]
+    else:
+        result = pgconn.exec_prepared(name, query.params, query.formats, result_format=step[4])
+        _check(raw, result)
+    if not fetch:
+        return int(result.command_tuples or 0)
+    if result.status != _TUPLES_OK:
+        return ((), []) if describe else []
+    transformer = session.transformer
+    transformer.set_pgresult(result)
+    rows = transformer.load_rows(0, result.ntuples, tuple)
+    transformer.set_pgresult(None)
+    if describe:
+        return tuple(result.fname(i).decode() for i in range(result.nfields)), rows
+    return rows
+
+
+def drain(raw: Any) -> None:
+    """Send the deferred steps of `raw` now (before a statement that does not come through `execute`)."""
+    session = _SESSIONS.get(raw)
+    if session is not None and session.deferred:
+        steps, session.deferred = session.deferred, []
+        _pipeline(raw, steps)
+
+
+def _driver(connection: Any) -> Any:
+    """The psycopg connection of what SQLAlchemy hands a dialect's `do_commit`/`do_rollback` (a pool proxy)."""
+    return getattr(connection, "dbapi_connection", connection)
+
+
+def commit(connection: Any) -> None:
+    """The COMMIT of a transaction in progress, with the deferred steps, in one round trip (the dialect's
+    `do_commit`); anything else — no transaction, a failed one, pipeline mode, psycopg's transaction blocks — is
+    psycopg's `commit()`, after the deferred steps."""
+    raw = _driver(connection)
+    if (raw.pgconn.transaction_status != _INTRANS or raw._pipeline is not None or raw._num_transactions
+            or raw._tpc):
+        drain(raw)
+        raw.commit()
+        return
+    session = _SESSIONS.get(raw)
+    steps = session.deferred if session is not None else []
+    if session is not None:
+        session.deferred = []
+    _pipeline(raw, [*steps, (None, _COMMIT, None, None, _TEXT)])
+
+
+def rollback(connection: Any) -> None:
+    """The dialect's `do_rollback`: the deferred steps are dropped with the transaction."""
+    raw = _driver(connection)
+    session = _SESSIONS.get(raw)
+    if session is not None:
+        session.deferred = []
+    raw.rollback()
+
+
+def _pipeline(raw: Any, steps: list[_Step]) -> list[Any]:
+    """Send the steps in one libpq pipeline (one round trip) and return their results; the first failure is raised
+    (the steps after it were not run)."""
+    pgconn = raw.pgconn
+    if len(steps) == 1:
+        name, command, params, formats, result_format = steps[0]
+        result = (pgconn.exec_prepared(name, params, formats, result_format=result_format) if name is not None
+                  else pgconn.exec_(command))
+        _check(raw, result)
+        return [result]
+    pgconn.enter_pipeline_mode()
+    results: list[Any] = []
+    try:
+        for name, command, params, formats, result_format in steps:
+            if name is None:
+                pgconn.send_query_params(command, None)
+            else:
+                pgconn.send_query_prepared(name, params, formats, result_format=result_format)
+        pgconn.pipeline_sync()
+        while True:
+            result = pgconn.get_result()
+            if result is None:
+                continue  # the end of one step's results
+            if result.status == _PIPELINE_SYNC:
+                break
+            results.append(result)
+    finally:
+        pgconn.exit_pipeline_mode()
+    for result in results:
+        _check(raw, result)
+    return results
+
+
+def _check(raw: Any, result: Any) -> None:
+    if result.status not in (_TUPLES_OK, _COMMAND_OK):
+        raise errors.error_from_result(result, encoding=raw.info.encoding)
