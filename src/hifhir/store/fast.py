@@ -117,12 +117,24 @@ class FastStatement:
         return [make(row) for row in fetched]
 
     def execute_many(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
-        """An executemany through the driver (for plain INSERTs: no result, no type processing needed)."""
+        """An executemany through the driver (plain values: no result, no type processing needed); on PostgreSQL
+        one libpq pipeline once psycopg has prepared the statement (`store.pg_direct.run_all`)."""
         sql, order, positional, defaults = self._for(conn)
         if positional:
-            conn.exec_driver_sql(sql, [tuple({**defaults, **r}[k] for k in order) for r in rows])
+            arg_sets: list[Any] = [tuple({**defaults, **r}[k] for k in order) for r in rows]
         else:
-            conn.exec_driver_sql(sql, [{k: {**defaults, **r}[k] for k in order} for r in rows])
+            arg_sets = [{k: {**defaults, **r}[k] for k in order} for r in rows]
+        if conn.dialect.name == "postgresql":
+            dbapi_error = conn.dialect.loaded_dbapi.Error
+            try:
+                done = pg_direct.run_all(conn.connection.driver_connection, [(sql, arg_sets)])
+            except dbapi_error as exc:
+                raise DBAPIError.instance(sql, arg_sets, exc, dbapi_error, dialect=conn.dialect) from exc
+            if done:
+                for observer in STATEMENT_OBSERVERS:
+                    observer(sql)
+                return
+        conn.exec_driver_sql(sql, arg_sets)
 
 
 class DriverRow(tuple[Any, ...]):

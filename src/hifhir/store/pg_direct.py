@@ -114,6 +114,29 @@ def execute(raw: Any, sql: str, args: Any, *, fetch: bool, describe: bool, raw_q
     return rows
 
 
+def run_all(raw: Any, statements: Sequence[tuple[str, Sequence[Any]]]) -> bool:
+    """Run each statement (`%s` / `%(name)s` placeholders) once per parameter set, in order, in one pipeline after
+    the deferred steps, without their results — when psycopg has prepared every one of them and no transaction
+    needs opening; else False, nothing sent: the caller's cursor runs them (and psycopg prepares them)."""
+    if raw._pipeline is not None or raw.autocommit or raw.pgconn.transaction_status != _INTRANS:
+        return False
+    session = _session(raw)
+    query, names = session.query, raw._prepared._names
+    steps: list[_Step] = []
+    for sql, arg_sets in statements:
+        for args in arg_sets:
+            query.convert(sql, args)
+            name = names.get((query.query, query.types))
+            if name is None:
+                return False
+            steps.append((name, b"", query.params, query.formats, _TEXT))
+    if session.deferred:
+        steps[:0], session.deferred = session.deferred, []
+    if steps:
+        _pipeline(raw, steps)
+    return True
+
+
 def drain(raw: Any) -> None:
     """Send the deferred steps of `raw` now (before a statement that does not come through `execute`)."""
     session = _SESSIONS.get(raw)

@@ -303,12 +303,13 @@ def _write(conn: Connection, batches: Sequence[tuple[_Dml, Sequence[dict[str, An
     raw = conn.connection.driver_connection
     assert raw is not None
     bound = [dml.bound(conn, rows) for dml, rows in batches if rows]
-    if conn.dialect.name == "postgresql":
-        pg_direct.drain(raw)  # statements left waiting for a round trip go first
     dbapi_error = conn.dialect.loaded_dbapi.Error
     sql, args = "", []
     try:
         if conn.dialect.name == "postgresql":
+            if pg_direct.run_all(raw, bound):  # once psycopg has prepared them: libpq's pipeline, not psycopg's
+                return
+            pg_direct.drain(raw)  # statements left waiting for a round trip go first
             with raw.pipeline(), raw.cursor() as cursor:
                 for sql, args in bound:
                     _send(cursor, sql, args)
