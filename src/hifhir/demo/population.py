@@ -661,8 +661,9 @@ def generate_population(engine: Engine, insurees: int, *, seed: int = 42, progre
         bar.update(batch.size)
     bar.close()
     if engine.dialect.name == "postgresql":
-        # Autovacuum would analyze the grown tables eventually; until then the planner sees them nearly empty.
-        with engine.connect() as conn:
-            conn.execute(text("ANALYZE insuree, family, resource_version, location, policy, insuree_policy, "
-                              "premium, coverage"))
-            conn.commit()
+        # What a bulk load leaves to autovacuum, done now: the planner's statistics (it would see the grown tables
+        # nearly empty), and the hint bits and visibility map of the new rows — else the first requests to read
+        # each row write its page again, and autovacuum's scans run beside them.
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM (ANALYZE) insuree, family, resource_version, location, policy, "
+                              "insuree_policy, premium, coverage"))
