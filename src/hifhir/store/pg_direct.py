@@ -84,7 +84,7 @@ def execute(raw: Any, sql: str, args: Any, *, fetch: bool, describe: bool, raw_q
     session = _session(raw)
     query = session.raw_query if raw_query else session.query
     query.convert(sql, args)
-    name = raw._prepared._names.get((query.query, query.types))
+    name = _prepared_name(raw, query)
     if name is None:
         return NOT_PREPARED
     step: _Step = (name, b"", query.params, query.formats, _BINARY if binary else _TEXT)
@@ -121,12 +121,12 @@ def run_all(raw: Any, statements: Sequence[tuple[str, Sequence[Any]]]) -> bool:
     if raw._pipeline is not None or raw.autocommit or raw.pgconn.transaction_status != _INTRANS:
         return False
     session = _session(raw)
-    query, names = session.query, raw._prepared._names
+    query = session.query
     steps: list[_Step] = []
     for sql, arg_sets in statements:
         for args in arg_sets:
             query.convert(sql, args)
-            name = names.get((query.query, query.types))
+            name = _prepared_name(raw, query)
             if name is None:
                 return False
             steps.append((name, b"", query.params, query.formats, _TEXT))
@@ -135,6 +135,17 @@ def run_all(raw: Any, statements: Sequence[tuple[str, Sequence[Any]]]) -> bool:
     if steps:
         _pipeline(raw, steps)
     return True
+
+
+def _prepared_name(raw: Any, query: Any) -> bytes | None:
+    """psycopg's name for the statement as converted, marked as just used in its LRU (beyond `prepared_max` it
+    deallocates the least recently used: without this, the statements run here would look the least used)."""
+    names = raw._prepared._names
+    key = (query.query, query.types)
+    name = names.get(key)
+    if name is not None:
+        names.move_to_end(key)
+    return name  # type: ignore[no-any-return]
 
 
 def drain(raw: Any) -> None:
