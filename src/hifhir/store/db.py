@@ -13,8 +13,6 @@ from typing import Any, ClassVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 
-from hifhir.store import pg_direct
-
 
 def make_engine(url: str, *, cache_kib: int = 4096, pool_size: int = 4) -> Engine:
     """`cache_kib`, `pool_size`: SQLite's page cache per connection and the pool size (a background writer that
@@ -60,6 +58,8 @@ def make_engine(url: str, *, cache_kib: int = 4096, pool_size: int = 4) -> Engin
                 "BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
 
         return engine
+    from hifhir.store import pg_direct  # imports psycopg, which SQLite deployments never load
+
     engine = create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=False)
     # store/pg_direct: every request's COMMIT through libpq, with the statements waiting for a round trip; a
     # rollback drops them; any other statement sends them first.

@@ -21,8 +21,6 @@ from sqlalchemy.sql import Executable
 from sqlalchemy.sql.expression import FunctionElement
 from sqlalchemy.types import TypeDecorator
 
-from hifhir.store import pg_direct
-
 # Called with each statement these classes send to the driver, which SQLAlchemy's cursor events do not see (tests
 # count a request's statements with both).
 STATEMENT_OBSERVERS: list[Callable[[str], None]] = []
@@ -44,6 +42,8 @@ def _on_driver(conn: Connection, sql: str, args: Any, *, fetch: bool, describe: 
     dbapi_error = conn.dialect.loaded_dbapi.Error
     try:
         if conn.dialect.name == "postgresql":
+            from hifhir.store import pg_direct  # psycopg: loaded by PostgreSQL deployments only (~8 MB a worker)
+
             done = pg_direct.execute(raw, sql, args, fetch=fetch, describe=describe, defer=defer,
                                      raw_query=make_cursor is _raw_cursor, binary=make_cursor is _binary_cursor)
             if done is not pg_direct.NOT_PREPARED:
@@ -125,6 +125,8 @@ class FastStatement:
         else:
             arg_sets = [{k: {**defaults, **r}[k] for k in order} for r in rows]
         if conn.dialect.name == "postgresql":
+            from hifhir.store import pg_direct
+
             dbapi_error = conn.dialect.loaded_dbapi.Error
             try:
                 done = pg_direct.run_all(conn.connection.driver_connection, [(sql, arg_sets)])

@@ -107,7 +107,6 @@ from hifhir.domain.claims import (
 )
 from hifhir.domain.eligibility import ADULT_AGE, CARE, CATEGORIES, SCOPES
 from hifhir.domain.policy import age_on
-from hifhir.store import pg_direct
 from hifhir.store.fast import DriverQuery
 from hifhir.store.tables import (
     CLAIM_CHECKED,
@@ -307,6 +306,8 @@ def _write(conn: Connection, batches: Sequence[tuple[_Dml, Sequence[dict[str, An
     sql, args = "", []
     try:
         if conn.dialect.name == "postgresql":
+            from hifhir.store import pg_direct
+
             if pg_direct.run_all(raw, bound):  # once psycopg has prepared them: libpq's pipeline, not psycopg's
                 return
             pg_direct.drain(raw)  # statements left waiting for a round trip go first
