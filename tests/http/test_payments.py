@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, insert, select, update
 
+from hifhir.api import rest
 from hifhir.domain import invoicing
+from hifhir.fhir.errors import FhirError
 from hifhir.fhir.kind import WriteContext
 from hifhir.fhir.validate import validate_resource
 from hifhir.store.db import transaction
@@ -288,6 +290,25 @@ def test_over_payment_is_refused_and_writes_nothing(api, engine, scheme):
     created(api.post("PaymentNotice", notice(f"Invoice/{inv_id}", 18000, "TX-O2")))
     before = counts(engine)
     refused(api.post("PaymentNotice", notice(f"Invoice/{inv_id}", 1, "TX-O3")), 422, text="nothing is left")
+    assert counts(engine) == before
+
+
+def test_a_notice_read_ahead_sees_the_payment_made_before_it_took_the_writer_lock(api, app, engine, scheme):
+    """A create parses the notice and reads its invoice before the write transaction (on SQLite, outside the writer
+    lock); the write reads the invoice again: a payment committed in between is counted."""
+    c = idle_contract(api, scheme, "FC01")  # 18000
+    inv_id = invoice_of(api, engine, c["id"])
+    call = rest.Call(engine=app.engine, reader=app.reader, settings=app.settings, base_url="http://testserver/fhir",
+                     principal=app.principals.get("Admin"), lenient=False)
+    prepared = rest.prepare_write(call, "PaymentNotice", notice(f"Invoice/{inv_id}", 18000, "TX-R1"), None)
+    rest.read_ahead(call, prepared)
+    created(api.post("PaymentNotice", notice(f"Invoice/{inv_id}", 18000, "TX-R2")))  # meanwhile, paid in full
+    before = counts(engine)
+
+    with pytest.raises(FhirError) as refusal:
+        rest._run_one(call, lambda ctx: rest.apply_create(call, ctx, prepared, None))
+
+    assert refusal.value.status == 422 and "nothing is left to pay" in str(refusal.value)
     assert counts(engine) == before
 
 

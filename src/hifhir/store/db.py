@@ -170,13 +170,13 @@ def _writer_lock(engine: Engine) -> Any:
 
 @contextmanager
 def transaction(engine: Engine, *, write: bool) -> Iterator[Connection]:
-    """One DB transaction per request: commit on success, roll back on any exception."""
-    with _writer_lock(engine) if write else nullcontext():
-        conn = engine.connect()
-        conn.info["write"] = write
-        try:
-            with conn.begin():
-                yield conn
-        finally:
-            conn.info.pop("write", None)
-            conn.close()
+    """One DB transaction per request: commit on success, roll back on any exception. The SQLite writer lock covers
+    the transaction alone: the pool's checkout and checkin (~40 µs of SQLAlchemy's work) happen outside it."""
+    conn = engine.connect()
+    conn.info["write"] = write
+    try:
+        with _writer_lock(engine) if write else nullcontext(), conn.begin():
+            yield conn
+    finally:
+        conn.info.pop("write", None)
+        conn.close()

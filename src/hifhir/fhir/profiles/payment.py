@@ -353,8 +353,24 @@ class PaymentNoticeKind(ResourceKind):
         raise FhirError.one(405, "not-supported", "A payment notice is a record; cancel it (status cancelled or "
                             "entered-in-error)")
 
+    reads_ahead = True
+
+    def read_ahead(self, ctx: WriteContext, resource: dict[str, Any]) -> NoticeIn:
+        """The notice parsed and its references looked up (on SQLite before the writer lock: a payment that
+        activates a policy holds it for every row it re-versions); `write` reads the invoice or bill again."""
+        return self._parse(ctx, resource)
+
     def write(self, ctx: WriteContext, resource: dict[str, Any], current: Row | None) -> int:
-        data = self._parse(ctx, resource)
+        if current is None and isinstance(ctx.read_ahead, NoticeIn):
+            data = ctx.read_ahead
+            # What is paid and the status as of now, under the lock: another payment may have come in since.
+            payable = pay.find_payable(ctx.conn, [data.payable.kind], "id", data.payable.id)
+            require(payable is not None, f"Invoice/{data.payable.id} does not exist or is not current",
+                    "PaymentNotice.request")
+            assert payable is not None
+            data.payable = payable
+        else:
+            data = self._parse(ctx, resource)
         try:
             pk = self._create(ctx, data) if current is None else self._update(ctx, data, current)
         except pay.PaymentError as exc:
