@@ -5,13 +5,14 @@ and the cursor prepares them again."""
 
 from __future__ import annotations
 
+import socket
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, bindparam, delete, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from hifhir.store import pg_direct
 from hifhir.store.fast import DriverQuery, FastStatement, MultiRowInsert
@@ -168,3 +169,42 @@ def test_a_rollback_drops_the_deferred_insert(engine: Engine, cleanup: None) -> 
         conn.commit()
 
     assert _codes(engine) == ["T1"]
+
+
+def test_a_connection_lost_under_a_prepared_statement_is_an_operational_error(engine: Engine,
+                                                                              paths: Counter[str]) -> None:
+    """What the API answers with a 503 (database unavailable), as psycopg's cursor reports it."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("a server connection to lose: PostgreSQL")
+    with engine.connect() as conn:
+        conn.begin()
+        for _ in range(6):
+            _ENTRIES.rows(conn, {"name": LIST})  # prepared by psycopg at the 6th
+        # The network goes: no error message from the server, no SQLSTATE.
+        link = socket.socket(fileno=conn.connection.driver_connection.pgconn.socket)
+        link.shutdown(socket.SHUT_RDWR)
+        link.detach()  # the descriptor stays libpq's
+        with pytest.raises(OperationalError):
+            _ENTRIES.rows(conn, {"name": LIST})
+        conn.invalidate()
+
+    assert paths["error"] == 1  # raised on the prepared path
+
+
+def test_a_connection_lost_under_a_pipeline_is_an_operational_error(engine: Engine, cleanup: None) -> None:
+    """The COMMIT carrying a deferred insert, on a connection that is gone: an error, not a wait for results."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("a server connection to lose: PostgreSQL")
+    with engine.connect() as conn:
+        conn.begin()
+        for i in range(6):
+            _INSERT.execute(conn, [_row(f"U{i}")])
+        _INSERT.execute(conn, [_row("U9")], defer=True)
+        link = socket.socket(fileno=conn.connection.driver_connection.pgconn.socket)
+        link.shutdown(socket.SHUT_RDWR)
+        link.detach()
+        with pytest.raises(OperationalError):
+            conn.commit()
+        conn.invalidate()
+
+    assert _codes(engine) == []

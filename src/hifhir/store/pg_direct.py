@@ -206,10 +206,15 @@ def _pipeline(raw: Any, steps: list[_Step]) -> list[Any]:
             else:
                 pgconn.send_query_prepared(name, params, formats, result_format=result_format)
         pgconn.pipeline_sync()
+        ended = False
         while True:
             result = pgconn.get_result()
-            if result is None:
-                continue  # the end of one step's results
+            if result is None:  # the end of one step's results
+                if ended:  # twice in a row: nothing more is coming (the connection is lost)
+                    raise errors.OperationalError("the connection to the server was lost in a pipeline")
+                ended = True
+                continue
+            ended = False
             if result.status == _PIPELINE_SYNC:
                 break
             results.append(result)
@@ -222,4 +227,7 @@ def _pipeline(raw: Any, steps: list[_Step]) -> list[Any]:
 
 def _check(raw: Any, result: Any) -> None:
     if result.status not in (_TUPLES_OK, _COMMAND_OK):
-        raise errors.error_from_result(result, encoding=raw.info.encoding)
+        encoding = raw.info.encoding
+        if raw.pgconn.status == pq.ConnStatus.BAD:  # no SQLSTATE: psycopg's cursor calls this an OperationalError
+            raise errors.OperationalError(result.get_error_message(encoding) or "the connection to the server was lost")
+        raise errors.error_from_result(result, encoding=encoding)
