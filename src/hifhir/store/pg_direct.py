@@ -184,6 +184,8 @@ def rollback(connection: Any) -> None:
     session = _SESSIONS.get(raw)
     if session is not None:
         session.deferred = []
+    if raw.pgconn.transaction_status == _IDLE and raw._pipeline is None and not raw._num_transactions:
+        return  # nothing to roll back (every pool checkin asks): psycopg's rollback() would only cost its wait loop
     raw.rollback()
 
 
