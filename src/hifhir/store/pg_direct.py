@@ -46,7 +46,7 @@ _Step = tuple[bytes | None, bytes, Sequence[Any] | None, Sequence[Any] | None, p
 class _Session:
     """What one psycopg connection keeps here: psycopg's adapters and query converters, and the deferred steps."""
 
-    transformer: Any
+    transformer: Any  # dumps the parameters (through the converters) and loads the rows, as a cursor's does
     raw_query: Any  # `$n` placeholders (RawCursor's conversion)
     query: Any  # `%s` / `%(name)s` placeholders (Cursor's)
     deferred: list[_Step] = field(default_factory=list)
@@ -61,8 +61,8 @@ def _session(raw: Any) -> _Session:
         from psycopg._queries import PostgresQuery, PostgresRawQuery  # psycopg's conversion: its keys
         from psycopg.adapt import Transformer
 
-        session = _SESSIONS[raw] = _Session(Transformer(raw), PostgresRawQuery(Transformer(raw)),
-                                            PostgresQuery(Transformer(raw)))
+        transformer = Transformer(raw)
+        session = _SESSIONS[raw] = _Session(transformer, PostgresRawQuery(transformer), PostgresQuery(transformer))
     return session
 
 
@@ -92,15 +92,10 @@ def execute(raw: Any, sql: str, args: Any, *, fetch: bool, describe: bool, raw_q
         session.deferred.append(step)
         return 0
     steps = [(None, raw._get_tx_start_command(), None, None, _TEXT)] if begin else []
-    if session.deferred:
-        steps += session.deferred
-        session.deferred = []
-    if steps:
-        steps.append(step)
-        result = _pipeline(raw, steps)[-1]
-    else:
-        result = pgconn.exec_prepared(name, query.params, query.formats, result_format=step[4])
-        _check(raw, result)
+    steps += session.deferred
+    session.deferred = []
+    steps.append(step)
+    result = _pipeline(raw, steps)[-1]
     if not fetch:
         return int(result.command_tuples or 0)
     if result.status != _TUPLES_OK:
