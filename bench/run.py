@@ -56,7 +56,8 @@ SAMPLE_INTERVAL_S = 0.5
 QUIET_CORES = 0.3
 POST_CAPACITY_RPS = 5000
 # Contracts per second a phase can send before running out of families (each family is enrolled once per run);
-# the population leaves ~15 % of its families unenrolled (≈ 5,000 at 100,000 insurees), which caps it.
+# the population leaves ~15 % of its families unenrolled (≈ 5,000 at 100,000 insurees): add_unenrolled_families
+# adds the missing ones.
 CONTRACT_CAPACITY_RPS = 1000
 # Claims per second a phase can send before the prepared ones run out (each is sent once: its code is unique).
 CLAIM_CAPACITY_RPS = 1000
@@ -622,6 +623,45 @@ def eligibility_samples(conn: Any, size: int, today: date, rng: random.Random) -
             for r in rows if codes["item"].get(r.product_pk) and codes["service"].get(r.product_pk)]
 
 
+def unenrolled_families(conn: Any) -> int:
+    """Current families without any current policy: the ones a POST Contract can enrol."""
+    from sqlalchemy import exists, func, select
+
+    from hifhir.store.tables import family, is_current, policy
+
+    enrolled = exists(select(policy.c.pk).where(policy.c.family_pk == family.c.pk, is_current(policy)))
+    return int(conn.execute(select(func.count()).select_from(family).where(is_current(family), ~enrolled))
+               .scalar_one())
+
+
+def add_unenrolled_families(database_url: str, wanted: int) -> str | None:
+    """Make sure at least `wanted` families have no policy, for the contract scenario: the demo population leaves
+    ~15 % of its families unenrolled (≈ 5,000 at 100,000 insurees) and the payment scenarios enrol some of them,
+    fewer than a fast server enrols in a phase. The missing ones are new families of the demo generator
+    (`generate_population(enrol=False)`: ≈ 3 insurees each). Returns a note when it added any."""
+    from hifhir.demo.population import generate_population
+    from hifhir.store.db import make_engine
+
+    engine = make_engine(database_url)
+    try:
+        added = 0
+        started = time.monotonic()
+        while True:
+            with engine.connect() as conn:
+                missing = wanted - unenrolled_families(conn)
+            if missing <= 0:
+                break
+            insurees = 3 * missing + 30
+            generate_population(engine, insurees, seed=7_000 + added, progress=False, enrol=False)
+            added += insurees
+    finally:
+        engine.dispose()
+    if not added:
+        return None
+    return (f"contract: {added:,} insurees added in new unenrolled families ({time.monotonic() - started:.0f}s), "
+            f"so that {wanted:,} families can be enrolled")
+
+
 def contract_bodies(conn: Any, count: int, today: date, rng: random.Random) -> tuple[list[str], int]:
     """Contracts enrolling `count` unenrolled families picked at random (fewer when there are not as many), as a
     point of service sends them (tests/builders_enrolment.py): the whole family (up to the product's member
@@ -646,8 +686,7 @@ def contract_bodies(conn: Any, count: int, today: date, rng: random.Random) -> t
     )
 
     enrolled = exists(select(policy.c.pk).where(policy.c.family_pk == family.c.pk, is_current(policy)))
-    unenrolled = int(conn.execute(select(func.count()).select_from(family).where(
-        is_current(family), ~enrolled)).scalar_one())
+    unenrolled = unenrolled_families(conn)
     families = conn.execute(
         select(family.c.pk, family.c.id, family.c.location_pk, family.c.head_insuree_pk)
         .where(is_current(family), ~enrolled).order_by(func.random()).limit(count)).all()
@@ -1673,6 +1712,11 @@ def run_backend(backend: str, args: argparse.Namespace) -> BackendRun:
         if wanted_payments:
             payments = prepare_payments(database_url, wanted_payments)
             run.notes.extend(payments.notes)
+        # Enough families without a policy for POST Contract at CONTRACT_CAPACITY_RPS in each phase (and verify()).
+        if "contract" in args.scenarios and (note := add_unenrolled_families(
+                database_url, 2 + int(args.warmup * CONTRACT_CAPACITY_RPS) + int(args.duration * CONTRACT_CAPACITY_RPS)
+                + UNENROLLED_KEPT)):
+            run.notes.append(note)
         server = Server(database_url, VAR_DIR / f"server-{backend}.log", args.workers)
         stack.callback(server.stop)
         version = code_version()  # the tree may change under a long run: record what this server loaded

@@ -560,7 +560,7 @@ def _allocate_pks(conn: Connection, table: Table, count: int) -> list[int]:
     return list(range(top + 1, top + 1 + count))
 
 
-def _write_batch(conn: Connection, batch: _Batch, seq: ChfSequence, planner: PolicyPlanner) -> None:
+def _write_batch(conn: Connection, batch: _Batch, seq: ChfSequence, planner: PolicyPlanner | None) -> None:
     ctx = WriteContext(conn, DEMO_USER_NAME)
     chfs = iter(_free_chf_ids(conn, seq, batch.size))
     fam_pks = _allocate_pks(conn, family, len(batch.families))
@@ -578,8 +578,7 @@ def _write_batch(conn: Connection, batch: _Batch, seq: ChfSequence, planner: Pol
             rows.append(m)
         fam["code"] = members[0]["chf_id"]  # openIMIS default: the family code is the head's number
         heads.append({"f_pk": fam_pk, "h_pk": members[0]["pk"]})
-        p = planner.plan(fam_pk, fam["location_pk"], members)
-        if p is not None:
+        if planner is not None and (p := planner.plan(fam_pk, fam["location_pk"], members)) is not None:
             planned.append(p)
             if p.covers_today(planner.today):  # Patient.active / Group.active, as the Contract kind sets them
                 covered = set(p.covered)
@@ -626,9 +625,11 @@ def _write_policies(ctx: WriteContext, planned: list[Planned]) -> None:
     ctx.created.update({(coverage.name, r["pk"]): r["id"] for r in coverages})
 
 
-def generate_population(engine: Engine, insurees: int, *, seed: int = 42, progress: bool = True) -> None:
+def generate_population(engine: Engine, insurees: int, *, seed: int = 42, progress: bool = True,
+                        enrol: bool = True) -> None:
     """Add `insurees` synthetic insurees (in ≈ insurees/3 families) to the demo scheme, creating villages as
-    needed. Deterministic for a seed apart from the resource ids."""
+    needed. Deterministic for a seed apart from the resource ids. `enrol=False` leaves every new family without a
+    policy (families for enrolment benchmarks)."""
     if insurees <= 0:
         return
     load_demo_scheme(engine)
@@ -652,7 +653,7 @@ def generate_population(engine: Engine, insurees: int, *, seed: int = 42, progre
     _ensure_products(engine, date.today(), progress)
     with engine.connect() as conn:
         # Policies draw from their own generator: the insurees of a seed stay what they were without them.
-        planner = PolicyPlanner(conn, random.Random(f"policies-{seed}"), date.today())
+        planner = PolicyPlanner(conn, random.Random(f"policies-{seed}"), date.today()) if enrol else None
     gen = _Generator(rng, lists, villages, hfs)
     bar = Progress(insurees, "insurees", enabled=progress)
     for batch in gen.batches(insurees, BATCH_INSUREES):
