@@ -700,3 +700,19 @@ def test_progress_bar_reports_rate_and_eta() -> None:
     text = out.getvalue()
     assert "100/100" in text and "/s" in text and "ETA" in text
     assert text.count("100/100") == 1  # closing does not repeat the last line
+
+
+def test_population_without_enrolment_leaves_every_new_family_unenrolled(fresh_engine: Engine) -> None:
+    generate_population(fresh_engine, 300, seed=3, progress=False)
+    families, policies = _count(fresh_engine, family), _count(fresh_engine, policy)
+    assert policies > 0  # the default enrols most families
+
+    generate_population(fresh_engine, 300, seed=4, progress=False, enrol=False)
+
+    assert _count(fresh_engine, family) > families + 50
+    assert _count(fresh_engine, policy) == policies
+    assert _count(fresh_engine, insuree, insuree.c.has_active_policy.is_(True)) == _count(
+        fresh_engine, insuree, insuree.c.pk.in_(select(insuree_policy.c.insuree_pk)),
+        insuree.c.has_active_policy.is_(True))
+    _check_families(fresh_engine)
+    _check_history(fresh_engine)
