@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, bindparam, delete, insert, select
+from sqlalchemy import Engine, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from hifhir.store import pg_direct
-from hifhir.store.fast import DriverQuery, FastStatement, MultiRowInsert
+from hifhir.store.fast import DriverQuery, FastStatement, MultiRowInsert, rows_together
 from hifhir.store.tables import code_list_entry
 
 LIST = "test-driver-statements"
@@ -206,5 +206,88 @@ def test_a_connection_lost_under_a_pipeline_is_an_operational_error(engine: Engi
         with pytest.raises(OperationalError):
             conn.commit()
         conn.invalidate()
+
+    assert _codes(engine) == []
+
+
+# --- reads sent together, writes that wait for them ---------------------------------------------------------------
+
+_COUNT = DriverQuery(select(func.count().label("n")).select_from(code_list_entry)
+                     .where(code_list_entry.c.list_name == bindparam("name"), code_list_entry.c.active.is_(True)))
+_RENAME = DriverQuery(update(code_list_entry).where(code_list_entry.c.list_name == bindparam("name"),
+                                                    code_list_entry.c.code == bindparam("code"))
+                      .values(display=bindparam("display")))
+_DEACTIVATE = FastStatement(update(code_list_entry).where(code_list_entry.c.list_name == bindparam("name"),
+                                                          code_list_entry.c.code == bindparam("code"))
+                            .values(active=False))
+
+
+@pytest.fixture
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of statements in each libpq pipeline (one round trip each) on PostgreSQL."""
+    sent: list[int] = []
+    original = pg_direct._pipeline
+
+    def spy(raw: Any, steps: list[Any]) -> Any:
+        sent.append(len(steps))
+        return original(raw, steps)
+
+    monkeypatch.setattr(pg_direct, "_pipeline", spy)
+    return sent
+
+
+def test_reads_sent_together_give_what_each_gives_alone_in_one_round_trip(engine: Engine, cleanup: None,
+                                                                          round_trips: list[int]) -> None:
+    with engine.connect() as conn:
+        conn.begin()
+        _add(conn, "A", "Alpha")
+        _add(conn, "B", "Beta", active=False)
+        for _ in range(6):  # psycopg prepares both
+            alone = (_ENTRIES.rows(conn, {"name": LIST}), _COUNT.rows(conn, {"name": LIST}))
+        round_trips.clear()
+        together = rows_together(conn, [(_ENTRIES, {"name": LIST}), (_COUNT, {"name": LIST})])
+        conn.rollback()
+
+    assert [(r.code, r.display, r.active) for r in together[0]] == [("A", "Alpha", True), ("B", "Beta", False)]
+    assert together[1][0].n == 1
+    assert together == list(alone)
+    if engine.dialect.name == "postgresql":
+        assert round_trips == [2]
+
+
+def test_deferred_writes_are_seen_by_the_reads_that_carry_them(engine: Engine, cleanup: None,
+                                                               round_trips: list[int]) -> None:
+    with engine.connect() as conn:
+        conn.begin()
+        for i in range(6):
+            _add(conn, f"C{i}", f"Code {i}")
+            _RENAME.run(conn, {"name": LIST, "code": f"C{i}", "display": f"Renamed {i}"})
+            _DEACTIVATE.execute_many(conn, [{"name": LIST, "code": f"C{i}"}])
+            _ENTRIES.rows(conn, {"name": LIST})
+            _COUNT.rows(conn, {"name": LIST})
+        _add(conn, "D", "Delta")
+        _add(conn, "E", "Echo")
+        round_trips.clear()
+        assert _RENAME.run(conn, {"name": LIST, "code": "D", "display": "Renamed D"}, defer=True) in (0, 1)
+        _DEACTIVATE.execute_many(conn, [{"name": LIST, "code": "E"}], defer=True)
+        entries, count = rows_together(conn, [(_ENTRIES, {"name": LIST}), (_COUNT, {"name": LIST})])
+        conn.commit()
+
+    assert [(r.code, r.display, r.active) for r in entries][-2:] == [("D", "Renamed D", True), ("E", "Echo", False)]
+    assert count[0].n == 1
+    if engine.dialect.name == "postgresql":  # the two writes travelled with the two reads
+        assert round_trips[:1] == [4]
+
+
+def test_a_deferred_write_that_fails_fails_the_reads_that_carry_it(engine: Engine, cleanup: None) -> None:
+    with engine.connect() as conn:
+        conn.begin()
+        for i in range(6):
+            _INSERT.execute(conn, [_row(f"F{i}")])
+            rows_together(conn, [(_ENTRIES, {"name": LIST}), (_COUNT, {"name": LIST})])
+        with pytest.raises(IntegrityError):
+            _INSERT.execute(conn, [_row("F0")], defer=True)  # a duplicate
+            rows_together(conn, [(_ENTRIES, {"name": LIST}), (_COUNT, {"name": LIST})])
+        conn.rollback()
 
     assert _codes(engine) == []

@@ -116,9 +116,10 @@ class FastStatement:
         make = row_class._make  # type: ignore[attr-defined]
         return [make(row) for row in fetched]
 
-    def execute_many(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+    def execute_many(self, conn: Connection, rows: list[dict[str, Any]], *, defer: bool = False) -> None:
         """An executemany through the driver (plain values: no result, no type processing needed); on PostgreSQL
-        one libpq pipeline once psycopg has prepared the statement (`store.pg_direct.run_all`)."""
+        one libpq pipeline once psycopg has prepared the statement (`store.pg_direct.run_all`), or with `defer`
+        none of its own: the transaction's next round trip carries it."""
         sql, order, positional, defaults = self._for(conn)
         if positional:
             arg_sets: list[Any] = [tuple({**defaults, **r}[k] for k in order) for r in rows]
@@ -129,7 +130,7 @@ class FastStatement:
 
             dbapi_error = conn.dialect.loaded_dbapi.Error
             try:
-                done = pg_direct.run_all(conn.connection.driver_connection, [(sql, arg_sets)])
+                done = pg_direct.run_all(conn.connection.driver_connection, [(sql, arg_sets)], defer=defer)
             except dbapi_error as exc:
                 raise DBAPIError.instance(sql, arg_sets, exc, dbapi_error, dialect=conn.dialect) from exc
             if done:
@@ -206,9 +207,19 @@ class DriverQuery:
         return found
 
     def rows(self, conn: Connection, params: dict[str, Any]) -> list[DriverRow]:
-        sql, order, positional, defaults, binds, row_class, results = self._for(conn, params)
-        fetched = self._execute(conn, sql, self._args(params, order, positional, defaults, binds), fetch=True)
+        sql, args = self.bound(conn, params)
+        fetched = self._execute(conn, sql, args, fetch=True)
         assert isinstance(fetched, list)
+        return self.made(conn, params, fetched)
+
+    def bound(self, conn: Connection, params: dict[str, Any]) -> tuple[str, Any]:
+        """The statement for these parameters and its driver arguments."""
+        sql, order, positional, defaults, binds, _row_class, _results = self._for(conn, params)
+        return sql, self._args(params, order, positional, defaults, binds)
+
+    def made(self, conn: Connection, params: dict[str, Any], fetched: list[Any]) -> list[DriverRow]:
+        """The driver's rows of the statement `bound` gave, converted, as rows with the columns as attributes."""
+        row_class, results = self._for(conn, params)[5:]
         make = row_class._make  # type: ignore[attr-defined]
         if not results:
             return [make(row) for row in fetched]
@@ -220,10 +231,12 @@ class DriverQuery:
             out.append(make(cells))
         return out
 
-    def run(self, conn: Connection, params: dict[str, Any]) -> int:
-        """Execute a statement that returns no rows (an UPDATE, a DELETE); the number of rows it changed."""
+    def run(self, conn: Connection, params: dict[str, Any], *, defer: bool = False) -> int:
+        """Execute a statement that returns no rows (an UPDATE, a DELETE); the number of rows it changed — unless
+        `defer`: then it may wait for the transaction's next round trip (`_on_driver`) and the count is 0."""
         sql, order, positional, defaults, binds, _row_class, _results = self._for(conn, params)
-        count = self._execute(conn, sql, self._args(params, order, positional, defaults, binds), fetch=False)
+        count = self._execute(conn, sql, self._args(params, order, positional, defaults, binds), fetch=False,
+                              defer=defer)
         assert isinstance(count, int)
         return count
 
@@ -237,10 +250,33 @@ class DriverQuery:
         return [values[k] for k in order] if positional else {k: values[k] for k in order}
 
     @staticmethod
-    def _execute(conn: Connection, sql: str, args: Any, *, fetch: bool) -> list[Any] | int:
+    def _execute(conn: Connection, sql: str, args: Any, *, fetch: bool, defer: bool = False) -> list[Any] | int:
         # PostgreSQL statements are compiled to `$n` placeholders (_dollar_placeholders): a RawCursor sends them.
-        return _on_driver(conn, sql, args, fetch=fetch,  # type: ignore[no-any-return]
+        return _on_driver(conn, sql, args, fetch=fetch, defer=defer,  # type: ignore[no-any-return]
                           make_cursor=_raw_cursor if conn.dialect.name == "postgresql" else None)
+
+
+def rows_together(conn: Connection, queries: Sequence[tuple[DriverQuery, dict[str, Any]]]) -> list[list[DriverRow]]:
+    """The rows of each query, for reads that do not depend on each other: on PostgreSQL sent in one round trip once
+    psycopg has prepared them all (`store.pg_direct.fetch_all`), else — and on SQLite — one after the other."""
+    if conn.dialect.name == "postgresql":
+        from hifhir.store import pg_direct
+
+        bound = [query.bound(conn, params) for query, params in queries]
+        raw = conn.connection.driver_connection
+        dbapi_error = conn.dialect.loaded_dbapi.Error
+        try:
+            fetched = pg_direct.fetch_all(raw, bound)
+        except dbapi_error as exc:
+            sql, args = bound[0]
+            raise DBAPIError.instance(sql, args, exc, dbapi_error, dialect=conn.dialect) from exc
+        if fetched is not pg_direct.NOT_PREPARED:
+            for sql, _args in bound:
+                for observer in STATEMENT_OBSERVERS:
+                    observer(sql)
+            return [query.made(conn, params, rows)
+                    for (query, params), rows in zip(queries, fetched, strict=True)]
+    return [query.rows(conn, params) for query, params in queries]
 
 
 _NAMED = re.compile(r"%\(([^)]+)\)s|%%")

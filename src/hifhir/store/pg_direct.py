@@ -7,7 +7,8 @@ bookkeeping); `PGconn.exec_prepared`, with the parameters dumped and the rows lo
 Round trips cost both sides ~25 µs of CPU each (the server's part is its per-message work, whatever the
 statement), so this module also saves some:
 * a statement that opens a transaction is sent with psycopg's BEGIN (with the isolation level) in one pipeline;
-* a statement whose outcome nobody waits for (the history rows of a flush: `defer=True`) waits on the connection
+* a statement whose outcome nobody waits for (`defer=True`: the history rows of a flush, a claim's line writes)
+  waits on the connection
   and goes in the pipeline of whatever comes next — the next statement, or the COMMIT (`commit`, the dialect's
   `do_commit`): statements still run in the order they were issued, and an error of a deferred one is raised by
   the statement or the COMMIT it travelled with, failing the transaction as it would have. A rollback drops them
@@ -72,47 +73,86 @@ def execute(raw: Any, sql: str, args: Any, *, fetch: bool, describe: bool, raw_q
     the number of rows changed (0 for a deferred statement). `NOT_PREPARED` (nothing sent, deferred steps
     included) when it does not apply: psycopg has not prepared it, psycopg is in pipeline mode, or the transaction
     has failed (psycopg's cursor reports that)."""
-    pgconn = raw.pgconn
-    if raw._pipeline is not None:
+    begin = _begin_needed(raw)
+    if begin is None:
         return NOT_PREPARED
-    status = pgconn.transaction_status
-    begin = False
-    if not raw.autocommit and status != _INTRANS:
-        if status != _IDLE:
-            return NOT_PREPARED
-        begin = True
     session = _session(raw)
-    query = session.raw_query if raw_query else session.query
+    step = _step(raw, session.raw_query if raw_query else session.query, sql, args, binary)
+    if step is None:
+        return NOT_PREPARED
+    if defer and not fetch and raw.pgconn.transaction_status == _INTRANS:  # its COMMIT carries it, at the latest
+        session.deferred.append(step)
+        return 0
+    result = _send(raw, session, begin, [step])[-1]
+    if not fetch:
+        return int(result.command_tuples or 0)
+    if describe:
+        if result.status != _TUPLES_OK:
+            return (), []
+        return tuple(result.fname(i).decode() for i in range(result.nfields)), _rows(session, result)
+    return _rows(session, result)
+
+
+def fetch_all(raw: Any, statements: Sequence[tuple[str, Any]]) -> list[list[Any]] | Any:
+    """The rows of each statement (`$n` placeholders), all sent in one pipeline — one round trip for reads that
+    do not depend on each other; `NOT_PREPARED` (nothing sent) unless psycopg has prepared every one of them."""
+    begin = _begin_needed(raw)
+    if begin is None:
+        return NOT_PREPARED
+    session = _session(raw)
+    steps = []
+    for sql, args in statements:
+        step = _step(raw, session.raw_query, sql, args, False)
+        if step is None:
+            return NOT_PREPARED
+        steps.append(step)
+    results = _send(raw, session, begin, steps)[-len(steps):]
+    return [_rows(session, result) for result in results]
+
+
+def _begin_needed(raw: Any) -> bool | None:
+    """Whether a statement on `raw` opens its transaction (psycopg's BEGIN goes with it); None when this module
+    does not apply: psycopg's pipeline mode, or a transaction that failed or is in an unexpected state."""
+    if raw._pipeline is not None:
+        return None
+    status = raw.pgconn.transaction_status
+    if status == _INTRANS or raw.autocommit:
+        return False
+    return True if status == _IDLE else None
+
+
+def _step(raw: Any, query: Any, sql: str, args: Any, binary: bool) -> _Step | None:
     query.convert(sql, args)
     name = _prepared_name(raw, query)
     if name is None:
-        return NOT_PREPARED
-    step: _Step = (name, b"", query.params, query.formats, _BINARY if binary else _TEXT)
-    if defer and status == _INTRANS and not fetch:  # a transaction's COMMIT will carry it, at the latest
-        session.deferred.append(step)
-        return 0
-    steps = [(None, raw._get_tx_start_command(), None, None, _TEXT)] if begin else []
-    steps += session.deferred
-    session.deferred = []
-    steps.append(step)
-    result = _pipeline(raw, steps)[-1]
-    if not fetch:
-        return int(result.command_tuples or 0)
+        return None
+    return (name, b"", query.params, query.formats, _BINARY if binary else _TEXT)
+
+
+def _send(raw: Any, session: _Session, begin: bool, steps: list[_Step]) -> list[Any]:
+    """The steps in one round trip, after psycopg's BEGIN when the transaction opens and the deferred steps."""
+    head = [(None, raw._get_tx_start_command(), None, None, _TEXT)] if begin else []
+    if session.deferred:
+        head += session.deferred
+        session.deferred = []
+    return _pipeline(raw, head + steps if head else steps)
+
+
+def _rows(session: _Session, result: Any) -> list[Any]:
     if result.status != _TUPLES_OK:
-        return ((), []) if describe else []
+        return []
     transformer = session.transformer
     transformer.set_pgresult(result)
     rows = transformer.load_rows(0, result.ntuples, tuple)
     transformer.set_pgresult(None)
-    if describe:
-        return tuple(result.fname(i).decode() for i in range(result.nfields)), rows
-    return rows
+    return rows  # type: ignore[no-any-return]
 
 
-def run_all(raw: Any, statements: Sequence[tuple[str, Sequence[Any]]]) -> bool:
+def run_all(raw: Any, statements: Sequence[tuple[str, Sequence[Any]]], *, defer: bool = False) -> bool:
     """Run each statement (`%s` / `%(name)s` placeholders) once per parameter set, in order, in one pipeline after
     the deferred steps, without their results — when psycopg has prepared every one of them and no transaction
-    needs opening; else False, nothing sent: the caller's cursor runs them (and psycopg prepares them)."""
+    needs opening; else False, nothing sent: the caller's cursor runs them (and psycopg prepares them). With
+    `defer`, they join the deferred steps instead (sent by the transaction's next round trip)."""
     if raw._pipeline is not None or raw.autocommit or raw.pgconn.transaction_status != _INTRANS:
         return False
     session = _session(raw)
@@ -125,6 +165,9 @@ def run_all(raw: Any, statements: Sequence[tuple[str, Sequence[Any]]]) -> bool:
             if name is None:
                 return False
             steps.append((name, b"", query.params, query.formats, _TEXT))
+    if defer:
+        session.deferred.extend(steps)
+        return True
     if session.deferred:
         steps[:0], session.deferred = session.deferred, []
     if steps:

@@ -107,7 +107,7 @@ from hifhir.domain.claims import (
 )
 from hifhir.domain.eligibility import ADULT_AGE, CARE, CATEGORIES, SCOPES
 from hifhir.domain.policy import age_on
-from hifhir.store.fast import DriverQuery
+from hifhir.store.fast import DriverQuery, rows_together
 from hifhir.store.tables import (
     CLAIM_CHECKED,
     CLAIM_PROCESSED,
@@ -297,8 +297,8 @@ class _Dml:
 
 
 def _write(conn: Connection, batches: Sequence[tuple[_Dml, Sequence[dict[str, Any]]]]) -> None:
-    """Run the statements, in order, on the DB-API connection. On PostgreSQL they go in one pipeline: one round trip
-    for all the claim's writes instead of one (or two, for an executemany) per statement."""
+    """Run the statements, in order, on the DB-API connection. On PostgreSQL they wait for the transaction's next
+    round trip (the claim's render, or the COMMIT): no round trip of their own for all the claim's writes."""
     raw = conn.connection.driver_connection
     assert raw is not None
     bound = [dml.bound(conn, rows) for dml, rows in batches if rows]
@@ -308,7 +308,7 @@ def _write(conn: Connection, batches: Sequence[tuple[_Dml, Sequence[dict[str, An
         if conn.dialect.name == "postgresql":
             from hifhir.store import pg_direct
 
-            if pg_direct.run_all(raw, bound):  # once psycopg has prepared them: libpq's pipeline, not psycopg's
+            if pg_direct.run_all(raw, bound, defer=True):  # once psycopg has prepared them: libpq, not psycopg
                 return
             pg_direct.drain(raw)  # statements left waiting for a round trip go first
             with raw.pipeline(), raw.cursor() as cursor:
@@ -563,10 +563,10 @@ def _accounts(conn: Connection, claim_pk: int, c: Any, used: list[Any], multi_da
     if needing:
         params: dict[str, Any] = {f"p{i}": p.policy_pk for i, p in enumerate(sorted(needing,
                                                                                     key=lambda p: p.policy_pk))}
-        if conn.dialect.name == "postgresql":
-            _lock_query(len(needing)).rows(conn, params)
-        params.update(claim=claim_pk, insuree=c.insuree_pk)
-        consumed = {(r.policy_pk, bool(r.mine)): r for r in _consumed_query(len(needing)).rows(conn, params)}
+        reads = [(_consumed_query(len(needing)), {**params, "claim": claim_pk, "insuree": c.insuree_pk})]
+        if conn.dialect.name == "postgresql":  # the lock first, in the same round trip (a pipeline keeps the order)
+            reads.insert(0, (_lock_query(len(needing)), params))
+        consumed = {(r.policy_pk, bool(r.mine)): r for r in rows_together(conn, reads)[-1]}
 
     accounts: dict[int, _Account] = {}
     for p in used:

@@ -166,7 +166,7 @@ from hifhir.fhir.profiles.practitioner import full_date
 from hifhir.fhir.search import common_params, common_sorts
 from hifhir.fhir.searchparams import SortKey, column_ref, date_param, link_ref, reference_param
 from hifhir.store.codelists import DIAGNOSIS_LIST
-from hifhir.store.fast import DriverQuery, MultiRowInsert, any_pk
+from hifhir.store.fast import DriverQuery, MultiRowInsert, any_pk, rows_together
 from hifhir.store.tables import (
     CLAIM_CHECKED,
     CLAIM_ENTERED,
@@ -595,16 +595,21 @@ def _lines_lookup(shape: tuple[tuple[str, str, int], ...]) -> DriverQuery:
     return DriverQuery(union_all(*parts))
 
 
-def _resolve_lines(ctx: WriteContext, pending: list[_PendingLine]) -> tuple[Line, ...]:
+def _lines_read(pending: list[_PendingLine]) -> tuple[DriverQuery, dict[str, Any]]:
+    """The statement finding the registers' rows the lines name, with its parameters."""
     shape: list[tuple[str, str, int]] = []
-    params: dict[str, str] = {}
+    params: dict[str, Any] = {}
     for kind in ("item", "service"):
         for column in _KEY_COLUMNS:
             values = sorted({v for p in pending if p.kind == kind and (v := getattr(p.keys, column))})
             if values:
                 shape.append((kind, column, len(values)))
                 params.update((f"{kind}_{column}_{i}", v) for i, v in enumerate(values))
-    rows = _lines_lookup(tuple(shape)).rows(ctx.conn, params)
+    return _lines_lookup(tuple(shape)), params
+
+
+def _resolve_lines(pending: list[_PendingLine], rows: list[Any]) -> tuple[Line, ...]:
+    """The lines with their item or service, from the rows `_lines_read`'s statement found."""
     by_kind: dict[str, list[Any]] = {"item": [], "service": []}
     for row in rows:
         by_kind[row.kind].append(row)
@@ -785,7 +790,8 @@ class ClaimKind(ResourceKind):
                              ("v", coverage_ref[0] if coverage_ref else Keys())):
             params.update({f"{prefix}_id": keys.id, f"{prefix}_uuid": keys.uuid, f"{prefix}_code": keys.code})
         found: dict[str, list[Any]] = {}
-        for row in _REFERENCES.rows(ctx.conn, params):
+        references, line_rows = rows_together(ctx.conn, [(_REFERENCES, params), _lines_read(pending)])
+        for row in references:
             found.setdefault(row.what, []).append(row)
         keys, where = refs["patient"]
         patient = _best(found.get("patient", ()), keys)
@@ -811,7 +817,7 @@ class ClaimKind(ResourceKind):
             require(any(r.pk == cov.pk and r.owner == patient.pk for r in found.get("member", ())),
                     f"Coverage/{cov.id} is not a policy of this patient", f"{CLAIM_TYPE}.insurance[0].coverage")
             coverage_id = str(cov.id)
-        lines = _resolve_lines(ctx, pending)
+        lines = _resolve_lines(pending, line_rows)
         return Submission(claim_uuid, code, int(patient.pk), str(patient.id), int(provider.pk), str(provider.id),
                           int(enterer.pk), str(enterer.id), coverage_id, visit_type, date_from, date_to,
                           date_claimed, diagnoses, claimed, explanation, guarantee, lines, attachments)
@@ -826,8 +832,8 @@ class ClaimKind(ResourceKind):
             rows = [{"claim_pk": pk, column: line.target_pk, "status": LINE_PASSED, "rejection_reason": 0,
                      "qty_provided": _hundredths(line.qty), "price_asked": _hundredths(line.price),
                      "sequence": line.sequence} for line in sub.lines if line.kind == kind]
-            if rows:
-                statement.execute(ctx.conn, rows)
+            if rows:  # no round trip of their own: the checks' first read carries them (PostgreSQL)
+                statement.execute(ctx.conn, rows, defer=True)
         if sub.attachments:
             ctx.conn.execute(insert(claim_attachment), [
                 {"claim_pk": pk, "sequence": a.sequence, "title": a.title, "content_type": a.content_type,

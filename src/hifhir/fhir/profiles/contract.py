@@ -354,7 +354,7 @@ def activate_if_paid(ctx: WriteContext, policy_pk: int, *, requested: int | None
     moved = (status, effective) != (row.policy_status, row.policy_effective)
     if moved:
         ctx.versioned_update("contract", [policy_pk], {"status": status, "effective_date": effective})
-        _SET_MEMBERS_EFFECTIVE.run(conn, {"policy": policy_pk, "effective": effective})
+        _SET_MEMBERS_EFFECTIVE.run(conn, {"policy": policy_pk, "effective": effective}, defer=True)
     elif members is None:
         return False
     if coverage_pk is None:
