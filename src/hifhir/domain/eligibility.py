@@ -64,7 +64,7 @@ from typing import Any, Literal
 from sqlalchemy import Connection, String, and_, bindparam, false, func, literal, null, select, union_all
 
 from hifhir.domain.policy import add_months, age_on
-from hifhir.store.fast import DriverQuery
+from hifhir.store.fast import DriverQuery, rows_together
 from hifhir.store.tables import (
     CLAIM_ENTERED,
     LINE_PASSED,
@@ -452,15 +452,18 @@ def _evaluate(conn: Connection, insuree_pk: int, today: date, rows: list[Any], p
               lines: dict[tuple[str, int, int], _Line]) -> Eligibility:
     adult = bool(rows) and age_on(rows[0].dob, today) >= ADULT_AGE
 
-    usage: list[_Use] = []
+    # The usage and the consumed amounts, when needed, in one round trip on PostgreSQL.
+    reads: dict[str, tuple[DriverQuery, dict[str, Any]]] = {}
     if rows and _needs_usage(rows, lines, adult):
-        since = min(r.effective_date for r in rows)
-        usage = [_Use(u.kind, u.claim_pk, u.category, u.day, u.provision_pk, u.product_pk, u.qty or Decimal(0))
-                 for u in _USAGE.rows(conn, {"insuree": insuree_pk, "since": since})]
-    consumed: dict[tuple[int, bool], dict[str, Decimal]] = {}
+        reads["usage"] = (_USAGE, {"insuree": insuree_pk, "since": min(r.effective_date for r in rows)})
     if any(r._mapping[f"p_{c}"] for r in rows for c in _DED_MAX_COLUMNS):
-        params = {f"p{i}": r.policy_pk for i, r in enumerate(rows)}
-        for c in _consumed_query(len(rows)).rows(conn, params):
+        reads["consumed"] = (_consumed_query(len(rows)), {f"p{i}": r.policy_pk for i, r in enumerate(rows)})
+    found = dict(zip(reads, rows_together(conn, list(reads.values())), strict=True)) if reads else {}
+    usage = [_Use(u.kind, u.claim_pk, u.category, u.day, u.provision_pk, u.product_pk, u.qty or Decimal(0))
+             for u in found.get("usage", ())]
+    consumed: dict[tuple[int, bool], dict[str, Decimal]] = {}
+    if "consumed" in found:
+        for c in found["consumed"]:
             key = (c.policy_pk, c.insuree_pk == insuree_pk)
             sums = consumed.setdefault(key, dict.fromkeys(_CONSUMED_COLUMNS, Decimal(0)))
             for name in _CONSUMED_COLUMNS:

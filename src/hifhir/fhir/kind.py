@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Row, Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from hifhir.fhir.errors import FhirError, business_rule, conflict
-from hifhir.store.fast import DriverQuery, MultiRowInsert, any_pk
+from hifhir.store.fast import DriverQuery, MultiRowInsert, any_pk, rows_together
 from hifhir.store.tables import is_current, resource_version
 
 if TYPE_CHECKING:
@@ -384,18 +384,29 @@ class WriteContext:
     def _render_touched(self, out: dict[tuple[str, int], Written], history_rows: list[dict[str, Any]]) -> None:
         from hifhir.fhir.registry import KINDS
 
+        # Every kind's version bump first, all in one round trip on PostgreSQL (a bump changes nothing a render
+        # shows but the kind's own version and time, which come from its RETURNING).
+        versions: dict[str, list[Any]] = {}
+        bumps: list[tuple[str, tuple[DriverQuery, dict[str, Any]]]] = []
         for kind_name, pks in self.touched.items():
             kind = KINDS[kind_name]
             t = kind.table
             pk_list = sorted(pks)
-            new = [pk for pk in pk_list if (t.name, pk) in self.created]
-            rows: list[Any] = [(pk, self.created[(t.name, pk)], 1) for pk in new]
+            rows: list[Any] = [(pk, self.created[(t.name, pk)], 1) for pk in pk_list if (t.name, pk) in self.created]
+            rows += [(pk, *self.bumped[(kind_name, pk)]) for pk in pk_list if (kind_name, pk) in self.bumped]
+            versions[kind_name] = rows
             existing = [pk for pk in pk_list if (t.name, pk) not in self.created
                         and (kind_name, pk) not in self.bumped]
-            rows += [(pk, *self.bumped[(kind_name, pk)]) for pk in pk_list if (kind_name, pk) in self.bumped]
             if existing:
-                rows += _bump_versions(t, kind.version_column, kind.updated_column).rows(
-                    self.conn, {"pks": existing, "now": self.now})
+                bumps.append((kind_name, (_bump_versions(t, kind.version_column, kind.updated_column),
+                                          {"pks": existing, "now": self.now})))
+        for (kind_name, _), bumped in zip(bumps, rows_together(self.conn, [read for _, read in bumps]), strict=True):
+            versions[kind_name] += bumped
+
+        for kind_name, pks in self.touched.items():
+            kind = KINDS[kind_name]
+            pk_list = sorted(pks)
+            rows = versions[kind_name]
             given = {pk: self.prerendered.pop((kind_name, pk)) for pk in pk_list
                      if (kind_name, pk) in self.prerendered}
             to_render = [pk for pk in pk_list if pk not in given]

@@ -259,6 +259,8 @@ class DriverQuery:
 def rows_together(conn: Connection, queries: Sequence[tuple[DriverQuery, dict[str, Any]]]) -> list[list[DriverRow]]:
     """The rows of each query, for reads that do not depend on each other: on PostgreSQL sent in one round trip once
     psycopg has prepared them all (`store.pg_direct.fetch_all`), else — and on SQLite — one after the other."""
+    if not queries:
+        return []
     if conn.dialect.name == "postgresql":
         from hifhir.store import pg_direct
 

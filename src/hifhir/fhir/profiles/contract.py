@@ -109,7 +109,7 @@ from hifhir.fhir.searchparams import (
     link_ref,
     split_token,
 )
-from hifhir.store.fast import DriverQuery, FastStatement, any_pk
+from hifhir.store.fast import DriverQuery, FastStatement, any_pk, rows_together
 from hifhir.store.tables import (
     coverage,
     family,
@@ -343,8 +343,9 @@ def activate_if_paid(ctx: WriteContext, policy_pk: int, *, requested: int | None
       (`coverage_pk`, or the policy's) and the flags of `members` — the insurees the write touched — always.
     A payment that does not activate its policy changes nothing here."""
     conn = ctx.conn
-    row = _STANDING.rows(conn, {"pk": policy_pk})[0]
-    payments = [Payment(r.amount, r.pay_date, bool(r.is_photo_fee)) for r in _PAYMENTS.rows(conn, {"pk": policy_pk})]
+    standing, paid = rows_together(conn, [(_STANDING, {"pk": policy_pk}), (_PAYMENTS, {"pk": policy_pk})])
+    row = standing[0]
+    payments = [Payment(r.amount, r.pay_date, bool(r.is_photo_fee)) for r in paid]
     status, effective = row.policy_status, row.policy_effective
     activated = activation_date(status, row.policy_value, payments, ProductTerms.from_row(row), row.policy_start)
     if activated is not None:
@@ -728,15 +729,25 @@ class ContractKind(ResourceKind):
     # --- to FHIR -------------------------------------------------------------------------------------------
 
     def render(self, conn: Connection, pks: list[int]) -> dict[int, dict[str, Any]]:
-        rows = policy_views(conn, pks).values()
+        # The policies (unless this flush's Coverage render read them), members and contributions: one round trip
+        # on PostgreSQL.
+        memo = render_memo(conn)
+        views: dict[int, Any] = memo.setdefault("policy_view", {}) if memo is not None else {}
+        missing = [pk for pk in pks if pk not in views]
+        reads = [(_COVERED, {"pks": pks}), (_PREMIUMS, {"pks": pks})]
+        if missing:
+            reads.append((_POLICY_VIEW, {"pks": missing}))
+        member_rows, premium_rows, *viewed = rows_together(conn, reads)
+        for found in viewed:
+            views.update((r.pk, r) for r in found)
         covered: dict[int, list[str]] = {pk: [] for pk in pks}
-        for policy_pk, insuree_id in _COVERED.rows(conn, {"pks": pks}):
+        for policy_pk, insuree_id in member_rows:
             covered[policy_pk].append(insuree_id)
         premiums: dict[int, list[Row]] = {pk: [] for pk in pks}
-        for p in _PREMIUMS.rows(conn, {"pks": pks}):
+        for p in premium_rows:
             premiums[p.policy_pk].append(p)
         day = today()
-        return {r.pk: _contract(r, covered[r.pk], premiums[r.pk], day) for r in rows}
+        return {pk: _contract(views[pk], covered[pk], premiums[pk], day) for pk in pks if pk in views}
 
     # --- from FHIR -----------------------------------------------------------------------------------------
 

@@ -42,8 +42,8 @@ from hifhir.fhir.searchparams import (
     string_param,
     token_param,
 )
-from hifhir.store.codelists import displays_of
-from hifhir.store.fast import DriverQuery, any_pk
+from hifhir.store.codelists import displays_from, displays_read
+from hifhir.store.fast import DriverQuery, any_pk, rows_together
 from hifhir.store.tables import family, insuree, is_current
 
 # IG defect (ig/README.md §9.5): the example codes the family type in core group-type; both systems are
@@ -53,6 +53,7 @@ GROUP_TYPE_SYSTEMS = {CS + "group-type", "http://hl7.org/fhir/group-type"}
 
 # Built once: constructing these per render cost more than running them (a Group is re-rendered whenever a member's
 # policy changes, e.g. on every enrolment).
+_LABEL_LISTS = ("group-confirmation-type", "group-type")
 _FAMILIES = DriverQuery(select(family).where(any_pk(family.c.pk)))
 _MEMBERS = DriverQuery(
     select(insuree.c.pk, insuree.c.id, insuree.c.family_pk, insuree.c.last_name, insuree.c.other_names,
@@ -96,12 +97,14 @@ class GroupKind(ResourceKind):
     # --- to FHIR ---------------------------------------------------------------------------------------
 
     def render(self, conn: Connection, pks: list[int]) -> dict[int, dict[str, Any]]:
-        rows = {r.pk: r for r in _FAMILIES.rows(conn, {"pks": pks})}
+        families, member_rows, label_rows = rows_together(conn, [
+            (_FAMILIES, {"pks": pks}), (_MEMBERS, {"pks": pks}), displays_read(_LABEL_LISTS)])
+        rows = {r.pk: r for r in families}
         members: dict[int, list[Row]] = {pk: [] for pk in pks}
-        for m in _MEMBERS.rows(conn, {"pks": pks}):
+        for m in member_rows:
             members[m.family_pk].append(m)
         places = location_names(conn, {r.location_pk for r in rows.values()})
-        labels = displays_of(conn, ("group-confirmation-type", "group-type"))
+        labels = displays_from(_LABEL_LISTS, label_rows)
         confirmation_labels, type_labels = labels["group-confirmation-type"], labels["group-type"]
         out = {}
         for pk, row in rows.items():

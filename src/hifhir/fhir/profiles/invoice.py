@@ -68,7 +68,7 @@ from hifhir.fhir.searchparams import (
     link_ref,
     split_token,
 )
-from hifhir.store.fast import DriverQuery, any_pk
+from hifhir.store.fast import DriverQuery, any_pk, rows_together
 from hifhir.store.tables import (
     bill,
     bill_line,
@@ -269,10 +269,10 @@ class _InvoiceKindBase(ResourceKind):
                                   .order_by(parent, self.line_table.c.sequence))
 
     def render(self, conn: Connection, pks: list[int]) -> dict[int, dict[str, Any]]:
-        rows = self._view.rows(conn, {"pks": pks})
+        rows, line_rows = rows_together(conn, [(self._view, {"pks": pks}), (self._lines, {"pks": pks})])
         lines: dict[int, list[Row]] = {pk: [] for pk in pks}
         parent = f"{self.table.name}_pk"
-        for ln in self._lines.rows(conn, {"pks": pks}):
+        for ln in line_rows:
             lines[getattr(ln, parent)].append(ln)
         insurer = insurer_id(conn)
         return {r.pk: render_invoice(r, lines[r.pk], self.party, self.type_cs, insurer) for r in rows}
