@@ -291,3 +291,31 @@ def test_a_deferred_write_that_fails_fails_the_reads_that_carry_it(engine: Engin
         conn.rollback()
 
     assert _codes(engine) == []
+
+
+# --- keys drawn ahead (PostgreSQL) ---------------------------------------------------------------------------
+
+
+def test_keys_drawn_ahead_are_new_and_never_handed_out_twice_even_after_the_sequence_is_set_back(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("keys drawn from a sequence: PostgreSQL")
+    from sqlalchemy import text
+
+    from hifhir.store import pk_blocks
+    from hifhir.store.tables import eligibility_enquiry
+
+    monkeypatch.setattr(pk_blocks, "BLOCK", 3)
+    monkeypatch.setattr(pk_blocks, "_BY_ENGINE", type(pk_blocks._BY_ENGINE)())
+    with engine.begin() as conn:
+        first = [pk_blocks.next_pk(conn, eligibility_enquiry) for _ in range(4)]  # two blocks
+        # a restore or TRUNCATE … RESTART IDENTITY sets the sequence back under the running server
+        conn.execute(text("SELECT setval(pg_get_serial_sequence('eligibility_enquiry', 'pk'), 1, false)"))
+        later = [pk_blocks.next_pk(conn, eligibility_enquiry) for _ in range(4)]
+        plain = conn.execute(text("SELECT nextval(pg_get_serial_sequence('eligibility_enquiry', 'pk'))")).scalar()
+
+    keys = first + later
+    assert len(set(keys)) == len(keys)
+    assert first == sorted(first) and later == sorted(later)
+    assert min(later[1:]) > max(first)  # the first of `later` is the rest of the second block, drawn before
+    assert plain > max(keys)  # the sequence itself was moved past them

@@ -9,11 +9,11 @@ from datetime import date, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from hifhir.domain.policy import add_months
 from hifhir.fhir.registry import KINDS
-from hifhir.store.tables import POLICY_IDLE, POLICY_SUSPENDED
+from hifhir.store.tables import POLICY_IDLE, POLICY_SUSPENDED, eligibility_enquiry
 from tests.builders_eligibility import (
     Places,
     enquiry,
@@ -377,6 +377,24 @@ def test_stored_versions_render_again_from_history(api, engine, world):
             pk = conn.execute(select(kind.table.c.pk).where(kind.table.c.id == res["id"])).scalar_one()
             assert kind.render(conn, [pk])[pk] == {k: v for k, v in res.items()
                                                    if k not in ("resourceType", "id", "meta")}
+
+
+def test_a_request_uuid_used_twice_is_a_conflict_and_writes_nothing(api, engine, world):
+    request_uuid = "5d0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b"
+    for _ in range(8):  # past the driver's preparation of the statements (PostgreSQL: the insert is deferred then)
+        ask(api, f"Patient/{world.adult['id']}")
+    first = ask(api, f"Patient/{world.adult['id']}", request_uuid=request_uuid)
+    with engine.connect() as conn:
+        stored = conn.execute(select(func.count()).select_from(eligibility_enquiry)).scalar_one()
+
+    again = refused(api.post(REQ, enquiry(f"Patient/{world.child['id']}", request_uuid=request_uuid)), 409,
+                    expression=f"{REQ}.identifier")
+
+    assert again["issue"][0]["diagnostics"] == f"identifier[UUID] {request_uuid} is already used"
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(eligibility_enquiry)).scalar_one() == stored
+    assert api.get(f"{RESP}/{first['id']}").json() == first
+    ask(api, f"Patient/{world.child['id']}")  # the next enquiry is answered
 
 
 def test_requests_are_immutable_and_responses_read_only(api, world):

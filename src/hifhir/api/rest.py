@@ -279,9 +279,12 @@ def sync_point_us(call: Call) -> int:
 # --- create / update / delete -------------------------------------------------------------------------
 
 
-def conflict_from_integrity(exc: IntegrityError) -> FhirError:
-    return FhirError.one(409, "conflict",
-                         "The write conflicts with existing data (a code or key is already used)")
+def conflict_from_integrity(exc: IntegrityError, ctx: WriteContext | None = None) -> FhirError:
+    """A uniqueness the write expected (`WriteContext.expect_unique`) names what is used; anything else is a
+    generic conflict."""
+    found = ctx.conflict_for(exc) if ctx is not None else None
+    return found or FhirError.one(409, "conflict",
+                                  "The write conflicts with existing data (a code or key is already used)")
 
 
 @dataclass(slots=True)
@@ -463,13 +466,14 @@ def existing_response(call: Call, resource_type: str, res_id: str) -> HttpRespon
 
 
 def _run_one(call: Call, apply: Any) -> tuple[Pending, dict[tuple[str, int], Written]]:
+    ctx: WriteContext | None = None
     try:
         with transaction(call.engine, write=True) as conn:
             ctx = WriteContext(conn, call.principal.username, lenient=call.lenient)
             pending = apply(ctx)
             flushed = ctx.flush()
     except IntegrityError as exc:
-        raise conflict_from_integrity(exc) from None
+        raise conflict_from_integrity(exc, ctx) from None
     return pending, flushed
 
 

@@ -268,14 +268,19 @@ class WriteContext:
         self.unique[(table.name, column)] = (value, what, expression)
 
     def _unique_violation(self, table: Table, exc: IntegrityError) -> Exception:
+        return self.conflict_for(exc, table.name) or exc
+
+    def conflict_for(self, exc: IntegrityError, table_name: str | None = None) -> FhirError | None:
+        """The 409 naming what is already used, when `exc` violates a uniqueness this write expects (of `table_name`,
+        or of any table: a statement that waited for a later round trip fails there, see store/pg_direct)."""
         text = str(exc.orig)
-        for (table_name, column), (value, what, expression) in self.unique.items():
+        for (table, column), (value, what, expression) in self.unique.items():
             # SQLite names the column ("insuree.chf_id"), PostgreSQL the index ("uq_insuree_chf_id_current").
-            if table_name == table.name and (f"{table_name}.{column}" in text or
-                                             f"uq_{table_name}_{column}_current" in text or
-                                             f'"uq_{table_name}_{column}"' in text):
+            if table_name in (None, table) and (f"{table}.{column}" in text or
+                                                 f"uq_{table}_{column}_current" in text or
+                                                 f'"uq_{table}_{column}"' in text):
                 return conflict(f"{what} {value} is already used", expression)
-        return exc
+        return None
 
     def mark(self, kind_name: str, pk: int) -> None:
         self.touched.setdefault(kind_name, set()).add(pk)

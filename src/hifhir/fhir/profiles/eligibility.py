@@ -69,7 +69,7 @@ from hifhir.domain.eligibility import (
     evaluate_reference,
 )
 from hifhir.fhir.elements import CS, first_code, identifier_value, identifiers, reference
-from hifhir.fhir.errors import FhirError, conflict
+from hifhir.fhir.errors import FhirError
 from hifhir.fhir.kind import ResourceKind, WriteContext, require
 from hifhir.fhir.profiles.common import is_uuid, resolve_new_id, stored_bodies
 from hifhir.fhir.profiles.medication import money
@@ -77,6 +77,7 @@ from hifhir.fhir.profiles.organization import is_current_insurer
 from hifhir.fhir.search import common_params, common_sorts
 from hifhir.fhir.searchparams import SortKey, column_ref, date_param, reference_param
 from hifhir.store.fast import DriverQuery
+from hifhir.store.pk_blocks import next_pk
 from hifhir.store.tables import (
     eligibility_enquiry,
     insuree,
@@ -124,25 +125,28 @@ _INSUREE_ID = select(insuree.c.id).where(insuree.c.pk == bindparam("pk"))
 _INSURER_ID = select(insurer_org.c.id).where(insurer_org.c.pk == bindparam("pk"))
 
 
+_ENQUIRY_COLUMNS = ("id", "uuid", "insuree_pk", "created", "answered", "version_id", "last_updated")
 _INSERT_ENQUIRY = DriverQuery(
-    insert(eligibility_enquiry)
-    .values({c: bindparam(c) for c in ("id", "uuid", "insuree_pk", "created", "answered", "version_id",
-                                       "last_updated")})
-    .returning(eligibility_enquiry.c.pk))
+    insert(eligibility_enquiry).values({c: bindparam(c) for c in _ENQUIRY_COLUMNS}).returning(eligibility_enquiry.c.pk))
+# PostgreSQL: with its key drawn beforehand (store.pk_blocks), the insert waits for the COMMIT's round trip.
+_INSERT_ENQUIRY_WITH_PK = DriverQuery(
+    insert(eligibility_enquiry).values({c: bindparam(c) for c in ("pk", *_ENQUIRY_COLUMNS)}))
 
 
 def _insert(ctx: WriteContext, values: dict[str, Any]) -> int:
     """`ctx.insert` (a new entity at version 1, registered for the flush) at the driver level. The one unique key a
-    client can collide with is the request's id (its UUID): that violation is a 409 naming the identifier."""
+    client can collide with is the request's id (its UUID): that violation is a 409 naming the identifier —
+    raised here on SQLite, by the COMMIT on PostgreSQL (`WriteContext.expect_unique`)."""
+    row = {**values, "version_id": 1, "last_updated": ctx.now}
+    ctx.expect_unique(eligibility_enquiry, "id", values["id"], "identifier[UUID]", f"{REQUEST}.identifier")
     try:
-        rows = _INSERT_ENQUIRY.rows(ctx.conn, {**values, "version_id": 1, "last_updated": ctx.now})
+        if ctx.conn.dialect.name == "postgresql":
+            pk = next_pk(ctx.conn, eligibility_enquiry)
+            _INSERT_ENQUIRY_WITH_PK.run(ctx.conn, {**row, "pk": pk}, defer=True)
+        else:
+            pk = int(_INSERT_ENQUIRY.rows(ctx.conn, row)[0].pk)
     except IntegrityError as exc:
-        text = str(exc.orig)
-        if "eligibility_enquiry.id" in text or "uq_eligibility_enquiry_id" in text:
-            raise conflict(f"identifier[UUID] {values['id']} is already used",
-                           f"{REQUEST}.identifier") from None
-        raise  # any other conflict: the generic 409
-    pk = int(rows[0].pk)
+        raise ctx.conflict_for(exc, eligibility_enquiry.name) or exc from None
     ctx.created[(eligibility_enquiry.name, pk)] = values["id"]
     return pk
 
