@@ -259,14 +259,16 @@ _USAGE = DriverQuery(union_all(_usage_branch("service", claim_service, "service_
                                _usage_branch("item", claim_item, "item_pk")))
 
 # Conditional on the claim still being entered: of two concurrent submissions, the second updates nothing.
-_CLAIM_UPDATE = DriverQuery(
+_CLAIM_SET = (
     update(claim)
     .where(claim.c.pk == bindparam("claim"), claim.c.status == CLAIM_ENTERED)
     .values(status=bindparam("new_status"), category=bindparam("new_category"),
             rejection_reason=bindparam("new_reason"), approved=bindparam("new_approved"),
             submit_stamp=bindparam("new_stamp"))
-    .returning(claim.c.pk)
 )
+_CLAIM_UPDATE = DriverQuery(_CLAIM_SET.returning(claim.c.pk))
+# A claim inserted by this very transaction cannot have been submitted by another: nothing to wait for.
+_FRESH_CLAIM_UPDATE = DriverQuery(_CLAIM_SET)
 
 
 def _line_update(lines: Any) -> FastStatement:
@@ -309,9 +311,10 @@ class _Use:
     qty: Decimal
 
 
-def submit(conn: Connection, claim_pk: int, *, today: date, now: int) -> int:
+def submit(conn: Connection, claim_pk: int, *, today: date, now: int, fresh: bool = False) -> int:
     """Check an entered claim (status 2) and record the outcome; returns the new status (4 checked, 1 rejected).
-    ValueError when the claim does not exist or is not entered."""
+    ValueError when the claim does not exist or is not entered. `fresh`: the claim was inserted by the caller's
+    transaction (no concurrent submission is possible: the claim's update need not be waited for)."""
     claim_only = {"claim": claim_pk}
     # One round trip on PostgreSQL: each of these needs the claim's pk alone.
     head, line_rows, policies, diagnoses = rows_together(conn, [
@@ -335,7 +338,7 @@ def submit(conn: Connection, claim_pk: int, *, today: date, now: int) -> int:
         line_reason = _LINE_REASON_OF.get(claim_reason, claim_reason)
         for line in lines:
             line.reason = line_reason
-    return _record(conn, claim_pk, lines, category, claim_reason, now)
+    return _record(conn, claim_pk, lines, category, claim_reason, now, fresh)
 
 
 def _category(lines: Sequence[_Line], *, multi_day: bool) -> str:
@@ -507,7 +510,7 @@ class _ProductSearch:
 
 
 def _record(conn: Connection, claim_pk: int, lines: Sequence[_Line], category: str, claim_reason: int,
-            now: int) -> int:
+            now: int, fresh: bool) -> int:
     passed = [line for line in lines if not line.reason]
     if claim_reason == ACCEPTED and passed:
         status, reason = CLAIM_CHECKED, ACCEPTED
@@ -517,9 +520,11 @@ def _record(conn: Connection, claim_pk: int, lines: Sequence[_Line], category: s
         reasons = {line.reason for line in lines}
         status, reason = CLAIM_REJECTED, reasons.pop() if len(reasons) == 1 else INVALID_ITEM_OR_SERVICE
     approved = sum((line.qty * line.price for line in passed), Decimal(0)) if status == CLAIM_CHECKED else Decimal(0)
-    done = _CLAIM_UPDATE.rows(conn, {"claim": claim_pk, "new_status": status, "new_category": category,
-                                     "new_reason": reason, "new_approved": approved, "new_stamp": now})
-    if not done:
+    params = {"claim": claim_pk, "new_status": status, "new_category": category, "new_reason": reason,
+              "new_approved": approved, "new_stamp": now}
+    if fresh:
+        _FRESH_CLAIM_UPDATE.run(conn, params, defer=True)
+    elif not _CLAIM_UPDATE.rows(conn, params):
         raise ValueError(f"Claim {claim_pk} is no longer an entered claim (submitted concurrently)")
     for kind, statement in _LINE_UPDATES.items():
         rejected = [{"line": line.pk, "new_status": LINE_REJECTED, "new_reason": line.reason, "new_qty": 0}

@@ -595,7 +595,7 @@ def _lines_lookup(shape: tuple[tuple[str, str, int], ...]) -> DriverQuery:
     return DriverQuery(union_all(*parts))
 
 
-def _lines_read(pending: list[_PendingLine]) -> tuple[DriverQuery, dict[str, Any]]:
+def _targets_read(pending: list[_PendingLine]) -> tuple[DriverQuery, dict[str, Any]]:
     """The statement finding the registers' rows the lines name, with its parameters."""
     shape: list[tuple[str, str, int]] = []
     params: dict[str, Any] = {}
@@ -609,7 +609,7 @@ def _lines_read(pending: list[_PendingLine]) -> tuple[DriverQuery, dict[str, Any
 
 
 def _resolve_lines(pending: list[_PendingLine], rows: list[Any]) -> tuple[Line, ...]:
-    """The lines with their item or service, from the rows `_lines_read`'s statement found."""
+    """The lines with their item or service, from the rows `_targets_read`'s statement found."""
     by_kind: dict[str, list[Any]] = {"item": [], "service": []}
     for row in rows:
         by_kind[row.kind].append(row)
@@ -790,7 +790,7 @@ class ClaimKind(ResourceKind):
                              ("v", coverage_ref[0] if coverage_ref else Keys())):
             params.update({f"{prefix}_id": keys.id, f"{prefix}_uuid": keys.uuid, f"{prefix}_code": keys.code})
         found: dict[str, list[Any]] = {}
-        references, line_rows = rows_together(ctx.conn, [(_REFERENCES, params), _lines_read(pending)])
+        references, line_rows = rows_together(ctx.conn, [(_REFERENCES, params), _targets_read(pending)])
         for row in references:
             found.setdefault(row.what, []).append(row)
         keys, where = refs["patient"]
@@ -860,7 +860,7 @@ def _adjudicate(ctx: WriteContext, pk: int) -> None:
     from hifhir.fhir.profiles.communication import select_claim_for_feedback
 
     today = date.today()
-    if checks.submit(ctx.conn, pk, today=today, now=ctx.now) != CLAIM_CHECKED:
+    if checks.submit(ctx.conn, pk, today=today, now=ctx.now, fresh=True) != CLAIM_CHECKED:
         return
     held = review.select_for_review(ctx.conn, pk, rule=configured_review_rule(), today=today)
     held = select_claim_for_feedback(ctx, pk, today=today) or held
@@ -1065,10 +1065,17 @@ def _line_order(row: Any) -> tuple[bool, int, bool, int]:
     return row.sequence is None, row.sequence or 0, row.kind != "item", row.pk
 
 
-def _line_rows(conn: Connection, pks: list[int]) -> dict[int, list[Any]]:
-    """Each claim's lines in Claim.item.sequence order, amounts in hundredths (see _LINE_AMOUNTS)."""
+def _claim_lines_read(pks: list[int]) -> tuple[DriverQuery, dict[str, Any]]:
+    return (_LINES_ONE, {"pk": pks[0]}) if len(pks) == 1 else (_LINES, {"pks": pks})
+
+
+def _line_rows(conn: Connection, pks: list[int], rows: list[Any] | None = None) -> dict[int, list[Any]]:
+    """Each claim's lines in Claim.item.sequence order, amounts in hundredths (see _LINE_AMOUNTS); `rows`: what
+    `_claim_lines_read`'s statement gave, when it was already run."""
     out: dict[int, list[Any]] = {pk: [] for pk in pks}
-    rows = _LINES_ONE.rows(conn, {"pk": pks[0]}) if len(pks) == 1 else _LINES.rows(conn, {"pks": pks})
+    if rows is None:
+        query, params = _claim_lines_read(pks)
+        rows = query.rows(conn, params)
     for row in rows:
         out[row.claim_pk].append(row)
     for lines in out.values():
@@ -1083,10 +1090,8 @@ def _claim_rows(conn: Connection, pks: list[int]) -> list[Any]:
     return list(conn.execute(_CLAIMS, {"pks": pks}))
 
 
-def _response_claims(conn: Connection, pks: list[int]) -> list[Any]:
-    if len(pks) == 1:
-        return _RESPONSE_CLAIM_ONE.rows(conn, {"pk": pks[0]})
-    return _RESPONSE_CLAIMS.rows(conn, {"pks": pks})
+def _response_claims_read(pks: list[int]) -> tuple[DriverQuery, dict[str, Any]]:
+    return (_RESPONSE_CLAIM_ONE, {"pk": pks[0]}) if len(pks) == 1 else (_RESPONSE_CLAIMS, {"pks": pks})
 
 
 def _claim_views(conn: Connection, pks: list[int]) -> dict[int, ClaimView]:
@@ -1338,8 +1343,8 @@ class ClaimResponseKind(ResourceKind):
         self.sort_params = {**common_sorts(self), "created": SortKey(created, "date")}
 
     def render(self, conn: Connection, pks: list[int]) -> dict[int, dict[str, Any]]:
-        claims = _response_claims(conn, pks)
-        lines = _line_rows(conn, pks)
+        claims, line_rows = rows_together(conn, [_response_claims_read(pks), _claim_lines_read(pks)])
+        lines = _line_rows(conn, pks, line_rows)
         renderer = _ResponseRenderer(insurer_id(conn))
         return {c.pk: renderer.body(c, lines[c.pk]) for c in claims}
 
@@ -1380,8 +1385,9 @@ def _deliver_review(ctx: WriteContext, resource: dict[str, Any], current: Row) -
     if not review.is_pending(current.status, current.review_status, current.deleted):
         raise _not_pending(current)
     pk = int(current.pk)
-    lines = _line_rows(ctx.conn, [pk])[pk]
-    shown = response_body(_response_claims(ctx.conn, [pk])[0], lines, insurer_id(ctx.conn))
+    claims, line_rows = rows_together(ctx.conn, [_response_claims_read([pk]), _claim_lines_read([pk])])
+    lines = _line_rows(ctx.conn, [pk], line_rows)[pk]
+    shown = response_body(claims[0], lines, insurer_id(ctx.conn))
     _unchanged_elements(resource, shown)
     decisions, where = _line_decisions(resource, shown, lines)
     adjustment = _adjustment(resource, shown)
