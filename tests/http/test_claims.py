@@ -278,6 +278,22 @@ def test_resubmitting_a_claim_code_is_a_409_that_changes_nothing(api, engine, wo
     assert api.get(f"ClaimResponse/{first['id']}").json()["meta"]["versionId"] == "1"
 
 
+def test_a_resubmitted_code_is_a_409_once_the_driver_prepared_the_insert(api, engine, world):
+    """On PostgreSQL a prepared claim insert waits for the next round trip: its violation is raised there, and
+    still answered with the 409 naming the code, nothing written."""
+    for i in range(8):
+        answered(api.post("Claim", claim_of(world, f"P{i:04d}")))
+    before = counts(engine)
+
+    again = api.post("Claim", claim_of(world, "P0003"))
+
+    body = refused(again, 409, expression="Claim.identifier", text="P0003")
+    assert body["issue"][0]["diagnostics"] == ("Claim code P0003 is already used by a current claim of this "
+                                               "health facility")
+    assert counts(engine) == before
+    answered(api.post("Claim", claim_of(world, "P0100")))  # the next claim goes through
+
+
 def test_the_same_claim_code_may_be_used_by_another_facility(api, engine, world):
     answered(api.post("Claim", claim_of(world)))
     other = created(api.post("Organization", hf_resource("RAHOS002", world.places.district)))["id"]

@@ -142,6 +142,7 @@ def _transaction(call: rest.Call, entries: list[Entry]) -> list[dict[str, Any]]:
             raise _at(entry, invalid("DELETE takes request.url Type/id"))
         if entry.method == "PUT" and entry.res_id is None and not entry.query:
             raise _at(entry, invalid("PUT takes request.url Type/id or Type?criteria"))
+    ctx: WriteContext | None = None
     try:
         with transaction(call.engine, write=True) as conn:
             ctx = WriteContext(conn, call.principal.username, lenient=call.lenient)
@@ -162,7 +163,7 @@ def _transaction(call: rest.Call, entries: list[Entry]) -> list[dict[str, Any]]:
                 entry.pending = _guarded(entry, lambda e=entry: _put(call, ctx, e))
             flushed = ctx.flush()
     except IntegrityError as exc:
-        raise rest.conflict_from_integrity(exc) from None
+        raise rest.conflict_from_integrity(exc, ctx) from None
     for entry in entries:
         if entry.method == "GET":
             entry.response = _batch_entry(call, entry)

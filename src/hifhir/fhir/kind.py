@@ -208,7 +208,7 @@ class WriteContext:
     deleted: list[tuple[ResourceKind, int]] = field(default_factory=list)
     created: dict[tuple[str, int], str] = field(default_factory=dict)  # (table, pk) → id, inserted at version 1
     # (table, column) → (value, message, expression) for uniqueness left to the partial unique indexes
-    unique: dict[tuple[str, str], tuple[str, str, str]] = field(default_factory=dict)
+    unique: dict[tuple[str, str], tuple[str, str, str, tuple[str, ...]]] = field(default_factory=dict)
     # (kind name, pk) → body a write built itself, used by flush instead of render() (resources whose content
     # is not in columns, e.g. an eligibility enquiry and its answer)
     prerendered: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
@@ -262,10 +262,13 @@ class WriteContext:
         except IntegrityError as exc:
             raise self._unique_violation(table, exc) from None
 
-    def expect_unique(self, table: Table, column: str, value: str, what: str, expression: str) -> None:
+    def expect_unique(self, table: Table, column: str, value: str, what: str, expression: str, *,
+                      columns: tuple[str, ...] = (), message: str | None = None) -> None:
         """Uniqueness among current rows, enforced by the partial unique index rather than a SELECT first:
-        a violation becomes this 409 instead of a generic conflict."""
-        self.unique[(table.name, column)] = (value, what, expression)
+        a violation becomes this 409 ("{what} {value} is already used", or `message`) instead of a generic
+        conflict. `columns`: the index's columns when it has more than `column` (e.g. a code unique per facility)."""
+        self.unique[(table.name, column)] = (value, message or f"{what} {value} is already used", expression,
+                                             columns or (column,))
 
     def _unique_violation(self, table: Table, exc: IntegrityError) -> Exception:
         return self.conflict_for(exc, table.name) or exc
@@ -274,12 +277,14 @@ class WriteContext:
         """The 409 naming what is already used, when `exc` violates a uniqueness this write expects (of `table_name`,
         or of any table: a statement that waited for a later round trip fails there, see store/pg_direct)."""
         text = str(exc.orig)
-        for (table, column), (value, what, expression) in self.unique.items():
-            # SQLite names the column ("insuree.chf_id"), PostgreSQL the index ("uq_insuree_chf_id_current").
-            if table_name in (None, table) and (f"{table}.{column}" in text or
-                                                 f"uq_{table}_{column}_current" in text or
-                                                 f'"uq_{table}_{column}"' in text):
-                return conflict(f"{what} {value} is already used", expression)
+        for (table, _column), (_value, message, expression, columns) in self.unique.items():
+            if table_name not in (None, table):
+                continue
+            # SQLite names the columns ("claim.hf_pk, claim.code"), PostgreSQL the index (uq_claim_hf_pk_code_current).
+            index = f"uq_{table}_{'_'.join(columns)}"
+            if (", ".join(f"{table}.{c}" for c in columns) in text or f"{index}_current" in text
+                    or f'"{index}"' in text):
+                return conflict(message, expression)
         return None
 
     def mark(self, kind_name: str, pk: int) -> None:

@@ -167,6 +167,7 @@ from hifhir.fhir.search import common_params, common_sorts
 from hifhir.fhir.searchparams import SortKey, column_ref, date_param, link_ref, reference_param
 from hifhir.store.codelists import DIAGNOSIS_LIST
 from hifhir.store.fast import DriverQuery, MultiRowInsert, any_pk, rows_together
+from hifhir.store.pk_blocks import next_pk
 from hifhir.store.tables import (
     CLAIM_CHECKED,
     CLAIM_ENTERED,
@@ -704,13 +705,13 @@ def _claimed(resource: dict[str, Any], lines: Iterable[_PendingLine]) -> Decimal
 # --- the Claim kind -----------------------------------------------------------------------------------------------
 
 
-_INSERT_CLAIM = DriverQuery(
-    insert(claim)
-    .values({c: bindparam(c) for c in (
-        "id", "uuid", "code", "hf_pk", "insuree_pk", "claim_admin_pk", "date_from", "date_to", "date_claimed",
-        "status", "visit_type", "icd_code", "icd_code_1", "icd_code_2", "icd_code_3", "icd_code_4", "claimed",
-        "explanation", "guarantee_id", "version_id", "last_updated", "response_version", "response_updated")})
-    .returning(claim.c.pk))
+_CLAIM_COLUMNS = (
+    "id", "uuid", "code", "hf_pk", "insuree_pk", "claim_admin_pk", "date_from", "date_to", "date_claimed",
+    "status", "visit_type", "icd_code", "icd_code_1", "icd_code_2", "icd_code_3", "icd_code_4", "claimed",
+    "explanation", "guarantee_id", "version_id", "last_updated", "response_version", "response_updated")
+_INSERT_CLAIM = DriverQuery(insert(claim).values({c: bindparam(c) for c in _CLAIM_COLUMNS}).returning(claim.c.pk))
+# PostgreSQL: with its key drawn beforehand (store.pk_blocks), the insert travels with the checks' first reads.
+_INSERT_CLAIM_WITH_PK = DriverQuery(insert(claim).values({c: bindparam(c) for c in ("pk", *_CLAIM_COLUMNS)}))
 _LINE_TABLES = {"item": (claim_item, "item_pk"), "service": (claim_service, "service_pk")}
 
 
@@ -890,17 +891,19 @@ def _insert_claim(ctx: WriteContext, claim_id: str, sub: Submission) -> int:
         "claimed": sub.claimed, "explanation": sub.explanation, "guarantee_id": sub.guarantee,
         "version_id": 1, "last_updated": ctx.now, "response_version": 1, "response_updated": ctx.now,
     }
+    # A violation is raised here on SQLite, by the statement that carries the deferred insert on PostgreSQL: both
+    # become these 409s (WriteContext.conflict_for).
+    ctx.expect_unique(claim, "code", sub.code, "Claim code", f"{CLAIM_TYPE}.identifier", columns=("hf_pk", "code"),
+                      message=f"Claim code {sub.code} is already used by a current claim of this health facility")
+    ctx.expect_unique(claim, "id", claim_id, "identifier[UUID]", f"{CLAIM_TYPE}.identifier")
     try:
-        rows = _INSERT_CLAIM.rows(ctx.conn, values)
+        if ctx.conn.dialect.name == "postgresql":
+            pk = next_pk(ctx.conn, claim)
+            _INSERT_CLAIM_WITH_PK.run(ctx.conn, {**values, "pk": pk}, defer=True)
+        else:
+            pk = int(_INSERT_CLAIM.rows(ctx.conn, values)[0].pk)
     except IntegrityError as exc:
-        text = str(exc.orig)
-        if "claim.hf_pk" in text or "uq_claim_hf_pk_code" in text:
-            raise conflict(f"Claim code {sub.code} is already used by a current claim of this health facility",
-                           f"{CLAIM_TYPE}.identifier") from None
-        if "claim.id" in text or "uq_claim_id" in text:
-            raise conflict(f"identifier[UUID] {claim_id} is already used", f"{CLAIM_TYPE}.identifier") from None
-        raise
-    pk = int(rows[0].pk)
+        raise ctx.conflict_for(exc, claim.name) or exc from None
     ctx.created[(claim.name, pk)] = claim_id
     return pk
 
