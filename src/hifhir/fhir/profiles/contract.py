@@ -560,14 +560,43 @@ _ONE_RECEIPT_TAKEN = FastStatement(select(premium.c.receipt).where(
 _COVERAGE_OF = select(coverage.c.pk).where(coverage.c.policy_pk == bindparam("pk"))
 
 
-def _fetch(ctx: WriteContext, ref: Any, rtype: str, kind_name: str, table_name: str, expression: str) -> Row:
-    """The row of a `Type/id` reference in one prebuilt query; anything else (codes on the openIMIS alias,
-    logical references, missing targets and their 422) is resolved by `ctx.resolve` first."""
-    lookup = _LOOKUPS[table_name]
+def _product_reference(resource: dict[str, Any]) -> Any:
+    """term[0].asset[0].valuedItem[0].entityReference when the Contract has that shape (checked later, in order)."""
+    try:
+        return resource["term"][0]["asset"][0]["valuedItem"][0].get("entityReference")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None
+
+
+def _literal_id(ref: Any, rtype: str) -> str | None:
     literal = ref.get("reference") if isinstance(ref, dict) else None
     prefix = rtype + "/"
     if isinstance(literal, str) and literal.startswith(prefix) and literal.count("/") == 1:
-        row = lookup.find(ctx.conn, literal[len(prefix):])
+        return literal[len(prefix):]
+    return None
+
+
+def _prefetch(ctx: WriteContext, wanted: list[tuple[Any, str, str]]) -> dict[tuple[str, str], Row]:
+    """The rows of the literal `Type/id` references among `wanted` (reference, type, table), read together (one
+    round trip on PostgreSQL); `_fetch` takes them from there and still checks each reference in its turn."""
+    keys, reads = [], []
+    for ref, rtype, table_name in wanted:
+        rid = _literal_id(ref, rtype)
+        if rid is not None:
+            keys.append((table_name, rid))
+            reads.append((_LOOKUPS[table_name].by_id, {"id": rid}))
+    return {key: rows[0] for key, rows in zip(keys, rows_together(ctx.conn, reads), strict=True) if rows}
+
+
+def _fetch(ctx: WriteContext, ref: Any, rtype: str, kind_name: str, table_name: str, expression: str,
+           known: dict[tuple[str, str], Row] | None = None) -> Row:
+    """The row of a `Type/id` reference in one prebuilt query (or among the `known` rows `_prefetch` read);
+    anything else (codes on the openIMIS alias, logical references, missing targets and their 422) is resolved by
+    `ctx.resolve` first."""
+    lookup = _LOOKUPS[table_name]
+    rid = _literal_id(ref, rtype)
+    if rid is not None:
+        row = (known or {}).get((table_name, rid)) or lookup.find(ctx.conn, rid)
         if row is not None:
             return row
     pk = ctx.resolve(ref, [rtype], expression, kinds=[kind_name])[1]
@@ -793,17 +822,22 @@ class ContractKind(ResourceKind):
         informal = scope == "informal"
         subjects = resource.get("subject") or []
         require(len(subjects) == 1, "A Contract enrols exactly one subject", "Contract.subject")
+        known = _prefetch(ctx, [
+            (subjects[0], "Group", "family") if informal else (subjects[0], "Organization", "policy_holder"),
+            (resource.get("author"), "Practitioner", "officer"),
+            (_product_reference(resource), "InsurancePlan", "product")])
         family_pk = holder_pk = None
         if informal:
-            owner = _fetch(ctx, subjects[0], "Group", "group", "family", "Contract.subject[0]")
+            owner = _fetch(ctx, subjects[0], "Group", "group", "family", "Contract.subject[0]", known)
             family_pk = int(owner.pk)
         else:
-            owner = _fetch(ctx, subjects[0], "Organization", "policy-holder", "policy_holder", "Contract.subject[0]")
+            owner = _fetch(ctx, subjects[0], "Organization", "policy-holder", "policy_holder", "Contract.subject[0]",
+                           known)
             holder_pk = int(owner.pk)
         officer = None
         if resource.get("author") is not None:
             officer = _fetch(ctx, resource["author"], "Practitioner", "enrolment-officer", "officer",
-                             "Contract.author")
+                             "Contract.author", known)
             # openIMIS sells through the officers of the family's district (legacy EnterPolicy code 5: "officer
             # not applicable to the family's location"); an officer without a district is not restricted.
             require(officer.location_pk is None or owner.district_pk is None
@@ -825,7 +859,7 @@ class ContractKind(ResourceKind):
         items = asset.get("valuedItem") or []
         require(len(items) == 1, "One product per Contract: exactly one valuedItem", f"{ASSET}.valuedItem")
         product_row = _fetch(ctx, items[0].get("entityReference"), "InsurancePlan", "insurance-plan", "product",
-                             f"{ASSET}.valuedItem[0].entityReference")
+                             f"{ASSET}.valuedItem[0].entityReference", known)
         covered, positions = self._covered(ctx, asset.get("typeReference") or [], family_pk)
         head_ref = refs[0].get("reference") if isinstance(refs[0], dict) else None
         head = next((r for r in covered if head_ref == f"Patient/{r.id}"), None)
