@@ -207,7 +207,7 @@ class WriteContext:
     touched: dict[str, set[int]] = field(default_factory=dict)
     deleted: list[tuple[ResourceKind, int]] = field(default_factory=list)
     created: dict[tuple[str, int], str] = field(default_factory=dict)  # (table, pk) → id, inserted at version 1
-    # (table, column) → (value, message, expression) for uniqueness left to the partial unique indexes
+    # (table, column) → (value, message, expression, index columns) for uniqueness left to the partial unique indexes
     unique: dict[tuple[str, str], tuple[str, str, str, tuple[str, ...]]] = field(default_factory=dict)
     # (kind name, pk) → body a write built itself, used by flush instead of render() (resources whose content
     # is not in columns, e.g. an eligibility enquiry and its answer)
