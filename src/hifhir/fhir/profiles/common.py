@@ -86,7 +86,9 @@ _LOCATION_NAMES = DriverQuery(
                  .outerjoin(_WARD, _WARD.c.pk == location.c.ward_pk))
     .where(any_pk(location.c.pk))
 )
-_LOCATION_BY_ID = select(location.c.pk, location.c.type).where(location.c.id == bindparam("id"), is_current(location))
+# Every Patient and Group write looks its village up: through the driver (store.fast), not SQLAlchemy's execute.
+_LOCATION_BY_ID = DriverQuery(
+    select(location.c.pk, location.c.type).where(location.c.id == bindparam("id"), is_current(location)))
 _LOCATION_TYPE = select(location.c.type).where(location.c.pk == bindparam("pk"))
 _LEVEL_NAMES = {"R": "region", "D": "district", "W": "ward", "V": "village"}
 
@@ -103,7 +105,8 @@ def location_of_level(ctx: WriteContext, ref: Any, level: str, expression: str) 
     literal = ref.get("reference") if isinstance(ref, dict) else None
     found = None
     if isinstance(literal, str) and literal.startswith("Location/") and literal.count("/") == 1:
-        found = ctx.conn.execute(_LOCATION_BY_ID, {"id": literal[9:]}).first()  # the common case, one query
+        rows = _LOCATION_BY_ID.rows(ctx.conn, {"id": literal[9:]})  # the common case, one query
+        found = rows[0] if rows else None
     if found is not None:
         pk, actual = found
     else:
