@@ -183,6 +183,32 @@ def instant(us: int) -> str:
     return datetime.fromtimestamp(us / 1_000_000, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+class KeyedInsert:
+    """A new entity's INSERT at the driver level (as `WriteContext.insert`, `values` carrying version 1), registered
+    for the flush. On PostgreSQL its key is drawn ahead (store/pk_blocks), so the insert waits for the transaction's
+    next round trip instead of taking one for `RETURNING pk`; a uniqueness violation, raised here or by the statement
+    that carries it, is the 409 the write registered with `WriteContext.expect_unique`."""
+
+    def __init__(self, table: Table, columns: tuple[str, ...]) -> None:
+        self._table = table
+        self._returning = DriverQuery(insert(table).values({c: bindparam(c) for c in columns}).returning(table.c.pk))
+        self._keyed = DriverQuery(insert(table).values({c: bindparam(c) for c in ("pk", *columns)}))
+
+    def insert(self, ctx: WriteContext, values: dict[str, Any]) -> int:
+        from hifhir.store.pk_blocks import next_pk
+
+        try:
+            if ctx.conn.dialect.name == "postgresql":
+                pk = next_pk(ctx.conn, self._table)
+                self._keyed.run(ctx.conn, {**values, "pk": pk}, defer=True)
+            else:
+                pk = int(self._returning.rows(ctx.conn, values)[0].pk)
+        except IntegrityError as exc:
+            raise ctx.conflict_for(exc, self._table.name) or exc from None
+        ctx.created[(self._table.name, pk)] = values["id"]
+        return pk
+
+
 @dataclass(slots=True)
 class Written:
     kind: ResourceKind

@@ -7,10 +7,11 @@ statements every read request runs (read by id, the page's bodies) that is most 
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import re
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, ClassVar, NamedTuple
 
 import orjson
 from sqlalchemy import Connection, Integer, String, bindparam
@@ -37,10 +38,8 @@ def _on_driver(conn: Connection, sql: str, args: Any, *, fetch: bool, describe: 
     `Connection.execute` would raise them, for the callers."""
     raw = conn.connection.driver_connection
     assert raw is not None
-    for observer in STATEMENT_OBSERVERS:
-        observer(sql)
-    dbapi_error = conn.dialect.loaded_dbapi.Error
-    try:
+    _observed((sql,))
+    with _as_sqlalchemy_errors(conn, sql, args):
         if conn.dialect.name == "postgresql":
             from hifhir.store import pg_direct  # psycopg: loaded by PostgreSQL deployments only (~8 MB a worker)
 
@@ -62,8 +61,22 @@ def _on_driver(conn: Connection, sql: str, args: Any, *, fetch: bool, describe: 
             return tuple(d[0] for d in description), cursor.fetchall()
         finally:
             cursor.close()
+
+
+@contextlib.contextmanager
+def _as_sqlalchemy_errors(conn: Connection, sql: str, args: Any) -> Iterator[None]:
+    """Driver errors raised inside, wrapped as SQLAlchemy's (`IntegrityError`, `OperationalError`…)."""
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    try:
+        yield
     except dbapi_error as exc:
         raise DBAPIError.instance(sql, args, exc, dbapi_error, dialect=conn.dialect) from exc
+
+
+def _observed(statements: Iterable[str]) -> None:
+    for sql in statements:
+        for observer in STATEMENT_OBSERVERS:
+            observer(sql)
 
 
 def _binary_cursor(raw: Any) -> Any:
@@ -128,14 +141,10 @@ class FastStatement:
         if conn.dialect.name == "postgresql":
             from hifhir.store import pg_direct
 
-            dbapi_error = conn.dialect.loaded_dbapi.Error
-            try:
+            with _as_sqlalchemy_errors(conn, sql, arg_sets):
                 done = pg_direct.run_all(conn.connection.driver_connection, [(sql, arg_sets)], defer=defer)
-            except dbapi_error as exc:
-                raise DBAPIError.instance(sql, arg_sets, exc, dbapi_error, dialect=conn.dialect) from exc
             if done:
-                for observer in STATEMENT_OBSERVERS:
-                    observer(sql)
+                _observed((sql,))
                 return
         conn.exec_driver_sql(sql, arg_sets)
 
@@ -165,6 +174,14 @@ def _row_class_of(names: tuple[str, ...]) -> type[DriverRow]:
 
 _Compiled = tuple[str, tuple[str, ...], bool, dict[str, Any], dict[str, Callable[[Any], Any]], type[DriverRow],
                   tuple[tuple[int, Callable[[Any], Any]], ...]]
+
+
+class _Bound(NamedTuple):
+    """A DriverQuery's statement bound to parameters (`DriverQuery.bound`), to run and then read (`made`)."""
+
+    sql: str
+    args: Any
+    compiled: _Compiled
 
 
 class DriverQuery:
@@ -207,19 +224,21 @@ class DriverQuery:
         return found
 
     def rows(self, conn: Connection, params: dict[str, Any]) -> list[DriverRow]:
-        sql, args = self.bound(conn, params)
-        fetched = self._execute(conn, sql, args, fetch=True)
+        bound = self.bound(conn, params)
+        fetched = self._execute(conn, bound.sql, bound.args, fetch=True)
         assert isinstance(fetched, list)
-        return self.made(conn, params, fetched)
+        return self.made(bound, fetched)
 
-    def bound(self, conn: Connection, params: dict[str, Any]) -> tuple[str, Any]:
+    def bound(self, conn: Connection, params: dict[str, Any]) -> _Bound:
         """The statement for these parameters and its driver arguments."""
-        sql, order, positional, defaults, binds, _row_class, _results = self._for(conn, params)
-        return sql, self._args(params, order, positional, defaults, binds)
+        compiled = self._for(conn, params)
+        sql, order, positional, defaults, binds = compiled[:5]
+        return _Bound(sql, self._args(params, order, positional, defaults, binds), compiled)
 
-    def made(self, conn: Connection, params: dict[str, Any], fetched: list[Any]) -> list[DriverRow]:
-        """The driver's rows of the statement `bound` gave, converted, as rows with the columns as attributes."""
-        row_class, results = self._for(conn, params)[5:]
+    @staticmethod
+    def made(bound: _Bound, fetched: list[Any]) -> list[DriverRow]:
+        """The driver's rows of a `bound` statement, converted, as rows with the columns as attributes."""
+        row_class, results = bound.compiled[5:]
         make = row_class._make  # type: ignore[attr-defined]
         if not results:
             return [make(row) for row in fetched]
@@ -234,9 +253,8 @@ class DriverQuery:
     def run(self, conn: Connection, params: dict[str, Any], *, defer: bool = False) -> int:
         """Execute a statement that returns no rows (an UPDATE, a DELETE); the number of rows it changed — unless
         `defer`: then it may wait for the transaction's next round trip (`_on_driver`) and the count is 0."""
-        sql, order, positional, defaults, binds, _row_class, _results = self._for(conn, params)
-        count = self._execute(conn, sql, self._args(params, order, positional, defaults, binds), fetch=False,
-                              defer=defer)
+        bound = self.bound(conn, params)
+        count = self._execute(conn, bound.sql, bound.args, fetch=False, defer=defer)
         assert isinstance(count, int)
         return count
 
@@ -265,19 +283,11 @@ def rows_together(conn: Connection, queries: Sequence[tuple[DriverQuery, dict[st
         from hifhir.store import pg_direct
 
         bound = [query.bound(conn, params) for query, params in queries]
-        raw = conn.connection.driver_connection
-        dbapi_error = conn.dialect.loaded_dbapi.Error
-        try:
-            fetched = pg_direct.fetch_all(raw, bound)
-        except dbapi_error as exc:
-            sql, args = bound[0]
-            raise DBAPIError.instance(sql, args, exc, dbapi_error, dialect=conn.dialect) from exc
+        with _as_sqlalchemy_errors(conn, bound[0].sql, bound[0].args):
+            fetched = pg_direct.fetch_all(conn.connection.driver_connection, [(b.sql, b.args) for b in bound])
         if fetched is not pg_direct.NOT_PREPARED:
-            for sql, _args in bound:
-                for observer in STATEMENT_OBSERVERS:
-                    observer(sql)
-            return [query.made(conn, params, rows)
-                    for (query, params), rows in zip(queries, fetched, strict=True)]
+            _observed(b.sql for b in bound)
+            return [DriverQuery.made(b, rows) for b, rows in zip(bound, fetched, strict=True)]
     return [query.rows(conn, params) for query, params in queries]
 
 

@@ -156,22 +156,17 @@ def run_all(raw: Any, statements: Sequence[tuple[str, Sequence[Any]]], *, defer:
     if raw._pipeline is not None or raw.autocommit or raw.pgconn.transaction_status != _INTRANS:
         return False
     session = _session(raw)
-    query = session.query
     steps: list[_Step] = []
     for sql, arg_sets in statements:
         for args in arg_sets:
-            query.convert(sql, args)
-            name = _prepared_name(raw, query)
-            if name is None:
+            step = _step(raw, session.query, sql, args, False)
+            if step is None:
                 return False
-            steps.append((name, b"", query.params, query.formats, _TEXT))
+            steps.append(step)
     if defer:
         session.deferred.extend(steps)
-        return True
-    if session.deferred:
-        steps[:0], session.deferred = session.deferred, []
-    if steps:
-        _pipeline(raw, steps)
+    elif steps or session.deferred:
+        _send(raw, session, False, steps)
     return True
 
 

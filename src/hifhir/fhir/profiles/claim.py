@@ -140,7 +140,6 @@ from sqlalchemy import (
     type_coerce,
     union_all,
 )
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 
@@ -158,7 +157,7 @@ from hifhir.domain.claims import (
 from hifhir.domain.claims.feedback import SelectionRule, parse_rule
 from hifhir.fhir.elements import CS, EXT, first_code, identifier_value, identifiers, reference
 from hifhir.fhir.errors import FhirError, business_rule, conflict
-from hifhir.fhir.kind import ResourceKind, WriteContext, require
+from hifhir.fhir.kind import KeyedInsert, ResourceKind, WriteContext, require
 from hifhir.fhir.profiles.common import is_uuid, stored_bodies
 from hifhir.fhir.profiles.contract import choice_param, typed_reference_param
 from hifhir.fhir.profiles.medication import CURRENCY, MAX_AMOUNT, money, number, parse_amount, parse_money
@@ -167,7 +166,6 @@ from hifhir.fhir.search import common_params, common_sorts
 from hifhir.fhir.searchparams import SortKey, column_ref, date_param, link_ref, reference_param
 from hifhir.store.codelists import DIAGNOSIS_LIST
 from hifhir.store.fast import DriverQuery, MultiRowInsert, any_pk, rows_together
-from hifhir.store.pk_blocks import next_pk
 from hifhir.store.tables import (
     CLAIM_CHECKED,
     CLAIM_ENTERED,
@@ -709,9 +707,8 @@ _CLAIM_COLUMNS = (
     "id", "uuid", "code", "hf_pk", "insuree_pk", "claim_admin_pk", "date_from", "date_to", "date_claimed",
     "status", "visit_type", "icd_code", "icd_code_1", "icd_code_2", "icd_code_3", "icd_code_4", "claimed",
     "explanation", "guarantee_id", "version_id", "last_updated", "response_version", "response_updated")
-_INSERT_CLAIM = DriverQuery(insert(claim).values({c: bindparam(c) for c in _CLAIM_COLUMNS}).returning(claim.c.pk))
-# PostgreSQL: with its key drawn beforehand (store.pk_blocks), the insert travels with the checks' first reads.
-_INSERT_CLAIM_WITH_PK = DriverQuery(insert(claim).values({c: bindparam(c) for c in ("pk", *_CLAIM_COLUMNS)}))
+# PostgreSQL: with its key drawn beforehand, the insert travels with the checks' first reads.
+_INSERT_CLAIM = KeyedInsert(claim, _CLAIM_COLUMNS)
 _LINE_TABLES = {"item": (claim_item, "item_pk"), "service": (claim_service, "service_pk")}
 
 
@@ -896,16 +893,7 @@ def _insert_claim(ctx: WriteContext, claim_id: str, sub: Submission) -> int:
     ctx.expect_unique(claim, "code", sub.code, "Claim code", f"{CLAIM_TYPE}.identifier", columns=("hf_pk", "code"),
                       message=f"Claim code {sub.code} is already used by a current claim of this health facility")
     ctx.expect_unique(claim, "id", claim_id, "identifier[UUID]", f"{CLAIM_TYPE}.identifier")
-    try:
-        if ctx.conn.dialect.name == "postgresql":
-            pk = next_pk(ctx.conn, claim)
-            _INSERT_CLAIM_WITH_PK.run(ctx.conn, {**values, "pk": pk}, defer=True)
-        else:
-            pk = int(_INSERT_CLAIM.rows(ctx.conn, values)[0].pk)
-    except IntegrityError as exc:
-        raise ctx.conflict_for(exc, claim.name) or exc from None
-    ctx.created[(claim.name, pk)] = claim_id
-    return pk
+    return _INSERT_CLAIM.insert(ctx, values)
 
 
 def _coverage_reference(resource: dict[str, Any], contained: Contained) -> tuple[Keys, str] | None:

@@ -56,8 +56,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Row, bindparam, select
 
 from hifhir.auth import scope as location_scope
 from hifhir.domain.eligibility import (
@@ -70,14 +69,12 @@ from hifhir.domain.eligibility import (
 )
 from hifhir.fhir.elements import CS, first_code, identifier_value, identifiers, reference
 from hifhir.fhir.errors import FhirError
-from hifhir.fhir.kind import ResourceKind, WriteContext, require
+from hifhir.fhir.kind import KeyedInsert, ResourceKind, WriteContext, require
 from hifhir.fhir.profiles.common import is_uuid, resolve_new_id, stored_bodies
 from hifhir.fhir.profiles.medication import money
 from hifhir.fhir.profiles.organization import is_current_insurer
 from hifhir.fhir.search import common_params, common_sorts
 from hifhir.fhir.searchparams import SortKey, column_ref, date_param, reference_param
-from hifhir.store.fast import DriverQuery
-from hifhir.store.pk_blocks import next_pk
 from hifhir.store.tables import (
     eligibility_enquiry,
     insuree,
@@ -126,11 +123,8 @@ _INSURER_ID = select(insurer_org.c.id).where(insurer_org.c.pk == bindparam("pk")
 
 
 _ENQUIRY_COLUMNS = ("id", "uuid", "insuree_pk", "created", "answered", "version_id", "last_updated")
-_INSERT_ENQUIRY = DriverQuery(
-    insert(eligibility_enquiry).values({c: bindparam(c) for c in _ENQUIRY_COLUMNS}).returning(eligibility_enquiry.c.pk))
-# PostgreSQL: with its key drawn beforehand (store.pk_blocks), the insert waits for the COMMIT's round trip.
-_INSERT_ENQUIRY_WITH_PK = DriverQuery(
-    insert(eligibility_enquiry).values({c: bindparam(c) for c in ("pk", *_ENQUIRY_COLUMNS)}))
+# PostgreSQL: with its key drawn beforehand, the insert waits for the COMMIT's round trip.
+_INSERT_ENQUIRY = KeyedInsert(eligibility_enquiry, _ENQUIRY_COLUMNS)
 
 
 def _insert(ctx: WriteContext, values: dict[str, Any]) -> int:
@@ -139,16 +133,7 @@ def _insert(ctx: WriteContext, values: dict[str, Any]) -> int:
     raised here on SQLite, by the COMMIT on PostgreSQL (`WriteContext.expect_unique`)."""
     row = {**values, "version_id": 1, "last_updated": ctx.now}
     ctx.expect_unique(eligibility_enquiry, "id", values["id"], "identifier[UUID]", f"{REQUEST}.identifier")
-    try:
-        if ctx.conn.dialect.name == "postgresql":
-            pk = next_pk(ctx.conn, eligibility_enquiry)
-            _INSERT_ENQUIRY_WITH_PK.run(ctx.conn, {**row, "pk": pk}, defer=True)
-        else:
-            pk = int(_INSERT_ENQUIRY.rows(ctx.conn, row)[0].pk)
-    except IntegrityError as exc:
-        raise ctx.conflict_for(exc, eligibility_enquiry.name) or exc from None
-    ctx.created[(eligibility_enquiry.name, pk)] = values["id"]
-    return pk
+    return _INSERT_ENQUIRY.insert(ctx, row)
 
 
 @dataclass(frozen=True, slots=True)
