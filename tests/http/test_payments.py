@@ -360,6 +360,17 @@ def test_reference_already_used_as_a_receipt_of_the_product_is_409(api, engine, 
     assert counts(engine) == before
 
 
+def test_payment_of_a_deleted_policys_invoice_is_409_and_writes_nothing(api, engine, scheme):
+    s = scheme
+    c = idle_contract(api, s)
+    inv_id = invoice_of(api, engine, c["id"])
+    assert api.delete(f"Contract/{c['id']}").status_code == 204  # an idle policy may be deleted; its invoice stays
+    before = counts(engine)
+    refused(api.post("PaymentNotice", notice(f"Invoice/{inv_id}", 10000, "TX-G1")), 409,
+            expression="PaymentNotice.request", text="The policy this invoice is for no longer exists")
+    assert counts(engine) == before
+
+
 def test_notice_without_reference_shows_its_id_and_keeps_none(api, engine, scheme):
     s = scheme
     c = idle_contract(api, s, "FC01")

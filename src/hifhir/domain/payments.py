@@ -127,6 +127,7 @@ class Payable:
     amount_total: Decimal
     amount_paid: Decimal
     policy_pk: int | None
+    version: int  # as locked by `find_payable`: this transaction takes the next one
 
     @property
     def left(self) -> Decimal:
@@ -138,7 +139,7 @@ def _payable_query(table: Any, column: str) -> DriverQuery:
     policy_pk = table.c.policy_pk if table is invoice else null()
     return DriverQuery(
         select(table.c.pk, table.c.id, table.c.code, table.c.status, table.c.amount_total, table.c.amount_paid,
-               policy_pk.label("policy_pk"))
+               policy_pk.label("policy_pk"), table.c.version_id)
         .where(table.c[column] == bindparam("v"), is_current(table))
         .with_for_update(of=table))
 
@@ -155,12 +156,13 @@ def find_payable(conn: Connection, kinds: Iterable[str], column: str, value: Any
         if rows:
             r = rows[0]
             return Payable(kind, int(r.pk), r.id, r.code, int(r.status), r.amount_total, r.amount_paid,
-                           r.policy_pk)
+                           r.policy_pk, int(r.version_id))
     return None
 
 
 def _store(ctx: WriteContext, p: Payable, paid: Decimal, status: int, date_paid: date | None) -> None:
-    ctx.versioned_update(p.kind, [p.pk], {"amount_paid": paid, "status": status, "date_paid": date_paid})
+    ctx.versioned_update(p.kind, [p.pk], {"amount_paid": paid, "status": status, "date_paid": date_paid},
+                         locked={p.pk: (p.id, p.version)})
     p.amount_paid, p.status = paid, status
 
 
@@ -229,31 +231,34 @@ def withdraw(ctx: WriteContext, p: Payable, amount: Decimal, receipt: str, *, re
 
 # --- the policy of a contribution invoice ---------------------------------------------------------------------
 
-# The premium takes its product from the current policy row: no row inserted = the policy is gone.
+# The premium takes its product from the current policy row: none is inserted when the policy is gone (which the
+# activation's read of the policy then finds). No one waits for it: on PostgreSQL it travels with that read.
 _ADD_PREMIUM = DriverQuery(insert(premium).from_select(
     ["policy_pk", "product_pk", "amount", "receipt", "pay_date", "pay_type", "is_photo_fee", "created"],
     select(policy.c.pk, policy.c.product_pk, bindparam("amount", type_=premium.c.amount.type),
            bindparam("receipt", type_=premium.c.receipt.type), bindparam("pay_date", type_=premium.c.pay_date.type),
            bindparam("pay_type", type_=premium.c.pay_type.type), false(),
            bindparam("created", type_=premium.c.created.type))
-    .where(policy.c.pk == bindparam("pk"), is_current(policy))).returning(premium.c.pk))
+    .where(policy.c.pk == bindparam("pk"), is_current(policy))))
 
 
 def add_contribution(ctx: WriteContext, policy_pk: int, amount: Decimal, pay_date: date, receipt: str) -> None:
     """The payment as a contribution (premium) of the policy, then the Contract path's activation
     (`activate_if_paid`), so both paths activate the same way."""
-    from hifhir.fhir.profiles.contract import activate_if_paid
+    from hifhir.fhir.profiles.contract import PolicyGone, activate_if_paid
 
     try:  # the partial unique index (product, receipt) decides; the error rolls the whole write back
-        added = _ADD_PREMIUM.rows(ctx.conn, {"pk": policy_pk, "amount": amount, "receipt": receipt,
-                                             "pay_date": pay_date, "pay_type": PAY_TYPE, "created": ctx.now})
-    except IntegrityError:
+        _ADD_PREMIUM.run(ctx.conn, {"pk": policy_pk, "amount": amount, "receipt": receipt, "pay_date": pay_date,
+                                    "pay_type": PAY_TYPE, "created": ctx.now}, defer=True)
+        ctx.mark("contract", policy_pk)
+        activate_if_paid(ctx, policy_pk)
+    except IntegrityError as exc:
+        if ctx.conflict_for(exc) is not None:  # a statement this write sent before (e.g. its notice's insert)
+            raise
         raise PaymentConflict(f"Receipt {receipt} is already used for a contribution to this policy's product; "
                               "the payment reference must be new", "reference") from None
-    if not added:  # the policy was deleted after its invoice was issued: a payment cannot resurrect it
-        raise PaymentConflict("The policy this invoice is for no longer exists; cancel the invoice")
-    ctx.mark("contract", policy_pk)
-    activate_if_paid(ctx, policy_pk)
+    except PolicyGone:  # deleted after its invoice was issued: a payment cannot resurrect it
+        raise PaymentConflict("The policy this invoice is for no longer exists; cancel the invoice") from None
 
 
 def remove_contribution(ctx: WriteContext, policy_pk: int, receipt: str) -> None:

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Row, Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from hifhir.fhir.errors import FhirError, business_rule, conflict
-from hifhir.store.fast import DriverQuery, MultiRowInsert, any_pk, rows_together
+from hifhir.store.fast import DriverQuery, MultiRowInsert, Plan, any_pk, run_plans
 from hifhir.store.tables import is_current, resource_version
 
 if TYPE_CHECKING:
@@ -81,6 +81,14 @@ class ResourceKind:
         """to_fhir for a batch of rows: the resource without resourceType, id and meta."""
         raise NotImplementedError
 
+    def render_plan(self, conn: Connection, pks: list[int]) -> Plan[dict[int, dict[str, Any]]]:
+        """`render` as a plan of reads (store.fast.Plan): a flush runs the plans of every kind it re-versions
+        together, so that their reads share round trips. A kind whose render reads in steps overrides this (and
+        defines `render` as `run_plan(conn, self.render_plan(conn, pks))`); by default the render runs by itself
+        when its plan starts."""
+        yield from ()
+        return self.render(conn, pks)
+
     def write(self, ctx: WriteContext, resource: dict[str, Any], current: Row | None) -> int:
         """from_fhir plus domain rules; inserts or updates the entity and returns its pk (ctx.mark is implicit)."""
         raise NotImplementedError
@@ -130,13 +138,14 @@ def _update_query(table: Table, columns: tuple[str, ...], *, many: bool = False)
 
 
 @functools.cache
-def _versioned_update(table: Table, version_column: str, updated_column: str, columns: tuple[str, ...]
-                      ) -> DriverQuery:
-    """An UPDATE of these columns of rows (`pks`) that also takes their next version (see versioned_update)."""
+def _versioned_update(table: Table, version_column: str, updated_column: str, columns: tuple[str, ...], *,
+                      returning: bool = True) -> DriverQuery:
+    """An UPDATE of these columns of rows (`pks`) that also takes their next version (see versioned_update),
+    returning it unless the caller knows it."""
     version = table.c[version_column]
-    return DriverQuery(update(table).where(any_pk(table.c.pk)).values(
+    statement = update(table).where(any_pk(table.c.pk)).values(
         {**_set_values(table, columns), version_column: version + 1, updated_column: bindparam("now")})
-        .returning(table.c.pk, table.c.id, version))
+    return DriverQuery(statement.returning(table.c.pk, table.c.id, version) if returning else statement)
 
 
 @functools.cache
@@ -155,6 +164,11 @@ def _bump_versions(table: Table, version_column: str = "version_id", updated_col
 
 
 _RENDER_MEMO = "hifhir.render_memo"
+_BUMPS = ""  # the flush's plan key of the version bumps (no kind is named so)
+
+
+def _bump_plan(reads: list[tuple[DriverQuery, dict[str, Any]]]) -> Plan[list[list[Any]]]:
+    return (yield reads) if reads else []
 
 
 def render_memo(conn: Connection) -> dict[str, Any] | None:
@@ -263,22 +277,33 @@ class WriteContext:
         except IntegrityError as exc:
             raise self._unique_violation(table, exc) from None
 
-    def versioned_update(self, kind_name: str, pks: Iterable[int], values: dict[str, Any]) -> None:
+    def versioned_update(self, kind_name: str, pks: Iterable[int], values: dict[str, Any], *,
+                         locked: Mapping[int, tuple[str, int]] | None = None) -> None:
         """Update rows of a kind and mark them, each taking its next version in the same UPDATE, so the flush
         does not bump it again: one UPDATE a row instead of two. On PostgreSQL each UPDATE writes a new row version
         and, when an indexed column changes (last_updated), an entry in every index of the table. A row already
-        bumped by this write, or created by it, is only updated."""
+        bumped by this write, or created by it, is only updated. `locked`: pk → (id, version) of rows this
+        transaction read under a row lock (FOR UPDATE), whose next version nobody else can take: their UPDATE
+        returns nothing and so waits for the transaction's next round trip (PostgreSQL)."""
         from hifhir.fhir.registry import KINDS
 
         kind = KINDS[kind_name]
         table = kind.table
         params = {"set_" + k: v for k, v in values.items()}
-        fresh, done = [], []
+        fresh, known, done = [], [], []
         for pk in pks:
             settled = (kind_name, pk) in self.bumped or (table.name, pk) in self.created
-            (done if settled else fresh).append(pk)
+            (done if settled else known if locked is not None and pk in locked else fresh).append(pk)
             self.mark(kind_name, pk)
         try:
+            if known:
+                statement = _versioned_update(table, kind.version_column, kind.updated_column, tuple(values),
+                                              returning=False)
+                statement.run(self.conn, {**params, "pks": known, "now": self.now}, defer=True)
+                assert locked is not None
+                for pk in known:
+                    res_id, version = locked[pk]
+                    self.bumped[(kind_name, pk)] = (res_id, version + 1)
             if fresh:
                 statement = _versioned_update(table, kind.version_column, kind.updated_column, tuple(values))
                 for row in statement.rows(self.conn, {**params, "pks": fresh, "now": self.now}):
@@ -420,8 +445,8 @@ class WriteContext:
     def _render_touched(self, out: dict[tuple[str, int], Written], history_rows: list[dict[str, Any]]) -> None:
         from hifhir.fhir.registry import KINDS
 
-        # Every kind's version bump first, all in one round trip on PostgreSQL (a bump changes nothing a render
-        # shows but the kind's own version and time, which come from its RETURNING).
+        # Every kind's version bump (a bump changes nothing a render shows but the kind's own version and time,
+        # which come from its RETURNING).
         versions: dict[str, list[Any]] = {}
         bumps: list[tuple[str, tuple[DriverQuery, dict[str, Any]]]] = []
         for kind_name, pks in self.touched.items():
@@ -436,17 +461,24 @@ class WriteContext:
             if existing:
                 bumps.append((kind_name, (_bump_versions(t, kind.version_column, kind.updated_column),
                                           {"pks": existing, "now": self.now})))
-        for (kind_name, _), bumped in zip(bumps, rows_together(self.conn, [read for _, read in bumps]), strict=True):
+        # The renders' reads go with the bumps, each step of every kind's plan in one round trip on PostgreSQL.
+        plans: dict[str, Plan[Any]] = {_BUMPS: _bump_plan([read for _, read in bumps])}
+        given: dict[str, dict[int, dict[str, Any]]] = {}
+        for kind_name, pks in self.touched.items():
+            pk_list = sorted(pks)
+            given[kind_name] = {pk: self.prerendered.pop((kind_name, pk)) for pk in pk_list
+                                if (kind_name, pk) in self.prerendered}
+            to_render = [pk for pk in pk_list if pk not in given[kind_name]]
+            if to_render:
+                plans[kind_name] = KINDS[kind_name].render_plan(self.conn, to_render)
+        rendered = run_plans(self.conn, plans)
+        for (kind_name, _), bumped in zip(bumps, rendered.pop(_BUMPS), strict=True):
             versions[kind_name] += bumped
 
-        for kind_name, pks in self.touched.items():
+        for kind_name in self.touched:
             kind = KINDS[kind_name]
-            pk_list = sorted(pks)
             rows = versions[kind_name]
-            given = {pk: self.prerendered.pop((kind_name, pk)) for pk in pk_list
-                     if (kind_name, pk) in self.prerendered}
-            to_render = [pk for pk in pk_list if pk not in given]
-            bodies = {**(kind.render(self.conn, to_render) if to_render else {}), **given}
+            bodies = {**rendered.get(kind_name, {}), **given[kind_name]}
             for pk, res_id, version in rows:
                 resource: dict[str, Any] = {
                     "resourceType": kind.resource_type,

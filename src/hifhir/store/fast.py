@@ -10,8 +10,8 @@ import collections
 import contextlib
 import functools
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, ClassVar, NamedTuple
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import orjson
 from sqlalchemy import Connection, Integer, String, bindparam
@@ -25,6 +25,9 @@ from sqlalchemy.types import TypeDecorator
 # Called with each statement these classes send to the driver, which SQLAlchemy's cursor events do not see (tests
 # count a request's statements with both).
 STATEMENT_OBSERVERS: list[Callable[[str], None]] = []
+
+_T = TypeVar("_T")
+_K = TypeVar("_K")
 
 
 def _on_driver(conn: Connection, sql: str, args: Any, *, fetch: bool, describe: bool = False,
@@ -274,6 +277,16 @@ class DriverQuery:
                           make_cursor=_raw_cursor if conn.dialect.name == "postgresql" else None)
 
 
+def send_deferred(conn: Connection) -> None:
+    """Send now the statements waiting for the transaction's next round trip (PostgreSQL; SQLite defers nothing): a
+    caller about to fail for a reason of its own lets a violation one of them raises come first."""
+    if conn.dialect.name == "postgresql":
+        from hifhir.store import pg_direct
+
+        with _as_sqlalchemy_errors(conn, "(statements sent with the next round trip)", None):
+            pg_direct.drain(conn.connection.driver_connection)
+
+
 def rows_together(conn: Connection, queries: Sequence[tuple[DriverQuery, dict[str, Any]]]) -> list[list[DriverRow]]:
     """The rows of each query, for reads that do not depend on each other: on PostgreSQL sent in one round trip once
     psycopg has prepared them all (`store.pg_direct.fetch_all`), else — and on SQLite — one after the other."""
@@ -289,6 +302,43 @@ def rows_together(conn: Connection, queries: Sequence[tuple[DriverQuery, dict[st
             _observed(b.sql for b in bound)
             return [DriverQuery.made(b, rows) for b, rows in zip(bound, fetched, strict=True)]
     return [query.rows(conn, params) for query, params in queries]
+
+
+
+Read = tuple[DriverQuery, dict[str, Any]]
+# A computation that needs the database in steps, each step a list of independent reads: it yields the step's reads,
+# is sent their rows (one list per read, in order) and finally returns its result. `run_plans` runs several together.
+Plan = Generator[list[Read], list[list[DriverRow]], _T]
+
+
+def run_plans(conn: Connection, plans: Mapping[_K, Plan[_T]]) -> dict[_K, _T]:
+    """The results of the plans, run in lockstep: the reads every plan asks for at one step go together
+    (`rows_together`: one round trip on PostgreSQL), so that plans of depth 2 cost two round trips however many
+    there are. Results are delivered in the mapping's order, so a plan may leave something (e.g. in a memo) that a
+    later plan's next step uses."""
+    done: dict[_K, _T] = {}
+    waiting: dict[_K, list[Read]] = {}
+
+    def advance(key: _K, sent: list[list[DriverRow]] | None) -> None:
+        try:
+            waiting[key] = plans[key].send(sent)  # type: ignore[arg-type]  # None starts a generator
+        except StopIteration as finished:
+            done[key] = finished.value
+
+    for key in plans:
+        advance(key, None)
+    while waiting:
+        step, waiting = waiting, {}
+        fetched = rows_together(conn, [read for reads in step.values() for read in reads])
+        start = 0
+        for key, reads in step.items():
+            advance(key, fetched[start:start + len(reads)])
+            start += len(reads)
+    return done
+
+
+def run_plan(conn: Connection, plan: Plan[_T]) -> _T:
+    return run_plans(conn, {0: plan})[0]
 
 
 _NAMED = re.compile(r"%\(([^)]+)\)s|%%")

@@ -13,7 +13,7 @@ from hifhir.fhir.elements import identifier_value
 from hifhir.fhir.errors import conflict
 from hifhir.fhir.kind import ResourceKind, WriteContext, require
 from hifhir.fhir.searchparams import SearchParam, column_ref, reference_param
-from hifhir.store.fast import DriverQuery, any_pk
+from hifhir.store.fast import DriverQuery, Plan, any_pk, run_plan
 from hifhir.store.tables import is_current, location
 from hifhir.store.tables import resource_version as rv
 
@@ -95,9 +95,14 @@ _LEVEL_NAMES = {"R": "region", "D": "district", "W": "ward", "V": "village"}
 
 def location_names(conn: Connection, pks: set[int]) -> dict[int, Row]:
     """For each location pk: the row joined with its region, district and ward names, in one query."""
+    return run_plan(conn, location_names_plan(pks))
+
+
+def location_names_plan(pks: set[int]) -> Plan[dict[int, Row]]:
     if not pks:
         return {}
-    return {row.pk: row for row in _LOCATION_NAMES.rows(conn, {"pks": list(pks)})}
+    rows, = yield [(_LOCATION_NAMES, {"pks": list(pks)})]
+    return {row.pk: row for row in rows}
 
 
 def location_of_level(ctx: WriteContext, ref: Any, level: str, expression: str) -> int:

@@ -109,7 +109,7 @@ from hifhir.fhir.searchparams import (
     link_ref,
     split_token,
 )
-from hifhir.store.fast import DriverQuery, FastStatement, any_pk, rows_together
+from hifhir.store.fast import DriverQuery, FastStatement, Plan, any_pk, rows_together, run_plan
 from hifhir.store.tables import (
     coverage,
     family,
@@ -257,11 +257,12 @@ def _flags_query(which: Any) -> DriverQuery:
     return DriverQuery(select(
         insuree.c.pk, insuree.c.family_pk, insuree.c.has_active_policy,
         covered_on(bindparam("today", type_=Date)).label("covered"),
-        _FAMILY_WAS_ACTIVE.label("family_active")).where(which))
+        _FAMILY_WAS_ACTIVE.label("family_active"), insuree.c.id, insuree.c.version_id).where(which)
+        .with_for_update(of=insuree))
 
 
 # The insurees' flags, whether they are covered today and whether their Group was active: of a list of insurees, or
-# of a policy's members.
+# of a policy's members. They are locked: the flags may change, and their next versions are this transaction's.
 _FLAGS = {"insurees": _flags_query(any_pk(insuree.c.pk)),
           "policy": _flags_query(insuree.c.pk.in_(_MEMBERS_OF))}
 
@@ -273,20 +274,23 @@ def _refresh_flags(ctx: WriteContext, which: str, params: dict[str, Any], on: da
     if not changed:
         return
     group_was_active = {r.family_pk: bool(r.family_active) for r in rows if r.family_pk is not None}
+    locked = {r.pk: (r.id, r.version_id) for r in changed}
     for flag in (True, False):
         apply_active_policy_flags(ctx, [(r.pk, r.family_pk) for r in changed if bool(r.covered) is flag], flag,
-                                  group_was_active)
+                                  group_was_active, locked)
 
 
 def apply_active_policy_flags(ctx: WriteContext, flipped: list[tuple[int, int | None]], flag: bool,
-                              group_was_active: dict[int, bool] | None = None) -> None:
+                              group_was_active: dict[int, bool] | None = None,
+                              locked: dict[int, tuple[str, int]] | None = None) -> None:
     """Set `has_active_policy` to `flag` for the insurees (pk, family pk) whose flag is the opposite, re-version
     their Patients and the Groups whose `active` changed with them. `group_was_active` (family pk → a member was
-    flagged before), when the caller knows it, spares the read of the families' members."""
+    flagged before), when the caller knows it, spares the read of the families' members; `locked`: the insurees'
+    (id, version) as the caller read them under a row lock (`WriteContext.versioned_update`)."""
     if not flipped:
         return
     conn = ctx.conn
-    ctx.versioned_update("patient", sorted(pk for pk, _ in flipped), {"has_active_policy": flag})
+    ctx.versioned_update("patient", sorted(pk for pk, _ in flipped), {"has_active_policy": flag}, locked=locked)
     families = sorted({family_pk for _, family_pk in flipped if family_pk is not None})
     if not families:
         return
@@ -312,15 +316,23 @@ def apply_active_policy_flags(ctx: WriteContext, flipped: list[tuple[int, int | 
 # --- activation ------------------------------------------------------------------------------------------------
 
 # The policy with its product and Coverage, as activation needs them: one read. Policy columns are labelled (the
-# product has a status too); the product's keep their names for `ProductTerms.from_row`.
+# product has a status too); the product's keep their names for `ProductTerms.from_row`. The policy is locked: two
+# payments completing its value one beside the other each see the other's contribution (PostgreSQL reads the
+# contributions after the lock is granted), and its next version is this transaction's to take.
 _STANDING = DriverQuery(
     select(policy.c.status.label("policy_status"), policy.c.value.label("policy_value"),
            policy.c.start_date.label("policy_start"), policy.c.expiry_date.label("policy_expiry"),
-           policy.c.effective_date.label("policy_effective"),
+           policy.c.effective_date.label("policy_effective"), policy.c.id.label("policy_id"),
+           policy.c.version_id.label("policy_version"), policy.c.deleted.label("policy_deleted"),
            select(coverage.c.pk).where(coverage.c.policy_pk == policy.c.pk).scalar_subquery().label("coverage_pk"),
            product)
     .select_from(policy.join(product, product.c.pk == policy.c.product_pk))
-    .where(policy.c.pk == bindparam("pk")))
+    .where(policy.c.pk == bindparam("pk"))
+    .with_for_update(of=policy))
+
+
+class PolicyGone(LookupError):
+    """The policy to activate was deleted (a payment of an invoice issued before)."""
 _PAYMENTS = DriverQuery(select(premium.c.amount, premium.c.pay_date, premium.c.is_photo_fee).where(
     premium.c.policy_pk == bindparam("pk"), is_current(premium)))
 _SET_MEMBERS_EFFECTIVE = DriverQuery(update(insuree_policy).where(
@@ -345,6 +357,8 @@ def activate_if_paid(ctx: WriteContext, policy_pk: int, *, requested: int | None
     conn = ctx.conn
     standing, paid = rows_together(conn, [(_STANDING, {"pk": policy_pk}), (_PAYMENTS, {"pk": policy_pk})])
     row = standing[0]
+    if row.policy_deleted:
+        raise PolicyGone(policy_pk)
     payments = [Payment(r.amount, r.pay_date, bool(r.is_photo_fee)) for r in paid]
     status, effective = row.policy_status, row.policy_effective
     activated = activation_date(status, row.policy_value, payments, ProductTerms.from_row(row), row.policy_start)
@@ -354,7 +368,8 @@ def activate_if_paid(ctx: WriteContext, policy_pk: int, *, requested: int | None
         status, effective = _transition(status, effective, requested, row, payments, today())
     moved = (status, effective) != (row.policy_status, row.policy_effective)
     if moved:
-        ctx.versioned_update("contract", [policy_pk], {"status": status, "effective_date": effective})
+        ctx.versioned_update("contract", [policy_pk], {"status": status, "effective_date": effective},
+                             locked={policy_pk: (row.policy_id, row.policy_version)})
         _SET_MEMBERS_EFFECTIVE.run(conn, {"policy": policy_pk, "effective": effective}, defer=True)
     elif members is None:
         return False
@@ -639,16 +654,15 @@ _PREMIUMS = DriverQuery(
 )
 
 
-def policy_views(conn: Connection, pks: list[int]) -> dict[int, Any]:
+def policy_views_plan(conn: Connection, pks: list[int]) -> Plan[dict[int, Any]]:
     """The policies as their Contract and Coverage show them, by pk. Within one flush, the rows the Contract render
     read serve the Coverage render too (`render_memo`: a policy re-versioned re-versions both)."""
     memo = render_memo(conn)
-    if memo is None:
-        return {r.pk: r for r in _POLICY_VIEW.rows(conn, {"pks": pks})}
-    views: dict[int, Any] = memo.setdefault("policy_view", {})
+    views: dict[int, Any] = memo.setdefault("policy_view", {}) if memo is not None else {}
     missing = [pk for pk in pks if pk not in views]
     if missing:
-        views.update((r.pk, r) for r in _POLICY_VIEW.rows(conn, {"pks": missing}))
+        found, = yield [(_POLICY_VIEW, {"pks": missing})]
+        views.update((r.pk, r) for r in found)
     return {pk: views[pk] for pk in pks if pk in views}
 
 
@@ -758,15 +772,17 @@ class ContractKind(ResourceKind):
     # --- to FHIR -------------------------------------------------------------------------------------------
 
     def render(self, conn: Connection, pks: list[int]) -> dict[int, dict[str, Any]]:
-        # The policies (unless this flush's Coverage render read them), members and contributions: one round trip
-        # on PostgreSQL.
+        return run_plan(conn, self.render_plan(conn, pks))
+
+    def render_plan(self, conn: Connection, pks: list[int]) -> Plan[dict[int, dict[str, Any]]]:
+        # The policies (unless this flush's Coverage render read them), members and contributions: one step.
         memo = render_memo(conn)
         views: dict[int, Any] = memo.setdefault("policy_view", {}) if memo is not None else {}
         missing = [pk for pk in pks if pk not in views]
         reads = [(_COVERED, {"pks": pks}), (_PREMIUMS, {"pks": pks})]
         if missing:
             reads.append((_POLICY_VIEW, {"pks": missing}))
-        member_rows, premium_rows, *viewed = rows_together(conn, reads)
+        member_rows, premium_rows, *viewed = yield reads
         for found in viewed:
             views.update((r.pk, r) for r in found)
         covered: dict[int, list[str]] = {pk: [] for pk in pks}

@@ -40,14 +40,14 @@ from hifhir.fhir.profiles.contract import (
     choice_param,
     not_yet_known,
     policy_status_options,
-    policy_views,
+    policy_views_plan,
     today,
     typed_reference_param,
 )
 from hifhir.fhir.profiles.insurance_plan import period_param
 from hifhir.fhir.search import common_params, common_sorts
 from hifhir.fhir.searchparams import Clause, SearchParam, link_ref, token_param
-from hifhir.store.fast import DriverQuery, any_pk
+from hifhir.store.fast import DriverQuery, Plan, any_pk, run_plan
 from hifhir.store.tables import coverage, insuree_policy, is_current, policy, product
 
 COVERAGE_DATE = EXT + "coverage-date"
@@ -159,7 +159,10 @@ class CoverageKind(ResourceKind):
         self.sort_params = common_sorts(self)
 
     def render(self, conn: Connection, pks: list[int]) -> dict[int, dict[str, Any]]:
-        covs = _COVERAGE_IDS.rows(conn, {"pks": pks})
-        policies = policy_views(conn, [c.policy_pk for c in covs])
+        return run_plan(conn, self.render_plan(conn, pks))
+
+    def render_plan(self, conn: Connection, pks: list[int]) -> Plan[dict[int, dict[str, Any]]]:
+        covs, = yield [(_COVERAGE_IDS, {"pks": pks})]
+        policies = yield from policy_views_plan(conn, [c.policy_pk for c in covs])
         day = today()
         return {c.pk: render_coverage(c, policies[c.policy_pk], day) for c in covs}

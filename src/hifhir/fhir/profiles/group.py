@@ -26,7 +26,7 @@ from hifhir.fhir.profiles.common import (
     check_unique_code,
     concept_from_list,
     configured_code,
-    location_names,
+    location_names_plan,
     location_of_level,
     resolve_new_id,
     uuid_for_update,
@@ -43,7 +43,7 @@ from hifhir.fhir.searchparams import (
     token_param,
 )
 from hifhir.store.codelists import displays_from, displays_read
-from hifhir.store.fast import DriverQuery, any_pk, rows_together
+from hifhir.store.fast import DriverQuery, Plan, any_pk, run_plan
 from hifhir.store.tables import family, insuree, is_current
 
 # IG defect (ig/README.md §9.5): the example codes the family type in core group-type; both systems are
@@ -97,13 +97,16 @@ class GroupKind(ResourceKind):
     # --- to FHIR ---------------------------------------------------------------------------------------
 
     def render(self, conn: Connection, pks: list[int]) -> dict[int, dict[str, Any]]:
-        families, member_rows, label_rows = rows_together(conn, [
-            (_FAMILIES, {"pks": pks}), (_MEMBERS, {"pks": pks}), displays_read(_LABEL_LISTS)])
+        return run_plan(conn, self.render_plan(conn, pks))
+
+    def render_plan(self, conn: Connection, pks: list[int]) -> Plan[dict[int, dict[str, Any]]]:
+        families, member_rows, label_rows = yield [
+            (_FAMILIES, {"pks": pks}), (_MEMBERS, {"pks": pks}), displays_read(_LABEL_LISTS)]
         rows = {r.pk: r for r in families}
         members: dict[int, list[Row]] = {pk: [] for pk in pks}
         for m in member_rows:
             members[m.family_pk].append(m)
-        places = location_names(conn, {r.location_pk for r in rows.values()})
+        places = yield from location_names_plan({r.location_pk for r in rows.values()})
         labels = displays_from(_LABEL_LISTS, label_rows)
         confirmation_labels, type_labels = labels["group-confirmation-type"], labels["group-type"]
         out = {}

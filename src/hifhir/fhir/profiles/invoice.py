@@ -68,7 +68,7 @@ from hifhir.fhir.searchparams import (
     link_ref,
     split_token,
 )
-from hifhir.store.fast import DriverQuery, any_pk, rows_together
+from hifhir.store.fast import DriverQuery, Plan, any_pk, run_plan
 from hifhir.store.tables import (
     bill,
     bill_line,
@@ -269,7 +269,10 @@ class _InvoiceKindBase(ResourceKind):
                                   .order_by(parent, self.line_table.c.sequence))
 
     def render(self, conn: Connection, pks: list[int]) -> dict[int, dict[str, Any]]:
-        rows, line_rows = rows_together(conn, [(self._view, {"pks": pks}), (self._lines, {"pks": pks})])
+        return run_plan(conn, self.render_plan(conn, pks))
+
+    def render_plan(self, conn: Connection, pks: list[int]) -> Plan[dict[int, dict[str, Any]]]:
+        rows, line_rows = yield [(self._view, {"pks": pks}), (self._lines, {"pks": pks})]
         lines: dict[int, list[Row]] = {pk: [] for pk in pks}
         parent = f"{self.table.name}_pk"
         for ln in line_rows:

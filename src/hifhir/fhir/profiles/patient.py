@@ -53,7 +53,7 @@ from hifhir.fhir.searchparams import (
     subquery_string_param,
     token_param,
 )
-from hifhir.store.fast import DriverQuery, any_pk
+from hifhir.store.fast import DriverQuery, Plan, any_pk, run_plan
 from hifhir.store.tables import code_list_entry, family, health_facility, insuree, insuree_photo, is_current, location
 
 GENDERS = {"male": "M", "female": "F", "other": "O", "unknown": "U"}
@@ -220,7 +220,10 @@ class PatientKind(ResourceKind):
     # --- to FHIR ---------------------------------------------------------------------------------------
 
     def render(self, conn: Connection, pks: list[int]) -> dict[int, dict[str, Any]]:
-        rows = _RENDER.rows(conn, {"pks": pks})
+        return run_plan(conn, self.render_plan(conn, pks))
+
+    def render_plan(self, conn: Connection, pks: list[int]) -> Plan[dict[int, dict[str, Any]]]:
+        rows, = yield [(_RENDER, {"pks": pks})]
         places: dict[int, Any] = {}
         labels: dict[str, dict[str, str]] = {name: {} for name in _LABEL_LISTS}
         for row in rows:

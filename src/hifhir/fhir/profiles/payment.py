@@ -85,14 +85,13 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, Row, String, bindparam, exists, func, or_, select, type_coerce, union
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.types import TypeDecorator
 
 from hifhir.auth import scope as location_scope
 from hifhir.domain import payments as pay
 from hifhir.fhir.elements import first_code, identifiers, reference
 from hifhir.fhir.errors import FhirError, business_rule, conflict, invalid
-from hifhir.fhir.kind import IDENTIFIER_SYSTEM, ResourceKind, WriteContext, require
+from hifhir.fhir.kind import IDENTIFIER_SYSTEM, KeyedInsert, ResourceKind, WriteContext, require
 from hifhir.fhir.profiles.claim import insurer_id
 from hifhir.fhir.profiles.common import is_uuid, resolve_new_id, uuid_for_update
 from hifhir.fhir.profiles.contract import typed_reference_param
@@ -111,7 +110,7 @@ from hifhir.fhir.searchparams import (
     reference_param,
     token_param,
 )
-from hifhir.store.fast import DriverQuery
+from hifhir.store.fast import DriverQuery, send_deferred
 from hifhir.store.tables import bill, insurer_org, invoice, is_current, payment_notice, payment_reconciliation
 
 NOTICE, RECONCILIATION = "PaymentNotice", "PaymentReconciliation"
@@ -261,11 +260,10 @@ class NoticeIn:
 
 _RECONCILIATION_BY_ID = DriverQuery(select(payment_reconciliation.c.pk).where(
     payment_reconciliation.c.id == bindparam("id"), is_current(payment_reconciliation)))
-_NOTICE_INSERT = DriverQuery(
-    payment_notice.insert().values({c: bindparam(c) for c in (
-        "id", "uuid", "invoice_pk", "bill_pk", "reconciliation_pk", "reconciliation_ref", "status", "detail_status",
-        "payment_status", "created", "payment_date", "amount", "reference", "version_id", "last_updated")})
-    .returning(payment_notice.c.pk))
+# PostgreSQL: with its key drawn beforehand, the insert travels with the transaction's next round trip.
+_INSERT_NOTICE = KeyedInsert(payment_notice, (
+    "id", "uuid", "invoice_pk", "bill_pk", "reconciliation_pk", "reconciliation_ref", "status", "detail_status",
+    "payment_status", "created", "payment_date", "amount", "reference", "version_id", "last_updated"))
 
 
 def _notice_body(*, res_id: str, ref: str | None, status: str, request_id: str, created: str,
@@ -374,6 +372,9 @@ class PaymentNoticeKind(ResourceKind):
         try:
             pk = self._create(ctx, data) if current is None else self._update(ctx, data, current)
         except pay.PaymentError as exc:
+            # The notice's insert may still wait for a round trip (PostgreSQL): a payment sent twice is the 409 its
+            # insert raises, before the invoice (already paid by it) could call it an over-payment.
+            send_deferred(ctx.conn)
             raise _refused(exc) from None
         return pk
 
@@ -430,16 +431,13 @@ class PaymentNoticeKind(ResourceKind):
             "amount": data.amount, "reference": data.reference, "version_id": 1, "last_updated": ctx.now,
         }
         # First the insert: a payment sent twice is the 409 it is, before the invoice (already paid by it) could
-        # call it an over-payment.
-        try:
-            pk = int(_NOTICE_INSERT.rows(ctx.conn, values)[0].pk)
-        except IntegrityError as exc:
-            text = str(exc.orig)
-            if "reference" in text:
-                raise conflict(f"Payment reference {data.reference} is already recorded (a payment sent twice?)",
-                               "PaymentNotice.identifier") from None
-            raise conflict(f"PaymentNotice id {new_id} is already used", "PaymentNotice.identifier") from None
-        ctx.created[(payment_notice.name, pk)] = new_id
+        # call it an over-payment (see `write`).
+        if data.reference is not None:
+            ctx.expect_unique(payment_notice, "reference", data.reference, "Payment reference",
+                              "PaymentNotice.identifier", message=f"Payment reference {data.reference} is already "
+                              "recorded (a payment sent twice?)")
+        ctx.expect_unique(payment_notice, "id", new_id, "PaymentNotice id", "PaymentNotice.identifier")
+        pk = _INSERT_NOTICE.insert(ctx, values)
         if data.reconciliation_pk is not None:  # it joins the stored reconciliation's details
             ctx.mark(RECONCILIATION_KIND, data.reconciliation_pk)
         receipt = pay.receipt_for(data.reference, new_id)
