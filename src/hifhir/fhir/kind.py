@@ -124,12 +124,6 @@ def _set_values(table: Table, columns: tuple[str, ...]) -> dict[str, Any]:
 
 
 @functools.cache
-def _insert_query(table: Table, columns: tuple[str, ...]) -> DriverQuery:
-    """An INSERT of these columns (values as `set_<column>`) returning the new pk, through the driver."""
-    return DriverQuery(insert(table).values(_set_values(table, columns)).returning(table.c.pk))
-
-
-@functools.cache
 def _update_query(table: Table, columns: tuple[str, ...], *, many: bool = False) -> DriverQuery:
     """An UPDATE of these columns (values as `set_<column>`) of one row (`target_pk`) or of rows (`pks`), through
     the driver: writes update a few rows each, and SQLAlchemy's per-execution work costs more than the UPDATE."""
@@ -223,6 +217,11 @@ class KeyedInsert:
         return pk
 
 
+@functools.cache
+def _keyed_insert(table: Table, columns: tuple[str, ...]) -> KeyedInsert:
+    return KeyedInsert(table, columns)
+
+
 @dataclass(slots=True)
 class Written:
     kind: ResourceKind
@@ -260,15 +259,11 @@ class WriteContext:
     bumped: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
 
     def insert(self, table: Table, values: dict[str, Any]) -> int:
-        """Insert a new entity already at version 1, so that flush needs no version bump for it."""
+        """Insert a new entity already at version 1, so that flush needs no version bump for it (a KeyedInsert: on
+        PostgreSQL the insert waits for the transaction's next round trip, the render that reads it back at the
+        latest; a uniqueness the write registered with `expect_unique` is its 409 wherever it is raised)."""
         row = {**values, "version_id": 1, "last_updated": self.now}
-        try:
-            params = {"set_" + k: v for k, v in row.items()}
-            pk = int(_insert_query(table, tuple(row)).rows(self.conn, params)[0][0])
-        except IntegrityError as exc:
-            raise self._unique_violation(table, exc) from None
-        self.created[(table.name, pk)] = values["id"]
-        return pk
+        return _keyed_insert(table, tuple(row)).insert(self, row)
 
     def update(self, table: Table, pk: int, values: dict[str, Any]) -> None:
         try:
@@ -291,6 +286,8 @@ class WriteContext:
         table = kind.table
         params = {"set_" + k: v for k, v in values.items()}
         fresh, known, done = [], [], []
+        if self.conn.dialect.name != "postgresql":
+            locked = None  # nothing waits for a round trip there; and a read-ahead's rows may be older
         for pk in pks:
             settled = (kind_name, pk) in self.bumped or (table.name, pk) in self.created
             (done if settled else known if locked is not None and pk in locked else fresh).append(pk)

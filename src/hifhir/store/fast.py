@@ -277,6 +277,20 @@ class DriverQuery:
                           make_cursor=_raw_cursor if conn.dialect.name == "postgresql" else None)
 
 
+@functools.cache
+def _row_insert(table: Any, columns: tuple[str, ...]) -> DriverQuery:
+    from sqlalchemy import insert
+
+    return DriverQuery(insert(table).values({c: bindparam(c) for c in columns}))
+
+
+def insert_rows(conn: Connection, table: Any, rows: Iterable[dict[str, Any]]) -> None:
+    """Insert rows nobody reads back in this statement (their keys are not needed) through the driver, with the
+    columns' type conversions; on PostgreSQL they wait for the transaction's next round trip."""
+    for row in rows:
+        _row_insert(table, tuple(row)).run(conn, row, defer=True)
+
+
 def send_deferred(conn: Connection) -> None:
     """Send now the statements waiting for the transaction's next round trip (PostgreSQL; SQLite defers nothing): a
     caller about to fail for a reason of its own lets a violation one of them raises come first."""

@@ -109,7 +109,7 @@ from hifhir.fhir.searchparams import (
     link_ref,
     split_token,
 )
-from hifhir.store.fast import DriverQuery, FastStatement, Plan, any_pk, rows_together, run_plan
+from hifhir.store.fast import DriverQuery, FastStatement, Plan, any_pk, insert_rows, rows_together, run_plan
 from hifhir.store.tables import (
     coverage,
     family,
@@ -500,10 +500,12 @@ def parse_premium(ext: dict[str, Any], expression: str) -> PremiumIn:
 
 
 _INSUREE_COLUMNS = (insuree.c.pk, insuree.c.id, insuree.c.chf_id, insuree.c.family_pk, insuree.c.dob,
-                    insuree.c.relationship, insuree.c.is_head, insuree.c.has_active_policy)
+                    insuree.c.relationship, insuree.c.is_head, insuree.c.has_active_policy, insuree.c.version_id)
+# Locked (PostgreSQL, where the read is in the write transaction): the write may flip their Patient.active, and
+# their next versions are then its to take.
 _INSUREES_BY_ID = select(*_INSUREE_COLUMNS).where(insuree.c.id.in_(bindparam("ids", expanding=True)),
-                                                  is_current(insuree))
-_INSUREE_BY_PK = select(*_INSUREE_COLUMNS).where(insuree.c.pk == bindparam("pk"))
+                                                  is_current(insuree)).with_for_update(of=insuree)
+_INSUREE_BY_PK = select(*_INSUREE_COLUMNS).where(insuree.c.pk == bindparam("pk")).with_for_update(of=insuree)
 
 
 # Statements of the enrolment path, built once (building and cache-keying a statement costs more than running it).
@@ -1024,10 +1026,8 @@ class ContractKind(ResourceKind):
 
     @staticmethod
     def _insert_premiums(ctx: WriteContext, policy_pk: int, product_pk: int, premiums: list[PremiumIn]) -> None:
-        if premiums:
-            ctx.conn.execute(insert(premium), [
-                {**p.values(), "policy_pk": policy_pk, "product_pk": product_pk, "created": ctx.now}
-                for p in premiums])
+        insert_rows(ctx.conn, premium, [
+            {**p.values(), "policy_pk": policy_pk, "product_pk": product_pk, "created": ctx.now} for p in premiums])
 
     @staticmethod
     def _member_rows(policy_pk: int, data: ContractIn, computed: Computed,
@@ -1049,7 +1049,7 @@ class ContractKind(ResourceKind):
         values.update(status=IDLE if effective is None else ACTIVE, effective_date=effective)
         values["id"], values["uuid"] = resolve_new_id(ctx, resource, policy)
         pk = ctx.insert(policy, values)
-        ctx.conn.execute(insert(insuree_policy), self._member_rows(pk, data, computed, effective))
+        insert_rows(ctx.conn, insuree_policy, self._member_rows(pk, data, computed, effective))
         self._insert_premiums(ctx, pk, data.product.pk, data.premiums)
         # The contribution due is invoiced (domain §3.6); the premiums sent with the Contract count as paid.
         self._invoice(ctx, data, computed, pk, values)
@@ -1061,7 +1061,8 @@ class ContractKind(ResourceKind):
             # The new policy covers its members today, whatever else they have: their flags are known.
             flipped = [(r.pk, r.family_pk) for r in data.covered if not r.has_active_policy]
             group_was_active = {data.family_pk: bool(data.owner.any_active)} if data.informal else None
-            apply_active_policy_flags(ctx, flipped, True, group_was_active)
+            apply_active_policy_flags(ctx, flipped, True, group_was_active,
+                                      {r.pk: (r.id, r.version_id) for r in data.covered})
         else:
             refresh_active_policy_flags(ctx, [r.pk for r in data.covered])
         return pk
@@ -1087,7 +1088,7 @@ class ContractKind(ResourceKind):
         new = policy_invoice(ctx.conn, facts, today=today())
         ids = new_ids()
         invoice_pk = ctx.insert(invoice, {**new.values, **ids})
-        ctx.conn.execute(insert(invoice_line), new.line_rows(invoice_pk))
+        insert_rows(ctx.conn, invoice_line, new.line_rows(invoice_pk))
         ctx.mark("invoice", invoice_pk)
         party = data.head_id if data.informal else data.owner.id
         row = SimpleNamespace(**new.values, **ids, **{party_label(new.values["payer_type"]): party})
