@@ -195,6 +195,53 @@ def test_lines_are_stored_as_the_entered_claim_builder_stores_them(api, engine, 
     assert claim_row(engine, body["id"]).claimed == Decimal("72.5")
 
 
+_DECIDED_COLUMNS = ("status", "rejection_reason", "qty_provided", "qty_approved", "price_asked", "product_pk",
+                    "policy_pk", "price_origin", "limitation", "limitation_value", "price_adjusted", "price_valuated",
+                    "deductable_amount", "exceed_ceiling_amount", "exceed_ceiling_amount_category",
+                    "remunerated_amount")
+
+
+def decided_lines(conn: Any, claim_pk: int) -> dict[tuple[str, int], tuple[Any, ...]]:
+    """What the checks and processing decided of each line, by kind and rank within the kind."""
+    return {(kind, rank): tuple(getattr(r, c) for c in _DECIDED_COLUMNS)
+            for kind, table in (("item", claim_item), ("service", claim_service))
+            for rank, r in enumerate(conn.execute(select(table).where(table.c.claim_pk == claim_pk)
+                                                  .order_by(table.c.pk)).all())}
+
+
+def test_a_submitted_claims_lines_are_written_once_as_checks_and_processing_of_the_stored_claim_leave_them(
+        api, engine, world):
+    """POST Claim decides its lines before it inserts them (no UPDATE of a line it inserted); each is stored as the
+    checks and processing of the same claim, entered and stored first, leave it."""
+    from hifhir.domain.claims import checks, valuation
+    from hifhir.fhir.kind import now_us
+    from hifhir.store.fast import STATEMENT_OBSERVERS
+    from tests.builders_claims import Line
+
+    entered = entered_claim(engine, world.places.facility, world.patient["id"], code="C0009",
+                            items=[Line("0001", 2, 10), Line("0002", 1, 10)], services=[Line("A1", 1, 40)])
+    with transaction(engine, write=True) as conn:
+        assert checks.submit(conn, entered, today=TODAY, now=now_us()) == 4
+        assert valuation.process(conn, entered, today=TODAY, now=now_us()) == 16
+        stored = decided_lines(conn, entered)
+        conn.rollback()  # the entered claim stays entered: no usage for the submission below
+
+    seen: list[str] = []
+    STATEMENT_OBSERVERS.append(seen.append)
+    try:
+        body = answered(api.post("Claim", claim_of(world, lines=[
+            item(f"Medication/{world.aspirin}", 2, 10), item(f"Medication/{world.bandage}", 1, 10),
+            service(f"ActivityDefinition/{world.consult}")])))
+    finally:
+        STATEMENT_OBSERVERS.remove(seen.append)
+    assert not [s for s in seen if s.startswith(("UPDATE claim_item", "UPDATE claim_service"))]
+    with transaction(engine, write=False) as conn:
+        posted = decided_lines(conn, conn.execute(select(claim.c.pk).where(claim.c.id == body["id"])).scalar_one())
+    assert posted == stored
+    # the bandage, in the price list but covered by no product, is rejected by processing; the others valuated
+    assert [(line[0], line[1]) for line in posted.values()] == [(1, 0), (2, 3), (1, 0)]
+
+
 def test_claim_reads_back_as_sent(api, engine, world):
     sent = claim_of(world, explanation="Head pain", guarantee="G-77", diagnoses=["A00", "B01", "A02"],
                     visit_type="E", end=YESTERDAY)

@@ -41,7 +41,7 @@ def _on_driver(conn: Connection, sql: str, args: Any, *, fetch: bool, describe: 
     `Connection.execute` would raise them, for the callers."""
     raw = conn.connection.driver_connection
     assert raw is not None
-    _observed((sql,))
+    observed((sql,))
     with _as_sqlalchemy_errors(conn, sql, args):
         if conn.dialect.name == "postgresql":
             from hifhir.store import pg_direct  # psycopg: loaded by PostgreSQL deployments only (~8 MB a worker)
@@ -76,7 +76,8 @@ def _as_sqlalchemy_errors(conn: Connection, sql: str, args: Any) -> Iterator[Non
         raise DBAPIError.instance(sql, args, exc, dbapi_error, dialect=conn.dialect) from exc
 
 
-def _observed(statements: Iterable[str]) -> None:
+def observed(statements: Iterable[str]) -> None:
+    """Tell the STATEMENT_OBSERVERS of statements sent to the driver directly (every such path calls this)."""
     for sql in statements:
         for observer in STATEMENT_OBSERVERS:
             observer(sql)
@@ -147,7 +148,7 @@ class FastStatement:
             with _as_sqlalchemy_errors(conn, sql, arg_sets):
                 done = pg_direct.run_all(conn.connection.driver_connection, [(sql, arg_sets)], defer=defer)
             if done:
-                _observed((sql,))
+                observed((sql,))
                 return
         conn.exec_driver_sql(sql, arg_sets)
 
@@ -313,7 +314,7 @@ def rows_together(conn: Connection, queries: Sequence[tuple[DriverQuery, dict[st
         with _as_sqlalchemy_errors(conn, bound[0].sql, bound[0].args):
             fetched = pg_direct.fetch_all(conn.connection.driver_connection, [(b.sql, b.args) for b in bound])
         if fetched is not pg_direct.NOT_PREPARED:
-            _observed(b.sql for b in bound)
+            observed(b.sql for b in bound)
             return [DriverQuery.made(b, rows) for b, rows in zip(bound, fetched, strict=True)]
     return [query.rows(conn, params) for query, params in queries]
 

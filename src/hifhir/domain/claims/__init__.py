@@ -5,6 +5,10 @@ Submission checks live in `checks.py`, processing and valuation in `valuation.py
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
 from hifhir.store.tables import (
     CLAIM_CHECKED,
     CLAIM_ENTERED,
@@ -80,6 +84,26 @@ CLAIM_STATUS_CODES: dict[int, str] = {
     CLAIM_REJECTED: "rejected", CLAIM_ENTERED: "entered", CLAIM_CHECKED: "checked",
     CLAIM_PROCESSED: "processed", CLAIM_VALUATED: "valuated",
 }
+
+
+
+@dataclass(slots=True)
+class NewLine:
+    """A line of a claim being submitted, not stored yet: the checks (`reason`) and processing (`decided`, the
+    columns valuation sets) decide it in memory, and the submission inserts it once, decided — no UPDATE of rows
+    the same transaction inserted (on PostgreSQL each would write a new row version, re-run its foreign-key checks
+    and, unless HOT, an entry in every index). `order` is its rank among the claim's lines of its kind, the order
+    stored lines have by pk."""
+
+    kind: str  # item | service
+    order: int
+    sequence: int
+    target_pk: int
+    qty: Decimal
+    price: Decimal
+    reason: int = 0
+    decided: dict[str, Any] = field(default_factory=dict)
+
 
 __all__ = [
     "CLAIM_CHECKED", "CLAIM_ENTERED", "CLAIM_PROCESSED", "CLAIM_REJECTED", "CLAIM_VALUATED", "LINE_PASSED",

@@ -76,11 +76,12 @@ Where legacy (`uspSubmitSingleClaim`) and Python (`claim/validations.py`) differ
   coverage window, the reviewed quantity when there is one.
 
 Cost: six indexed reads, none per line, each needing nothing but what an earlier one gave, so on PostgreSQL they
-travel in two round trips (`store.fast.rows_together`): the claim with its insuree, family and facility, the lines
-with their registers and price-list entries, the insuree's policies and the diagnoses; then the coverage lines of
-the claim's items and services and the passed lines of the insuree's earlier claims (only when a line is still
-unchecked). Then one claim update and, only when lines are rejected, one batched update per line table, which wait
-for the transaction's next round trip. They run through `store.fast.DriverQuery` / `FastStatement`
+travel in two round trips (`store.fast.rows_together`): the claim with its insuree, family and facility, the
+registers of its items and services with their price-list entries, the insuree's policies and the diagnoses; then
+the coverage lines of the claim's items and services and the passed lines of the insuree's earlier claims (only when
+a line is still unchecked). Then one claim update, which waits for the transaction's next round trip. The lines of a
+submission are in memory (`NewLine`): the submission inserts them once processing has decided them too; a stored
+claim's lines are read first, and its rejected ones updated. They run through `store.fast.DriverQuery` / `FastStatement`
 (SQLAlchemy's per-statement overhead is most of a submission's cost):
 ~0.5 ms for a 10-line claim on SQLite, ~2 ms on PostgreSQL, transaction included.
 """
@@ -113,11 +114,12 @@ from hifhir.domain.claims import (
     QTY_OVER_LIMIT,
     TARGET_DATE,
     WAITING_PERIOD_FAIL,
+    NewLine,
 )
 from hifhir.domain.eligibility import ADULT_AGE, CATEGORIES
 from hifhir.domain.policy import add_months, age_on
 from hifhir.store.codelists import DIAGNOSIS_LIST
-from hifhir.store.fast import DriverQuery, FastStatement, rows_together
+from hifhir.store.fast import DriverQuery, FastStatement, any_pk, rows_together
 from hifhir.store.tables import (
     CLAIM_CHECKED,
     CLAIM_ENTERED,
@@ -169,31 +171,42 @@ _CLAIM = DriverQuery(
 )
 
 
-def _lines_branch(kind: str, lines: Any, target: Any, fk: str, listed: Any) -> Any:
-    """The claim's lines of one kind with their register and their entry in the facility's current price list
-    (found through the claim itself: the statement needs nothing but the claim's pk)."""
+def _targets_branch(kind: str, target: Any, fk: str, listed: Any) -> Any:
+    """The registers of the claim's items or services (pks `<kind>_pks`) with their entry in the current price list
+    of the claim's facility (found through the claim: the statement needs the claim's pk and the registers' only,
+    not the lines, which a submission inserts once decided)."""
     category = target.c.category if kind == "service" else null()
     owner, facility, prices = claim.alias(f"{kind}_claim"), health_facility.alias(f"{kind}_hf"), \
         price_list.alias(f"{kind}_prices")
     return (
-        select(literal(kind, String).label("kind"), lines.c.pk, lines.c.sequence, lines.c[fk].label("target_pk"),
-               lines.c.qty_provided, lines.c.price_asked, lines.c.rejection_reason, target.c.deleted,
+        select(literal(kind, String).label("kind"), target.c.pk.label("target_pk"), target.c.deleted,
                target.c.care_type, target.c.patient_category, target.c.frequency, category.label("category"),
                listed.c.price_list_pk.label("listed"))
-        .select_from(lines.join(target, target.c.pk == lines.c[fk])
-                     .join(owner, owner.c.pk == lines.c.claim_pk)
+        .select_from(target.join(owner, owner.c.pk == bindparam("claim"))
                      .join(facility, facility.c.pk == owner.c.hf_pk)
                      .outerjoin(prices, and_(prices.c.pk == facility.c[f"{kind}_price_list_pk"],
                                              prices.c.deleted == false()))
-                     .outerjoin(listed, and_(listed.c[fk] == lines.c[fk], listed.c.price_list_pk == prices.c.pk)))
-        .where(lines.c.claim_pk == bindparam("claim"))
+                     .outerjoin(listed, and_(listed.c[fk] == target.c.pk, listed.c.price_list_pk == prices.c.pk)))
+        .where(any_pk(target.c.pk, f"{kind}_pks"))
     )
 
 
-_LINES = DriverQuery(union_all(
-    _lines_branch("service", claim_service, medical_service, "service_pk", price_list_service),
-    _lines_branch("item", claim_item, medical_item, "item_pk", price_list_item),
+_TARGETS = DriverQuery(union_all(
+    _targets_branch("service", medical_service, "service_pk", price_list_service),
+    _targets_branch("item", medical_item, "item_pk", price_list_item),
 ))
+
+# The lines of a stored claim (a submission's are in memory).
+_STORED_LINES = DriverQuery(union_all(*(
+    select(literal(kind, String).label("kind"), t.c.pk, t.c.sequence, t.c[fk].label("target_pk"), t.c.qty_provided,
+           t.c.price_asked, t.c.rejection_reason).where(t.c.claim_pk == bindparam("claim"))
+    for kind, t, fk in (("service", claim_service, "service_pk"), ("item", claim_item, "item_pk")))))
+
+
+def _target_pks(lines: Sequence[Any]) -> dict[str, list[int]]:
+    """`item_pks` / `service_pks`: the registers the lines (anything with kind and target_pk) refer to."""
+    return {f"{kind}_pks": sorted({line.target_pk for line in lines if line.kind == kind})
+            for kind in ("item", "service")}
 
 # The claim's diagnoses among the active codes of the list, plus a '' row when the list has any entry at all.
 _DIAGNOSES = DriverQuery(union_all(
@@ -226,18 +239,17 @@ _COVERAGE_COLUMNS = ("waiting_period_adult", "waiting_period_child", "limit_no_a
 
 @functools.lru_cache(maxsize=16)
 def _coverage_query(n_products: int) -> DriverQuery:
-    """The coverage lines the given products (binds p0…) have for the claim's items and services: one statement
-    per number of products (driver-level statements take no expanding IN)."""
+    """The coverage lines the given products (binds p0…) have for the claim's items and services (`<kind>_pks`):
+    one statement per number of products (driver-level statements take no expanding IN)."""
     products = [bindparam(f"p{i}") for i in range(n_products)]
 
-    def branch(kind: str, lines: Any, coverage: Any, fk: str) -> Any:
+    def branch(kind: str, coverage: Any, fk: str) -> Any:
         return (select(literal(kind, String).label("kind"), coverage.c.product_pk, coverage.c[fk].label("target_pk"),
                        *(coverage.c[c] for c in _COVERAGE_COLUMNS))
-                .where(coverage.c.product_pk.in_(products),
-                       coverage.c[fk].in_(select(lines.c[fk]).where(lines.c.claim_pk == bindparam("claim")))))
+                .where(coverage.c.product_pk.in_(products), any_pk(coverage.c[fk], f"{kind}_pks")))
 
-    return DriverQuery(union_all(branch("service", claim_service, product_service, "service_pk"),
-                                 branch("item", claim_item, product_item, "item_pk")))
+    return DriverQuery(union_all(branch("service", product_service, "service_pk"),
+                                 branch("item", product_item, "item_pk")))
 
 
 def _usage_branch(kind: str, lines: Any, fk: str) -> Any:
@@ -311,22 +323,32 @@ class _Use:
     qty: Decimal
 
 
-def submit(conn: Connection, claim_pk: int, *, today: date, now: int, fresh: bool = False) -> int:
+def submit(conn: Connection, claim_pk: int, *, today: date, now: int,
+           new_lines: Sequence[NewLine] | None = None) -> int:
     """Check an entered claim (status 2) and record the outcome; returns the new status (4 checked, 1 rejected).
-    ValueError when the claim does not exist or is not entered. `fresh`: the claim was inserted by the caller's
-    transaction (no concurrent submission is possible: the claim's update need not be waited for)."""
+    ValueError when the claim does not exist or is not entered. `new_lines`: the claim was inserted by the caller's
+    transaction, which inserts its lines once decided (each line's `reason` is set here; no concurrent submission
+    is possible, so the claim's update need not be waited for); else its stored lines are read, and updated."""
     claim_only = {"claim": claim_pk}
-    # One round trip on PostgreSQL: each of these needs the claim's pk alone.
-    head, line_rows, policies, diagnoses = rows_together(conn, [
-        (_CLAIM, claim_only), (_LINES, claim_only), (_POLICIES, claim_only),
-        (_DIAGNOSES, {"claim": claim_pk, "list_name": DIAGNOSIS_LIST})])
+    diagnoses_read = (_DIAGNOSES, {"claim": claim_pk, "list_name": DIAGNOSIS_LIST})
+    # One round trip on PostgreSQL for a submission: each of these needs the claim's pk (and the registers') alone.
+    if new_lines is None:
+        head, stored, policies, diagnoses = rows_together(conn, [
+            (_CLAIM, claim_only), (_STORED_LINES, claim_only), (_POLICIES, claim_only), diagnoses_read])
+        given: list[tuple[Any, ...]] = [(r.kind, r.pk, r.sequence or 0, r.target_pk, r.qty_provided, r.price_asked,
+                                         r.rejection_reason) for r in stored]
+        targets = _TARGETS.rows(conn, {**claim_only, **_target_pks(stored)})
+    else:
+        given = [(n.kind, n.order, n.sequence, n.target_pk, n.qty, n.price, n.reason) for n in new_lines]
+        head, targets, policies, diagnoses = rows_together(conn, [
+            (_CLAIM, claim_only), (_TARGETS, {**claim_only, **_target_pks(new_lines)}), (_POLICIES, claim_only),
+            diagnoses_read])
     if not head or head[0].status != CLAIM_ENTERED:
         raise ValueError(f"Claim {claim_pk} is not an entered claim (status {CLAIM_ENTERED})")
     c = head[0]
-    lines = [_Line(r.kind, r.pk, r.sequence or 0, r.target_pk, r.qty_provided, r.price_asked, r.rejection_reason,
-                   bool(r.deleted), r.care_type, r.patient_category or 0, r.frequency, r.category,
-                   r.listed is not None)
-             for r in line_rows]
+    registers = {(t.kind, t.target_pk): t for t in targets}
+    lines = [_line(kind, pk, sequence, target_pk, qty, price, reason, registers.get((kind, target_pk)))
+             for kind, pk, sequence, target_pk, qty, price, reason in given]
     lines.sort(key=lambda line: (line.kind != "service", line.sequence, line.pk))  # the legacy cursors' order
     target = c.date_to or c.date_from
     category = _category(lines, multi_day=target != c.date_from)
@@ -338,7 +360,20 @@ def submit(conn: Connection, claim_pk: int, *, today: date, now: int, fresh: boo
         line_reason = _LINE_REASON_OF.get(claim_reason, claim_reason)
         for line in lines:
             line.reason = line_reason
-    return _record(conn, claim_pk, lines, category, claim_reason, now, fresh)
+    if new_lines is not None:
+        reasons = {(line.kind, line.pk): line.reason for line in lines}
+        for new in new_lines:
+            new.reason = reasons[(new.kind, new.order)]
+    return _record(conn, claim_pk, lines, category, claim_reason, now, fresh=new_lines is not None)
+
+
+def _line(kind: str, pk: int, sequence: int, target_pk: int, qty: Decimal, price: Decimal, reason: int,
+          register: Any) -> _Line:
+    """A line with its register (None: no longer there — the line is then an invalid item or service)."""
+    if register is None:
+        return _Line(kind, pk, sequence, target_pk, qty, price, reason, True, "B", 0, None, None, False)
+    return _Line(kind, pk, sequence, target_pk, qty, price, reason, bool(register.deleted), register.care_type,
+                 register.patient_category or 0, register.frequency, register.category, register.listed is not None)
 
 
 def _category(lines: Sequence[_Line], *, multi_day: bool) -> str:
@@ -402,7 +437,7 @@ def _check_lines(conn: Connection, claim_pk: int, c: Any, lines: Sequence[_Line]
         (_USAGE, {"insuree": c.insuree_pk, "claim": claim_pk, "since": since})]
     if candidates:
         product_pks = sorted({p.product_pk for p in candidates})
-        params: dict[str, Any] = {"claim": claim_pk}
+        params: dict[str, Any] = _target_pks(pending)
         params.update((f"p{i}", pk) for i, pk in enumerate(product_pks))
         reads.append((_coverage_query(len(product_pks)), params))
     used, *covering = rows_together(conn, reads)  # one round trip on PostgreSQL
@@ -510,7 +545,8 @@ class _ProductSearch:
 
 
 def _record(conn: Connection, claim_pk: int, lines: Sequence[_Line], category: str, claim_reason: int,
-            now: int, fresh: bool) -> int:
+            now: int, *, fresh: bool) -> int:
+    """The claim's outcome; the rejected lines of a stored claim are updated (a fresh claim's are not stored yet)."""
     passed = [line for line in lines if not line.reason]
     if claim_reason == ACCEPTED and passed:
         status, reason = CLAIM_CHECKED, ACCEPTED
@@ -526,7 +562,7 @@ def _record(conn: Connection, claim_pk: int, lines: Sequence[_Line], category: s
         _FRESH_CLAIM_UPDATE.run(conn, params, defer=True)
     elif not _CLAIM_UPDATE.rows(conn, params):
         raise ValueError(f"Claim {claim_pk} is no longer an entered claim (submitted concurrently)")
-    for kind, statement in _LINE_UPDATES.items():
+    for kind, statement in () if fresh else _LINE_UPDATES.items():
         rejected = [{"line": line.pk, "new_status": LINE_REJECTED, "new_reason": line.reason, "new_qty": 0}
                     for line in lines if line.kind == kind and line.reason]
         if rejected:

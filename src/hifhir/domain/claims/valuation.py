@@ -64,7 +64,8 @@ Cost, whatever the number of lines: two reads (the claim with the insuree's vali
 terms; its passed lines with their register price, price-list line and the products' coverage lines), a third
 only when a product has an insuree or policy deductible or ceiling (what earlier claims consumed), then the
 writes (lines, ded-rem rows, claim) — all compiled once and run on the DB-API connection; on PostgreSQL the
-writes go in one pipeline (one round trip). There, the policies whose deductible or ceiling this claim consumes
+writes go in one pipeline (one round trip). A submission's lines are not stored yet (`NewLine`): the second read
+is of their registers, and what is decided goes back to them, for the submission to insert the lines once. There, the policies whose deductible or ceiling this claim consumes
 are first locked (FOR NO KEY UPDATE, in pk order) in a statement of their own, so that the usage read after it
 sees every claim committed before, and two claims of one family processed at once cannot both spend the same
 deductible.
@@ -104,10 +105,11 @@ from hifhir.domain.claims import (
     NO_PRODUCT_FOUND,
     NOT_IN_PRICE_LIST,
     SELECTED,
+    NewLine,
 )
 from hifhir.domain.eligibility import ADULT_AGE, CARE, CATEGORIES, SCOPES
 from hifhir.domain.policy import age_on
-from hifhir.store.fast import DriverQuery, rows_together
+from hifhir.store.fast import DriverQuery, any_pk, observed, rows_together
 from hifhir.store.tables import (
     CLAIM_CHECKED,
     CLAIM_PROCESSED,
@@ -213,27 +215,31 @@ _COVERAGE_COLUMNS = (
 )
 
 
-@functools.lru_cache(maxsize=16)
-def _lines_query(n_products: int) -> DriverQuery:
-    """The claim's passed lines, items then services, each with its register price, its line in the facility's
-    price list (`item_list` / `service_list` binds) and one row per coverage line the products (p0…) have for
-    it (a single row with empty coverage columns when none has)."""
+@functools.lru_cache(maxsize=32)
+def _lines_query(n_products: int, stored: bool) -> DriverQuery:
+    """The claim's passed lines (`stored`), items then services, each with its register price, its line in the
+    facility's price list (`item_list` / `service_list` binds) and one row per coverage line the products (p0…)
+    have for it (a single row with empty coverage columns when none has). Not `stored`: the same for the registers
+    (`item_pks` / `service_pks`) of the lines of a submission, which are not inserted yet."""
     products = [bindparam(f"p{i}") for i in range(n_products)]
 
     def branch(kind: str, lines: Any, target: Any, fk: str, listed: Any, list_bind: str, cover: Any) -> Any:
-        source = (lines.join(target, target.c.pk == lines.c[fk])
-                  .outerjoin(listed, and_(listed.c[fk] == lines.c[fk], listed.c.price_list_pk == bindparam(list_bind))))
+        target_pk = lines.c[fk] if stored else target.c.pk
+        source = (lines.join(target, target.c.pk == target_pk) if stored else target).outerjoin(
+            listed, and_(listed.c[fk] == target_pk, listed.c.price_list_pk == bindparam(list_bind)))
         if products:
-            source = source.outerjoin(cover, and_(cover.c[fk] == lines.c[fk], cover.c.product_pk.in_(products)))
+            source = source.outerjoin(cover, and_(cover.c[fk] == target_pk, cover.c.product_pk.in_(products)))
             coverage_columns = [cover.c[c] for c in _COVERAGE_COLUMNS]
         else:  # no valid policy: the lines alone
             coverage_columns = [null().label(c) for c in _COVERAGE_COLUMNS]
+        line_columns = ([lines.c.pk, lines.c.qty_provided, lines.c.qty_approved, lines.c.price_asked,
+                         lines.c.price_approved] if stored else [target_pk.label("target_pk")])
         return (
-            select(literal(kind, String).label("kind"), lines.c.pk, lines.c.qty_provided, lines.c.qty_approved,
-                   lines.c.price_asked, lines.c.price_approved, target.c.price, target.c.deleted.label("gone"),
+            select(literal(kind, String).label("kind"), *line_columns, target.c.price, target.c.deleted.label("gone"),
                    listed.c.price_list_pk.label("listed"), listed.c.price_override, *coverage_columns)
             .select_from(source)
-            .where(lines.c.claim_pk == bindparam("claim"), lines.c.status == LINE_PASSED)
+            .where(*((lines.c.claim_pk == bindparam("claim"), lines.c.status == LINE_PASSED) if stored
+                     else (any_pk(target.c.pk, f"{kind}_pks"),)))
         )
 
     return DriverQuery(branch("item", claim_item, medical_item, "item_pk", price_list_item, "item_list",
@@ -302,6 +308,7 @@ def _write(conn: Connection, batches: Sequence[tuple[_Dml, Sequence[dict[str, An
     raw = conn.connection.driver_connection
     assert raw is not None
     bound = [dml.bound(conn, rows) for dml, rows in batches if rows]
+    observed(sql for sql, _ in bound)
     dbapi_error = conn.dialect.loaded_dbapi.Error
     sql, args = "", []
     try:
@@ -437,10 +444,13 @@ class _Account:
 # --- processing ---------------------------------------------------------------------------------------------
 
 
-def process(conn: Connection, claim_pk: int, *, today: date, now: int) -> int:
+def process(conn: Connection, claim_pk: int, *, today: date, now: int,
+            new_lines: Sequence[NewLine] | None = None) -> int:
     """Process and valuate a checked claim (§3.4.2–3.4.3, see the module docstring); returns its new status (16
     Valuated, 8 Processed, or 1 Rejected when no line keeps a product). ValueError when the claim does not exist
-    or is not checked (4)."""
+    or is not checked (4). `new_lines`: the lines of a claim this transaction submits, not inserted yet (the
+    passed ones, `reason` 0, are processed: what is decided goes to their `decided`, and the caller inserts them);
+    else the claim's stored passed lines are read and updated."""
     head = _HEAD.rows(conn, {"claim": claim_pk})
     if not head:
         raise ValueError(f"claim {claim_pk} does not exist")
@@ -458,7 +468,13 @@ def process(conn: Connection, claim_pk: int, *, today: date, now: int) -> int:
     products = list(first_policy)
     params: dict[str, Any] = {"claim": claim_pk, "item_list": c.item_list_pk, "service_list": c.service_list_pk}
     params.update((f"p{i}", pk) for i, pk in enumerate(products))
-    lines = _read_lines(_lines_query(len(products)).rows(conn, params))
+    if new_lines is None:
+        lines = _read_lines(_lines_query(len(products), True).rows(conn, params))
+    else:
+        passed_new = [n for n in new_lines if n.reason == 0]
+        params.update({f"{kind}_pks": sorted({n.target_pk for n in passed_new if n.kind == kind})
+                       for kind in ("item", "service")})
+        lines = _new_lines(passed_new, _lines_query(len(products), False).rows(conn, params))
 
     order = {pk: i for i, pk in enumerate(products)}
     suffix = VISIT_SUFFIX.get(c.visit_type or "O", "")
@@ -467,7 +483,7 @@ def process(conn: Connection, claim_pk: int, *, today: date, now: int) -> int:
     passed = [line for line in lines if line.reason == 0]
 
     if not passed:
-        _write(conn, [*_line_writes(lines), (_DROP_DED_REM, [{"insuree": c.insuree_pk, "claim": claim_pk}]),
+        _write(conn, [*_line_writes(lines, new_lines), *_drop_ded_rem(c.insuree_pk, claim_pk, new_lines),
                       (_REJECT_CLAIM, [{"claim_pk": claim_pk, "status": CLAIM_REJECTED,
                                         "rejection_reason": ALL_REJECTED, "approved": ZERO}])])
         return CLAIM_REJECTED
@@ -487,15 +503,35 @@ def process(conn: Connection, claim_pk: int, *, today: date, now: int) -> int:
         valuated = sum((line.price_valuated or ZERO for line in passed), ZERO)
         remunerated = sum((line.remunerated_amount or ZERO for line in passed), ZERO)
     _write(conn, [
-        *_line_writes(lines),
+        *_line_writes(lines, new_lines),
         # rows a claim had before processing (a review's preview) are replaced, not added to
-        (_DROP_DED_REM, [{"insuree": c.insuree_pk, "claim": claim_pk}]),
+        *_drop_ded_rem(c.insuree_pk, claim_pk, new_lines),
         (_INSERT_DED_REM, [_ded_rem(claim_pk, c.insuree_pk, a, category) for a in accounts.values()]),
         (_UPDATE_CLAIM, [{"claim_pk": claim_pk, "status": status, "rejection_reason": 0, "date_processed": today,
                           "process_stamp": now, "approved": approved, "valuated": valuated,
                           "remunerated": remunerated}]),
     ])
     return status
+
+
+def _new_lines(new_lines: Sequence[NewLine], rows: list[Any]) -> list[_Line]:
+    """A `_Line` per line of a submission (`pk`: its `order`, the rank a stored line's pk has), with its register's
+    price-list line and candidate coverage lines (`rows`, by register)."""
+    by_target: dict[tuple[str, int], list[Any]] = {}
+    for r in rows:
+        by_target.setdefault((r.kind, r.target_pk), []).append(r)
+    lines = []
+    for n in new_lines:
+        found = by_target.get((n.kind, n.target_pk))
+        if not found:  # the register is gone: rejected by step 1
+            lines.append(_Line(n.kind, n.order, n.qty, None, n.price, None, ZERO, True, False, None))
+            continue
+        r = found[0]
+        line = _Line(n.kind, n.order, n.qty, None, n.price, None, r.price, bool(r.gone), r.listed is not None,
+                     r.price_override)
+        line.candidates = [r for r in found if r.product_pk is not None]
+        lines.append(line)
+    return sorted(lines, key=lambda line: (line.kind != "item", line.pk))
 
 
 def _read_lines(rows: list[Any]) -> list[_Line]:
@@ -687,6 +723,21 @@ def _ded_rem(claim_pk: int, insuree_pk: int, a: _Account, category: str) -> dict
     return row
 
 
-def _line_writes(lines: list[_Line]) -> list[tuple[_Dml, list[dict[str, Any]]]]:
-    return [(_LINE_UPDATES[kind], [line.result() for line in lines if line.kind == kind])
-            for kind in ("item", "service")]
+def _line_writes(lines: list[_Line], new_lines: Sequence[NewLine] | None) -> list[tuple[_Dml, list[dict[str, Any]]]]:
+    """The lines' UPDATEs; for the lines of a submission, what they are inserted with (nothing to write here)."""
+    if new_lines is None:
+        return [(_LINE_UPDATES[kind], [line.result() for line in lines if line.kind == kind])
+                for kind in ("item", "service")]
+    decided = {(line.kind, line.pk): line.result() for line in lines}
+    for n in new_lines:
+        result = decided.get((n.kind, n.order))
+        if result is not None:
+            del result["line_pk"]
+            n.decided = result
+    return []
+
+
+def _drop_ded_rem(insuree_pk: int, claim_pk: int, new_lines: Sequence[NewLine] | None
+                  ) -> list[tuple[_Dml, list[dict[str, Any]]]]:
+    """The claim's consumption rows of an earlier processing (a review's preview) go; a new claim has none."""
+    return [] if new_lines is not None else [(_DROP_DED_REM, [{"insuree": insuree_pk, "claim": claim_pk}])]

@@ -153,6 +153,7 @@ from hifhir.domain.claims import (
     REJECTED_BY_MEDICAL_OFFICER,
     REJECTION_DISPLAYS,
     SELECTED,
+    NewLine,
 )
 from hifhir.domain.claims.feedback import SelectionRule, parse_rule
 from hifhir.fhir.elements import CS, EXT, first_code, identifier_value, identifiers, reference
@@ -712,9 +713,15 @@ _INSERT_CLAIM = KeyedInsert(claim, _CLAIM_COLUMNS)
 _LINE_TABLES = {"item": (claim_item, "item_pk"), "service": (claim_service, "service_pk")}
 
 
-# The lines of one kind in one statement (amounts given in hundredths, as `Amount` stores them).
+# What the checks and processing decide of a line (valuation._Line.result), amounts among them.
+_DECIDED = ("qty_approved", "product_pk", "policy_pk", "price_origin", "limitation", "limitation_value",
+            "price_adjusted", "price_valuated", "deductable_amount", "exceed_ceiling_amount",
+            "exceed_ceiling_amount_category", "remunerated_amount")
+_DECIDED_AMOUNTS = ("qty_approved", "limitation_value", "price_adjusted", "price_valuated", "deductable_amount",
+                    "exceed_ceiling_amount", "exceed_ceiling_amount_category", "remunerated_amount")
+# The lines of one kind in one statement, as decided (amounts given in hundredths, as `Amount` stores them).
 _LINE_INSERTS = {kind: (column, MultiRowInsert(table, ("claim_pk", column, "status", "rejection_reason",
-                                                       "qty_provided", "price_asked", "sequence")))
+                                                       "qty_provided", "price_asked", "sequence", *_DECIDED)))
                  for kind, (table, column) in _LINE_TABLES.items()}
 _AMOUNT = Amount()
 
@@ -826,19 +833,15 @@ class ClaimKind(ResourceKind):
         sub = ctx.read_ahead if isinstance(ctx.read_ahead, Submission) else self.read_ahead(ctx, resource)
         claim_id = sub.uuid or ctx.new_id
         pk = _insert_claim(ctx, claim_id, sub)
-        for kind, (column, statement) in _LINE_INSERTS.items():
-            rows = [{"claim_pk": pk, column: line.target_pk, "status": LINE_PASSED, "rejection_reason": 0,
-                     "qty_provided": _hundredths(line.qty), "price_asked": _hundredths(line.price),
-                     "sequence": line.sequence} for line in sub.lines if line.kind == kind]
-            if rows:  # no round trip of their own: the checks' first read carries them (PostgreSQL)
-                statement.execute(ctx.conn, rows, defer=True)
         if sub.attachments:
             ctx.conn.execute(insert(claim_attachment), [
                 {"claim_pk": pk, "sequence": a.sequence, "title": a.title, "content_type": a.content_type,
                  "filename": None, "creation": a.creation, "hash": a.sha1.hex(), "data": a.data}
                 for a in sub.attachments])
         ctx.prerendered[(self.name, pk)] = claim_body(sub.view(claim_id))
-        _adjudicate(ctx, pk)
+        lines = _new_lines(sub.lines)
+        _adjudicate(ctx, pk, lines)
+        _insert_lines(ctx, pk, lines)
         ctx.mark(RESPONSE_KIND, pk)
         ctx.answers[(self.name, pk)] = (RESPONSE_KIND, pk)
         return pk
@@ -847,7 +850,40 @@ class ClaimKind(ResourceKind):
         raise _immutable("A submitted claim is a record; it cannot be deleted")
 
 
-def _adjudicate(ctx: WriteContext, pk: int) -> None:
+def _new_lines(lines: tuple[Line, ...]) -> list[NewLine]:
+    """The submitted lines to decide, each with its rank among the lines of its kind (the order of their pks once
+    inserted)."""
+    ranks: dict[str, int] = {}
+    out = []
+    for line in lines:
+        rank = ranks.get(line.kind, 0)
+        ranks[line.kind] = rank + 1
+        out.append(NewLine(line.kind, rank, line.sequence, line.target_pk, line.qty, line.price))
+    return out
+
+
+def _insert_lines(ctx: WriteContext, pk: int, lines: list[NewLine]) -> None:
+    """The claim's lines, once, as the checks and processing decided them (no round trip of their own on
+    PostgreSQL: the ClaimResponse's render carries them)."""
+    for kind, (column, statement) in _LINE_INSERTS.items():
+        rows = []
+        for line in lines:
+            if line.kind != kind:
+                continue
+            decided = dict.fromkeys(_DECIDED) | line.decided  # processing's columns, with status and reason
+            if not line.decided:  # not processed (held for review or feedback, or rejected by the checks)
+                decided.update(status=LINE_REJECTED if line.reason else LINE_PASSED, rejection_reason=line.reason,
+                               qty_approved=Decimal(0) if line.reason else None)
+            for name in _DECIDED_AMOUNTS:
+                if decided[name] is not None:
+                    decided[name] = _hundredths(decided[name])
+            rows.append({**decided, "claim_pk": pk, column: line.target_pk, "qty_provided": _hundredths(line.qty),
+                         "price_asked": _hundredths(line.price), "sequence": line.sequence})
+        if rows:
+            statement.execute(ctx.conn, rows, defer=True)
+
+
+def _adjudicate(ctx: WriteContext, pk: int, lines: list[NewLine]) -> None:
     """The openIMIS checks, then the selections for review and for feedback (both always run: a claim may be
     selected for both), then — unless it was selected for either, when it waits for the medical officer's review
     (PUT ClaimResponse) and/or the insuree's answers (POST Communication), the last of which processes it —
@@ -858,12 +894,12 @@ def _adjudicate(ctx: WriteContext, pk: int) -> None:
     from hifhir.fhir.profiles.communication import select_claim_for_feedback
 
     today = date.today()
-    if checks.submit(ctx.conn, pk, today=today, now=ctx.now, fresh=True) != CLAIM_CHECKED:
+    if checks.submit(ctx.conn, pk, today=today, now=ctx.now, new_lines=lines) != CLAIM_CHECKED:
         return
     held = review.select_for_review(ctx.conn, pk, rule=configured_review_rule(), today=today)
     held = select_claim_for_feedback(ctx, pk, today=today) or held
     if not held and not enqueue_for_ai(ctx, pk):
-        valuation.process(ctx.conn, pk, today=today, now=ctx.now)
+        valuation.process(ctx.conn, pk, today=today, now=ctx.now, new_lines=lines)
 
 
 @functools.cache
