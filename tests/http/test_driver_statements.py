@@ -15,7 +15,7 @@ from sqlalchemy import Engine, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from hifhir.store import pg_direct
-from hifhir.store.fast import DriverQuery, FastStatement, MultiRowInsert, rows_together
+from hifhir.store.fast import DriverQuery, FastStatement, MultiRowInsert, Plan, rows_together, run_plans
 from hifhir.store.tables import code_list_entry
 
 LIST = "test-driver-statements"
@@ -253,6 +253,36 @@ def test_reads_sent_together_give_what_each_gives_alone_in_one_round_trip(engine
     assert together == list(alone)
     if engine.dialect.name == "postgresql":
         assert round_trips == [2]
+
+
+def _count_then_codes() -> Plan[tuple[int, list[str]]]:
+    count, = yield [(_COUNT, {"name": LIST})]
+    entries, = yield [(_ENTRIES, {"name": LIST})]
+    return count[0].n, [r.code for r in entries]
+
+
+def _reads_nothing() -> Plan[str]:
+    yield from ()
+    return "nothing read"
+
+
+def test_plans_run_in_lockstep_the_reads_of_one_step_of_every_plan_in_one_round_trip(
+        engine: Engine, cleanup: None, round_trips: list[int]) -> None:
+    with engine.connect() as conn:
+        conn.begin()
+        _add(conn, "A", "Alpha")
+        _add(conn, "B", "Beta", active=False)
+        for _ in range(6):  # psycopg prepares both
+            _ENTRIES.rows(conn, {"name": LIST})
+            _COUNT.rows(conn, {"name": LIST})
+        round_trips.clear()
+        results = run_plans(conn, {"one": _count_then_codes(), "none": _reads_nothing(),
+                                   "two": _count_then_codes()})
+        conn.rollback()
+
+    assert results == {"one": (1, ["A", "B"]), "none": "nothing read", "two": (1, ["A", "B"])}
+    if engine.dialect.name == "postgresql":  # two steps: two round trips, each with both plans' read
+        assert round_trips == [2, 2]
 
 
 def test_deferred_writes_are_seen_by_the_reads_that_carry_them(engine: Engine, cleanup: None,

@@ -14,7 +14,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Se
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import orjson
-from sqlalchemy import Connection, Integer, String, bindparam
+from sqlalchemy import Connection, Integer, String, bindparam, insert
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.compiler import compiles
@@ -280,8 +280,6 @@ class DriverQuery:
 
 @functools.cache
 def _row_insert(table: Any, columns: tuple[str, ...]) -> DriverQuery:
-    from sqlalchemy import insert
-
     return DriverQuery(insert(table).values({c: bindparam(c) for c in columns}))
 
 
@@ -317,7 +315,6 @@ def rows_together(conn: Connection, queries: Sequence[tuple[DriverQuery, dict[st
             observed(b.sql for b in bound)
             return [DriverQuery.made(b, rows) for b, rows in zip(bound, fetched, strict=True)]
     return [query.rows(conn, params) for query, params in queries]
-
 
 
 Read = tuple[DriverQuery, dict[str, Any]]

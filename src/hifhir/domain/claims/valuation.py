@@ -65,10 +65,10 @@ terms; its passed lines with their register price, price-list line and the produ
 only when a product has an insuree or policy deductible or ceiling (what earlier claims consumed), then the
 writes (lines, ded-rem rows, claim) — all compiled once and run on the DB-API connection; on PostgreSQL the
 writes go in one pipeline (one round trip). A submission's lines are not stored yet (`NewLine`): the second read
-is of their registers, and what is decided goes back to them, for the submission to insert the lines once. There, the policies whose deductible or ceiling this claim consumes
-are first locked (FOR NO KEY UPDATE, in pk order) in a statement of their own, so that the usage read after it
-sees every claim committed before, and two claims of one family processed at once cannot both spend the same
-deductible.
+is of their registers, and what is decided goes back to them, for the submission to insert the lines once.
+On PostgreSQL, the policies whose deductible or ceiling this claim consumes are first locked (FOR NO KEY UPDATE,
+in pk order) in a statement of their own, so that the usage read after it sees every claim committed before, and
+two claims of one family processed at once cannot both spend the same deductible.
 """
 
 from __future__ import annotations
