@@ -501,11 +501,14 @@ def parse_premium(ext: dict[str, Any], expression: str) -> PremiumIn:
 
 _INSUREE_COLUMNS = (insuree.c.pk, insuree.c.id, insuree.c.chf_id, insuree.c.family_pk, insuree.c.dob,
                     insuree.c.relationship, insuree.c.is_head, insuree.c.has_active_policy, insuree.c.version_id)
-# Locked (PostgreSQL, where the read is in the write transaction): the write may flip their Patient.active, and
-# their next versions are then its to take.
 _INSUREES_BY_ID = select(*_INSUREE_COLUMNS).where(insuree.c.id.in_(bindparam("ids", expanding=True)),
-                                                  is_current(insuree)).with_for_update(of=insuree)
-_INSUREE_BY_PK = select(*_INSUREE_COLUMNS).where(insuree.c.pk == bindparam("pk")).with_for_update(of=insuree)
+                                                  is_current(insuree))
+_INSUREE_BY_PK = select(*_INSUREE_COLUMNS).where(insuree.c.pk == bindparam("pk"))
+# An enrolment locks them (PostgreSQL, where the read is in the write transaction): it may flip their Patient.active,
+# and their next versions are then its to take. An update of a Contract flips flags through `_refresh_flags`, which
+# reads and locks them itself, after the policy (the order a payment's activation takes too).
+_LOCKED = {False: (_INSUREES_BY_ID, _INSUREE_BY_PK),
+           True: (_INSUREES_BY_ID.with_for_update(of=insuree), _INSUREE_BY_PK.with_for_update(of=insuree))}
 
 
 # Statements of the enrolment path, built once (building and cache-keying a statement costs more than running it).
@@ -804,7 +807,7 @@ class ContractKind(ResourceKind):
     reads_ahead = True
 
     def read_ahead(self, ctx: WriteContext, resource: dict[str, Any]) -> ContractIn:
-        data = self._parse(ctx, resource)
+        data = self._parse(ctx, resource, lock=True)
         self._check(ctx, data)
         return data
 
@@ -835,7 +838,7 @@ class ContractKind(ResourceKind):
 
     # --- parsing -------------------------------------------------------------------------------------------
 
-    def _parse(self, ctx: WriteContext, resource: dict[str, Any]) -> ContractIn:
+    def _parse(self, ctx: WriteContext, resource: dict[str, Any], *, lock: bool = False) -> ContractIn:
         scope = _code(resource.get("scope"), SCOPES, "scope", "Contract.scope")
         informal = scope == "informal"
         subjects = resource.get("subject") or []
@@ -878,7 +881,7 @@ class ContractKind(ResourceKind):
         require(len(items) == 1, "One product per Contract: exactly one valuedItem", f"{ASSET}.valuedItem")
         product_row = _fetch(ctx, items[0].get("entityReference"), "InsurancePlan", "insurance-plan", "product",
                              f"{ASSET}.valuedItem[0].entityReference", known)
-        covered, positions = self._covered(ctx, asset.get("typeReference") or [], family_pk)
+        covered, positions = self._covered(ctx, asset.get("typeReference") or [], family_pk, lock)
         head_ref = refs[0].get("reference") if isinstance(refs[0], dict) else None
         head = next((r for r in covered if head_ref == f"Patient/{r.id}"), None)
         if head is None:
@@ -902,7 +905,8 @@ class ContractKind(ResourceKind):
                           None if officer is None else officer.id, head.id, head.chf_id)
 
     @staticmethod
-    def _covered(ctx: WriteContext, refs: list[Any], family_pk: int | None) -> tuple[list[Row], dict[int, int]]:
+    def _covered(ctx: WriteContext, refs: list[Any], family_pk: int | None, lock: bool
+                 ) -> tuple[list[Row], dict[int, int]]:
         """The covered insurees (one query for the usual `Patient/<id>` references), in family order for the
         informal sector: the head first, then by registration."""
         conn = ctx.conn
@@ -913,7 +917,8 @@ class ContractKind(ResourceKind):
             ok = isinstance(literal, str) and literal.startswith("Patient/") and literal.count("/") == 1
             ids.append(literal[8:] if ok else None)  # type: ignore[index]
         wanted = [i for i in ids if i]
-        by_id = {r.id: r for r in conn.execute(_INSUREES_BY_ID, {"ids": wanted})} if wanted else {}
+        by_ids, by_pk = _LOCKED[lock]
+        by_id = {r.id: r for r in conn.execute(by_ids, {"ids": wanted})} if wanted else {}
         rows: list[Row] = []
         seen: set[int] = set()
         for i, (ref, rid) in enumerate(zip(refs, ids, strict=True)):
@@ -921,7 +926,7 @@ class ContractKind(ResourceKind):
             row = by_id.get(rid) if rid else None
             if row is None:
                 _, pk = ctx.resolve(ref, ["Patient"], expression)
-                row = conn.execute(_INSUREE_BY_PK, {"pk": pk}).one()
+                row = conn.execute(by_pk, {"pk": pk}).one()
             require(row.pk not in seen, f"Insuree {row.chf_id} is listed twice", expression)
             seen.add(row.pk)
             rows.append(row)
