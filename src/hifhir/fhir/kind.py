@@ -278,7 +278,7 @@ class WriteContext:
         does not bump it again: one UPDATE a row instead of two. On PostgreSQL each UPDATE writes a new row version
         and, when an indexed column changes (last_updated), an entry in every index of the table. A row already
         bumped by this write, or created by it, is only updated. `locked`: pk → (id, version) of rows this
-        transaction read under a row lock (FOR UPDATE), whose next version nobody else can take: their UPDATE
+        transaction read under a row lock (FOR [NO KEY] UPDATE), whose next version nobody else can take: their UPDATE
         returns nothing and so waits for the transaction's next round trip (PostgreSQL)."""
         from hifhir.fhir.registry import KINDS
 

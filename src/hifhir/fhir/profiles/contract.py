@@ -258,7 +258,7 @@ def _flags_query(which: Any) -> DriverQuery:
         insuree.c.pk, insuree.c.family_pk, insuree.c.has_active_policy,
         covered_on(bindparam("today", type_=Date)).label("covered"),
         _FAMILY_WAS_ACTIVE.label("family_active"), insuree.c.id, insuree.c.version_id).where(which)
-        .with_for_update(of=insuree))
+        .with_for_update(of=insuree, key_share=True))
 
 
 # The insurees' flags, whether they are covered today and whether their Group was active: of a list of insurees, or
@@ -328,7 +328,7 @@ _STANDING = DriverQuery(
            product)
     .select_from(policy.join(product, product.c.pk == policy.c.product_pk))
     .where(policy.c.pk == bindparam("pk"))
-    .with_for_update(of=policy))
+    .with_for_update(of=policy, key_share=True))
 
 
 class PolicyGone(LookupError):
@@ -508,7 +508,8 @@ _INSUREE_BY_PK = select(*_INSUREE_COLUMNS).where(insuree.c.pk == bindparam("pk")
 # and their next versions are then its to take. An update of a Contract flips flags through `_refresh_flags`, which
 # reads and locks them itself, after the policy (the order a payment's activation takes too).
 _LOCKED = {False: (_INSUREES_BY_ID, _INSUREE_BY_PK),
-           True: (_INSUREES_BY_ID.with_for_update(of=insuree), _INSUREE_BY_PK.with_for_update(of=insuree))}
+           True: (_INSUREES_BY_ID.with_for_update(of=insuree, key_share=True),
+                  _INSUREE_BY_PK.with_for_update(of=insuree, key_share=True))}
 
 
 # Statements of the enrolment path, built once (building and cache-keying a statement costs more than running it).
