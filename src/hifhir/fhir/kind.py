@@ -192,10 +192,11 @@ def instant(us: int) -> str:
 
 
 class KeyedInsert:
-    """A new entity's INSERT at the driver level (as `WriteContext.insert`, `values` carrying version 1), registered
-    for the flush. On PostgreSQL its key is drawn ahead (store/pk_blocks), so the insert waits for the transaction's
-    next round trip instead of taking one for `RETURNING pk`; a uniqueness violation, raised here or by the statement
-    that carries it, is the 409 the write registered with `WriteContext.expect_unique`."""
+    """A new entity's INSERT at the driver level (`values` carrying version 1), registered for the flush: what
+    `WriteContext.insert` runs for any table, and what a write inserting its own set of columns keeps as a constant.
+    On PostgreSQL its key is drawn ahead (store/pk_blocks), so the insert waits for the transaction's next round trip
+    instead of taking one for `RETURNING pk`; a uniqueness violation, raised here or by the statement that carries
+    it, is the 409 the write registered with `WriteContext.expect_unique`."""
 
     def __init__(self, table: Table, columns: tuple[str, ...]) -> None:
         self._table = table

@@ -105,6 +105,13 @@ class NewLine:
     decided: dict[str, Any] = field(default_factory=dict)
 
 
+def target_pks(lines: Any) -> dict[str, list[int]]:
+    """`item_pks` / `service_pks`: the registers the lines (anything with kind and target_pk) refer to, as the
+    claim statements that read registers by line take them."""
+    return {f"{kind}_pks": sorted({line.target_pk for line in lines if line.kind == kind})
+            for kind in ("item", "service")}
+
+
 __all__ = [
     "CLAIM_CHECKED", "CLAIM_ENTERED", "CLAIM_PROCESSED", "CLAIM_REJECTED", "CLAIM_VALUATED", "LINE_PASSED",
     "LINE_REJECTED",

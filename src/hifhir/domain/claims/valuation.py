@@ -106,6 +106,7 @@ from hifhir.domain.claims import (
     NOT_IN_PRICE_LIST,
     SELECTED,
     NewLine,
+    target_pks,
 )
 from hifhir.domain.eligibility import ADULT_AGE, CARE, CATEGORIES, SCOPES
 from hifhir.domain.policy import age_on
@@ -472,9 +473,8 @@ def process(conn: Connection, claim_pk: int, *, today: date, now: int,
         lines = _read_lines(_lines_query(len(products), True).rows(conn, params))
     else:
         passed_new = [n for n in new_lines if n.reason == 0]
-        params.update({f"{kind}_pks": sorted({n.target_pk for n in passed_new if n.kind == kind})
-                       for kind in ("item", "service")})
-        lines = _new_lines(passed_new, _lines_query(len(products), False).rows(conn, params))
+        params.update(target_pks(passed_new))
+        lines = _submitted_lines(passed_new, _lines_query(len(products), False).rows(conn, params))
 
     order = {pk: i for i, pk in enumerate(products)}
     suffix = VISIT_SUFFIX.get(c.visit_type or "O", "")
@@ -483,7 +483,7 @@ def process(conn: Connection, claim_pk: int, *, today: date, now: int,
     passed = [line for line in lines if line.reason == 0]
 
     if not passed:
-        _write(conn, [*_line_writes(lines, new_lines), *_drop_ded_rem(c.insuree_pk, claim_pk, new_lines),
+        _write(conn, [*_settle_lines(lines, new_lines), *_drop_ded_rem(c.insuree_pk, claim_pk, new_lines),
                       (_REJECT_CLAIM, [{"claim_pk": claim_pk, "status": CLAIM_REJECTED,
                                         "rejection_reason": ALL_REJECTED, "approved": ZERO}])])
         return CLAIM_REJECTED
@@ -503,7 +503,7 @@ def process(conn: Connection, claim_pk: int, *, today: date, now: int,
         valuated = sum((line.price_valuated or ZERO for line in passed), ZERO)
         remunerated = sum((line.remunerated_amount or ZERO for line in passed), ZERO)
     _write(conn, [
-        *_line_writes(lines, new_lines),
+        *_settle_lines(lines, new_lines),
         # rows a claim had before processing (a review's preview) are replaced, not added to
         *_drop_ded_rem(c.insuree_pk, claim_pk, new_lines),
         (_INSERT_DED_REM, [_ded_rem(claim_pk, c.insuree_pk, a, category) for a in accounts.values()]),
@@ -514,7 +514,7 @@ def process(conn: Connection, claim_pk: int, *, today: date, now: int,
     return status
 
 
-def _new_lines(new_lines: Sequence[NewLine], rows: list[Any]) -> list[_Line]:
+def _submitted_lines(new_lines: Sequence[NewLine], rows: list[Any]) -> list[_Line]:
     """A `_Line` per line of a submission (`pk`: its `order`, the rank a stored line's pk has), with its register's
     price-list line and candidate coverage lines (`rows`, by register)."""
     by_target: dict[tuple[str, int], list[Any]] = {}
@@ -723,8 +723,10 @@ def _ded_rem(claim_pk: int, insuree_pk: int, a: _Account, category: str) -> dict
     return row
 
 
-def _line_writes(lines: list[_Line], new_lines: Sequence[NewLine] | None) -> list[tuple[_Dml, list[dict[str, Any]]]]:
-    """The lines' UPDATEs; for the lines of a submission, what they are inserted with (nothing to write here)."""
+def _settle_lines(lines: list[_Line], new_lines: Sequence[NewLine] | None
+                  ) -> list[tuple[_Dml, list[dict[str, Any]]]]:
+    """What processing decided of the lines: the UPDATEs of a stored claim's lines; a submission's lines get it in
+    their `decided` (they are inserted with it, so there is nothing to write here)."""
     if new_lines is None:
         return [(_LINE_UPDATES[kind], [line.result() for line in lines if line.kind == kind])
                 for kind in ("item", "service")]

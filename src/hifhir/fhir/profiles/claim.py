@@ -166,7 +166,7 @@ from hifhir.fhir.profiles.practitioner import full_date
 from hifhir.fhir.search import common_params, common_sorts
 from hifhir.fhir.searchparams import SortKey, column_ref, date_param, link_ref, reference_param
 from hifhir.store.codelists import DIAGNOSIS_LIST
-from hifhir.store.fast import DriverQuery, MultiRowInsert, any_pk, rows_together
+from hifhir.store.fast import DriverQuery, MultiRowInsert, Plan, any_pk, rows_together, run_plan
 from hifhir.store.tables import (
     CLAIM_CHECKED,
     CLAIM_ENTERED,
@@ -1370,7 +1370,10 @@ class ClaimResponseKind(ResourceKind):
         self.sort_params = {**common_sorts(self), "created": SortKey(created, "date")}
 
     def render(self, conn: Connection, pks: list[int]) -> dict[int, dict[str, Any]]:
-        claims, line_rows = rows_together(conn, [_response_claims_read(pks), _claim_lines_read(pks)])
+        return run_plan(conn, self.render_plan(conn, pks))
+
+    def render_plan(self, conn: Connection, pks: list[int]) -> Plan[dict[int, dict[str, Any]]]:
+        claims, line_rows = yield [_response_claims_read(pks), _claim_lines_read(pks)]
         lines = _line_rows(conn, pks, line_rows)
         renderer = _ResponseRenderer(insurer_id(conn))
         return {c.pk: renderer.body(c, lines[c.pk]) for c in claims}

@@ -109,7 +109,7 @@ from hifhir.fhir.searchparams import (
     link_ref,
     split_token,
 )
-from hifhir.store.fast import DriverQuery, FastStatement, Plan, any_pk, insert_rows, rows_together, run_plan
+from hifhir.store.fast import DriverQuery, FastStatement, Plan, Read, any_pk, insert_rows, rows_together, run_plan
 from hifhir.store.tables import (
     coverage,
     family,
@@ -660,14 +660,21 @@ _PREMIUMS = DriverQuery(
 )
 
 
-def policy_views_plan(conn: Connection, pks: list[int]) -> Plan[dict[int, Any]]:
-    """The policies as their Contract and Coverage show them, by pk. Within one flush, the rows the Contract render
-    read serve the Coverage render too (`render_memo`: a policy re-versioned re-versions both)."""
+def _policy_views_known(conn: Connection, pks: list[int]) -> tuple[dict[int, Any], list[Read]]:
+    """The policy views this flush's renders read already (`render_memo`: a policy re-versioned re-versions its
+    Contract and its Coverage, which both show it), and the read of the others (none when all are known); the
+    caller adds what that read finds to the dict."""
     memo = render_memo(conn)
     views: dict[int, Any] = memo.setdefault("policy_view", {}) if memo is not None else {}
     missing = [pk for pk in pks if pk not in views]
-    if missing:
-        found, = yield [(_POLICY_VIEW, {"pks": missing})]
+    return views, [(_POLICY_VIEW, {"pks": missing})] if missing else []
+
+
+def policy_views_plan(conn: Connection, pks: list[int]) -> Plan[dict[int, Any]]:
+    """The policies as their Contract and Coverage show them, by pk."""
+    views, reads = _policy_views_known(conn, pks)
+    if reads:
+        found, = yield reads
         views.update((r.pk, r) for r in found)
     return {pk: views[pk] for pk in pks if pk in views}
 
@@ -782,13 +789,8 @@ class ContractKind(ResourceKind):
 
     def render_plan(self, conn: Connection, pks: list[int]) -> Plan[dict[int, dict[str, Any]]]:
         # The policies (unless this flush's Coverage render read them), members and contributions: one step.
-        memo = render_memo(conn)
-        views: dict[int, Any] = memo.setdefault("policy_view", {}) if memo is not None else {}
-        missing = [pk for pk in pks if pk not in views]
-        reads = [(_COVERED, {"pks": pks}), (_PREMIUMS, {"pks": pks})]
-        if missing:
-            reads.append((_POLICY_VIEW, {"pks": missing}))
-        member_rows, premium_rows, *viewed = yield reads
+        views, view_reads = _policy_views_known(conn, pks)
+        member_rows, premium_rows, *viewed = yield [(_COVERED, {"pks": pks}), (_PREMIUMS, {"pks": pks}), *view_reads]
         for found in viewed:
             views.update((r.pk, r) for r in found)
         covered: dict[int, list[str]] = {pk: [] for pk in pks}
