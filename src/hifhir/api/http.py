@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
@@ -67,7 +68,13 @@ def outcome_response(error: FhirError, content_type: str = FHIR_JSON) -> HttpRes
 
 
 def http_date(epoch_us: int) -> str:
-    return formatdate(epoch_us / 1_000_000, usegmt=True)
+    """The Last-Modified form of an instant (RFC 9110 IMF-fixdate, whole seconds)."""
+    return _http_date_of_second(epoch_us // 1_000_000)
+
+
+@functools.lru_cache(maxsize=256)  # the writes of one second share their Last-Modified: formatdate costs ~10 µs
+def _http_date_of_second(second: int) -> str:
+    return formatdate(second, usegmt=True)
 
 
 class BodyTooLarge(Exception):

@@ -188,7 +188,14 @@ def now_us() -> int:
 
 
 def instant(us: int) -> str:
-    return datetime.fromtimestamp(us / 1_000_000, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    """A FHIR instant (UTC, microseconds) of an epoch time in microseconds."""
+    second, micro = divmod(us, 1_000_000)
+    return f"{_instant_second(second)}.{micro:06d}Z"
+
+
+@functools.lru_cache(maxsize=256)  # every resource a request writes shares its second
+def _instant_second(second: int) -> str:
+    return datetime.fromtimestamp(second, UTC).isoformat(timespec="seconds")[:-6]  # without "+00:00"
 
 
 class KeyedInsert:
