@@ -605,6 +605,10 @@ FOUND: list[tuple[str, str, bytes]] = [
     # a CodeableConcept whose coding is not an array reached the profile's binding check (500)
     ("POST", "Contract", b'{"resourceType":"Contract","scope":{"coding":true},"status":"executed"}'),
     ("POST", "Patient", b'{"resourceType":"Patient","maritalStatus":{"coding":{"code":"M"}}}'),
+    # a coding whose system is not a string reached the set of (system, code) pairs of a required binding (500)
+    ("POST", "Location", b'{"resourceType":"Location","name":"Jamu","physicalType":{"coding":[{"code":"W",'
+                         b'"system":[]}]}}'),
+    ("POST", "Patient", b'{"resourceType":"Patient","maritalStatus":{"coding":[{"code":"M","system":{}}]}}'),
     # nesting orjson reads (1,024 levels) but cannot write back (255): $validate and batch entries (500)
     ("POST", "Patient/$validate", b'{"resourceType":"Parameters","parameter":[{"name":"resource","resource":'
                                   b'{"resourceType":"Patient","extension":[' + _DEEP_300 + b"]}}]}"),

@@ -850,6 +850,8 @@ def _coding_ok(cd: dict[str, Any], pairs: frozenset[tuple[str, str]], codes: fro
     system = cd.get("system")
     if system is None:
         return code in codes  # no system given: accept a code of the set (lenient)
+    if not isinstance(system, str):
+        return False  # a wrong JSON type (the schema layer reports it); unhashable besides
     return (system, code) in pairs
 
 
