@@ -208,7 +208,9 @@ class Fuzz:
             h["Authorization"] = f"Bearer {self.tokens[who]}"
         h.update(headers or {})
         encoded = {k: v.encode("utf-8") for k, v in h.items()}
-        resp = self.client.request(method, url, content=body, headers=encoded)
+        # httpx takes a path starting with // for a host (an error): an absolute URL sends it as the path it is
+        target = f"http://testserver{url}" if url.startswith("//") else url
+        resp = self.client.request(method, target, content=body, headers=encoded)
         self.statuses[resp.status_code // 100] += 1
         sent = unquote_plus(url) + (body or b"").decode("utf-8", "replace") + " ".join(h.values())
         assert_sound(resp, method, sent, (method, url[:300], (body or b"")[:300], headers))

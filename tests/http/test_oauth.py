@@ -149,6 +149,16 @@ def test_a_wrong_secret_or_an_unknown_client_is_invalid_client(client, engine):
     oauth_error(client.post("/oauth/token", data={"grant_type": "client_credentials"}), 401, "invalid_client")
 
 
+def test_a_client_id_with_a_nul_character_is_an_unknown_client(client, engine):
+    # PostgreSQL refuses NUL in text: the lookup answered the FHIR server's 400 OperationOutcome (found by fuzzing)
+    technical_user(engine)
+    secret = register(engine, "hospital-1", "system/*.read")
+    posted = client.post("/oauth/token", data={"grant_type": "client_credentials", "client_id": "hospital-1\x00",
+                                               "client_secret": secret})
+    oauth_error(posted, 401, "invalid_client")
+    oauth_error(token_by_secret(client, "\x00", secret), 401, "invalid_client")
+
+
 def test_repeated_failed_client_authentications_are_throttled(backend, engine, app):
     settings, _ = backend
     strict = HifhirApp(dataclasses.replace(settings, login_max_failures_per_address=3), engine)

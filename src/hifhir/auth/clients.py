@@ -56,7 +56,7 @@ class Client:
 
 
 def find_client(conn: Connection, client_id: str) -> Client | None:
-    if len(client_id) > _CLIENT_ID_MAX:
+    if len(client_id) > _CLIENT_ID_MAX or "\x00" in client_id:  # no client has one (PostgreSQL refuses NUL in text)
         return None
     row = conn.execute(
         select(oauth_client.c.pk, oauth_client.c.client_id, app_user.c.username, app_user.c.active.label("user_active"),
