@@ -1,0 +1,137 @@
+"""The same write sent several times at once — a mobile app or a hospital system resending after a timeout while
+its first request still runs: exactly one is stored, every other copy is a 409 OperationOutcome, never a 5xx, and
+nothing is written twice. Each copy goes through its own client (its own event loop thread) into the one app, so
+their transactions overlap on the database."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import Engine, func, select
+from starlette.testclient import TestClient
+
+from hifhir.api.app import HifhirApp
+from hifhir.store.db import transaction
+from hifhir.store.tables import claim, eligibility_enquiry, insuree, invoice, payment_notice, policy, premium
+from tests.builders import patient
+from tests.builders_enrolment import days_ago, family_contract
+from tests.builders_enrolment import premium as contribution
+from tests.conftest import Api
+from tests.http.test_claims import claim_of, world  # noqa: F401  (the claim world fixture)
+from tests.http.test_eligibility import REQ, enquiry
+from tests.http.test_eligibility import world as insurees  # noqa: F401
+from tests.http.test_payments import idle_contract, invoice_of, notice, scheme  # noqa: F401
+
+COPIES = 6
+
+
+def at_once(app: HifhirApp, api: Api, path: str, bodies: list[dict[str, Any]]) -> list[Any]:
+    """POST each body, all released together, each through its own client; the responses, in order."""
+    data = [orjson.dumps(body) for body in bodies]
+    clients = [TestClient(app, base_url="http://testserver").__enter__() for _ in bodies]
+    start = threading.Barrier(len(bodies))
+    responses: list[Any] = [None] * len(bodies)
+
+    def send(i: int) -> None:
+        start.wait()
+        responses[i] = clients[i].post(f"/fhir/{path}", content=data[i], headers=api.headers())
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        for c in clients:
+            c.__exit__(None, None, None)
+    return responses
+
+
+def one_stored_the_rest_conflicts(responses: list[Any], stored: int) -> None:
+    statuses = Counter(r.status_code for r in responses)
+    assert statuses == {stored: 1, 409: COPIES - 1}, [r.text[:300] for r in responses]
+    for r in responses:
+        if r.status_code == 409:
+            assert r.json()["resourceType"] == "OperationOutcome"
+
+
+def count(engine: Engine, table: Any, *where: Any) -> int:
+    with transaction(engine, write=False) as conn:
+        return int(conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one())
+
+
+def test_a_claim_sent_several_times_at_once_is_stored_once(app, api, engine, world):  # noqa: F811
+    responses = at_once(app, api, "Claim", [claim_of(world, "DUP-1")] * COPIES)
+
+    one_stored_the_rest_conflicts(responses, 200)
+    assert count(engine, claim, claim.c.code == "DUP-1") == 1
+
+
+def test_a_payment_sent_several_times_at_once_is_recorded_once(app, api, engine, scheme):  # noqa: F811
+    c = idle_contract(api, scheme, "FC01")
+    invoice_id = invoice_of(api, engine, c["id"])
+
+    responses = at_once(app, api, "PaymentNotice", [notice(f"Invoice/{invoice_id}", 5000, "TX-AT-ONCE")] * COPIES)
+
+    one_stored_the_rest_conflicts(responses, 201)
+    assert count(engine, payment_notice, payment_notice.c.reference == "TX-AT-ONCE") == 1
+    assert count(engine, premium, premium.c.receipt == "TX-AT-ONCE") == 1
+    with transaction(engine, write=False) as conn:
+        paid = conn.execute(select(invoice.c.amount_paid).where(invoice.c.id == invoice_id)).scalar_one()
+    assert paid == 5000
+
+
+def test_an_insuree_registered_several_times_at_once_is_stored_once(app, api, engine, scheme):  # noqa: F811
+    body = patient("900000001", "Twice", "Ada", scheme.places["V1"])
+
+    responses = at_once(app, api, "Patient", [body] * COPIES)
+
+    one_stored_the_rest_conflicts(responses, 201)
+    assert count(engine, insuree, insuree.c.chf_id == "900000001") == 1
+
+
+def test_an_enrolment_sent_several_times_at_once_makes_one_policy(app, api, engine, scheme):  # noqa: F811
+    body = family_contract(scheme, "BC01", premiums=[contribution(10000, "RCPT-AT-ONCE", days_ago(2))])
+    policies = count(engine, policy)
+
+    responses = at_once(app, api, "Contract", [body] * COPIES)
+
+    one_stored_the_rest_conflicts(responses, 201)
+    assert count(engine, policy) == policies + 1
+    assert count(engine, premium, premium.c.receipt == "RCPT-AT-ONCE") == 1
+
+
+def test_an_enquiry_sent_several_times_at_once_is_answered_once(app, api, engine, insurees):  # noqa: F811
+    request_uuid = "0f9a7c3e-1b2d-4c5e-8f6a-7b8c9d0e1f2a"
+    body = enquiry(f"Patient/{insurees.adult['id']}", request_uuid=request_uuid)
+
+    responses = at_once(app, api, REQ, [body] * COPIES)
+
+    one_stored_the_rest_conflicts(responses, 200)
+    assert count(engine, eligibility_enquiry, eligibility_enquiry.c.id == request_uuid) == 1
+
+
+@pytest.mark.parametrize("completing", [True, False], ids=["each-completing", "installments"])
+def test_payments_of_one_invoice_at_once_never_pay_it_beyond_its_total(
+        app, api, engine, scheme, completing: bool) -> None:  # noqa: F811
+    c = idle_contract(api, scheme, "FC01")  # 18000, in up to three installments
+    invoice_id = invoice_of(api, engine, c["id"])
+    amount = 18000 if completing else 6000
+    bodies = [notice(f"Invoice/{invoice_id}", amount, f"TX-RACE-{i}") for i in range(COPIES)]
+
+    responses = at_once(app, api, "PaymentNotice", bodies)
+
+    statuses = Counter(r.status_code for r in responses)
+    accepted = 1 if completing else 3
+    # the others are over-payments, as they would be one after the other
+    assert statuses == {201: accepted, 422: COPIES - accepted}, [r.text[:300] for r in responses]
+    assert all("Over-payment" in r.text for r in responses if r.status_code == 422)
+    with transaction(engine, write=False) as conn:
+        paid = conn.execute(select(invoice.c.amount_paid).where(invoice.c.id == invoice_id)).scalar_one()
+    assert paid == 18000
+    assert count(engine, payment_notice) == accepted
