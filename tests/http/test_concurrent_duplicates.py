@@ -135,3 +135,16 @@ def test_payments_of_one_invoice_at_once_never_pay_it_beyond_its_total(
         paid = conn.execute(select(invoice.c.amount_paid).where(invoice.c.id == invoice_id)).scalar_one()
     assert paid == 18000
     assert count(engine, payment_notice) == accepted
+
+
+def test_claims_of_one_insuree_for_the_same_care_on_the_same_day_at_once_pass_once(app, api, engine, world):  # noqa: F811
+    # Distinct claims (their own codes), each a consultation and aspirins for the same insuree on the same day: one
+    # after the other, every claim after the first has both lines rejected as duplicates (6).
+    bodies = [claim_of(world, f"SAME-DAY-{i}") for i in range(COPIES)]
+
+    responses = at_once(app, api, "Claim", bodies)
+
+    assert [r.status_code for r in responses] == [200] * COPIES, [r.text[:300] for r in responses]
+    with transaction(engine, write=False) as conn:
+        statuses = Counter(conn.execute(select(claim.c.status).where(claim.c.code.like("SAME-DAY-%"))).scalars())
+    assert statuses == {16: 1, 1: COPIES - 1}

@@ -121,6 +121,7 @@ from hifhir.domain.eligibility import ADULT_AGE, CATEGORIES
 from hifhir.domain.policy import add_months, age_on
 from hifhir.store.codelists import DIAGNOSIS_LIST
 from hifhir.store.fast import DriverQuery, FastStatement, any_pk, rows_together
+from hifhir.store.locks import CLAIM_CHECKS, turn
 from hifhir.store.tables import (
     CLAIM_CHECKED,
     CLAIM_ENTERED,
@@ -156,12 +157,17 @@ _MAX_COLUMNS = tuple(f"max_no_{name}" for name, _ in CATEGORIES.values())
 
 # --- statements (compiled once per dialect) --------------------------------------------------------------------
 
+# The claim, once the checks of its insuree's claims have their turn (store.locks): the checks that count the
+# insuree's other claims (same day, frequency, quantity limits, category maximums) then see every claim of the
+# insuree committed before, and two never run beside each other. A row lock on the insuree would do the same, but
+# Contract writes lock a policy then its members, and processing locks the member's policies after the checks.
 _CLAIM = DriverQuery(
     select(
         claim.c.status, claim.c.hf_pk, claim.c.insuree_pk, claim.c.date_from, claim.c.date_to, claim.c.date_claimed,
         claim.c.claimed, claim.c.icd_code, *(claim.c[f"icd_code_{i}"] for i in range(1, 5)),
         insuree.c.dob, insuree.c.gender, insuree.c.deleted.label("insuree_deleted"), insuree.c.family_pk,
         family.c.deleted.label("family_deleted"), health_facility.c.care_type.label("hf_care_type"),
+        turn(CLAIM_CHECKS, claim.c.insuree_pk).label("turn"),
     )
     .select_from(
         claim.join(insuree, insuree.c.pk == claim.c.insuree_pk)
