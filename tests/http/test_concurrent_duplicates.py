@@ -106,6 +106,19 @@ def test_an_enrolment_sent_several_times_at_once_makes_one_policy(app, api, engi
     assert count(engine, premium, premium.c.receipt == "RCPT-AT-ONCE") == 1
 
 
+def test_enrolments_of_one_family_by_several_officers_at_once_make_one_policy(app, api, engine, scheme):  # noqa: F811
+    bodies = [family_contract(scheme, "BC01", premiums=[contribution(10000, f"RCPT-{i}", days_ago(2))])
+              for i in range(COPIES)]
+    policies = count(engine, policy)
+
+    responses = at_once(app, api, "Contract", bodies)
+
+    one_stored_the_rest_conflicts(responses, 201)
+    assert all("the family already has a policy of product BC01" in r.text for r in responses
+               if r.status_code == 409)
+    assert count(engine, policy) == policies + 1
+
+
 def test_an_enquiry_sent_several_times_at_once_is_answered_once(app, api, engine, insurees):  # noqa: F811
     request_uuid = "0f9a7c3e-1b2d-4c5e-8f6a-7b8c9d0e1f2a"
     body = enquiry(f"Patient/{insurees.adult['id']}", request_uuid=request_uuid)
