@@ -24,6 +24,8 @@ from tests.conftest import Api
 from tests.http.test_claims import claim_of, world  # noqa: F401  (the claim world fixture)
 from tests.http.test_eligibility import REQ, enquiry
 from tests.http.test_eligibility import world as insurees  # noqa: F401
+from tests.http.test_feedback import communication, feedback_rows, selected_claim
+from tests.http.test_feedback import world as feedback_world  # noqa: F401
 from tests.http.test_payments import idle_contract, invoice_of, notice, scheme  # noqa: F401
 
 COPIES = 6
@@ -161,3 +163,14 @@ def test_claims_of_one_insuree_for_the_same_care_on_the_same_day_at_once_pass_on
     with transaction(engine, write=False) as conn:
         statuses = Counter(conn.execute(select(claim.c.status).where(claim.c.code.like("SAME-DAY-%"))).scalars())
     assert statuses == {16: 1, 1: COPIES - 1}
+
+
+def test_feedback_answered_several_times_at_once_is_recorded_once(app, api, feedback_world):  # noqa: F811
+    claim_id = selected_claim(feedback_world)
+    bodies = [communication(claim_id, feedback_world.patient, ("yes", "no", "yes", "yes", str(1 + i % 5)))
+              for i in range(COPIES)]
+
+    responses = at_once(app, api, "Communication", bodies)
+
+    one_stored_the_rest_conflicts(responses, 201)
+    assert len(feedback_rows(feedback_world)) == 1
