@@ -16,7 +16,16 @@ from starlette.testclient import TestClient
 
 from hifhir.api.app import HifhirApp
 from hifhir.store.db import transaction
-from hifhir.store.tables import claim, eligibility_enquiry, insuree, invoice, payment_notice, policy, premium
+from hifhir.store.tables import (
+    claim,
+    claim_ded_rem,
+    eligibility_enquiry,
+    insuree,
+    invoice,
+    payment_notice,
+    policy,
+    premium,
+)
 from tests.builders import patient
 from tests.builders_enrolment import days_ago, family_contract
 from tests.builders_enrolment import premium as contribution
@@ -27,12 +36,14 @@ from tests.http.test_eligibility import world as insurees  # noqa: F401
 from tests.http.test_feedback import communication, feedback_rows, selected_claim
 from tests.http.test_feedback import world as feedback_world  # noqa: F401
 from tests.http.test_payments import idle_contract, invoice_of, notice, scheme  # noqa: F401
+from tests.http.test_review import medical_officer, pending, reviewed, selecting  # noqa: F401
 
 COPIES = 6
 
 
-def at_once(app: HifhirApp, api: Api, path: str, bodies: list[dict[str, Any]]) -> list[Any]:
-    """POST each body, all released together, each through its own client; the responses, in order."""
+def at_once(app: HifhirApp, api: Api, path: str, bodies: list[dict[str, Any]], method: str = "POST") -> list[Any]:
+    """Send each body (`method` to /fhir/`path`), all released together, each through its own client; the
+    responses, in order."""
     data = [orjson.dumps(body) for body in bodies]
     clients = [TestClient(app, base_url="http://testserver").__enter__() for _ in bodies]
     start = threading.Barrier(len(bodies))
@@ -40,7 +51,7 @@ def at_once(app: HifhirApp, api: Api, path: str, bodies: list[dict[str, Any]]) -
 
     def send(i: int) -> None:
         start.wait()
-        responses[i] = clients[i].post(f"/fhir/{path}", content=data[i], headers=api.headers())
+        responses[i] = clients[i].request(method, f"/fhir/{path}", content=data[i], headers=api.headers())
 
     threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
     try:
@@ -174,3 +185,17 @@ def test_feedback_answered_several_times_at_once_is_recorded_once(app, api, feed
 
     one_stored_the_rest_conflicts(responses, 201)
     assert len(feedback_rows(feedback_world)) == 1
+
+
+def test_a_review_delivered_several_times_at_once_processes_the_claim_once(
+        app, api, engine, world, selecting, medical_officer):  # noqa: F811
+    body = pending(api, world)
+
+    responses = at_once(app, medical_officer, f"ClaimResponse/{body['id']}", [reviewed(body)] * COPIES, "PUT")
+
+    one_stored_the_rest_conflicts(responses, 200)
+    with transaction(engine, write=False) as conn:
+        pk, status = conn.execute(select(claim.c.pk, claim.c.status).where(claim.c.id == body["id"])).one()
+        accounts = conn.execute(select(func.count()).select_from(claim_ded_rem)
+                                .where(claim_ded_rem.c.claim_pk == pk)).scalar_one()
+    assert status == 16 and accounts == 1
