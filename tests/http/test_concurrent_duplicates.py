@@ -23,6 +23,7 @@ from hifhir.store.tables import (
     insuree,
     invoice,
     payment_notice,
+    payment_reconciliation,
     policy,
     premium,
 )
@@ -35,7 +36,15 @@ from tests.http.test_eligibility import REQ, enquiry
 from tests.http.test_eligibility import world as insurees  # noqa: F401
 from tests.http.test_feedback import communication, feedback_rows, selected_claim
 from tests.http.test_feedback import world as feedback_world  # noqa: F401
-from tests.http.test_payments import idle_contract, invoice_of, notice, scheme  # noqa: F401
+from tests.http.test_payments import (  # noqa: F401  (scheme: the enrolment fixture)
+    detail,
+    idle_contract,
+    invoice_of,
+    notice,
+    paid_installments,
+    reconciliation,
+    scheme,
+)
 from tests.http.test_review import medical_officer, pending, reviewed, selecting  # noqa: F401
 
 COPIES = 6
@@ -199,3 +208,20 @@ def test_a_review_delivered_several_times_at_once_processes_the_claim_once(
         accounts = conn.execute(select(func.count()).select_from(claim_ded_rem)
                                 .where(claim_ded_rem.c.claim_pk == pk)).scalar_one()
     assert status == 16 and accounts == 1
+
+
+def test_a_reconciliation_sent_several_times_at_once_clears_its_payments_once(app, api, engine, scheme):  # noqa: F811
+    _, _, (a, b, _c) = paid_installments(api, engine, scheme)
+    body = reconciliation(11000, [detail(identifier="TX-A", amount=5000), detail(request=f"PaymentNotice/{b['id']}")])
+
+    responses = at_once(app, api, "PaymentReconciliation", [body] * COPIES)
+
+    statuses = Counter(r.status_code for r in responses)
+    assert statuses[201] == 1 and sum(statuses.values()) == COPIES, [r.text[:300] for r in responses]
+    assert all(r.json()["resourceType"] == "OperationOutcome" for r in responses if r.status_code != 201)
+    stored = next(r.json()["id"] for r in responses if r.status_code == 201)
+    with transaction(engine, write=False) as conn:
+        linked = Counter(conn.execute(select(payment_notice.c.reconciliation_pk)
+                                      .where(payment_notice.c.id.in_([a["id"], b["id"]]))).scalars())
+        reconciliations = conn.execute(select(func.count()).select_from(payment_reconciliation)).scalar_one()
+    assert reconciliations == 1 and len(linked) == 1 and None not in linked, (stored, linked)
