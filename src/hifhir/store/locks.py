@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Integer
+from sqlalchemy import Boolean, Integer, literal
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
@@ -22,9 +22,11 @@ CLAIM_CHECKS = 1  # the checks of an insuree's claims, keyed by the insuree's pk
 
 
 class _Turn(FunctionElement[Any]):
+    """The column holds nothing of use (false on PostgreSQL, NULL on SQLite): selecting it is what waits."""
+
     inherit_cache = True
     name = "turn"
-    type = Integer()
+    type = Boolean()
 
 
 @compiles(_Turn)
@@ -40,6 +42,4 @@ def _turn_sqlite(element: _Turn, compiler: Any, **kw: Any) -> str:
 
 def turn(namespace: int, key: Any) -> Any:
     """Wait for, then hold until the transaction ends, the turn on (`namespace`, `key`) (see the module docstring)."""
-    from sqlalchemy import literal
-
     return _Turn(literal(namespace, Integer), key)
