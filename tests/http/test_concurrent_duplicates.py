@@ -1,12 +1,14 @@
-"""The same write sent several times at once — a mobile app or a hospital system resending after a timeout while
-its first request still runs: exactly one is stored, every other copy is a 409 OperationOutcome, never a 5xx, and
-nothing is written twice. Each copy goes through its own client (its own event loop thread) into the one app, so
-their transactions overlap on the database."""
+"""Writes sent at the same moment: the same write resent (a mobile app or a hospital system retrying after a
+timeout while its first request still runs) or writes that compete (claims of one insuree, payments of one invoice,
+enrolments of one family). The outcome is the one they would have one after the other: one copy stored, the others
+the 409 (or 422) OperationOutcome, never a 5xx, nothing written twice. Each request goes through its own client (its
+own event loop thread) into the one app, so their transactions overlap on the database."""
 
 from __future__ import annotations
 
 import threading
 from collections import Counter
+from contextlib import ExitStack
 from typing import Any
 
 import orjson
@@ -54,23 +56,20 @@ def at_once(app: HifhirApp, api: Api, path: str, bodies: list[dict[str, Any]], m
     """Send each body (`method` to /fhir/`path`), all released together, each through its own client; the
     responses, in order."""
     data = [orjson.dumps(body) for body in bodies]
-    clients = [TestClient(app, base_url="http://testserver").__enter__() for _ in bodies]
     start = threading.Barrier(len(bodies))
     responses: list[Any] = [None] * len(bodies)
+    with ExitStack() as stack:
+        clients = [stack.enter_context(TestClient(app, base_url="http://testserver")) for _ in bodies]
 
-    def send(i: int) -> None:
-        start.wait()
-        responses[i] = clients[i].request(method, f"/fhir/{path}", content=data[i], headers=api.headers())
+        def send(i: int) -> None:
+            start.wait()
+            responses[i] = clients[i].request(method, f"/fhir/{path}", content=data[i], headers=api.headers())
 
-    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
-    try:
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
         for t in threads:
             t.start()
         for t in threads:
             t.join(60)
-    finally:
-        for c in clients:
-            c.__exit__(None, None, None)
     return responses
 
 
