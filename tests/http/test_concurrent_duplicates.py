@@ -52,9 +52,10 @@ from tests.http.test_review import medical_officer, pending, reviewed, selecting
 COPIES = 6
 
 
-def at_once(app: HifhirApp, api: Api, path: str, bodies: list[dict[str, Any]], method: str = "POST") -> list[Any]:
-    """Send each body (`method` to /fhir/`path`), all released together, each through its own client; the
-    responses, in order."""
+def at_once(app: HifhirApp, api: Api, path: str, bodies: list[dict[str, Any]], method: str = "POST",
+            headers: dict[str, str] | None = None) -> list[Any]:
+    """Send each body (`method` to /fhir/`path`, with `headers`), all released together, each through its own
+    client; the responses, in order."""
     data = [orjson.dumps(body) for body in bodies]
     start = threading.Barrier(len(bodies))
     responses: list[Any] = [None] * len(bodies)
@@ -63,7 +64,7 @@ def at_once(app: HifhirApp, api: Api, path: str, bodies: list[dict[str, Any]], m
 
         def send(i: int) -> None:
             start.wait()
-            responses[i] = clients[i].request(method, f"/fhir/{path}", content=data[i], headers=api.headers())
+            responses[i] = clients[i].request(method, f"/fhir/{path}", content=data[i], headers=api.headers(headers))
 
         threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
         for t in threads:
@@ -138,6 +139,22 @@ def test_enrolments_of_one_family_by_several_officers_at_once_make_one_policy(ap
     assert all("the family already has a policy of product BC01" in r.text for r in responses
                if r.status_code == 409)
     assert count(engine, policy) == policies + 1
+
+
+def test_updates_of_one_version_at_once_are_one_new_version_and_412s(app, api, scheme):  # noqa: F811
+    stored = api.post("Patient", patient("900000002", "Race", "Bo", scheme.places["V1"])).json()
+    bodies = []
+    for i in range(COPIES):
+        body = {k: v for k, v in stored.items() if k != "meta"}
+        body["name"] = [{**stored["name"][0], "given": [f"Name{i}"]}]
+        bodies.append(body)
+
+    responses = at_once(app, api, f"Patient/{stored['id']}", bodies, "PUT", {"If-Match": 'W/"1"'})
+
+    assert Counter(r.status_code for r in responses) == {200: 1, 412: COPIES - 1}, [r.text[:300] for r in responses]
+    winner = next(i for i, r in enumerate(responses) if r.status_code == 200)
+    now = api.get(f"Patient/{stored['id']}").json()
+    assert now["meta"]["versionId"] == "2" and now["name"][0]["given"] == [f"Name{winner}"]
 
 
 def test_an_enquiry_sent_several_times_at_once_is_answered_once(app, api, engine, insurees):  # noqa: F811
