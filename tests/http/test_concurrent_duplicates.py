@@ -23,7 +23,6 @@ from hifhir.store.tables import (
     claim_ded_rem,
     eligibility_enquiry,
     insuree,
-    invoice,
     payment_notice,
     payment_reconciliation,
     policy,
@@ -42,6 +41,7 @@ from tests.http.test_payments import (  # noqa: F401  (scheme: the enrolment fix
     detail,
     idle_contract,
     invoice_of,
+    invoice_row,
     notice,
     paid_installments,
     reconciliation,
@@ -103,9 +103,7 @@ def test_a_payment_sent_several_times_at_once_is_recorded_once(app, api, engine,
     one_stored_the_rest_conflicts(responses, 201)
     assert count(engine, payment_notice, payment_notice.c.reference == "TX-AT-ONCE") == 1
     assert count(engine, premium, premium.c.receipt == "TX-AT-ONCE") == 1
-    with transaction(engine, write=False) as conn:
-        paid = conn.execute(select(invoice.c.amount_paid).where(invoice.c.id == invoice_id)).scalar_one()
-    assert paid == 5000
+    assert invoice_row(engine, invoice_id).amount_paid == 5000
 
 
 def test_an_insuree_registered_several_times_at_once_is_stored_once(app, api, engine, scheme):  # noqa: F811
@@ -182,9 +180,7 @@ def test_payments_of_one_invoice_at_once_never_pay_it_beyond_its_total(
     # the others are over-payments, as they would be one after the other
     assert statuses == {201: accepted, 422: COPIES - accepted}, [r.text[:300] for r in responses]
     assert all("Over-payment" in r.text for r in responses if r.status_code == 422)
-    with transaction(engine, write=False) as conn:
-        paid = conn.execute(select(invoice.c.amount_paid).where(invoice.c.id == invoice_id)).scalar_one()
-    assert paid == 18000
+    assert invoice_row(engine, invoice_id).amount_paid == 18000
     assert count(engine, payment_notice) == accepted
 
 
