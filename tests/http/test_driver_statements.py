@@ -142,6 +142,23 @@ def test_a_deferred_insert_runs_before_the_next_statement_and_with_the_commit(en
     assert _codes(engine) == ["P0", "P1", "P2", "P3", "P4", "P5", "Q1", "Q2", "Q3"]
 
 
+def test_a_multi_row_insert_of_many_parameters_writes_each_value_in_its_place_and_is_prepared(
+        engine: Engine, cleanup: None, paths: Counter[str]) -> None:
+    rows = [_row(f"M{i:02d}") for i in range(30)]  # 90 parameters: psycopg would re-parse a %s statement each time
+    with engine.connect() as conn, conn.begin():
+        for _ in range(6):
+            _INSERT.execute(conn, rows)
+            conn.execute(delete(code_list_entry).where(code_list_entry.c.list_name == LIST))
+        _INSERT.execute(conn, rows)
+    with engine.connect() as conn:
+        written = conn.execute(select(code_list_entry.c.code, code_list_entry.c.display)
+                               .where(code_list_entry.c.list_name == LIST).order_by(code_list_entry.c.code)).all()
+
+    assert [tuple(r) for r in written] == [(f"M{i:02d}", f"Entry M{i:02d}") for i in range(30)]
+    if engine.dialect.name == "postgresql":
+        assert paths["prepared"] >= 1  # the 7th execution ran through libpq
+
+
 def test_a_deferred_insert_that_fails_fails_the_commit_and_nothing_is_written(engine: Engine,
                                                                               cleanup: None) -> None:
     with engine.connect() as conn:
