@@ -195,6 +195,31 @@ def test_lines_are_stored_as_the_entered_claim_builder_stores_them(api, engine, 
     assert claim_row(engine, body["id"]).claimed == Decimal("72.5")
 
 
+def test_a_claim_of_many_lines_sends_no_statement_the_driver_parses_anew_at_each_execution(
+        api, engine, world, monkeypatch):
+    """psycopg caches its conversion of a `%s` statement only up to 50 parameters and 4 KB: a longer one (a multi-row
+    insert of a claim's lines) would be split again at every execution, ~2 µs a parameter."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("psycopg: PostgreSQL only")
+    import psycopg._queries
+
+    parsed: list[bytes] = []
+    original = psycopg._queries._query2pg_nocache
+
+    def spy(query: bytes, encoding: str) -> Any:
+        parsed.append(query)
+        return original(query, encoding)
+
+    monkeypatch.setattr(psycopg._queries, "_query2pg_nocache", spy)
+    lines = [item(f"Medication/{world.aspirin}", sequence=n) for n in range(1, 13)]
+    lines += [service(f"ActivityDefinition/{world.consult}", sequence=n) for n in range(13, 25)]
+
+    body = answered(api.post("Claim", claim_of(world, lines=lines)))
+
+    assert len(line_rows(engine, body["id"])) == 24  # 12 rows of 19 columns a table: 228 parameters
+    assert parsed == []
+
+
 _DECIDED_COLUMNS = ("status", "rejection_reason", "qty_provided", "qty_approved", "price_asked", "product_pk",
                     "policy_pk", "price_origin", "limitation", "limitation_value", "price_adjusted", "price_valuated",
                     "deductable_amount", "exceed_ceiling_amount", "exceed_ceiling_amount_category",
