@@ -22,6 +22,7 @@ from hifhir.fhir.validate import (
 from hifhir.fhir.validation import corrections
 from hifhir.fhir.validation.fhirpath import UnsupportedExpression, compile_expression, evaluate
 from hifhir.fhir.validation.profile import ProfileRegistry, pattern_matches
+from hifhir.fhir.validation.schema import SchemaLayer
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "fixtures" / "ig_examples"
 B = "https://openimis.github.io/openimis_fhir_r4_ig"
@@ -526,6 +527,24 @@ def test_one_issue_per_problem() -> None:
     res = mutate("Claim-Claim001", _delete("type"))
     issues = [i for i in errors(check(res)) if i.expression == "Claim.type"]
     assert len(issues) == 1
+
+
+def test_one_validator_for_several_types_reports_what_each_types_own_validator_reports() -> None:
+    per_type, together = SchemaLayer(), SchemaLayer()
+    examples = [load(name) for name in ALL_EXAMPLES]
+    together.compile_together({res["resourceType"] for res in examples})
+    cases = examples + [mutate(m[1], m[2]) for m in MUTATIONS] + [
+        mutate("Claim-Claim001", _set("status", 3)),
+        mutate("Claim-Claim001", lambda r: r["item"][0].__setitem__("quantity", {"value": "x"})),
+    ]
+    reported = 0
+    for res in cases:
+        expected = [(i.code, i.expression, i.diagnostics) for i in per_type.validate(res)]
+        assert [(i.code, i.expression, i.diagnostics) for i in together.validate(res)] == expected
+        reported += bool(expected)
+    assert reported >= 10
+    assert together.validator("Patient") is together.validator("Claim")
+    assert together.validator("Bundle") is not together.validator("Patient")
 
 
 # --------------------------------------------------------------------------------------

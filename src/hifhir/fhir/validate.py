@@ -147,10 +147,12 @@ def warm_up(profile_urls: list[str] | None = None) -> None:
     urls = profile_urls if profile_urls is not None else registry.resource_profiles()
     get_index()
     layer = get_schema_layer()
+    types: set[str] = set()
     for u in urls:
         registry.get(u)
         t = registry.resource_type_of(u)
         if t:
-            layer.validator(t)
+            types.add(t)
             registry.get_base(t)
+    layer.compile_together(types)
     registry.release_sources()

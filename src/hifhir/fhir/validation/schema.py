@@ -29,7 +29,7 @@ import gzip
 import json
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,9 @@ from hifhir.fhir.validation.issues import Issue, error
 
 _SCHEMA_FILE = Path(__file__).resolve().parent.parent.parent / "data" / "fhir.schema.json.gz"
 _DRAFT = "http://json-schema.org/draft-06/schema#"
+# For validators shared by several types: draft 7 adds `if`/`then` (the dispatch on resourceType) and, otherwise,
+# only keywords the R4 schema does not use (readOnly, $comment, content*); the R4 schema is draft 6.
+_DRAFT_7 = "http://json-schema.org/draft-07/schema#"
 _REF_RE = re.compile(r"#/definitions/([A-Za-z0-9_]+)")
 
 # dateTime/instant with a time but without a time zone (accepted in lenient mode only).
@@ -185,13 +188,34 @@ class SchemaLayer:
                 if v is None:
                     v = jsonschema_rs.validator_for(
                         {
-                            "$schema": _DRAFT,
+                            "$schema": _DRAFT_7,
                             "$ref": f"#/definitions/{resource_type}",
                             "definitions": self._reachable(resource_type),
                         }
                     )
                     self._validators[resource_type] = v
         return v
+
+    def compile_together(self, resource_types: Iterable[str]) -> None:
+        """From now on, validate these types with one validator. Each per-type validator compiles again every
+        definition its type reaches — the datatypes and their patterns, most of them shared by all types: the 20
+        types clients write take 21 MB a process that way, 7 MB in one validator (its `if` on resourceType costs
+        ~1 µs a resource). Per-type validators keep serving every other type."""
+        types = sorted(set(resource_types) & self.resource_types)
+        if not types:
+            return
+        definitions: dict[str, Any] = {}
+        for resource_type in types:
+            definitions.update(self._reachable(resource_type))
+        shared = jsonschema_rs.validator_for({
+            "$schema": _DRAFT_7,
+            "definitions": definitions,
+            "allOf": [{"if": {"properties": {"resourceType": {"const": t}}, "required": ["resourceType"]},
+                       "then": {"$ref": f"#/definitions/{t}"}} for t in types],
+        })
+        with self._lock:
+            for resource_type in types:
+                self._validators[resource_type] = shared
 
     # -- validation ---------------------------------------------------------------------
     def validate(self, resource: Any, prefix: str | None = None, *, lenient: bool = False) -> list[Issue]:
