@@ -188,7 +188,7 @@ class SchemaLayer:
                 if v is None:
                     v = jsonschema_rs.validator_for(
                         {
-                            "$schema": _DRAFT_7,
+                            "$schema": _DRAFT,
                             "$ref": f"#/definitions/{resource_type}",
                             "definitions": self._reachable(resource_type),
                         }
