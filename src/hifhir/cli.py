@@ -31,7 +31,6 @@ def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from hifhir.demo import generate_catalogue, generate_population, load_demo_scheme
     from hifhir.setup import prepare
-    from hifhir.store.db import analyze_after_bulk_load
 
     engine = _engine(settings)
     prepare(settings, engine)
@@ -40,7 +39,6 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
         generate_population(engine, args.insurees, seed=args.seed, progress=not args.quiet)
     if args.items or args.services:
         generate_catalogue(engine, args.items, args.services, seed=args.seed, progress=not args.quiet)
-    analyze_after_bulk_load(engine)
     return 0
 
 

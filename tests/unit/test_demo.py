@@ -671,26 +671,6 @@ def test_cli_demo_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         engine.dispose()
 
 
-def test_cli_demo_data_leaves_postgresql_with_planner_statistics(
-        pg_admin_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests import pg_cluster
-    from tests.conftest import _worker
-
-    url = pg_cluster.create_database(pg_admin_url, f"hifhir_demo_cli_{_worker()}")
-    monkeypatch.setenv("HIFHIR_DATABASE_URL", url)
-    monkeypatch.setenv("HIFHIR_JWT_SECRET", "x" * 40)
-    assert cli.main(["demo-data", "--insurees", "30", "--quiet"]) == 0
-    engine = make_engine(url)
-    try:
-        with engine.connect() as conn:
-            analyzed = dict(conn.exec_driver_sql(
-                "SELECT relname, last_analyze IS NOT NULL FROM pg_stat_user_tables "
-                "WHERE relname IN ('insuree', 'claim', 'code_list_entry', 'price_list_item')").all())
-    finally:
-        engine.dispose()
-    assert analyzed == {"insuree": True, "claim": True, "code_list_entry": True, "price_list_item": True}
-
-
 # --- pieces -------------------------------------------------------------------------------------------------
 
 

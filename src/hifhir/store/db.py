@@ -168,18 +168,6 @@ def _writer_lock(engine: Engine) -> Any:
     return WriterLock.for_database(os.path.abspath(database))
 
 
-def analyze_after_bulk_load(engine: Engine) -> None:
-    """PostgreSQL: collect the planner's statistics now, as after any bulk load (pg_restore's advice), rather than
-    when autovacuum gets to it. Until then every table looks empty, and the plans PostgreSQL caches for the prepared
-    statements are the wrong ones: a claim's diagnosis check took 3.5 ms instead of ~25 µs, and a submitted claim
-    14 ms instead of 10 (in-process, 100,000 insurees). SQLite is left alone: its planner has no statistics unless
-    ANALYZE creates them, and its statements are written for the plans it makes without."""
-    if engine.dialect.name != "postgresql":
-        return
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.exec_driver_sql("ANALYZE")
-
-
 @contextmanager
 def transaction(engine: Engine, *, write: bool) -> Iterator[Connection]:
     """One DB transaction per request: commit on success, roll back on any exception. The SQLite writer lock covers
