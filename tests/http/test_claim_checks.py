@@ -371,6 +371,17 @@ def test_diagnosis_not_in_the_current_list_is_rejected_with_8(world, main, secon
     assert_rejected(out, DIAGNOSIS_NOT_IN_LIST)
 
 
+def test_a_diagnosis_deactivated_after_a_claim_passed_rejects_the_next_claim_with_8(world):
+    insuree = member(world)
+    first = submitted(world, insuree, Line("I1"), services=[Line("SC")], icd="K35")
+    with transaction(world.engine, write=True) as conn:
+        assert deactivate_code(conn, DIAGNOSIS_LIST, "K35")  # no other test of the module uses K35
+    second = submitted(world, member(world), Line("I1"), services=[Line("SC")], icd="K35")
+
+    assert first.status == CLAIM_CHECKED
+    assert_rejected(second, DIAGNOSIS_NOT_IN_LIST)
+
+
 # --- line rejections ------------------------------------------------------------------------------------------------
 
 

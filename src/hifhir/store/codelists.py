@@ -156,6 +156,39 @@ _ENTRIES = (
 )
 
 
+# The same as a driver-level read, for callers that batch it with others (`store.fast.rows_together`). PostgreSQL
+# answers max() from the end of the (list_name, last_updated) index whatever its statistics say.
+LIST_CHANGED_READ = DriverQuery(LIST_CHANGED)
+_ACTIVE_CODES = DriverQuery(select(code_list_entry.c.code, code_list_entry.c.active, code_list_entry.c.last_updated)
+                            .where(code_list_entry.c.list_name == bindparam("list_name")))
+
+
+class ActiveCodes:
+    """The active codes of code lists, per database, kept while the list's newest change (`list_changed_at`, one
+    index probe) stays the same. A claim's diagnosis check reads the marker with its other reads and the codes from
+    here: the join of the claim's diagnoses with the list, which it replaces, let PostgreSQL without statistics walk
+    the whole list and fetch the claim for each of its 1,910 codes (3.4–4.1 ms a claim)."""
+
+    def __init__(self) -> None:
+        self._lists: dict[tuple[int, str], tuple[int, frozenset[str]]] = {}
+
+    def at(self, conn: Connection, list_name: str, changed_at: int) -> frozenset[str]:
+        """The list's active codes as of the marker `changed_at` the caller read in its transaction."""
+        key = (id(conn.engine.pool), list_name)  # the reader engine shares its pool with the writer's
+        hit = self._lists.get(key)
+        if hit is not None and hit[0] == changed_at:
+            return hit[1]
+        rows = _ACTIVE_CODES.rows(conn, {"list_name": list_name})
+        # Marker and codes from one statement (one snapshot): a change committed after the caller's read is cached
+        # under its own marker.
+        codes = frozenset(r.code for r in rows if r.active)
+        self._lists[key] = (max((int(r.last_updated) for r in rows), default=0), codes)
+        return codes
+
+
+active_codes = ActiveCodes()
+
+
 def list_changed_at(conn: Connection, list_name: str) -> int:
     """The list's newest change (µs; 0 for an empty list): it moves whenever the list changes."""
     return int(conn.execute(LIST_CHANGED, {"list_name": list_name}).scalar() or 0)

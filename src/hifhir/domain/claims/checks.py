@@ -77,7 +77,8 @@ Where legacy (`uspSubmitSingleClaim`) and Python (`claim/validations.py`) differ
 
 Cost: six indexed reads, none per line, each needing nothing but what an earlier one gave, so on PostgreSQL they
 travel in two round trips (`store.fast.rows_together`): the claim with its insuree, family and facility, the
-registers of its items and services with their price-list entries, the insuree's policies and the diagnoses; then
+registers of its items and services with their price-list entries, the insuree's policies and the diagnosis list's
+change marker (its active codes are cached per marker: `store.codelists.active_codes`); then
 the coverage lines of the claim's items and services and the passed lines of the insuree's earlier claims (only when
 a line is still unchecked). Then one claim update, which waits for the transaction's next round trip. The lines of a
 submission are in memory (`NewLine`): the submission inserts them once processing has decided them too; a stored
@@ -95,7 +96,7 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, String, and_, bindparam, false, func, literal, null, select, true, union_all, update
+from sqlalchemy import Connection, String, and_, bindparam, false, func, literal, null, select, union_all, update
 
 from hifhir.domain.claims import (
     ACCEPTED,
@@ -119,7 +120,7 @@ from hifhir.domain.claims import (
 )
 from hifhir.domain.eligibility import ADULT_AGE, CATEGORIES
 from hifhir.domain.policy import add_months, age_on
-from hifhir.store.codelists import DIAGNOSIS_LIST
+from hifhir.store.codelists import DIAGNOSIS_LIST, LIST_CHANGED_READ, active_codes
 from hifhir.store.fast import DriverQuery, FastStatement, any_pk, rows_together
 from hifhir.store.locks import CLAIM_CHECKS, turn
 from hifhir.store.tables import (
@@ -133,7 +134,6 @@ from hifhir.store.tables import (
     claim,
     claim_item,
     claim_service,
-    code_list_entry,
     family,
     health_facility,
     insuree,
@@ -208,16 +208,6 @@ _STORED_LINES = DriverQuery(union_all(*(
     select(literal(kind, String).label("kind"), t.c.pk, t.c.sequence, t.c[fk].label("target_pk"), t.c.qty_provided,
            t.c.price_asked, t.c.rejection_reason).where(t.c.claim_pk == bindparam("claim"))
     for kind, t, fk in (("service", claim_service, "service_pk"), ("item", claim_item, "item_pk")))))
-
-# The claim's diagnoses among the active codes of the list, plus a '' row when the list has any entry at all.
-_DIAGNOSES = DriverQuery(union_all(
-    select(code_list_entry.c.code).select_from(code_list_entry.join(claim, claim.c.pk == bindparam("claim"))).where(
-        code_list_entry.c.list_name == bindparam("list_name"), code_list_entry.c.active == true(),
-        code_list_entry.c.code.in_([claim.c.icd_code, *(claim.c[f"icd_code_{i}"] for i in range(1, 5))])),
-    select(literal("", String).label("code")).select_from(
-        select(code_list_entry.c.pk).where(code_list_entry.c.list_name == bindparam("list_name"))
-        .limit(1).subquery()),
-))
 
 # Every current member window of the claim's insuree that overlaps the claim, with its policy and product.
 _POLICIES = DriverQuery(
@@ -331,7 +321,7 @@ def submit(conn: Connection, claim_pk: int, *, today: date, now: int,
     transaction, which inserts its lines once decided (each line's `reason` is set here; no concurrent submission
     is possible, so the claim's update need not be waited for); else its stored lines are read, and updated."""
     claim_only = {"claim": claim_pk}
-    diagnoses_read = (_DIAGNOSES, {"claim": claim_pk, "list_name": DIAGNOSIS_LIST})
+    diagnoses_read = (LIST_CHANGED_READ, {"list_name": DIAGNOSIS_LIST})
     # One round trip on PostgreSQL for a submission: each of these needs the claim's pk (and the registers') alone.
     if new_lines is None:
         head, stored, policies, diagnoses = rows_together(conn, [
@@ -354,7 +344,9 @@ def submit(conn: Connection, claim_pk: int, *, today: date, now: int,
     target = c.date_to or c.date_from
     category = _category(lines, multi_day=target != c.date_from)
 
-    claim_reason = _claim_reason(c, lines, target, today, policies, {r.code for r in diagnoses})
+    changed_at = int(diagnoses[0][0] or 0) if diagnoses else 0
+    diagnosis_list = active_codes.at(conn, DIAGNOSIS_LIST, changed_at) if changed_at else None
+    claim_reason = _claim_reason(c, lines, target, today, policies, diagnosis_list)
     if claim_reason == ACCEPTED:
         claim_reason = _check_lines(conn, claim_pk, c, lines, target, category, policies)
     if claim_reason != ACCEPTED:
@@ -390,10 +382,10 @@ def _category(lines: Sequence[_Line], *, multi_day: bool) -> str:
 
 
 def _claim_reason(c: Any, lines: Sequence[_Line], target: date, today: date, policies: Sequence[Any],
-                  diagnoses_found: set[str]) -> int:
+                  diagnosis_list: frozenset[str] | None) -> int:
     """The first claim-level check that fails (7, 21, 9, 20, 8) or 0. `policies`: the insuree's member windows
-    overlapping the claim; `diagnoses_found`: the claim's diagnoses that are active codes of the list, with ''
-    when the list has any code at all."""
+    overlapping the claim; `diagnosis_list`: the active codes of the diagnosis list, None when the list has no
+    entry at all (nothing to check against)."""
     if c.insuree_deleted or c.family_pk is None or c.family_deleted:
         return FAMILY
     if not any(p.member_from <= c.date_from and p.member_to >= target for p in policies):
@@ -405,7 +397,7 @@ def _claim_reason(c: Any, lines: Sequence[_Line], target: date, today: date, pol
         if abs(c.claimed - total) > _HALF_CENT * max(1, len(lines)):
             return INVALID_CLAIM
     diagnoses = [d for d in (c.icd_code, c.icd_code_1, c.icd_code_2, c.icd_code_3, c.icd_code_4) if d]
-    if "" in diagnoses_found and not diagnoses_found.issuperset(diagnoses):
+    if diagnosis_list is not None and not diagnosis_list.issuperset(diagnoses):
         return DIAGNOSIS_NOT_IN_LIST
     return ACCEPTED
 
