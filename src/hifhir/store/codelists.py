@@ -156,8 +156,9 @@ _ENTRIES = (
 )
 
 
-# The same as a driver-level read, for callers that batch it with others (`store.fast.rows_together`). PostgreSQL
-# answers max() from the end of the (list_name, last_updated) index whatever its statistics say.
+# The same as a driver-level read, for callers that batch it with others (`store.fast.rows_together`). With
+# statistics PostgreSQL answers it from the end of the (list_name, last_updated) index; without (a freshly loaded
+# database) it aggregates the list's index entries, 0.55 ms for the 1,910 diagnoses.
 LIST_CHANGED_READ = DriverQuery(LIST_CHANGED)
 _ACTIVE_CODES = DriverQuery(select(code_list_entry.c.code, code_list_entry.c.active, code_list_entry.c.last_updated)
                             .where(code_list_entry.c.list_name == bindparam("list_name")))
@@ -167,7 +168,8 @@ class ActiveCodes:
     """The active codes of code lists, per database, kept while the list's newest change (`list_changed_at`, one
     index probe) stays the same. A claim's diagnosis check reads the marker with its other reads and the codes from
     here: the join of the claim's diagnoses with the list, which it replaces, let PostgreSQL without statistics walk
-    the whole list and fetch the claim for each of its 1,910 codes (3.4–4.1 ms a claim)."""
+    the whole list and fetch the claim for each of its 1,910 codes (3.4–4.1 ms a claim; the marker alone costs it
+    0.55 ms there, and a claim took 11.6 ms in-process instead of 13.2)."""
 
     def __init__(self) -> None:
         self._lists: dict[tuple[int, str], tuple[int, frozenset[str]]] = {}
