@@ -69,13 +69,12 @@ from hifhir.fhir.validation.terminology import register_live_source
 from hifhir.store.codelists import (
     DIAGNOSIS_LIST,
     EDITABLE_LISTS,
-    LIST_CHANGED,
+    LIST_CHANGED_READ,
     TERMINOLOGY,
     CodeListError,
     list_entries,
     replace_codes,
 )
-from hifhir.store.fast import FastStatement
 from hifhir.store.tables import health_facility, is_current, medical_item, medical_service
 
 CS_BASE = f"{IG}/CodeSystem/"
@@ -203,9 +202,6 @@ def _flatten(concepts: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 # --- live code lists: per-process snapshots revalidated per use ---------------------------------------------
 
-_LIST_CHANGED = FastStatement(LIST_CHANGED)
-
-
 def _version_token(newest: int, count: int | None = None) -> str:
     """An opaque version id that moves with the data: the newest change in hexadecimal µs (plus the row count
     for tables, whose rows can be deleted)."""
@@ -243,7 +239,7 @@ class _ListCache:
         self._views: dict[tuple[int, str], tuple[int, CodeSystemView]] = {}
 
     def get(self, conn: Connection, list_name: str) -> CodeSystemView:
-        newest = int(_LIST_CHANGED.execute(conn, {"list_name": list_name})[0][0] or 0)
+        newest = int(LIST_CHANGED_READ.rows(conn, {"list_name": list_name})[0][0] or 0)
         key = (id(conn.engine.pool), list_name)  # the reader engine shares its pool with the writer's
         hit = self._views.get(key)
         if hit is not None and hit[0] == newest:

@@ -160,8 +160,6 @@ _ENTRIES = (
 # statistics PostgreSQL answers it from the end of the (list_name, last_updated) index; without (a freshly loaded
 # database) it aggregates the list's index entries, 0.55 ms for the 1,910 diagnoses.
 LIST_CHANGED_READ = DriverQuery(LIST_CHANGED)
-_ACTIVE_CODES = DriverQuery(select(code_list_entry.c.code, code_list_entry.c.active, code_list_entry.c.last_updated)
-                            .where(code_list_entry.c.list_name == bindparam("list_name")))
 
 
 class ActiveCodes:
@@ -180,11 +178,11 @@ class ActiveCodes:
         hit = self._lists.get(key)
         if hit is not None and hit[0] == changed_at:
             return hit[1]
-        rows = _ACTIVE_CODES.rows(conn, {"list_name": list_name})
+        entries = list_entries(conn, list_name)
         # Marker and codes from one statement (one snapshot): a change committed after the caller's read is cached
         # under its own marker.
-        codes = frozenset(r.code for r in rows if r.active)
-        self._lists[key] = (max((int(r.last_updated) for r in rows), default=0), codes)
+        codes = frozenset(e.code for e in entries if e.active)
+        self._lists[key] = (max((e.last_updated for e in entries), default=0), codes)
         return codes
 
 
