@@ -15,7 +15,7 @@ from sqlalchemy import Engine, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from hifhir.store import pg_direct
-from hifhir.store.fast import DriverQuery, FastStatement, MultiRowInsert, Plan, rows_together, run_plans
+from hifhir.store.fast import DriverQuery, FastStatement, MultiRowInsert, Plan, any_pk, rows_together, run_plans
 from hifhir.store.tables import code_list_entry
 
 LIST = "test-driver-statements"
@@ -366,3 +366,40 @@ def test_keys_drawn_ahead_are_new_and_never_handed_out_twice_even_after_the_sequ
     assert first == sorted(first) and later == sorted(later)
     assert min(later[1:]) > max(first)  # the first of `later` is the rest of the second block, drawn before
     assert plain > max(keys)  # the sequence itself was moved past them
+
+
+# --- any_pk: a list of pks as one parameter --------------------------------------------------------------------
+
+_BY_PKS = DriverQuery(select(code_list_entry.c.pk, code_list_entry.c.code).where(any_pk(code_list_entry.c.pk)))
+
+
+def test_a_pk_list_of_any_length_finds_each_of_its_rows_once(engine: Engine, cleanup: None) -> None:
+    with engine.connect() as conn:
+        conn.begin()
+        pks = [_add(conn, f"P{i:02}", f"Entry {i}") for i in range(40)]
+        # 1 to 32 pks run through the IN-slot variants (padded to a power of two), 33 and more through `= ANY`
+        found = {n: sorted(r.pk for r in _BY_PKS.rows(conn, {"pks": pks[:n]})) for n in range(1, 41)}
+        reversed_order = sorted(r.pk for r in _BY_PKS.rows(conn, {"pks": pks[4::-1]}))
+        conn.rollback()
+
+    assert all(found[n] == sorted(pks[:n]) for n in found), [n for n in found if found[n] != sorted(pks[:n])]
+    assert reversed_order == sorted(pks[:5])
+
+
+def test_pk_lists_of_nearby_lengths_share_one_statement_to_prepare_and_plan(engine: Engine, cleanup: None) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("IN-slot variants: PostgreSQL (SQLite reads the list as JSON)")
+    sent: list[str] = []
+    with engine.connect() as conn:
+        conn.begin()
+        pks = [_add(conn, f"S{i:02}", f"Entry {i}") for i in range(20)]
+        for n in (1, 2, 3, 4, 5, 8, 9, 16, 17):
+            sent.append(_BY_PKS.bound(conn, {"pks": pks[:n]}).sql)
+        conn.rollback()
+
+    variants = dict(zip((1, 2, 3, 4, 5, 8, 9, 16, 17), sent, strict=True))
+    assert variants[3] == variants[4] != variants[2]
+    assert variants[5] == variants[8] != variants[4]
+    assert variants[9] == variants[16] != variants[17]
+    assert variants[1] != variants[2]
+    assert len(set(sent)) == 6  # 1, 2, 4, 8, 16 and 32 slots

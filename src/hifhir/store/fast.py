@@ -200,10 +200,8 @@ class DriverQuery:
         self._compiled: dict[tuple[str, int], _Compiled] = {}
         self._pk_arrays: tuple[str, ...] | None = None  # the parameters bound to `any_pk` (PkArray)
 
-    def _for(self, conn: Connection, params: dict[str, Any]) -> _Compiled:
+    def _for(self, conn: Connection, slots: int) -> _Compiled:
         dialect = conn.dialect
-        slots = _pk_slots([params.get(name) or () for name in self._pk_arrays or ()]) \
-            if dialect.name == "postgresql" else 0
         found = self._compiled.get((dialect.name, slots))
         if found is None:
             compiled = self._statement.compile(dialect=dialect, compile_kwargs={"any_pk_slots": slots})
@@ -235,7 +233,15 @@ class DriverQuery:
 
     def bound(self, conn: Connection, params: dict[str, Any]) -> _Bound:
         """The statement for these parameters and its driver arguments."""
-        compiled = self._for(conn, params)
+        slots = 0
+        if self._pk_arrays is None:
+            self._for(conn, 0)  # the first compilation finds the parameters bound to `any_pk`
+        if conn.dialect.name == "postgresql" and self._pk_arrays:
+            arrays = {name: params.get(name) or () for name in self._pk_arrays}
+            slots = _pk_slots(list(arrays.values()))
+            if slots:
+                params = params | {name: _padded(pks, slots) for name, pks in arrays.items() if pks}
+        compiled = self._for(conn, slots)
         sql, order, positional, defaults, binds = compiled[:5]
         return _Bound(sql, self._args(params, order, positional, defaults, binds), compiled)
 
@@ -440,13 +446,24 @@ class _AnyPk(FunctionElement[Any]):
 # with n its length: its generic plan costs what a custom one would, and the server keeps it. (Slots past the end of
 # a shorter array would be NULLs, which a custom plan counts as no row: with them, the custom plans of a family's
 # render looked cheaper than the generic one and were made again at every execution.) Larger arrays keep `= ANY`.
+# Each variant is planned anew by each connection (up to 11 times: 5 executions before psycopg prepares it, 5 custom
+# plans, then the generic one) and again after every ANALYZE of its tables: n rounds up to a power of two, the array
+# padded with its last pk (a pk twice in an IN list matches its row once), so a family's re-render of 1 to 16 members
+# has 5 variants to plan, not 16 (a Patient render takes ~3 ms to plan).
 _MAX_PK_SLOTS = 32
 
 
 def _pk_slots(arrays: list[Any]) -> int:
-    """The variant of a statement for these any_pk arrays: n slots, or 0 for `= ANY` (see _MAX_PK_SLOTS)."""
+    """The variant of a statement for these any_pk arrays: the power of two ≥ the longest, or 0 for `= ANY` (none,
+    or one longer than _MAX_PK_SLOTS)."""
     longest = max((len(a) for a in arrays), default=0)
-    return longest if longest <= _MAX_PK_SLOTS else 0
+    return 1 << (longest - 1).bit_length() if 0 < longest <= _MAX_PK_SLOTS else 0
+
+
+def _padded(pks: Iterable[int], slots: int) -> list[int]:
+    """`pks` filled up to `slots` with its last pk (slots past the end of an array would be NULLs, see above)."""
+    padded = list(pks)
+    return padded + [padded[-1]] * (slots - len(padded))
 
 
 @compiles(_AnyPk)
