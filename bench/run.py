@@ -141,6 +141,7 @@ class Measurement:
     wrk_cpu: float
     other_cpu: float
     profile: Profile | None = None
+    statements: StatementCosts | None = None
     ratio: float | None = None
 
     @property
@@ -480,11 +481,16 @@ def remove_sqlite(path: Path) -> None:
 
 
 BENCH_PG_SETTINGS = {"shared_buffers": "2GB"}
+# --pg-statements: what each statement costs the server, planning included (PostgreSQL plans a prepared statement anew
+# for each connection until it keeps a generic plan, and again after each ANALYZE of its tables).
+STATEMENT_SETTINGS = {"shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.track_planning": "on"}
+STATEMENTS_SHOWN = 8
 
 
 @contextlib.contextmanager
-def bench_pg_cluster() -> Iterator[tuple[str, Path]]:
+def bench_pg_cluster(*, statements: bool = False) -> Iterator[tuple[str, Path]]:
     """A throw-away PostgreSQL cluster from tests.pg_cluster under var/bench/pg; yields (admin URL, data dir).
+    `statements`: with pg_stat_statements loaded (--pg-statements).
 
     tests.pg_cluster keeps its one cluster in var/test-pg, and its start() wipes whatever runs there: a
     benchmark would kill the cluster of a `make test` running at the same time in this checkout (and vice
@@ -504,7 +510,8 @@ def bench_pg_cluster() -> Iterator[tuple[str, Path]]:
         "LOCK_FILE": state_dir / ".lock",
         # Sized as a deployment sizes it to its data: the default 128 MB holds a tenth of the 100,000-insuree
         # database, and every request then copies pages in from the OS cache.
-        "SERVER_SETTINGS": {**pg_cluster.SERVER_SETTINGS, **BENCH_PG_SETTINGS},
+        "SERVER_SETTINGS": {**pg_cluster.SERVER_SETTINGS, **BENCH_PG_SETTINGS,
+                            **(STATEMENT_SETTINGS if statements else {})},
     }
     for name, value in overrides.items():
         setattr(pg_cluster, name, value)
@@ -1551,6 +1558,9 @@ def measure(backend: str, scenario: Scenario, scripts: Scripts, server: Server, 
         renice(server.pid, args.nice)
         if db_root:
             renice(db_root, args.nice)
+    statements = args.pg_statements and db_root is not None
+    if statements:
+        reset_statement_costs(server.database_url)
     hz = os.sysconf("SC_CLK_TCK")
     before = tree_cpu_ticks(server.pid)
     db_before = tree_cpu_ticks(db_root) if db_root else {}
@@ -1574,10 +1584,11 @@ def measure(backend: str, scenario: Scenario, scripts: Scripts, server: Server, 
     # wrk is the only child that ended during the measurement, so RUSAGE_CHILDREN grew by its time alone.
     wrk_cpu = _rusage_s(children_before, children_after) / elapsed
     own_cpu = _rusage_s(self_before, self_after) / elapsed
+    wrk = parse_wrk(output)
     return Measurement(
         backend=backend,
         scenario=scenario,
-        wrk=parse_wrk(output),
+        wrk=wrk,
         peak_rss_mb=sampler.peak_kb / 1024,
         rss_breakdown=describe_tree_rss(server.pid, sampler.peak_breakdown),
         server_cpu=server_cpu,
@@ -1585,6 +1596,55 @@ def measure(backend: str, scenario: Scenario, scripts: Scripts, server: Server, 
         wrk_cpu=wrk_cpu,
         other_cpu=max(0.0, busy - server_cpu - (db_cpu or 0.0) - wrk_cpu - own_cpu),
         profile=profile,
+        statements=statement_costs(server.database_url, wrk.requests) if statements else None,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# PostgreSQL statement costs (--pg-statements): pg_stat_statements over the measurement
+
+
+@dataclass(slots=True)
+class StatementCosts:
+    """Per request of the measurement: statements run, and the server's time executing and planning them."""
+
+    calls: float
+    exec_ms: float
+    plan_ms: float
+    top: list[tuple[float, float, float, str]]  # (calls, exec µs, plan µs) per request, and the statement's text
+
+
+def _statements_sql(database_url: str, sql: str) -> list[Any]:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            result = conn.execute(text(sql))
+            return list(result) if result.returns_rows else []
+    finally:
+        engine.dispose()
+
+
+def reset_statement_costs(database_url: str) -> None:
+    _statements_sql(database_url, "SELECT pg_stat_statements_reset()")
+
+
+def statement_costs(database_url: str, requests: int) -> StatementCosts:
+    """What the statements of this database cost since `reset_statement_costs`, per request (background work
+    included: the audit writer, the outbox poll, autovacuum's statements are not counted)."""
+    rows = _statements_sql(database_url, """
+        SELECT calls, total_exec_time, total_plan_time, regexp_replace(query, '\\s+', ' ', 'g')
+        FROM pg_stat_statements
+        WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND query NOT LIKE '%pg_stat_statements%'
+        ORDER BY total_exec_time + total_plan_time DESC""")
+    n = max(requests, 1)
+    return StatementCosts(
+        calls=sum(r[0] for r in rows) / n,
+        exec_ms=sum(r[1] for r in rows) / n,
+        plan_ms=sum(r[2] for r in rows) / n,
+        top=[(r[0] / n, 1000 * r[1] / n, 1000 * r[2] / n, r[3]) for r in rows[:STATEMENTS_SHOWN]],
     )
 
 
@@ -1680,6 +1740,23 @@ def summarize_profile(collapsed: str, top: int = 12) -> Profile:
 # Orchestration
 
 
+def statement_sections(runs: list[BackendRun]) -> list[str]:
+    """--pg-statements: per scenario, what PostgreSQL spent on statements per request, and the costliest ones."""
+    lines: list[str] = []
+    for run in runs:
+        for m in run.measurements:
+            if m.statements is None or m.scenario is CEILING:
+                continue
+            st = m.statements
+            lines += ["", f"Statements {run.backend} / {m.scenario.label} (pg_stat_statements, per request): "
+                      f"{st.calls:.1f} statements, {st.exec_ms:.3f} ms executing, {st.plan_ms:.3f} ms planning",
+                      "", "| calls | exec µs | plan µs | statement |", "|--:|--:|--:|---|"]
+            for calls, exec_us, plan_us, query in st.top:
+                shown = query if len(query) <= 120 else query[:117] + "…"
+                lines.append(f"| {calls:.2f} | {exec_us:.0f} | {plan_us:.0f} | `{shown.replace('|', '¦')}` |")
+    return lines
+
+
 def run_backend(backend: str, args: argparse.Namespace) -> BackendRun:
     run = BackendRun(backend, args.insurees)
     with contextlib.ExitStack() as stack:
@@ -1693,8 +1770,10 @@ def run_backend(backend: str, args: argparse.Namespace) -> BackendRun:
         else:
             from tests import pg_cluster
 
-            admin_url, data_dir = stack.enter_context(bench_pg_cluster())
+            admin_url, data_dir = stack.enter_context(bench_pg_cluster(statements=args.pg_statements))
             database_url = pg_cluster.create_database(admin_url, PG_DATABASE)
+            if args.pg_statements:
+                _statements_sql(database_url, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
             load_demo_data(database_url, args.insurees, args.demo_retry, args.catalogue)
             db_root = postmaster_pid(data_dir)
             run.notes.append(f"PostgreSQL {pg_server_version(admin_url)} (tests.pg_cluster settings: fsync, "
@@ -1939,6 +2018,7 @@ def render(runs: list[BackendRun], args: argparse.Namespace, started: datetime) 
                     (f"| {left[1]:.0%} | `{left[0]}` |" if left else "| | |")
                     + (f" | {right[1]:.0%} | `{right[0]}` |" if right else " | | |")
                 )
+    lines += statement_sections(runs)
     lines += [
         "",
         "other CPU: everything else on the machine (e.g. another test suite); well above 0 means the figures "
@@ -1974,6 +2054,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="server workers (default: as `make run`, one per core); for experiments only")
     parser.add_argument("--analyze", action="store_true",
                         help="run ANALYZE on the populated database before starting the server (experiment)")
+    parser.add_argument("--pg-statements", action="store_true",
+                        help="PostgreSQL: load pg_stat_statements and report each scenario's statement costs per "
+                             "request, planning included (adds a little overhead to the server)")
     parser.add_argument("--profile", action="store_true",
                         help="run py-spy on the workers during each measurement (costs some throughput); "
                         "summaries go into the results, stacks to var/bench/profiles/")
