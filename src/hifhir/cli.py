@@ -11,7 +11,7 @@ import sys
 from sqlalchemy import select
 
 from hifhir.cli_admin import add_parsers as add_admin_parsers
-from hifhir.config import Settings, load_settings
+from hifhir.config import ConfigError, Settings, load_settings
 
 
 def _engine(settings: Settings):  # type: ignore[no-untyped-def]
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(load_settings(), args))
-    except UnknownSchemaVersion as exc:
+    except (ConfigError, UnknownSchemaVersion) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

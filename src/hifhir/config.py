@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,48 @@ DEFAULT_SQLITE_PATH = Path("var") / "hifhir.db"
 
 
 DEV_SECRET_PREFIX = "dev-only-"  # marks the generated development secret: production mode refuses it
+
+
+class ConfigError(ValueError):
+    """A setting in the environment that cannot be used; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedProxies:
+    """The peers whose X-Forwarded-For is believed (HIFHIR_TRUSTED_PROXIES): IP addresses and networks in CIDR
+    notation — a load balancer pool is a subnet, not a list — plus exact non-IP peer names (an ASGI server reports a
+    UNIX socket's or a test client's peer as a name)."""
+
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    names: frozenset[str] = frozenset()
+
+    @classmethod
+    def parse(cls, entries: Iterable[str], *, setting: str = "HIFHIR_TRUSTED_PROXIES") -> TrustedProxies:
+        """Addresses and networks only: a host name here would never match the peer address it stands for."""
+        networks = []
+        for entry in (e.strip() for e in entries):
+            if not entry:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                raise ConfigError(f"{setting}: {entry[:80]!r} is not an IP address or network "
+                                  "(e.g. 10.0.0.5, 10.0.0.0/24, fd00::/64)") from None
+        return cls(tuple(networks))
+
+    def __contains__(self, peer: object) -> bool:
+        if not isinstance(peer, str):
+            return False
+        if peer in self.names:
+            return True
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)
+
+    def __bool__(self) -> bool:
+        return bool(self.networks or self.names)
 
 
 def _secret_from_file(path: Path) -> str:
@@ -126,7 +169,7 @@ class Settings:
     login_window_s: int = 15 * 60
     login_lock_s: int = 15 * 60
     # Peers whose X-Forwarded-For is believed (reverse proxies); anyone else's is ignored.
-    trusted_proxies: frozenset[str] = frozenset()
+    trusted_proxies: TrustedProxies = field(default_factory=TrustedProxies)
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API (api/cors.py); empty = CORS off
     production: bool = False  # HIFHIR_ENV=production: `hifhir serve` refuses unsafe settings (production.py)
     jwt_secret_source: str = "settings"  # env | file | dev-file: where jwt_secret came from
@@ -168,7 +211,7 @@ def load_settings() -> Settings:
         login_max_failures_per_address=max(1, int(env.get("HIFHIR_LOGIN_MAX_FAILURES_PER_ADDRESS", "20"))),
         login_window_s=max(1, int(env.get("HIFHIR_LOGIN_WINDOW_S", str(15 * 60)))),
         login_lock_s=max(1, int(env.get("HIFHIR_LOGIN_LOCK_S", str(15 * 60)))),
-        trusted_proxies=frozenset(p.strip() for p in env.get("HIFHIR_TRUSTED_PROXIES", "").split(",") if p.strip()),
+        trusted_proxies=TrustedProxies.parse(env.get("HIFHIR_TRUSTED_PROXIES", "").split(",")),
         cors_origins=tuple(o.strip().rstrip("/") for o in env.get("HIFHIR_CORS_ORIGINS", "").split(",") if o.strip()),
         production=env.get("HIFHIR_ENV", "").strip().lower() == "production",
         outbox=outbox_config_from_env(env),

@@ -13,9 +13,10 @@ import pytest
 from sqlalchemy import Engine, select, update
 from starlette.testclient import TestClient
 
+from hifhir import cli
 from hifhir.api.app import HifhirApp
 from hifhir.auth.throttle import client_address
-from hifhir.config import Settings
+from hifhir.config import ConfigError, Settings, TrustedProxies, load_settings
 from hifhir.store.db import transaction
 from hifhir.store.tables import login_failure
 from tests.conftest import ADMIN, CLERK, _reset
@@ -115,7 +116,8 @@ def test_forwarded_for_is_ignored_from_an_untrusted_peer(client):
 
 def test_forwarded_for_names_the_client_behind_a_trusted_proxy(backend):
     _reset(*backend)
-    client = make_client(backend, trusted_proxies=frozenset({"testclient"}))  # the test client's peer address
+    # the test client's peer is the name "testclient", not an address
+    client = make_client(backend, trusted_proxies=TrustedProxies(names=frozenset({"testclient"})))
     for i in range(ADDRESS_MAX):
         log_in(client, f"guess{i}", "wrong", **{"X-Forwarded-For": "203.0.113.7"})
 
@@ -124,12 +126,37 @@ def test_forwarded_for_names_the_client_behind_a_trusted_proxy(backend):
 
 
 def test_client_address_takes_the_last_untrusted_hop():
-    proxies = frozenset({"10.0.0.1", "10.0.0.2"})
+    proxies = TrustedProxies.parse(["10.0.0.1", "10.0.0.2"])
 
     assert client_address("10.0.0.1", "6.6.6.6, 203.0.113.7, 10.0.0.2", proxies) == "203.0.113.7"
     assert client_address("192.0.2.1", "203.0.113.7", proxies) == "192.0.2.1"
     assert client_address("10.0.0.1", "not-an-ip", proxies) == "10.0.0.1"
     assert client_address(None, None, proxies) == "unknown"
+
+
+def test_trusted_proxies_may_be_networks_of_either_family(monkeypatch):
+    monkeypatch.setenv("HIFHIR_TRUSTED_PROXIES", " 10.20.0.0/16, 192.0.2.10 ,fd00:1::/64,")
+    proxies = load_settings().trusted_proxies
+
+    # a load balancer anywhere in its subnet hands on its client; the hop before it is a proxy of the pool too
+    assert client_address("10.20.3.4", "203.0.113.7, 10.20.9.9", proxies) == "203.0.113.7"
+    assert client_address("fd00:1::5", "2001:db8::7", proxies) == "2001:db8::7"
+    assert client_address("192.0.2.10", "203.0.113.8", proxies) == "203.0.113.8"
+    # a neighbour of the pool is not part of it
+    assert client_address("10.21.0.1", "203.0.113.7", proxies) == "10.21.0.1"
+    assert client_address("192.0.2.11", "203.0.113.7", proxies) == "192.0.2.11"
+    assert "testclient" not in proxies and "" not in proxies
+
+
+@pytest.mark.parametrize("entry", ["proxy.internal", "10.0.0.0/33", "10.0.0.256", "*"])
+def test_a_trusted_proxy_that_is_no_address_or_network_stops_the_server_from_starting(entry, monkeypatch, capsys):
+    monkeypatch.setenv("HIFHIR_TRUSTED_PROXIES", f"10.0.0.1,{entry}")
+    with pytest.raises(ConfigError, match="HIFHIR_TRUSTED_PROXIES"):
+        load_settings()
+
+    monkeypatch.setenv("HIFHIR_DATABASE_URL", "sqlite:///:memory:")
+    assert cli.main(["migrate"]) == 2
+    assert "HIFHIR_TRUSTED_PROXIES" in capsys.readouterr().err
 
 
 def test_other_requests_leave_the_counters_alone(client, engine):

@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Container
 from typing import Any
 
 from sqlalchemy import Engine, insert
@@ -52,7 +53,7 @@ def _clip(value: str | None, size: int) -> str | None:
 
 
 class AuditSink:
-    def __init__(self, engine: Engine, trusted_proxies: frozenset[str] = frozenset(), *,
+    def __init__(self, engine: Engine, trusted_proxies: Container[str] = frozenset(), *,
                  flush_interval_s: float = FLUSH_INTERVAL_S, batch_size: int = BATCH_SIZE,
                  max_pending: int = MAX_PENDING) -> None:
         self._engine = engine

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, delete, insert, select, update
@@ -46,7 +46,7 @@ def address_key(address: str) -> str:
     return ("addr:" + address)[:_KEY_MAX]
 
 
-def client_address(peer: str | None, forwarded_for: str | None, trusted_proxies: frozenset[str]) -> str:
+def client_address(peer: str | None, forwarded_for: str | None, trusted_proxies: Container[str]) -> str:
     """The caller's address: the TCP peer (ASGI scope `client`), or — only when that peer is a trusted proxy — the
     last address in X-Forwarded-For that is not itself a trusted proxy (the left-most entries are client-written)."""
     address = peer or "unknown"
