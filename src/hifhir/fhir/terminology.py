@@ -69,12 +69,12 @@ from hifhir.fhir.validation.terminology import register_live_source
 from hifhir.store.codelists import (
     DIAGNOSIS_LIST,
     EDITABLE_LISTS,
-    LIST_CHANGED_READ,
     TERMINOLOGY,
     CodeListError,
-    list_entries,
+    ListSnapshot,
     replace_codes,
 )
+from hifhir.store.codelists import snapshots as codelist_snapshots
 from hifhir.store.tables import health_facility, is_current, medical_item, medical_service
 
 CS_BASE = f"{IG}/CodeSystem/"
@@ -208,11 +208,11 @@ def _version_token(newest: int, count: int | None = None) -> str:
     return f"{newest:x}" if count is None else f"{newest:x}.{count}"
 
 
-def _list_view(list_name: str, newest: int, conn: Connection) -> CodeSystemView:
-    entries = list_entries(conn, list_name)
+def _list_view(list_name: str, snapshot: ListSnapshot) -> CodeSystemView:
+    newest = snapshot.changed_at
     ig = _ig_codesystem(list_name) or {}
     version_id = _version_token(newest)
-    concepts = tuple(Concept(e.code, e.display, e.active) for e in entries)
+    concepts = tuple(Concept(e.code, e.display, e.active) for e in snapshot.entries)
     active = [{"code": c.code, "display": c.display} for c in concepts if c.active]
     meta: dict[str, str] = {"versionId": version_id}
     if newest:
@@ -232,29 +232,10 @@ def _list_view(list_name: str, newest: int, conn: Connection) -> CodeSystemView:
                           newest, concepts, resource, editable=True)
 
 
-class _ListCache:
-    """The newest snapshot of each code list per database, checked against the list's change marker."""
-
-    def __init__(self) -> None:
-        self._views: dict[tuple[int, str], tuple[int, CodeSystemView]] = {}
-
-    def get(self, conn: Connection, list_name: str) -> CodeSystemView:
-        newest = int(LIST_CHANGED_READ.rows(conn, {"list_name": list_name})[0][0] or 0)
-        key = (id(conn.engine.pool), list_name)  # the reader engine shares its pool with the writer's
-        hit = self._views.get(key)
-        if hit is not None and hit[0] == newest:
-            return hit[1]
-        view = _list_view(list_name, newest, conn)
-        self._views[key] = (newest, view)
-        return view
-
-
-_lists = _ListCache()
-
-
 def list_view(conn: Connection, list_name: str) -> CodeSystemView:
-    """The current CodeSystem of an editable code list."""
-    return _lists.get(conn, list_name)
+    """The current CodeSystem of an editable code list (built once per snapshot of the list: store.codelists)."""
+    snapshot = codelist_snapshots.current(conn, list_name)
+    return snapshot.derived("CodeSystem", lambda: _list_view(list_name, snapshot))
 
 
 # --- items and services ----------------------------------------------------------------------------------------

@@ -78,7 +78,7 @@ Where legacy (`uspSubmitSingleClaim`) and Python (`claim/validations.py`) differ
 Cost: six indexed reads, none per line, each needing nothing but what an earlier one gave, so on PostgreSQL they
 travel in two round trips (`store.fast.rows_together`): the claim with its insuree, family and facility, the
 registers of its items and services with their price-list entries, the insuree's policies and the diagnosis list's
-change marker (its active codes are cached per marker: `store.codelists.active_codes`); then
+change marker (its active codes are cached per marker: `store.codelists.snapshots`); then
 the coverage lines of the claim's items and services and the passed lines of the insuree's earlier claims (only when
 a line is still unchecked). Then one claim update, which waits for the transaction's next round trip. The lines of a
 submission are in memory (`NewLine`): the submission inserts them once processing has decided them too; a stored
@@ -120,7 +120,7 @@ from hifhir.domain.claims import (
 )
 from hifhir.domain.eligibility import ADULT_AGE, CATEGORIES
 from hifhir.domain.policy import add_months, age_on
-from hifhir.store.codelists import DIAGNOSIS_LIST, LIST_CHANGED_READ, active_codes
+from hifhir.store.codelists import DIAGNOSIS_LIST, LIST_CHANGED_READ, snapshots
 from hifhir.store.fast import DriverQuery, FastStatement, any_pk, rows_together
 from hifhir.store.locks import CLAIM_CHECKS, turn
 from hifhir.store.tables import (
@@ -345,7 +345,7 @@ def submit(conn: Connection, claim_pk: int, *, today: date, now: int,
     category = _category(lines, multi_day=target != c.date_from)
 
     changed_at = int(diagnoses[0][0] or 0) if diagnoses else 0
-    diagnosis_list = active_codes.at(conn, DIAGNOSIS_LIST, changed_at) if changed_at else None
+    diagnosis_list = snapshots.at(conn, DIAGNOSIS_LIST, changed_at).active_codes if changed_at else None
     claim_reason = _claim_reason(c, lines, target, today, policies, diagnosis_list)
     if claim_reason == ACCEPTED:
         claim_reason = _check_lines(conn, claim_pk, c, lines, target, category, policies)
