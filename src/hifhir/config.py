@@ -22,14 +22,12 @@ class ConfigError(ValueError):
 @dataclass(frozen=True, slots=True)
 class TrustedProxies:
     """The peers whose X-Forwarded-For is believed (HIFHIR_TRUSTED_PROXIES): IP addresses and networks in CIDR
-    notation — a load balancer pool is a subnet, not a list — plus exact non-IP peer names (an ASGI server reports a
-    UNIX socket's or a test client's peer as a name)."""
+    notation (a load balancer pool is a subnet, not a list)."""
 
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    names: frozenset[str] = frozenset()
 
     @classmethod
-    def parse(cls, entries: Iterable[str], *, setting: str = "HIFHIR_TRUSTED_PROXIES") -> TrustedProxies:
+    def parse(cls, entries: Iterable[str]) -> TrustedProxies:
         """Addresses and networks only: a host name here would never match the peer address it stands for."""
         networks = []
         for entry in (e.strip() for e in entries):
@@ -38,23 +36,18 @@ class TrustedProxies:
             try:
                 networks.append(ipaddress.ip_network(entry, strict=False))
             except ValueError:
-                raise ConfigError(f"{setting}: {entry[:80]!r} is not an IP address or network "
+                raise ConfigError(f"HIFHIR_TRUSTED_PROXIES: {entry[:80]!r} is not an IP address or network "
                                   "(e.g. 10.0.0.5, 10.0.0.0/24, fd00::/64)") from None
         return cls(tuple(networks))
 
     def __contains__(self, peer: object) -> bool:
         if not isinstance(peer, str):
             return False
-        if peer in self.names:
-            return True
         try:
             address = ipaddress.ip_address(peer)
         except ValueError:
             return False
         return any(address in network for network in self.networks)
-
-    def __bool__(self) -> bool:
-        return bool(self.networks or self.names)
 
 
 def _secret_from_file(path: Path) -> str:

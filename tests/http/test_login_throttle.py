@@ -25,11 +25,11 @@ LOGIN = "/api/api_fhir_r4/login/"
 USER_MAX, ADDRESS_MAX = 3, 6
 
 
-def make_client(backend: tuple[Settings, Engine], **changes: Any) -> TestClient:
+def make_client(backend: tuple[Settings, Engine], peer: str = "testclient", **changes: Any) -> TestClient:
     settings, engine = backend
     settings = dataclasses.replace(settings, login_max_failures=USER_MAX, login_max_failures_per_address=ADDRESS_MAX,
                                    **changes)
-    return TestClient(HifhirApp(settings, engine), base_url="http://testserver")
+    return TestClient(HifhirApp(settings, engine), base_url="http://testserver", client=(peer, 50000))
 
 
 @pytest.fixture
@@ -116,8 +116,8 @@ def test_forwarded_for_is_ignored_from_an_untrusted_peer(client):
 
 def test_forwarded_for_names_the_client_behind_a_trusted_proxy(backend):
     _reset(*backend)
-    # the test client's peer is the name "testclient", not an address
-    client = make_client(backend, trusted_proxies=TrustedProxies(names=frozenset({"testclient"})))
+    # the request comes from a load balancer of the pool 10.1.0.0/16
+    client = make_client(backend, peer="10.1.2.3", trusted_proxies=TrustedProxies.parse(["10.1.0.0/16"]))
     for i in range(ADDRESS_MAX):
         log_in(client, f"guess{i}", "wrong", **{"X-Forwarded-For": "203.0.113.7"})
 
@@ -145,7 +145,7 @@ def test_trusted_proxies_may_be_networks_of_either_family(monkeypatch):
     # a neighbour of the pool is not part of it
     assert client_address("10.21.0.1", "203.0.113.7", proxies) == "10.21.0.1"
     assert client_address("192.0.2.11", "203.0.113.7", proxies) == "192.0.2.11"
-    assert "testclient" not in proxies and "" not in proxies
+    assert "testclient" not in proxies and "" not in proxies and None not in proxies
 
 
 @pytest.mark.parametrize("entry", ["proxy.internal", "10.0.0.0/33", "10.0.0.256", "*"])

@@ -201,7 +201,8 @@ class AuditSink:
     def _run(self) -> None:
         idle_since = time.monotonic()
         while True:
-            self._wake.wait(self._interval)
+            if not self._stopping:  # a close() writes what is queued now and ends the thread, whatever the interval
+                self._wake.wait(self._interval)
             self._wake.clear()
             if self._pending:
                 # What was queued goes now; then only full batches until the next tick: records that arrive while

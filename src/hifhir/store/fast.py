@@ -449,7 +449,7 @@ class _AnyPk(FunctionElement[Any]):
 # Each variant is planned anew by each connection (up to 11 times: 5 executions before psycopg prepares it, 5 custom
 # plans, then the generic one) and again after every ANALYZE of its tables: n rounds up to a power of two, the array
 # padded with its last pk (a pk twice in an IN list matches its row once), so a family's re-render of 1 to 16 members
-# has 5 variants to plan, not 16 (a Patient render takes ~3 ms to plan).
+# has 5 variants to plan, not 16 (a Patient render takes over a millisecond to plan).
 _MAX_PK_SLOTS = 32
 
 
