@@ -11,12 +11,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, bindparam, delete, func, insert, select, update
+from sqlalchemy import Engine, bindparam, delete, event, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from hifhir.store import pg_direct
+from hifhir.store.db import reader
 from hifhir.store.fast import DriverQuery, FastStatement, MultiRowInsert, Plan, any_pk, rows_together, run_plans
 from hifhir.store.tables import code_list_entry
+from tests.builders import location
 
 LIST = "test-driver-statements"
 _ADD = DriverQuery(insert(code_list_entry).values(
@@ -403,3 +405,39 @@ def test_pk_lists_of_nearby_lengths_share_one_statement_to_prepare_and_plan(engi
     assert variants[9] == variants[16] != variants[17]
     assert variants[1] != variants[2]
     assert len(set(sent)) == 6  # 1, 2, 4, 8, 16 and 32 slots
+
+
+# --- reads without a transaction ---------------------------------------------------------------------------------
+
+
+def test_searches_run_only_their_own_statements_and_leave_the_connection_as_the_writers_need_it(
+        api: Any, engine: Engine) -> None:
+    """A GET runs through `store.db.reader`: no BEGIN/COMMIT, and on SQLite no `PRAGMA read_uncommitted` at checkin
+    (SQLAlchemy's AUTOCOMMIT ran one to reset the isolation level; SQLite then re-prepared every statement the
+    connection had cached, the next write's included)."""
+    assert api.post("Location", location("R9", "Reader Region", "R")).status_code == 201
+    if engine.dialect.name == "sqlite":
+        seen: list[str] = []
+
+        def trace(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+            dbapi_conn.set_trace_callback(seen.append)
+
+        event.listen(engine, "checkout", trace)
+        try:
+            for _ in range(3):
+                found = api.get("Location?identifier=R9")
+                assert found.status_code == 200 and len(found.json()["entry"]) == 1
+        finally:
+            event.remove(engine, "checkout", trace)
+            with engine.connect() as conn:  # the pool's connections stop tracing
+                conn.connection.driver_connection.set_trace_callback(None)  # type: ignore[union-attr]
+        assert seen and all(s.lstrip().upper().startswith("SELECT") for s in seen), seen
+    else:
+        with reader(engine).connect() as conn:
+            conn.execute(select(1))
+            assert conn.connection.driver_connection.autocommit  # type: ignore[union-attr]
+        with engine.connect() as conn:  # and the writers' checkouts are back in transactions
+            assert not conn.connection.driver_connection.autocommit  # type: ignore[union-attr]
+
+    assert api.post("Location", location("R8", "Writer Region", "R")).status_code == 201  # writes still commit
+    assert len(api.get("Location?identifier=R8").json()["entry"]) == 1

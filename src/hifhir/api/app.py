@@ -39,7 +39,7 @@ from hifhir.config import PUBLIC_BASE_URL, Settings
 from hifhir.fhir.capability import capability_statement
 from hifhir.fhir.errors import FhirError, invalid
 from hifhir.fhir.terminology import bind_engine
-from hifhir.store.db import make_engine
+from hifhir.store.db import make_engine, reader
 
 log = logging.getLogger("hifhir.api")
 
@@ -60,7 +60,7 @@ class HifhirApp:
     def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
         self.settings = settings
         self.engine = engine or make_engine(settings.database_url)
-        self.reader = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.reader = reader(self.engine)
         if not settings.jwt_secret:  # an HMAC with an empty key is a signature anybody can make
             raise ValueError("no JWT secret: set HIFHIR_JWT_SECRET or HIFHIR_JWT_SECRET_FILE")
         self.tokens = TokenService(settings.jwt_secret, settings.token_lifetime_s)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from hifhir.store.db import reader
 from hifhir.store.tables import auth_epoch
 
 POLL_INTERVAL_S = 1.0
@@ -36,7 +37,7 @@ class EpochWatch:
     """Calls `on_change` when another process has bumped the epoch; reads it at most once per interval."""
 
     def __init__(self, engine: Engine, on_change: Callable[[], None], interval_s: float = POLL_INTERVAL_S) -> None:
-        self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._engine = reader(engine)
         self._on_change = on_change
         self._interval = interval_s
         self._seen: int | None = None

@@ -57,7 +57,7 @@ from hifhir.notify.endpoints import EndpointRefused, check_endpoint
 from hifhir.notify.matching import KIND_NAME, LIVE, TOPIC
 from hifhir.outbox import Delivery, PermanentFailure, RetryLater, register
 from hifhir.outbox.http import HttpFailure
-from hifhir.store.db import transaction
+from hifhir.store.db import reader, transaction
 from hifhir.store.fast import FastStatement
 from hifhir.store.tables import is_current, subscription
 from hifhir.store.tables import resource_version as rv
@@ -84,7 +84,7 @@ _readers: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary(
 def _reader(engine: Engine) -> Engine:
     found = _readers.get(engine)
     if found is None:
-        found = _readers[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
+        found = _readers[engine] = reader(engine)
     return found
 
 

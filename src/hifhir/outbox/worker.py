@@ -26,7 +26,7 @@ from sqlalchemy import Engine, event
 from hifhir.config import OutboxConfig
 from hifhir.outbox import store
 from hifhir.outbox.registry import Delivery, PermanentFailure, RetryLater, handler_for, load_handlers
-from hifhir.store.db import transaction
+from hifhir.store.db import reader, transaction
 
 log = logging.getLogger("hifhir.outbox")
 
@@ -99,7 +99,7 @@ class Worker:
     def __init__(self, engine: Engine, config: OutboxConfig, *, topics: Collection[str] | None = None) -> None:
         load_handlers()
         self.engine = engine
-        self.reader = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.reader = reader(engine)
         self.config = config
         self._only = frozenset(topics) if topics is not None else None
         self._stop = threading.Event()

@@ -13,6 +13,20 @@ from typing import Any, ClassVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 
+_NO_TRANSACTION = "hifhir_no_transaction"  # the execution option of `reader` on SQLite
+
+
+def reader(engine: Engine) -> Engine:
+    """`engine` for reads that need no transaction (each statement sees the latest commit): no BEGIN and no COMMIT.
+
+    PostgreSQL: psycopg's autocommit (`isolation_level="AUTOCOMMIT"`), or it would send a BEGIN itself. SQLite: the
+    connections already run without pysqlite's implicit transactions; an option of ours tells the `begin` listener
+    to send no BEGIN. SQLAlchemy's AUTOCOMMIT would do the same, but it resets the isolation level at every checkin,
+    which on SQLite runs `PRAGMA read_uncommitted`: ~8 % of a search by identifier."""
+    if engine.dialect.name == "sqlite":
+        return engine.execution_options(**{_NO_TRANSACTION: True})
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
 
 def make_engine(url: str, *, cache_kib: int = 4096, pool_size: int = 4) -> Engine:
     """`cache_kib`, `pool_size`: SQLite's page cache per connection and the pool size (a background writer that
@@ -50,8 +64,9 @@ def make_engine(url: str, *, cache_kib: int = 4096, pool_size: int = 4) -> Engin
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Connection) -> None:
-            if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
-                return  # single-statement reads run without a transaction
+            options = conn.get_execution_options()
+            if options.get(_NO_TRANSACTION) or options.get("isolation_level") == "AUTOCOMMIT":
+                return  # single-statement reads run without a transaction (`reader`)
             # Straight to the driver: SQLAlchemy's statement machinery costs more than the BEGIN itself, and a
             # write's BEGIN runs inside the writer lock.
             conn.connection.driver_connection.execute(  # type: ignore[union-attr]
