@@ -22,7 +22,8 @@ def reader(engine: Engine) -> Engine:
     PostgreSQL: psycopg's autocommit (`isolation_level="AUTOCOMMIT"`), or it would send a BEGIN itself. SQLite: the
     connections already run without pysqlite's implicit transactions; an option of ours tells the `begin` listener
     to send no BEGIN. SQLAlchemy's AUTOCOMMIT would do the same, but it resets the isolation level at every checkin,
-    which on SQLite runs `PRAGMA read_uncommitted`: ~8 % of a search by identifier."""
+    which on SQLite runs `PRAGMA read_uncommitted`, and that PRAGMA makes SQLite prepare again every statement the
+    connection has cached: a search by identifier took 0.54–0.63 ms of CPU in-process with it, 0.33–0.39 without."""
     if engine.dialect.name == "sqlite":
         return engine.execution_options(**{_NO_TRANSACTION: True})
     return engine.execution_options(isolation_level="AUTOCOMMIT")
