@@ -547,18 +547,25 @@ def pg_server_version(admin_url: str) -> str:
     return str(row[0]) if row else "?"
 
 
-def analyze(database_url: str) -> None:
-    """Collect planner statistics (ANALYZE), for --analyze experiments."""
-    from sqlalchemy import create_engine
+def admin_sql(database_url: str, sql: str) -> list[Any]:
+    """One statement outside any transaction, on a connection of its own (ANALYZE, extension and statistics
+    queries); its rows, if it returns any."""
+    from sqlalchemy import create_engine, text
 
     engine = create_engine(database_url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
-            started = time.monotonic()
-            conn.exec_driver_sql("ANALYZE")
-            log(f"ANALYZE took {time.monotonic() - started:.1f}s")
+            result = conn.execute(text(sql))
+            return list(result) if result.returns_rows else []
     finally:
         engine.dispose()
+
+
+def analyze(database_url: str) -> None:
+    """Collect planner statistics (ANALYZE), for --analyze experiments."""
+    started = time.monotonic()
+    admin_sql(database_url, "ANALYZE")
+    log(f"ANALYZE took {time.monotonic() - started:.1f}s")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1614,26 +1621,14 @@ class StatementCosts:
     top: list[tuple[float, float, float, str]]  # (calls, exec µs, plan µs) per request, and the statement's text
 
 
-def _statements_sql(database_url: str, sql: str) -> list[Any]:
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(database_url, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            result = conn.execute(text(sql))
-            return list(result) if result.returns_rows else []
-    finally:
-        engine.dispose()
-
-
 def reset_statement_costs(database_url: str) -> None:
-    _statements_sql(database_url, "SELECT pg_stat_statements_reset()")
+    admin_sql(database_url, "SELECT pg_stat_statements_reset()")
 
 
 def statement_costs(database_url: str, requests: int) -> StatementCosts:
     """What the statements of this database cost since `reset_statement_costs`, per request (background work
     included: the audit writer, the outbox poll, autovacuum's statements are not counted)."""
-    rows = _statements_sql(database_url, """
+    rows = admin_sql(database_url, """
         SELECT calls, total_exec_time, total_plan_time, regexp_replace(query, '\\s+', ' ', 'g')
         FROM pg_stat_statements
         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
@@ -1773,7 +1768,7 @@ def run_backend(backend: str, args: argparse.Namespace) -> BackendRun:
             admin_url, data_dir = stack.enter_context(bench_pg_cluster(statements=args.pg_statements))
             database_url = pg_cluster.create_database(admin_url, PG_DATABASE)
             if args.pg_statements:
-                _statements_sql(database_url, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                admin_sql(database_url, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
             load_demo_data(database_url, args.insurees, args.demo_retry, args.catalogue)
             db_root = postmaster_pid(data_dir)
             run.notes.append(f"PostgreSQL {pg_server_version(admin_url)} (tests.pg_cluster settings: fsync, "

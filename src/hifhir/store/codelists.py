@@ -209,7 +209,7 @@ class ListSnapshots:
 
     def current(self, conn: Connection, list_name: str) -> ListSnapshot:
         """The list as of now (reads the marker first)."""
-        return self.at(conn, list_name, int(LIST_CHANGED_READ.rows(conn, {"list_name": list_name})[0][0] or 0))
+        return self.at(conn, list_name, list_changed_at(conn, list_name))
 
 
 snapshots = ListSnapshots()
@@ -217,7 +217,7 @@ snapshots = ListSnapshots()
 
 def list_changed_at(conn: Connection, list_name: str) -> int:
     """The list's newest change (µs; 0 for an empty list): it moves whenever the list changes."""
-    return int(conn.execute(LIST_CHANGED, {"list_name": list_name}).scalar() or 0)
+    return int(LIST_CHANGED_READ.rows(conn, {"list_name": list_name})[0][0] or 0)
 
 
 def list_entries(conn: Connection, list_name: str) -> list[Entry]:
