@@ -14,8 +14,9 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, event, func, select, update
 
+from hifhir.api import rest
 from hifhir.auth.users import create_user
 from hifhir.fhir.kind import WriteContext
 from hifhir.fhir.registry import KINDS
@@ -265,6 +266,75 @@ def test_a_submitted_claims_lines_are_written_once_as_checks_and_processing_of_t
     assert posted == stored
     # the bandage, in the price list but covered by no product, is rejected by processing; the others valuated
     assert [(line[0], line[1]) for line in posted.values()] == [(1, 0), (2, 3), (1, 0)]
+
+
+# Read by the checks and processing, changed by no claim: a submission reads them before its write transaction.
+_MASTER_DATA = ("price_list", "insuree_policy", "product_item", "product_service")
+
+
+def test_on_sqlite_a_claim_reads_registers_price_lists_and_policies_before_it_takes_the_writer_lock(
+        api, engine, world, monkeypatch):
+    """The writer lock serialises every write of a SQLite database: a submission holds it only to read what other
+    claims change (the claim with its insuree, the insuree's other claims) and to write."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("the writer lock is SQLite's; on PostgreSQL the reads stay in the write transaction")
+    from hifhir.store import db
+    from hifhir.store.fast import STATEMENT_OBSERVERS
+
+    held: list[bool] = [False]
+    seen: list[tuple[bool, str]] = []
+    enter, leave = db.WriterLock.__enter__, db.WriterLock.__exit__
+
+    def entered(lock: db.WriterLock) -> db.WriterLock:
+        taken = enter(lock)
+        held[0] = True
+        return taken
+
+    def left(lock: db.WriterLock, *exc: Any) -> None:
+        held[0] = False
+        leave(lock, *exc)
+
+    def record(sql: str) -> None:
+        seen.append((held[0], " ".join(sql.split())))
+
+    def record_sqlalchemy(_conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
+        record(sql)
+
+    monkeypatch.setattr(db.WriterLock, "__enter__", entered)
+    monkeypatch.setattr(db.WriterLock, "__exit__", left)
+    STATEMENT_OBSERVERS.append(record)
+    event.listen(engine, "before_cursor_execute", record_sqlalchemy)
+    try:
+        body = answered(api.post("Claim", claim_of(world)))
+    finally:
+        event.remove(engine, "before_cursor_execute", record_sqlalchemy)
+        STATEMENT_OBSERVERS.remove(record)
+
+    assert totals(body)["16"] == 60  # checked and valuated with what was read before the lock
+    before = [sql for locked, sql in seen if not locked]
+    under = [sql for locked, sql in seen if locked]
+    assert all(any(table in sql for sql in before) for table in _MASTER_DATA)
+    assert [sql for sql in under if any(table in sql for table in _MASTER_DATA)] == []
+    assert any(sql.startswith("INSERT INTO claim ") for sql in under)
+
+
+def test_a_claim_read_ahead_counts_a_claim_of_the_insuree_committed_before_its_write(api, app, engine, world):
+    """What other claims change is read in the write transaction: a duplicate submitted while the claim was being
+    read ahead (on SQLite, outside the writer lock) is seen, and the claim's consultation is rejected with 6."""
+    call = rest.Call(engine=app.engine, reader=app.reader, settings=app.settings, base_url="http://testserver/fhir",
+                     principal=app.principals.get("Admin"), lenient=False)
+    prepared = rest.prepare_write(call, "Claim", claim_of(world, "C0001"), None)
+    rest.read_ahead(call, prepared)
+    # meanwhile: the same consultation, the same day
+    answered(api.post("Claim", claim_of(world, "C0002", lines=[service(f"ActivityDefinition/{world.consult}")])))
+
+    pending, flushed = rest._run_one(call, lambda ctx: rest.apply_create(call, ctx, prepared, None))
+
+    written = pending.written(flushed)
+    assert written is not None
+    lines = items_by_sequence(api.get(f"ClaimResponse/{written.id}").json())
+    assert adjudications(lines[1]) == [("1", "6", 40, 1)]  # the consultation: rejected, duplicated
+    assert adjudications(lines[2])[-1] == ("16", "0", 20, 2)  # the aspirins: valuated
 
 
 def test_claim_reads_back_as_sent(api, engine, world):

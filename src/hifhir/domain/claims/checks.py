@@ -75,28 +75,42 @@ Where legacy (`uspSubmitSingleClaim`) and Python (`claim/validations.py`) differ
 * Max provisions and category maxima count usage as eligibility does (domain/eligibility.py): within the member's
   coverage window, the reviewed quantity when there is one.
 
-Cost: six indexed reads, none per line, each needing nothing but what an earlier one gave, so on PostgreSQL they
-travel in two round trips (`store.fast.rows_together`): the claim with its insuree, family and facility, the
-registers of its items and services with their price-list entries, the insuree's policies and the diagnosis list's
-change marker (its active codes are cached per marker: `store.codelists.snapshots`); then
-the coverage lines of the claim's items and services and the passed lines of the insuree's earlier claims (only when
-a line is still unchecked). Then one claim update, which waits for the transaction's next round trip. The lines of a
-submission are in memory (`NewLine`): the submission inserts them once processing has decided them too; a stored
-claim's lines are read first, and its rejected ones updated. They run through `store.fast.DriverQuery` /
-`FastStatement` (SQLAlchemy's per-statement overhead is most of a submission's cost):
-~0.5 ms for a 10-line claim on SQLite, ~2 ms on PostgreSQL, transaction included.
+Cost: six indexed reads, none per line. Four of them read what no other claim changes (`CheckFacts`: the
+registers of the claim's items and services with their price-list entries, the insuree's member windows, the
+diagnosis list's change marker — its active codes are cached per marker, `store.codelists.snapshots` — then the
+coverage lines of the candidates' products), in two steps (`facts_plan`, `store.fast.run_plans`: one round trip
+each on PostgreSQL). A submission reads them before its claim is inserted, on SQLite outside the writer lock. With
+the claim's checks go only the claim with its insuree, family and facility, then the passed lines of the insuree's
+earlier claims (only when a line is still unchecked): what concurrent submissions change. Then one claim update,
+which waits for the transaction's next round trip. The lines of a submission are in memory (`NewLine`): the
+submission inserts them once processing has decided them too; a stored claim's lines are read first, and its
+rejected ones updated. They run through `store.fast.DriverQuery` / `FastStatement` (SQLAlchemy's per-statement
+overhead is most of a submission's cost).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, String, and_, bindparam, false, func, literal, null, select, union_all, update
+from sqlalchemy import (
+    Connection,
+    Date,
+    String,
+    and_,
+    bindparam,
+    false,
+    func,
+    literal,
+    null,
+    select,
+    union_all,
+    update,
+)
 
 from hifhir.domain.claims import (
     ACCEPTED,
@@ -121,7 +135,7 @@ from hifhir.domain.claims import (
 from hifhir.domain.eligibility import ADULT_AGE, CATEGORIES
 from hifhir.domain.policy import add_months, age_on
 from hifhir.store.codelists import DIAGNOSIS_LIST, LIST_CHANGED_READ, snapshots
-from hifhir.store.fast import DriverQuery, FastStatement, any_pk, rows_together
+from hifhir.store.fast import DriverQuery, FastStatement, Plan, any_pk, rows_together, run_plan
 from hifhir.store.locks import CLAIM_CHECKS, turn
 from hifhir.store.tables import (
     CLAIM_CHECKED,
@@ -180,17 +194,14 @@ _CLAIM = DriverQuery(
 
 def _targets_branch(kind: str, target: Any, fk: str, listed: Any) -> Any:
     """The registers of the claim's items or services (pks `<kind>_pks`) with their entry in the current price list
-    of the claim's facility (found through the claim: the statement needs the claim's pk and the registers' only,
-    not the lines, which a submission inserts once decided)."""
+    of the claim's facility (`hf`)."""
     category = target.c.category if kind == "service" else null()
-    owner, facility, prices = claim.alias(f"{kind}_claim"), health_facility.alias(f"{kind}_hf"), \
-        price_list.alias(f"{kind}_prices")
+    facility, prices = health_facility.alias(f"{kind}_hf"), price_list.alias(f"{kind}_prices")
     return (
         select(literal(kind, String).label("kind"), target.c.pk.label("target_pk"), target.c.deleted,
                target.c.care_type, target.c.patient_category, target.c.frequency, category.label("category"),
                listed.c.price_list_pk.label("listed"))
-        .select_from(target.join(owner, owner.c.pk == bindparam("claim"))
-                     .join(facility, facility.c.pk == owner.c.hf_pk)
+        .select_from(target.join(facility, facility.c.pk == bindparam("hf"))
                      .outerjoin(prices, and_(prices.c.pk == facility.c[f"{kind}_price_list_pk"],
                                              prices.c.deleted == false()))
                      .outerjoin(listed, and_(listed.c[fk] == target.c.pk, listed.c.price_list_pk == prices.c.pk)))
@@ -209,19 +220,19 @@ _STORED_LINES = DriverQuery(union_all(*(
            t.c.price_asked, t.c.rejection_reason).where(t.c.claim_pk == bindparam("claim"))
     for kind, t, fk in (("service", claim_service, "service_pk"), ("item", claim_item, "item_pk")))))
 
-# Every current member window of the claim's insuree that overlaps the claim, with its policy and product.
+# Every current member window of the insuree that overlaps the claim's dates (`date_from` to `target`), with its
+# policy and product.
 _POLICIES = DriverQuery(
     select(insuree_policy.c.effective_date.label("member_from"), insuree_policy.c.expiry_date.label("member_to"),
            policy.c.pk.label("policy_pk"), policy.c.product_pk, policy.c.status, policy.c.stage,
            policy.c.effective_date, policy.c.expiry_date, product.c.deleted.label("product_deleted"),
            *(product.c[c] for c in _MAX_COLUMNS))
-    .select_from(claim.join(insuree_policy, insuree_policy.c.insuree_pk == claim.c.insuree_pk)
-                 .join(policy, policy.c.pk == insuree_policy.c.policy_pk)
+    .select_from(insuree_policy.join(policy, policy.c.pk == insuree_policy.c.policy_pk)
                  .join(product, product.c.pk == policy.c.product_pk))
-    .where(claim.c.pk == bindparam("claim"), insuree_policy.c.deleted == false(),
+    .where(insuree_policy.c.insuree_pk == bindparam("insuree"), insuree_policy.c.deleted == false(),
            insuree_policy.c.effective_date.is_not(None),
-           insuree_policy.c.effective_date <= func.coalesce(claim.c.date_to, claim.c.date_from),
-           insuree_policy.c.expiry_date >= claim.c.date_from, policy.c.deleted == false())
+           insuree_policy.c.effective_date <= bindparam("target", type_=Date),
+           insuree_policy.c.expiry_date >= bindparam("date_from", type_=Date), policy.c.deleted == false())
     .order_by(insuree_policy.c.effective_date, policy.c.pk)
 )
 
@@ -314,41 +325,95 @@ class _Use:
     qty: Decimal
 
 
+@dataclass(frozen=True, slots=True)
+class CheckFacts:
+    """What the checks read that no other claim changes, for a claim of an insuree at a facility, between two dates,
+    with lines of given items and services: the registers with their price-list entries, the insuree's member
+    windows overlapping the dates, the category (§3.3.2), the active diagnosis codes (None: the list is empty),
+    the candidate policies at the target date and their products' coverage of the registers. A submission reads them
+    before its claim is inserted (`facts_plan`, from `read_ahead`: on SQLite outside the writer lock); the checks of
+    a stored claim read them themselves. Only the insuree's other claims are read with the claim's checks: those
+    are what concurrent submissions change."""
+
+    hf_pk: int
+    insuree_pk: int
+    date_from: date
+    date_to: date | None
+    registers: dict[tuple[str, int], Any]
+    policies: list[Any]
+    category: str
+    diagnoses: frozenset[str] | None
+    candidates: list[Any]
+    coverage: dict[tuple[str, int, int], Any]
+
+    def of(self, c: Any) -> bool:
+        """Whether these are the facts of the claim `c` (its facility, insuree and dates)."""
+        return (self.hf_pk, self.insuree_pk, self.date_from, self.date_to) == (c.hf_pk, c.insuree_pk, c.date_from,
+                                                                              c.date_to)
+
+
+def facts_plan(conn: Connection, hf_pk: int, insuree_pk: int, date_from: date, date_to: date | None,
+               lines: Sequence[Any]) -> Plan[CheckFacts]:
+    """The facts in two steps (registers, member windows and the diagnosis list's marker; then the coverage lines
+    of the candidates' products). `lines`: anything with kind and target_pk."""
+    target = date_to or date_from
+    pks = target_pks(lines)
+    targets, policies, diagnoses = yield [
+        (_TARGETS, {"hf": hf_pk, **pks}), (_POLICIES, {"insuree": insuree_pk, "date_from": date_from,
+                                                       "target": target}),
+        (LIST_CHANGED_READ, {"list_name": DIAGNOSIS_LIST})]
+    registers = {(t.kind, t.target_pk): t for t in targets}
+    changed_at = int(diagnoses[0][0] or 0) if diagnoses else 0
+    diagnosis_list = snapshots.at(conn, DIAGNOSIS_LIST, changed_at).active_codes if changed_at else None
+    candidates = [p for p in policies
+                  if p.status in (POLICY_ACTIVE, POLICY_EXPIRED) and not p.product_deleted
+                  and p.effective_date is not None and p.effective_date <= target <= p.expiry_date
+                  and p.member_from <= target <= p.member_to]
+    coverage: dict[tuple[str, int, int], Any] = {}
+    if candidates and any(pks.values()):
+        product_pks = sorted({p.product_pk for p in candidates})
+        params: dict[str, Any] = dict(pks)
+        params.update((f"p{i}", pk) for i, pk in enumerate(product_pks))
+        coverage = {(r.kind, r.target_pk, r.product_pk): r
+                    for r in (yield [(_coverage_query(len(product_pks)), params)])[0]}
+    return CheckFacts(hf_pk, insuree_pk, date_from, date_to, registers, policies,
+                      _category(registers.values(), multi_day=target != date_from), diagnosis_list, candidates,
+                      coverage)
+
+
 def submit(conn: Connection, claim_pk: int, *, today: date, now: int,
-           new_lines: Sequence[NewLine] | None = None) -> int:
+           new_lines: Sequence[NewLine] | None = None, facts: CheckFacts | None = None) -> int:
     """Check an entered claim (status 2) and record the outcome; returns the new status (4 checked, 1 rejected).
     ValueError when the claim does not exist or is not entered. `new_lines`: the claim was inserted by the caller's
     transaction, which inserts its lines once decided (each line's `reason` is set here; no concurrent submission
-    is possible, so the claim's update need not be waited for); else its stored lines are read, and updated."""
+    is possible, so the claim's update need not be waited for); else its stored lines are read, and updated.
+    `facts`: the claim's, read ahead (else they are read here)."""
     claim_only = {"claim": claim_pk}
-    diagnoses_read = (LIST_CHANGED_READ, {"list_name": DIAGNOSIS_LIST})
-    # One round trip on PostgreSQL for a submission: each of these needs the claim's pk (and the registers') alone.
+    given: list[tuple[Any, ...]]
     if new_lines is None:
-        head, stored, policies, diagnoses = rows_together(conn, [
-            (_CLAIM, claim_only), (_STORED_LINES, claim_only), (_POLICIES, claim_only), diagnoses_read])
-        given: list[tuple[Any, ...]] = [(r.kind, r.pk, r.sequence or 0, r.target_pk, r.qty_provided, r.price_asked,
-                                         r.rejection_reason) for r in stored]
-        targets = _TARGETS.rows(conn, {**claim_only, **target_pks(stored)})
+        head, stored = rows_together(conn, [(_CLAIM, claim_only), (_STORED_LINES, claim_only)])
+        given = [(r.kind, r.pk, r.sequence or 0, r.target_pk, r.qty_provided, r.price_asked, r.rejection_reason)
+                 for r in stored]
+        lines_of: Sequence[Any] = stored
     else:
+        head = _CLAIM.rows(conn, claim_only)
         given = [(n.kind, n.order, n.sequence, n.target_pk, n.qty, n.price, n.reason) for n in new_lines]
-        head, targets, policies, diagnoses = rows_together(conn, [
-            (_CLAIM, claim_only), (_TARGETS, {**claim_only, **target_pks(new_lines)}), (_POLICIES, claim_only),
-            diagnoses_read])
+        lines_of = new_lines
     if not head or head[0].status != CLAIM_ENTERED:
         raise ValueError(f"Claim {claim_pk} is not an entered claim (status {CLAIM_ENTERED})")
     c = head[0]
-    registers = {(t.kind, t.target_pk): t for t in targets}
-    lines = [_line(kind, pk, sequence, target_pk, qty, price, reason, registers.get((kind, target_pk)))
+    if facts is None:
+        facts = run_plan(conn, facts_plan(conn, c.hf_pk, c.insuree_pk, c.date_from, c.date_to, lines_of))
+    elif not facts.of(c):
+        raise ValueError(f"Claim {claim_pk}: the facts given are of another facility, insuree or dates")
+    lines = [_line(kind, pk, sequence, target_pk, qty, price, reason, facts.registers.get((kind, target_pk)))
              for kind, pk, sequence, target_pk, qty, price, reason in given]
     lines.sort(key=lambda line: (line.kind != "service", line.sequence, line.pk))  # the legacy cursors' order
     target = c.date_to or c.date_from
-    category = _category(lines, multi_day=target != c.date_from)
 
-    changed_at = int(diagnoses[0][0] or 0) if diagnoses else 0
-    diagnosis_list = snapshots.at(conn, DIAGNOSIS_LIST, changed_at).active_codes if changed_at else None
-    claim_reason = _claim_reason(c, lines, target, today, policies, diagnosis_list)
+    claim_reason = _claim_reason(c, lines, target, today, facts.policies, facts.diagnoses)
     if claim_reason == ACCEPTED:
-        claim_reason = _check_lines(conn, claim_pk, c, lines, target, category, policies)
+        claim_reason = _check_lines(conn, claim_pk, c, lines, target, facts)
     if claim_reason != ACCEPTED:
         line_reason = _LINE_REASON_OF.get(claim_reason, claim_reason)
         for line in lines:
@@ -357,7 +422,7 @@ def submit(conn: Connection, claim_pk: int, *, today: date, now: int,
         reasons = {(line.kind, line.pk): line.reason for line in lines}
         for new in new_lines:
             new.reason = reasons[(new.kind, new.order)]
-    return _record(conn, claim_pk, lines, category, claim_reason, now, fresh=new_lines is not None)
+    return _record(conn, claim_pk, lines, facts.category, claim_reason, now, fresh=new_lines is not None)
 
 
 def _line(kind: str, pk: int, sequence: int, target_pk: int, qty: Decimal, price: Decimal, reason: int,
@@ -369,10 +434,10 @@ def _line(kind: str, pk: int, sequence: int, target_pk: int, qty: Decimal, price
                  register.patient_category or 0, register.frequency, register.category, register.listed is not None)
 
 
-def _category(lines: Sequence[_Line], *, multi_day: bool) -> str:
-    """§3.3.2: S, D, A (in that order) when one of the claim's current services has that category, else H for a
-    multi-day claim, else C, else V."""
-    found = {line.category for line in lines if line.kind == "service" and not line.deleted}
+def _category(registers: Iterable[Any], *, multi_day: bool) -> str:
+    """§3.3.2: S, D, A (in that order) when one of the claim's current services (`registers`, `_TARGETS` rows) has
+    that category, else H for a multi-day claim, else C, else V."""
+    found = {r.category for r in registers if r.kind == "service" and not r.deleted}
     for code in ("S", "D", "A"):
         if code in found:
             return code
@@ -405,8 +470,8 @@ def _claim_reason(c: Any, lines: Sequence[_Line], target: date, today: date, pol
 _HALF_CENT = Decimal("0.005")
 
 
-def _check_lines(conn: Connection, claim_pk: int, c: Any, lines: Sequence[_Line], target: date, category: str,
-                 policies: Sequence[Any]) -> int:
+def _check_lines(conn: Connection, claim_pk: int, c: Any, lines: Sequence[_Line], target: date,
+                 facts: CheckFacts) -> int:
     """The line checks (1, 2, 6, 10, 4, product search, 5), each line's reason set in place; returns the reason
     of a category maximum that rejects the whole claim, else 0."""
     for line in lines:
@@ -420,31 +485,17 @@ def _check_lines(conn: Connection, claim_pk: int, c: Any, lines: Sequence[_Line]
     if not pending:
         return ACCEPTED
 
-    candidates = [p for p in policies
-                  if p.status in (POLICY_ACTIVE, POLICY_EXPIRED) and not p.product_deleted
-                  and p.effective_date is not None and p.effective_date <= target <= p.expiry_date
-                  and p.member_from <= target <= p.member_to]
-    since = min([target, *(p.member_from for p in candidates),
+    since = min([target, *(p.member_from for p in facts.candidates),
                  *(target - timedelta(days=line.frequency) for line in pending if line.frequency)])
-    reads: list[tuple[DriverQuery, dict[str, Any]]] = [
-        (_USAGE, {"insuree": c.insuree_pk, "claim": claim_pk, "since": since})]
-    if candidates:
-        product_pks = sorted({p.product_pk for p in candidates})
-        params: dict[str, Any] = target_pks(pending)
-        params.update((f"p{i}", pk) for i, pk in enumerate(product_pks))
-        reads.append((_coverage_query(len(product_pks)), params))
-    used, *covering = rows_together(conn, reads)  # one round trip on PostgreSQL
     usage = [_Use(u.kind, u.claim_pk, u.category or "V", u.day, u.target_pk, u.product_pk, u.qty or Decimal(0))
-             for u in used]
-    coverage: dict[tuple[str, int, int], Any] = {
-        (r.kind, r.target_pk, r.product_pk): r for rows in covering for r in rows}
+             for u in _USAGE.rows(conn, {"insuree": c.insuree_pk, "claim": claim_pk, "since": since})]
 
     adult = age_on(c.dob, target) >= ADULT_AGE
     mask = (MALE if c.gender in ("M", "O") else FEMALE) | (ADULT if adult else CHILD)
     multi_day = target != c.date_from
     hf_care = c.hf_care_type or "B"
     same_day = {(u.kind, u.target_pk) for u in usage if u.day == target}
-    search = _ProductSearch(candidates, coverage, usage, adult, target, category)
+    search = _ProductSearch(facts.candidates, facts.coverage, usage, adult, target, facts.category)
     for line in pending:
         if (line.kind, line.target_pk) in same_day:
             line.reason = DUPLICATED

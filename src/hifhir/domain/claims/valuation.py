@@ -60,12 +60,14 @@ Legacy bugs not copied:
 * one `claim_ded_rem` row per policy (legacy writes one, for the last product of its loop).
 A product without a Threshold counts every member as extra for the policy ceiling (legacy ISNULL(Threshold, 0)).
 
-Cost, whatever the number of lines: two reads (the claim with the insuree's valid policies and their product
-terms; its passed lines with their register price, price-list line and the products' coverage lines), a third
-only when a product has an insuree or policy deductible or ceiling (what earlier claims consumed), then the
-writes (lines, ded-rem rows, claim) — all compiled once and run on the DB-API connection; on PostgreSQL the
-writes go in one pipeline (one round trip). A submission's lines are not stored yet (`NewLine`): the second read
-is of their registers, and what is decided goes back to them, for the submission to insert the lines once.
+Cost, whatever the number of lines: two reads of what no other claim changes (`ClaimTerms`: the insuree's valid
+policies with their product terms and the facility's price lists; the lines with their register price, price-list
+line and the products' coverage lines), which a submission reads before its claim is inserted (`terms_plan`: on
+SQLite outside the writer lock), a third only when a product has an insuree or policy deductible or ceiling (what
+earlier claims consumed), then the writes (lines, ded-rem rows, claim) — all compiled once and run on the DB-API
+connection; on PostgreSQL the writes go in one pipeline (one round trip). A submission's lines are not stored yet
+(`NewLine`): the second read is of their registers, and what is decided goes back to them, for the submission to
+insert the lines once. A stored claim (a review, a feedback, an external adjudicator's answer) is read first.
 On PostgreSQL, the policies whose deductible or ceiling this claim consumes are first locked (FOR NO KEY UPDATE,
 in pk order) in a statement of their own, so that the usage read after it sees every claim committed before, and
 two claims of one family processed at once cannot both spend the same deductible.
@@ -78,10 +80,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Connection,
+    Date,
     String,
     and_,
     bindparam,
@@ -110,7 +113,7 @@ from hifhir.domain.claims import (
 )
 from hifhir.domain.eligibility import ADULT_AGE, CARE, CATEGORIES, SCOPES
 from hifhir.domain.policy import age_on
-from hifhir.store.fast import DriverQuery, any_pk, observed, rows_together
+from hifhir.store.fast import DriverQuery, Plan, any_pk, observed, rows_together, run_plan
 from hifhir.store.tables import (
     CLAIM_CHECKED,
     CLAIM_PROCESSED,
@@ -163,12 +166,13 @@ _TERMS = (
 )
 
 
-def _head_statement() -> Any:
-    """The claim with its facility's level and current price lists, the insuree's birth date, and one row per
-    valid policy of the insuree at the target date (§3.3.4 windows) with its product terms and the number of its
-    members covered that day — one row with empty policy columns when there is none."""
+def _terms_statement() -> Any:
+    """The facility's level and current price lists, the insuree's birth date, and one row per valid policy of the
+    insuree at the target date (§3.3.4 windows) with its product terms and the number of its members covered that
+    day — one row with empty policy columns when there is none. Binds: `hf`, `insuree`, `target`: nothing of the
+    claim row itself, so that a submission reads it before its claim is inserted."""
     item_list, service_list = price_list.alias("item_list"), price_list.alias("service_list")
-    target = func.coalesce(claim.c.date_to, claim.c.date_from)
+    target = bindparam("target", type_=Date)
     members = insuree_policy.alias("members")
     member_count = (
         select(func.count())
@@ -177,23 +181,21 @@ def _head_statement() -> Any:
         .scalar_subquery()
     )
     return (
-        select(claim.c.status, claim.c.insuree_pk, claim.c.date_from, claim.c.date_to, claim.c.visit_type,
-               claim.c.category, health_facility.c.level.label("hf_level"), insuree.c.dob,
+        select(health_facility.c.level.label("hf_level"), insuree.c.dob,
                item_list.c.pk.label("item_list_pk"), service_list.c.pk.label("service_list_pk"),
                # empty unless the member row, its policy and the product all qualify (see the joins)
                case((product.c.pk.is_not(None), policy.c.pk)).label("policy_pk"),
                product.c.pk.label("product_pk"), member_count.label("members"),
                *(product.c[name].label(f"p_{name}") for name in _TERMS))
         .select_from(
-            claim.join(health_facility, health_facility.c.pk == claim.c.hf_pk)
-            .join(insuree, insuree.c.pk == claim.c.insuree_pk)
+            health_facility.join(insuree, insuree.c.pk == bindparam("insuree"))
             .outerjoin(item_list, and_(item_list.c.pk == health_facility.c.item_price_list_pk,
                                        item_list.c.deleted == false()))
             .outerjoin(service_list, and_(service_list.c.pk == health_facility.c.service_price_list_pk,
                                           service_list.c.deleted == false()))
             # A chain of left joins, not a parenthesised inner join (which SQLite materialises over every member
             # row of every policy): rows of members, policies or products that do not qualify have empty columns.
-            .outerjoin(insuree_policy, and_(insuree_policy.c.insuree_pk == claim.c.insuree_pk,
+            .outerjoin(insuree_policy, and_(insuree_policy.c.insuree_pk == insuree.c.pk,
                                             insuree_policy.c.deleted == false(),
                                             insuree_policy.c.effective_date <= target,
                                             insuree_policy.c.expiry_date >= target))
@@ -202,12 +204,17 @@ def _head_statement() -> Any:
                                     policy.c.effective_date <= target, policy.c.expiry_date >= target))
             .outerjoin(product, and_(product.c.pk == policy.c.product_pk, is_current(product)))
         )
-        .where(claim.c.pk == bindparam("claim"), is_current(claim))
+        .where(health_facility.c.pk == bindparam("hf"))
         .order_by(insuree_policy.c.effective_date, policy.c.pk)
     )
 
 
-_HEAD = DriverQuery(_head_statement())
+_POLICY_TERMS = DriverQuery(_terms_statement())
+# The claim as processing needs it (a stored claim's; a submission's is in memory).
+_CLAIM_HEAD = DriverQuery(
+    select(claim.c.status, claim.c.hf_pk, claim.c.insuree_pk, claim.c.date_from, claim.c.date_to,
+           claim.c.visit_type, claim.c.category)
+    .where(claim.c.pk == bindparam("claim"), is_current(claim)))
 
 _COVERAGE_COLUMNS = (
     "product_pk", "price_origin", "limitation_type", "limitation_type_r", "limitation_type_e",
@@ -445,52 +452,110 @@ class _Account:
 # --- processing ---------------------------------------------------------------------------------------------
 
 
+class ClaimHead(NamedTuple):
+    """The claim as processing needs it: a stored claim's row (`_CLAIM_HEAD`), or a submission's values."""
+
+    status: int
+    hf_pk: int
+    insuree_pk: int
+    date_from: date
+    date_to: date | None
+    visit_type: str | None
+    category: str | None
+
+    @property
+    def target(self) -> date:
+        return self.date_to or self.date_from
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimTerms:
+    """What processing reads that no other claim changes: the facility's price lists and level, the insuree's
+    birth date and valid policies at the target date with their product terms (`policies`: `_POLICY_TERMS` rows,
+    at least one), and the lines' registers with their price-list lines and the products' coverage lines (`lines`).
+    A submission reads them before its claim is inserted (`terms_plan`, from `read_ahead`: on SQLite outside the
+    writer lock); `process` reads a stored claim's itself."""
+
+    head: ClaimHead
+    policies: list[Any]
+    lines: list[Any]
+
+    def products(self) -> dict[int, Any]:
+        """Product pk → the member's first valid policy of it (in the order of the member's windows)."""
+        first_policy: dict[int, Any] = {}
+        for p in self.policies:
+            if p.policy_pk is not None:
+                first_policy.setdefault(p.product_pk, p)
+        return first_policy
+
+
+def terms_plan(head: ClaimHead, lines: Sequence[Any] | None, claim_pk: int | None = None) -> Plan[ClaimTerms]:
+    """The claim's terms in two steps: its policies and price lists, then its lines' registers and coverage — of
+    `lines` (anything with kind and target_pk: a submission's, not stored yet), or else of the stored claim's passed
+    lines (`claim_pk`)."""
+    policies = (yield [(_POLICY_TERMS, {"hf": head.hf_pk, "insuree": head.insuree_pk, "target": head.target})])[0]
+    if not policies:
+        return ClaimTerms(head, [], [])
+    c = policies[0]
+    products = list(ClaimTerms(head, policies, []).products())
+    params: dict[str, Any] = {"item_list": c.item_list_pk, "service_list": c.service_list_pk}
+    params.update((f"p{i}", pk) for i, pk in enumerate(products))
+    if lines is None:
+        read = (_lines_query(len(products), True), {**params, "claim": claim_pk})
+    else:
+        read = (_lines_query(len(products), False), {**params, **target_pks(lines)})
+    return ClaimTerms(head, policies, (yield [read])[0])
+
+
 def process(conn: Connection, claim_pk: int, *, today: date, now: int,
-            new_lines: Sequence[NewLine] | None = None) -> int:
+            new_lines: Sequence[NewLine] | None = None, terms: ClaimTerms | None = None) -> int:
     """Process and valuate a checked claim (§3.4.2–3.4.3, see the module docstring); returns its new status (16
     Valuated, 8 Processed, or 1 Rejected when no line keeps a product). ValueError when the claim does not exist
     or is not checked (4). `new_lines`: the lines of a claim this transaction submits, not inserted yet (the
-    passed ones, `reason` 0, are processed: what is decided goes to their `decided`, and the caller inserts them);
-    else the claim's stored passed lines are read and updated."""
-    head = _HEAD.rows(conn, {"claim": claim_pk})
-    if not head:
-        raise ValueError(f"claim {claim_pk} does not exist")
-    c = head[0]
-    if c.status != CLAIM_CHECKED:
-        raise ValueError(f"claim {claim_pk} is in status {c.status}, only a checked claim (4) can be processed")
-    target = c.date_to or c.date_from
-    multi_day = c.date_to is not None and c.date_to != c.date_from
+    passed ones, `reason` 0, are processed: what is decided goes to their `decided`, and the caller inserts them),
+    with `terms`, read ahead for them all, whose head has the status and category the checks gave the claim;
+    else the claim, its terms and its stored passed lines are read, and the lines updated."""
+    if terms is None:
+        found = _CLAIM_HEAD.rows(conn, {"claim": claim_pk})
+        if not found:
+            raise ValueError(f"claim {claim_pk} does not exist")
+        head = ClaimHead(*found[0])
+        if head.status == CLAIM_CHECKED:
+            terms = run_plan(conn, terms_plan(head, new_lines, claim_pk))
+    else:
+        head = terms.head
+    if head.status != CLAIM_CHECKED:
+        raise ValueError(f"claim {claim_pk} is in status {head.status}, only a checked claim (4) can be processed")
+    assert terms is not None
+    if not terms.policies:
+        raise ValueError(f"claim {claim_pk}: its facility or insuree does not exist")
+    c = terms.policies[0]
+    target = head.target
+    multi_day = head.date_to is not None and head.date_to != head.date_from
     adult = age_on(c.dob, target) >= ADULT_AGE
 
-    first_policy: dict[int, Any] = {}  # product → the member's first valid policy of it
-    for p in head:
-        if p.policy_pk is not None:
-            first_policy.setdefault(p.product_pk, p)
+    first_policy = terms.products()
     products = list(first_policy)
-    params: dict[str, Any] = {"claim": claim_pk, "item_list": c.item_list_pk, "service_list": c.service_list_pk}
-    params.update((f"p{i}", pk) for i, pk in enumerate(products))
     if new_lines is None:
-        lines = _read_lines(_lines_query(len(products), True).rows(conn, params))
+        lines = _read_lines(terms.lines)
     else:
-        passed_new = [n for n in new_lines if n.reason == 0]
-        params.update(target_pks(passed_new))
-        lines = _submitted_lines(passed_new, _lines_query(len(products), False).rows(conn, params))
+        lines = _submitted_lines([n for n in new_lines if n.reason == 0], terms.lines)
 
     order = {pk: i for i, pk in enumerate(products)}
-    suffix = VISIT_SUFFIX.get(c.visit_type or "O", "")
+    suffix = VISIT_SUFFIX.get(head.visit_type or "O", "")
     for line in lines:
         _assign(line, first_policy, order, suffix, adult)
     passed = [line for line in lines if line.reason == 0]
 
     if not passed:
-        _write(conn, [*_settle_lines(lines, new_lines), *_drop_ded_rem(c.insuree_pk, claim_pk, new_lines),
+        _write(conn, [*_settle_lines(lines, new_lines), *_drop_ded_rem(head.insuree_pk, claim_pk, new_lines),
                       (_REJECT_CLAIM, [{"claim_pk": claim_pk, "status": CLAIM_REJECTED,
                                         "rejection_reason": ALL_REJECTED, "approved": ZERO}])])
         return CLAIM_REJECTED
 
-    accounts = _accounts(conn, claim_pk, c, [first_policy[pk] for pk in dict.fromkeys(
-        line.product_pk for line in passed if line.product_pk is not None)], multi_day)
-    category = c.category or "V"
+    category = head.category or "V"
+    accounts = _accounts(conn, claim_pk, head.insuree_pk, c.hf_level, category, [first_policy[pk] for pk in
+                         dict.fromkeys(line.product_pk for line in passed if line.product_pk is not None)], multi_day)
     for line in passed:
         _valuate(line, accounts[line.policy_pk], category, adult)
 
@@ -505,8 +570,8 @@ def process(conn: Connection, claim_pk: int, *, today: date, now: int,
     _write(conn, [
         *_settle_lines(lines, new_lines),
         # rows a claim had before processing (a review's preview) are replaced, not added to
-        *_drop_ded_rem(c.insuree_pk, claim_pk, new_lines),
-        (_INSERT_DED_REM, [_ded_rem(claim_pk, c.insuree_pk, a, category) for a in accounts.values()]),
+        *_drop_ded_rem(head.insuree_pk, claim_pk, new_lines),
+        (_INSERT_DED_REM, [_ded_rem(claim_pk, head.insuree_pk, a, category) for a in accounts.values()]),
         (_UPDATE_CLAIM, [{"claim_pk": claim_pk, "status": status, "rejection_reason": 0, "date_processed": today,
                           "process_stamp": now, "approved": approved, "valuated": valuated,
                           "remunerated": remunerated}]),
@@ -591,7 +656,8 @@ def _fixed_rank(limit: Decimal) -> Decimal:
     return Decimal("Infinity") if limit == 0 else limit  # a fixed limit of 0 is no limit (legacy ordering)
 
 
-def _accounts(conn: Connection, claim_pk: int, c: Any, used: list[Any], multi_day: bool) -> dict[int, _Account]:
+def _accounts(conn: Connection, claim_pk: int, insuree_pk: int, hf_level: str | None, category: str,
+              used: list[Any], multi_day: bool) -> dict[int, _Account]:
     """Each used policy's deductible and ceilings, and what earlier claims consumed of them."""
     needing = [p for p in used if any(p._mapping[f"p_{kind}{infix}_{scope}"] for kind in ("ded", "max")
                                       for infix in CARE.values() for scope in SCOPES if scope != "treatment")]
@@ -599,7 +665,7 @@ def _accounts(conn: Connection, claim_pk: int, c: Any, used: list[Any], multi_da
     if needing:
         params: dict[str, Any] = {f"p{i}": p.policy_pk for i, p in enumerate(sorted(needing,
                                                                                     key=lambda p: p.policy_pk))}
-        reads = [(_consumed_query(len(needing)), {**params, "claim": claim_pk, "insuree": c.insuree_pk})]
+        reads = [(_consumed_query(len(needing)), {**params, "claim": claim_pk, "insuree": insuree_pk})]
         if conn.dialect.name == "postgresql":  # the lock first, in the same round trip (a pipeline keeps the order)
             reads.insert(0, (_lock_query(len(needing)), params))
         consumed = {(r.policy_pk, bool(r.mine)): r for r in rows_together(conn, reads)[-1]}
@@ -608,7 +674,7 @@ def _accounts(conn: Connection, claim_pk: int, c: Any, used: list[Any], multi_da
     for p in used:
         terms = p._mapping
         interpretation = terms["p_ceiling_interpretation"] or "I"
-        hospital = (interpretation == "I" and multi_day) or (interpretation == "H" and c.hf_level == "H")
+        hospital = (interpretation == "I" and multi_day) or (interpretation == "H" and hf_level == "H")
         mine, others = consumed.get((p.policy_pk, True)), consumed.get((p.policy_pk, False))
 
         def used_of(scope: str, column: str, mine: Any = mine, others: Any = others) -> Decimal:
@@ -622,8 +688,8 @@ def _accounts(conn: Connection, claim_pk: int, c: Any, used: list[Any], multi_da
         deductible, prev_deducted = _first(p, "ded", hospital, used_of)
         ceiling, prev_remunerated = _first(p, "max", hospital, used_of)
         category_ceiling = ZERO
-        if c.category in CATEGORY_REMS:
-            category_ceiling = terms[f"p_max_amount_{CATEGORIES[c.category][1]}"] or ZERO
+        if category in CATEGORY_REMS:
+            category_ceiling = terms[f"p_max_amount_{CATEGORIES[category][1]}"] or ZERO
         accounts[p.policy_pk] = _Account(p.policy_pk, hospital, deductible, prev_deducted, ceiling,
                                          prev_remunerated, category_ceiling)
     return accounts

@@ -96,15 +96,19 @@ Versions: the POST versions Claim and ClaimResponse at 1. The Claim (the submiss
 `version_id` / `last_updated`; the ClaimResponse, which moves on as the claim is processed, valuated by a batch
 run or reviewed, has its own `response_version` / `response_updated` (ResourceKind.version_column).
 
-Speed (a claim of 10 lines): the reads are two statements through the driver (`store.fast.DriverQuery`) — every
-header reference (insuree, facility, claim administrator with its facilities, coverage with its members among
-the insuree candidates) in one UNION, and every line's Medication/ActivityDefinition in one more — run by
-`read_ahead`, on SQLite before the writer lock. The writes are one INSERT … RETURNING for the claim and one
-multi-row INSERT per line table (and attachments); the Claim body costs no query, the ClaimResponse two (claim,
-lines) plus the history row. A re-render of many ClaimResponses (a batch run re-versions every claim it valuated:
-100,000 a month, bench/batch.py) costs the same two statements per chunk, the pks as one array parameter, the line
-amounts read and computed as integer hundredths (no Decimal per value) and the repeated nested objects (Money,
-item references) shared between bodies: ~28 µs a claim of 3 lines on SQLite, queries included (118 before).
+Speed (a claim of 10 lines): `read_ahead` — on SQLite before the writer lock — resolves the references in two
+statements through the driver (`store.fast.DriverQuery`: every header reference — insuree, facility, claim
+administrator with its facilities, coverage with its members among the insuree candidates — in one UNION, and
+every line's Medication/ActivityDefinition in one more), then reads what the checks and processing need that no
+other claim changes (registers, price lists, policies, product terms and coverage lines: `checks.CheckFacts`,
+`valuation.ClaimTerms`) in two more steps. The write transaction reads only the claim and the insuree's other
+claims (and, for a product with deductibles or ceilings, what other claims consumed of them). The writes are one
+INSERT … RETURNING for the claim and one multi-row INSERT per line table (and attachments); the Claim body costs
+no query, the ClaimResponse two (claim, lines) plus the history row. A re-render of many ClaimResponses (a batch run
+re-versions every claim it valuated: 100,000 a month, bench/batch.py) costs the same two statements per chunk, the
+pks as one array parameter, the line amounts read and computed as integer hundredths (no Decimal per value) and the
+repeated nested objects (Money, item references) shared between bodies: ~28 µs a claim of 3 lines on SQLite, queries
+included (118 before).
 """
 
 from __future__ import annotations
@@ -115,7 +119,7 @@ import functools
 import hashlib
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from types import MappingProxyType
@@ -154,8 +158,12 @@ from hifhir.domain.claims import (
     REJECTION_DISPLAYS,
     SELECTED,
     NewLine,
+    checks,
+    valuation,
 )
+from hifhir.domain.claims.checks import CheckFacts
 from hifhir.domain.claims.feedback import SelectionRule, parse_rule
+from hifhir.domain.claims.valuation import ClaimHead, ClaimTerms, terms_plan
 from hifhir.fhir.elements import CS, EXT, first_code, identifier_value, identifiers, reference
 from hifhir.fhir.errors import FhirError, business_rule, conflict
 from hifhir.fhir.kind import KeyedInsert, ResourceKind, WriteContext, require
@@ -166,7 +174,7 @@ from hifhir.fhir.profiles.practitioner import full_date
 from hifhir.fhir.search import common_params, common_sorts
 from hifhir.fhir.searchparams import SortKey, column_ref, date_param, link_ref, reference_param
 from hifhir.store.codelists import DIAGNOSIS_LIST
-from hifhir.store.fast import DriverQuery, MultiRowInsert, Plan, any_pk, rows_together, run_plan
+from hifhir.store.fast import DriverQuery, MultiRowInsert, Plan, any_pk, rows_together, run_plan, run_plans
 from hifhir.store.tables import (
     CLAIM_CHECKED,
     CLAIM_ENTERED,
@@ -304,6 +312,11 @@ class Submission:
     guarantee: str | None
     lines: tuple[Line, ...]
     attachments: tuple[Attachment, ...]
+    # What the checks and processing read of registers, policies and price lists (no other claim changes them):
+    # read ahead with the rest, so that on SQLite the writer lock covers only the insuree's other claims and the
+    # writes.
+    facts: CheckFacts
+    terms: ClaimTerms
 
     def view(self, claim_id: str) -> ClaimView:
         return ClaimView(claim_id, self.uuid or claim_id, self.code, self.visit_type, self.patient_id,
@@ -823,9 +836,15 @@ class ClaimKind(ResourceKind):
                     f"Coverage/{cov.id} is not a policy of this patient", f"{CLAIM_TYPE}.insurance[0].coverage")
             coverage_id = str(cov.id)
         lines = _resolve_lines(pending, line_rows)
-        return Submission(claim_uuid, code, int(patient.pk), str(patient.id), int(provider.pk), str(provider.id),
+        insuree_pk, hf_pk = int(patient.pk), int(provider.pk)
+        head = ClaimHead(CLAIM_ENTERED, hf_pk, insuree_pk, date_from, date_to, visit_type, None)
+        known = run_plans(ctx.conn, {
+            "facts": checks.facts_plan(ctx.conn, hf_pk, insuree_pk, date_from, date_to, lines),
+            "terms": terms_plan(head, lines)})
+        return Submission(claim_uuid, code, insuree_pk, str(patient.id), hf_pk, str(provider.id),
                           int(enterer.pk), str(enterer.id), coverage_id, visit_type, date_from, date_to,
-                          date_claimed, diagnoses, claimed, explanation, guarantee, lines, attachments)
+                          date_claimed, diagnoses, claimed, explanation, guarantee, lines, attachments,
+                          known["facts"], known["terms"])
 
     def write(self, ctx: WriteContext, resource: dict[str, Any], current: Row | None) -> int:
         if current is not None or ctx.id_from_client:
@@ -840,7 +859,7 @@ class ClaimKind(ResourceKind):
                 for a in sub.attachments])
         ctx.prerendered[(self.name, pk)] = claim_body(sub.view(claim_id))
         lines = _new_lines(sub.lines)
-        _adjudicate(ctx, pk, lines)
+        _adjudicate(ctx, pk, lines, sub)
         _insert_lines(ctx, pk, lines)
         ctx.mark(RESPONSE_KIND, pk)
         ctx.answers[(self.name, pk)] = (RESPONSE_KIND, pk)
@@ -883,23 +902,24 @@ def _insert_lines(ctx: WriteContext, pk: int, lines: list[NewLine]) -> None:
             statement.execute(ctx.conn, rows, defer=True)
 
 
-def _adjudicate(ctx: WriteContext, pk: int, lines: list[NewLine]) -> None:
+def _adjudicate(ctx: WriteContext, pk: int, lines: list[NewLine], sub: Submission) -> None:
     """The openIMIS checks, then the selections for review and for feedback (both always run: a claim may be
     selected for both), then — unless it was selected for either, when it waits for the medical officer's review
     (PUT ClaimResponse) and/or the insuree's answers (POST Communication), the last of which processes it —
     processing and valuation, in the POST's transaction. With an external adjudicator configured
     (HIFHIR_CLAIM_AI_URL), a claim not held is sent to it through the outbox and waits for its answer."""
-    from hifhir.domain.claims import checks, review, valuation
+    from hifhir.domain.claims import review
     from hifhir.domain.claims.ai import enqueue_for_ai
     from hifhir.fhir.profiles.communication import select_claim_for_feedback
 
     today = date.today()
-    if checks.submit(ctx.conn, pk, today=today, now=ctx.now, new_lines=lines) != CLAIM_CHECKED:
+    if checks.submit(ctx.conn, pk, today=today, now=ctx.now, new_lines=lines, facts=sub.facts) != CLAIM_CHECKED:
         return
     held = review.select_for_review(ctx.conn, pk, rule=configured_review_rule(), today=today)
     held = select_claim_for_feedback(ctx, pk, today=today) or held
     if not held and not enqueue_for_ai(ctx, pk):
-        valuation.process(ctx.conn, pk, today=today, now=ctx.now, new_lines=lines)
+        terms = replace(sub.terms, head=sub.terms.head._replace(status=CLAIM_CHECKED, category=sub.facts.category))
+        valuation.process(ctx.conn, pk, today=today, now=ctx.now, new_lines=lines, terms=terms)
 
 
 @functools.cache
