@@ -414,7 +414,8 @@ def test_searches_run_only_their_own_statements_and_leave_the_connection_as_the_
         api: Any, engine: Engine) -> None:
     """A GET runs through `store.db.reader`: no transaction, and on SQLite no `PRAGMA read_uncommitted` at checkin
     (SQLAlchemy's AUTOCOMMIT ran one to reset the isolation level; SQLite then re-prepared every statement the
-    connection had cached, the next write's included)."""
+    connection had cached, the next write's included); on PostgreSQL no switch of the connection into psycopg's
+    autocommit and back at each checkout."""
     assert api.post("Location", location("R9", "Reader Region", "R")).status_code == 201
     if engine.dialect.name == "sqlite":
         seen: list[str] = []
@@ -439,11 +440,39 @@ def test_searches_run_only_their_own_statements_and_leave_the_connection_as_the_
         assert len(searches) >= 3, seen
         assert not [s for s in seen if "read_uncommitted" in s], seen
     else:
+        import psycopg
+
+        switched: list[bool] = []
+        original = psycopg.Connection._set_autocommit
+
+        def spy(self: Any, value: bool) -> None:
+            switched.append(value)
+            original(self, value)
+
+        assert api.get("Location?identifier=R9").status_code == 200  # the reader's connection is made
+        psycopg.Connection._set_autocommit = spy  # type: ignore[method-assign]
+        try:
+            for _ in range(3):
+                found = api.get("Location?identifier=R9")
+                assert found.status_code == 200 and len(found.json()["entry"]) == 1
+        finally:
+            psycopg.Connection._set_autocommit = original  # type: ignore[method-assign]
+        assert switched == []  # its connections stay in autocommit: nothing to switch at checkout or checkin
         with reader(engine).connect() as conn:
-            conn.execute(select(1))
             assert conn.connection.driver_connection.autocommit  # type: ignore[union-attr]
-        with engine.connect() as conn:  # and the writers' checkouts are back in transactions
+        with engine.connect() as conn:  # and the writers' connections are in transactions
             assert not conn.connection.driver_connection.autocommit  # type: ignore[union-attr]
 
     assert api.post("Location", location("R8", "Writer Region", "R")).status_code == 201  # writes still commit
     assert len(api.get("Location?identifier=R8").json()["entry"]) == 1
+
+
+def test_disposing_an_engine_closes_its_readers_connections(engine: Engine) -> None:
+    with reader(engine).connect() as conn:
+        conn.execute(select(1))
+    if engine.dialect.name == "postgresql":
+        assert reader(engine).pool.checkedin() >= 1  # type: ignore[attr-defined]
+
+    engine.dispose()
+
+    assert reader(engine).pool.checkedin() == 0  # type: ignore[attr-defined]

@@ -29,7 +29,7 @@ from hifhir.fhir.registry import ALL_KINDS, KINDS
 from hifhir.notify import delivery as notify_delivery
 from hifhir.notify import matching
 from hifhir.outbox.worker import Worker
-from hifhir.store.db import transaction
+from hifhir.store.db import reader, transaction
 from hifhir.store.fast import STATEMENT_OBSERVERS
 from hifhir.store.tables import (
     app_user,
@@ -505,12 +505,16 @@ def _statements(engine: Engine, action: Any) -> int:
     def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         seen.append(statement)
 
-    event.listen(engine, "before_cursor_execute", count)
+    # On PostgreSQL the reads have an engine of their own (on SQLite the reader shares the engine's events).
+    engines = [engine] if engine.dialect.name == "sqlite" else [engine, reader(engine)]
+    for each in engines:
+        event.listen(each, "before_cursor_execute", count)
     STATEMENT_OBSERVERS.append(seen.append)  # the statements sent to the driver directly (store/fast)
     try:
         action()
     finally:
-        event.remove(engine, "before_cursor_execute", count)
+        for each in engines:
+            event.remove(each, "before_cursor_execute", count)
         STATEMENT_OBSERVERS.remove(seen.append)
     return len(seen)
 

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -19,19 +20,35 @@ _NO_TRANSACTION = "hifhir_no_transaction"  # the execution option of `reader` on
 def reader(engine: Engine) -> Engine:
     """`engine` for reads that need no transaction (each statement sees the latest commit): no BEGIN and no COMMIT.
 
-    PostgreSQL: psycopg's autocommit (`isolation_level="AUTOCOMMIT"`), or it would send a BEGIN itself. SQLite: the
-    connections already run without pysqlite's implicit transactions; an option of ours tells the `begin` listener
-    to send no BEGIN. SQLAlchemy's AUTOCOMMIT would do the same, but it resets the isolation level at every checkin,
-    which on SQLite runs `PRAGMA read_uncommitted`, and that PRAGMA makes SQLite prepare again every statement the
-    connection has cached: a search by identifier took 0.54–0.63 ms of CPU in-process with it, 0.33–0.39 without."""
+    SQLite: the connections already run without pysqlite's implicit transactions; an option of ours tells the `begin`
+    listener to send no BEGIN. SQLAlchemy's AUTOCOMMIT would do the same, but it resets the isolation level at every
+    checkin, which on SQLite runs `PRAGMA read_uncommitted`, and that PRAGMA makes SQLite prepare again every statement
+    the connection has cached: a search by identifier took 0.54–0.63 ms of CPU in-process with it, 0.33–0.39 without.
+
+    PostgreSQL: an engine of its own, whose connections are put in psycopg's autocommit once, when they are made, and
+    stay in it (disposed with `engine`). The AUTOCOMMIT execution option on the writers' engine switched a connection
+    into autocommit at each checkout and back at each checkin: ~15 % of a search by identifier's CPU in-process
+    (`python -m bench.inprocess --scenario identifier`, 0.33–0.40 ms against 0.39–0.51)."""
     if engine.dialect.name == "sqlite":
         return engine.execution_options(**{_NO_TRANSACTION: True})
-    return engine.execution_options(isolation_level="AUTOCOMMIT")
+    with _READERS_GUARD:
+        found = _READERS.get(engine)
+        if found is None:
+            found = _READERS[engine] = make_engine(engine.url.render_as_string(hide_password=False),
+                                                   autocommit=True)
+            event.listen(engine, "engine_disposed", lambda _engine: found.dispose())
+    return found
 
 
-def make_engine(url: str, *, cache_kib: int = 4096, pool_size: int = 4) -> Engine:
+# PostgreSQL: each engine's reader engine (`reader`), made once.
+_READERS: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
+_READERS_GUARD = threading.Lock()
+
+
+def make_engine(url: str, *, cache_kib: int = 4096, pool_size: int = 4, autocommit: bool = False) -> Engine:
     """`cache_kib`, `pool_size`: SQLite's page cache per connection and the pool size (a background writer that
-    appends to a few tables needs one connection and little cache)."""
+    appends to a few tables needs one connection and little cache). `autocommit`: PostgreSQL connections in
+    psycopg's autocommit for good (`reader`)."""
     if url.startswith("sqlite"):
         path = url.split("sqlite:///", 1)[-1]
         if path and path != ":memory:":
@@ -76,7 +93,8 @@ def make_engine(url: str, *, cache_kib: int = 4096, pool_size: int = 4) -> Engin
         return engine
     from hifhir.store import pg_direct  # imports psycopg, which SQLite deployments never load
 
-    engine = create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=False)
+    engine = create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=False,
+                           **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}))
     # store/pg_direct: every request's COMMIT through libpq, with the statements waiting for a round trip; a
     # rollback drops them; any other statement sends them first.
     engine.dialect.do_commit = pg_direct.commit  # type: ignore[method-assign]
