@@ -480,13 +480,15 @@ class ClaimTerms:
     policies: list[Any]
     lines: list[Any]
 
-    def products(self) -> dict[int, Any]:
-        """Product pk → the member's first valid policy of it (in the order of the member's windows)."""
-        first_policy: dict[int, Any] = {}
-        for p in self.policies:
-            if p.policy_pk is not None:
-                first_policy.setdefault(p.product_pk, p)
-        return first_policy
+
+def _first_policies(policies: Sequence[Any]) -> dict[int, Any]:
+    """Product pk → the member's first valid policy of it (`_POLICY_TERMS` rows, in the order of the member's
+    windows)."""
+    first_policy: dict[int, Any] = {}
+    for p in policies:
+        if p.policy_pk is not None:
+            first_policy.setdefault(p.product_pk, p)
+    return first_policy
 
 
 def terms_plan(head: ClaimHead, lines: Sequence[Any] | None, claim_pk: int | None = None) -> Plan[ClaimTerms]:
@@ -497,7 +499,7 @@ def terms_plan(head: ClaimHead, lines: Sequence[Any] | None, claim_pk: int | Non
     if not policies:
         return ClaimTerms(head, [], [])
     c = policies[0]
-    products = list(ClaimTerms(head, policies, []).products())
+    products = list(_first_policies(policies))
     params: dict[str, Any] = {"item_list": c.item_list_pk, "service_list": c.service_list_pk}
     params.update((f"p{i}", pk) for i, pk in enumerate(products))
     if lines is None:
@@ -534,7 +536,7 @@ def process(conn: Connection, claim_pk: int, *, today: date, now: int,
     multi_day = head.date_to is not None and head.date_to != head.date_from
     adult = age_on(c.dob, target) >= ADULT_AGE
 
-    first_policy = terms.products()
+    first_policy = _first_policies(terms.policies)
     products = list(first_policy)
     if new_lines is None:
         lines = _read_lines(terms.lines)
