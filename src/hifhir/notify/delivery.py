@@ -78,16 +78,6 @@ _BODY = FastStatement(select(rv.c.body).where(rv.c.res_type == bindparam("type")
                                               rv.c.version == bindparam("version")))
 
 
-_readers: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
-
-
-def _reader(engine: Engine) -> Engine:
-    found = _readers.get(engine)
-    if found is None:
-        found = _readers[engine] = reader(engine)
-    return found
-
-
 # --- the owner's rights (cached briefly: a delivery should not cost a join per row) -------------------------------
 
 _principals: weakref.WeakKeyDictionary[Engine, dict[str, tuple[float, Principal | None]]] = \
@@ -164,7 +154,7 @@ def deliver(delivery: Delivery) -> None:
     engine = delivery.engine
     # Reads without a transaction of their own (two round trips fewer on PostgreSQL): the subscription is one row,
     # and the body comes from the append-only history by (id, version).
-    with _reader(engine).connect() as conn:
+    with reader(engine).connect() as conn:
         rows = _SUBSCRIPTION.execute(conn, {"id": delivery.subject})
         sub = rows[0] if rows else None
         if sub is None or sub.deleted:

@@ -17,6 +17,11 @@ from sqlalchemy import Connection, Engine, create_engine, event
 _NO_TRANSACTION = "hifhir_no_transaction"  # the execution option of `reader` on SQLite
 
 
+# PostgreSQL: each engine's reader engine (`reader`), made once.
+_READERS: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
+_READERS_GUARD = threading.Lock()
+
+
 def reader(engine: Engine) -> Engine:
     """`engine` for reads that need no transaction (each statement sees the latest commit): no BEGIN and no COMMIT.
 
@@ -38,11 +43,6 @@ def reader(engine: Engine) -> Engine:
                                                    autocommit=True)
             event.listen(engine, "engine_disposed", lambda _engine: found.dispose())
     return found
-
-
-# PostgreSQL: each engine's reader engine (`reader`), made once.
-_READERS: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
-_READERS_GUARD = threading.Lock()
 
 
 def make_engine(url: str, *, cache_kib: int = 4096, pool_size: int = 4, autocommit: bool = False) -> Engine:
