@@ -12,7 +12,9 @@ on SQLite they take turns at the writer lock as `hifhir serve`'s two workers do,
 cores: how much of a write the lock serialises is then the gap between the throughput and twice one worker's.
 
 Scenarios: `claim` (POST Claim, 10 lines, `bench.run.claim_bodies`), `eligibility` (POST CoverageEligibilityRequest,
-`bench.run.eligibility_body`), `identifier` (GET Patient?identifier=). Printed per worker: wall and CPU time per
+`bench.run.eligibility_body`), `identifier` (GET Patient?identifier=), `payment` (POST PaymentNotice paying a
+contribution invoice in full, which activates its policy: `bench.run.prepare_payments`, run once by the parent for
+all workers before they start). Printed per worker: wall and CPU time per
 request and, on SQLite, how long the writer lock was held per request — by the requests, and by the worker's audit
 trail thread, which writes their audit events in batches (a GET's share) —; then the requests per second of all
 workers together.
@@ -37,7 +39,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 COPY = REPO / "var" / "bench" / "inprocess.db"
 WARMUP = 100
-SCENARIOS = ("claim", "eligibility", "identifier")
+PAYMENTS = REPO / "var" / "bench" / "inprocess-payments.json"  # the notices the parent prepared, one list per worker
+SCENARIOS = ("claim", "eligibility", "identifier", "payment")
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,9 @@ def requests_for(database_url: str, scenario: str, count: int, seed: int) -> lis
             if scenario == "claim":
                 return [Request("POST", "/fhir/Claim", b"", _worker_code(body, seed))
                         for body in bench.claim_bodies(conn, count, today, rng)]
+            if scenario == "payment":
+                bodies = json.loads(PAYMENTS.read_text())[str(seed)]
+                return [Request("POST", "/fhir/PaymentNotice", b"", body.encode()) for body in bodies[:count]]
             if scenario == "eligibility":
                 insured = bench.eligibility_samples(conn, 1000, today, rng)
                 return [Request("POST", "/fhir/CoverageEligibilityRequest", b"", json.dumps(
@@ -196,10 +202,18 @@ def main(argv: list[str] | None = None) -> int:
         worker(url, args.scenario, args.requests, args.worker)
         return 0
 
+    seeds = [7 + n for n in range(args.workers)]
+    if args.scenario == "payment":
+        from bench import run as bench
+
+        per_worker = args.requests + WARMUP
+        prepared = bench.prepare_payments(url, {"payment": per_worker * args.workers}).bodies.get("payment", [])
+        PAYMENTS.write_text(json.dumps({str(seed): prepared[n * per_worker:(n + 1) * per_worker]
+                                        for n, seed in enumerate(seeds)}))
     started = [subprocess.Popen(
         [sys.executable, "-m", "bench.inprocess", "--database", args.database, "--scenario", args.scenario,
-         "--requests", str(args.requests), "--worker", str(7 + n)],
-        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for n in range(args.workers)]
+         "--requests", str(args.requests), "--worker", str(seed)],
+        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for seed in seeds]
     for process in started:
         assert process.stdout is not None
         for line in process.stdout:  # whatever a worker prints before it is ready is not ours to read

@@ -24,6 +24,10 @@ from hifhir.setup import prepare
 from hifhir.store.db import make_engine, transaction
 from hifhir.store.tables import metadata
 
+# Every resource a write re-versions by patching its stored body is rendered too, and the two must agree
+# (hifhir.fhir.patching); servers the tests start inherit it.
+os.environ.setdefault("HIFHIR_VERIFY_PATCHES", "1")
+
 EXAMPLES = Path(__file__).parent / "fixtures" / "ig_examples"
 ADMIN = ("Admin", "admin123")
 CLERK = ("clerk", "clerk123")  # openIMIS Clerk: insurees and families, no location or facility writes

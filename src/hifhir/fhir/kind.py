@@ -19,6 +19,7 @@ import orjson
 from sqlalchemy import Connection, Row, Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from hifhir.fhir import patching
 from hifhir.fhir.errors import FhirError, business_rule, conflict
 from hifhir.store.fast import DriverQuery, MultiRowInsert, Plan, any_pk, run_plans
 from hifhir.store.tables import is_current, resource_version
@@ -57,6 +58,9 @@ class ResourceKind:
     # Elements only users holding a right may see (element → right): stored versions keep them, every response
     # drops them for other users (api/rest.visible_body). The IG: ClaimResponse.communicationRequest needs 111009.
     restricted_elements: ClassVar[Mapping[str, int]] = MappingProxyType({})
+    # Values a write may change that `patch_body` writes into the stored body of the previous version, sparing the
+    # flush a render (fhir/patching.py): columns of a `versioned_update`, or what `WriteContext.mark_patch` names.
+    patchable: ClassVar[frozenset[str]] = frozenset()
     # How this kind's rows reach a location, for location scoping: a rule of auth/scope.py (`at("location_pk")`,
     # `via(…)`, …) giving the condition on `table` for a user's scope. None: master data, every reader sees every row.
     scope: ClassVar[Callable[[Table, Any], Any] | None] = None
@@ -88,6 +92,11 @@ class ResourceKind:
         when its plan starts."""
         yield from ()
         return self.render(conn, pks)
+
+    def patch_body(self, body: dict[str, Any], change: Mapping[str, Any]) -> bool:
+        """Write `change` (keys of `patchable`) into `body`, the previous version as stored without resourceType, id
+        and meta, so that it is what `render` would now give; False when it cannot (the flush then renders)."""
+        return False
 
     def write(self, ctx: WriteContext, resource: dict[str, Any], current: Row | None) -> int:
         """from_fhir plus domain rules; inserts or updates the entity and returns its pk (ctx.mark is implicit)."""
@@ -159,6 +168,7 @@ def _bump_versions(table: Table, version_column: str = "version_id", updated_col
 
 _RENDER_MEMO = "hifhir.render_memo"
 _BUMPS = ""  # the flush's plan key of the version bumps (no kind is named so)
+_STORED = "stored:"  # prefix of the flush's plan keys of the stored bodies a patch starts from
 
 
 def _bump_plan(reads: list[tuple[DriverQuery, dict[str, Any]]]) -> Plan[list[list[Any]]]:
@@ -265,6 +275,9 @@ class WriteContext:
     # (kind name, pk) → (id, version) of the rows whose next version an UPDATE already took (versioned_update): the
     # flush bumps them no further
     bumped: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
+    # (kind name, pk) → the changes that are all this write did to the resource: its new version is the previous
+    # stored body with them written in (fhir/patching.py), unless anything else marks it
+    patches: dict[tuple[str, int], list[Mapping[str, Any]]] = field(default_factory=dict)
 
     def insert(self, table: Table, values: dict[str, Any]) -> int:
         """Insert a new entity already at version 1, so that flush needs no version bump for it (a KeyedInsert: on
@@ -274,6 +287,11 @@ class WriteContext:
         return _keyed_insert(table, tuple(row)).insert(self, row)
 
     def update(self, table: Table, pk: int, values: dict[str, Any]) -> None:
+        for key in [k for k in self.patches if k[1] == pk]:  # a column no patch covers may change: render it
+            from hifhir.fhir.registry import KINDS
+
+            if KINDS[key[0]].table is table:
+                del self.patches[key]
         try:
             _update_query(table, tuple(values)).run(
                 self.conn, {"target_pk": pk, **{"set_" + k: v for k, v in values.items()}})
@@ -296,10 +314,14 @@ class WriteContext:
         fresh, known, done = [], [], []
         if self.conn.dialect.name != "postgresql":
             locked = None  # nothing waits for a round trip there; and a read-ahead's rows may be older
+        patchable = values.keys() <= kind.patchable
         for pk in pks:
             settled = (kind_name, pk) in self.bumped or (table.name, pk) in self.created
             (done if settled else known if locked is not None and pk in locked else fresh).append(pk)
-            self.mark(kind_name, pk)
+            if patchable:
+                self.mark_patch(kind_name, pk, values)
+            else:
+                self.mark(kind_name, pk)
         try:
             if known:
                 statement = _versioned_update(table, kind.version_column, kind.updated_column, tuple(values),
@@ -344,7 +366,21 @@ class WriteContext:
         return None
 
     def mark(self, kind_name: str, pk: int) -> None:
+        """The resource changed: the flush re-versions and renders it."""
         self.touched.setdefault(kind_name, set()).add(pk)
+        if self.patches:
+            self.patches.pop((kind_name, pk), None)
+
+    def mark_patch(self, kind_name: str, pk: int, change: Mapping[str, Any]) -> None:
+        """The resource changed by `change` (keys of its kind's `patchable`) alone, unless something else marks it
+        in this write: the flush re-versions it, writing the change into its stored body rather than rendering."""
+        touched = self.touched.setdefault(kind_name, set())
+        key = (kind_name, pk)
+        if key in self.patches:
+            self.patches[key].append(change)
+        elif pk not in touched:
+            self.patches[key] = [change]
+        touched.add(pk)
 
     def resolve(
         self, reference: Any, target_types: Iterable[str], expression: str, *, kinds: Iterable[str] = ()
@@ -445,6 +481,7 @@ class WriteContext:
         self.created.clear()
         self.prerendered.clear()
         self.bumped.clear()
+        self.patches.clear()
         return out
 
     def _render_touched(self, out: dict[tuple[str, int], Written], history_rows: list[dict[str, Any]]) -> None:
@@ -469,16 +506,24 @@ class WriteContext:
         # The renders' reads go with the bumps, each step of every kind's plan in one round trip on PostgreSQL.
         plans: dict[str, Plan[Any]] = {_BUMPS: _bump_plan([read for _, read in bumps])}
         given: dict[str, dict[int, dict[str, Any]]] = {}
+        changes: dict[str, dict[int, list[Mapping[str, Any]]]] = {}
         for kind_name, pks in self.touched.items():
+            kind = KINDS[kind_name]
             pk_list = sorted(pks)
             given[kind_name] = {pk: self.prerendered.pop((kind_name, pk)) for pk in pk_list
                                 if (kind_name, pk) in self.prerendered}
-            to_render = [pk for pk in pk_list if pk not in given[kind_name]]
+            changes[kind_name] = {pk: self.patches[(kind_name, pk)] for pk in pk_list
+                                  if (kind_name, pk) in self.patches and pk not in given[kind_name]
+                                  and (kind.table.name, pk) not in self.created}
+            to_render = [pk for pk in pk_list if pk not in given[kind_name] and pk not in changes[kind_name]]
             if to_render:
-                plans[kind_name] = KINDS[kind_name].render_plan(self.conn, to_render)
+                plans[kind_name] = kind.render_plan(self.conn, to_render)
+            if changes[kind_name]:
+                plans[_STORED + kind_name] = patching.stored_plan(kind, list(changes[kind_name]))
         rendered = run_plans(self.conn, plans)
         for (kind_name, _), bumped in zip(bumps, rendered.pop(_BUMPS), strict=True):
             versions[kind_name] += bumped
+        self._patch(versions, changes, rendered, given)
 
         for kind_name in self.touched:
             kind = KINDS[kind_name]
@@ -501,6 +546,38 @@ class WriteContext:
                     op = "put"  # update-as-create: history must show PUT Type/id, answered 201
                 out[(kind_name, pk)] = Written(kind, pk, res_id, version, self.now, body, op)
                 history_rows.append(self._history_row(kind, res_id, version, op, body))
+
+    def _patch(self, versions: dict[str, list[Any]], changes: dict[str, dict[int, list[Mapping[str, Any]]]],
+               rendered: dict[str, Any], given: dict[str, dict[int, dict[str, Any]]]) -> None:
+        """The bodies of the patched resources (into `given`), and renders of those that cannot be patched (into
+        `rendered`)."""
+        from hifhir.fhir.registry import KINDS
+
+        fallback: dict[str, list[int]] = {}
+        for kind_name, by_pk in changes.items():
+            if not by_pk:
+                continue
+            kind = KINDS[kind_name]
+            stored = rendered.pop(_STORED + kind_name)
+            new_versions = {row[0]: row[2] for row in versions[kind_name]}
+            for pk, pending in by_pk.items():
+                body = patching.patched(kind, stored.get(pk), new_versions[pk], pending)
+                if body is None:
+                    fallback.setdefault(kind_name, []).append(pk)
+                else:
+                    given[kind_name][pk] = body
+        if patching.verifying():
+            fallback_set = {(k, pk) for k, pks in fallback.items() for pk in pks}
+            checked = {k: [pk for pk in by_pk if (k, pk) not in fallback_set] for k, by_pk in changes.items()}
+            renders = run_plans(self.conn, {k: KINDS[k].render_plan(self.conn, pks)
+                                            for k, pks in checked.items() if pks})
+            for kind_name, bodies in renders.items():
+                for pk, body in bodies.items():
+                    patching.check(KINDS[kind_name], pk, given[kind_name][pk], body)
+        if fallback:
+            more = run_plans(self.conn, {k: KINDS[k].render_plan(self.conn, pks) for k, pks in fallback.items()})
+            for kind_name, bodies in more.items():
+                rendered.setdefault(kind_name, {}).update(bodies)
 
     def _history_row(
         self, kind: ResourceKind, res_id: str, version: int, op: str, body: bytes | None

@@ -298,7 +298,7 @@ def apply_active_policy_flags(ctx: WriteContext, flipped: list[tuple[int, int | 
         # Members were only switched on: a Group changes when none of its members was on before.
         for family_pk in families:
             if not group_was_active[family_pk]:
-                ctx.mark("group", family_pk)
+                ctx.mark_patch("group", family_pk, {"active": True})
         return
     before: dict[int, bool] = dict.fromkeys(families, False)
     after: dict[int, bool] = dict.fromkeys(families, False)
@@ -310,7 +310,7 @@ def apply_active_policy_flags(ctx: WriteContext, flipped: list[tuple[int, int | 
         after[r.family_pk] |= now
     for family_pk in families:
         if before[family_pk] != after[family_pk]:
-            ctx.mark("group", family_pk)
+            ctx.mark_patch("group", family_pk, {"active": after[family_pk]})
 
 
 # --- activation ------------------------------------------------------------------------------------------------

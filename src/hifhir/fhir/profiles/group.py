@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import Connection, Row, select, update
@@ -69,6 +70,7 @@ class GroupKind(ResourceKind):
     profile_id = "openimis-group"
     table = family
     scope = location_scope.FAMILY
+    patchable = frozenset({"active"})  # a member's policy (de)activated: contract.apply_active_policy_flags
 
     def __init__(self) -> None:
         t = family
@@ -150,6 +152,10 @@ class GroupKind(ResourceKind):
             res["member"] = [{"entity": reference("Patient", m.id)} for m in members[pk]]
             out[pk] = res
         return out
+
+    def patch_body(self, body: dict[str, Any], change: Mapping[str, Any]) -> bool:
+        body["active"] = bool(change["active"])
+        return True
 
     # --- from FHIR -------------------------------------------------------------------------------------
 

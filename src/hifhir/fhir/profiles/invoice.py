@@ -43,7 +43,7 @@ searching `Invoice` gets only that kind.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -152,14 +152,20 @@ def _line_item(line: Row) -> dict[str, Any]:
     return {"chargeItemCodeableConcept": concept, "priceComponent": price_components(line)}
 
 
+def _payment_state(status: int, amount_paid: Decimal | None) -> tuple[list[dict[str, Any]], str]:
+    """The extensions and the FHIR status that show how far an invoice or bill is paid: what a payment changes."""
+    extensions: list[dict[str, Any]] = [{"url": STATUS_URL, "valueCode": inv.STATUS_NAMES.get(status, "draft")}]
+    if amount_paid:
+        extensions.append({"url": AMOUNT_PAID_URL, "valueMoney": money(amount_paid)})
+    return extensions, FHIR_STATUS.get(status, "issued")
+
+
 def render_invoice(row: Row, lines: list[Row], party: str, type_cs: str, insurer: str) -> dict[str, Any]:
-    extensions: list[dict[str, Any]] = [{"url": STATUS_URL, "valueCode": inv.STATUS_NAMES.get(row.status, "draft")}]
-    if row.amount_paid:
-        extensions.append({"url": AMOUNT_PAID_URL, "valueMoney": money(row.amount_paid)})
+    extensions, status = _payment_state(row.status, row.amount_paid)
     res: dict[str, Any] = {
         "extension": extensions,
         "identifier": identifiers(row.code, row.uuid or row.id),
-        "status": FHIR_STATUS.get(row.status, "issued"),
+        "status": status,
         "type": {"coding": [coding(CS + type_cs, row.type_code, TYPE_DISPLAYS.get(row.type_code))]},
     }
     party_type = getattr(row, f"{party}_type")
@@ -279,6 +285,16 @@ class _InvoiceKindBase(ResourceKind):
             lines[getattr(ln, parent)].append(ln)
         insurer = insurer_id(conn)
         return {r.pk: render_invoice(r, lines[r.pk], self.party, self.type_cs, insurer) for r in rows}
+
+    # A payment (domain/payments.py) changes only these, and writes them with `WriteContext.versioned_update`.
+    patchable = frozenset({"status", "amount_paid", "date_paid"})
+
+    def patch_body(self, body: dict[str, Any], change: Mapping[str, Any]) -> bool:
+        if "status" not in change or "amount_paid" not in change:
+            return False
+        # date_paid is not shown
+        body["extension"], body["status"] = _payment_state(change["status"], change["amount_paid"])
+        return True
 
     def write(self, ctx: WriteContext, resource: dict[str, Any], current: Row | None) -> int:
         raise FhirError.one(405, "not-supported", "Invoices and bills are created by business events (enrolment, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -171,6 +172,7 @@ class PatientKind(ResourceKind):
     table = insuree
     scope = location_scope.PATIENT
     code_column = "chf_id"
+    patchable = frozenset({"has_active_policy"})  # Patient.active, flipped by every policy (de)activation
 
     def __init__(self) -> None:
         t = insuree
@@ -243,6 +245,10 @@ class PatientKind(ResourceKind):
                 if display is not None:
                     labels[name][row._mapping[column.name]] = display
         return {row.pk: self._to_fhir(row, places, labels) for row in rows}
+
+    def patch_body(self, body: dict[str, Any], change: Mapping[str, Any]) -> bool:
+        body["active"] = bool(change["has_active_policy"])
+        return True
 
     def _to_fhir(self, row: Row, places: dict[int, Any], labels: dict[str, dict[str, str]]) -> dict[str, Any]:
         exts: list[dict[str, Any]] = [ext("patient-is-head", "valueBoolean", bool(row.is_head))]

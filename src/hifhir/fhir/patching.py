@@ -1,0 +1,80 @@
+"""New versions written as the previous stored body with a change applied, instead of a render.
+
+A payment that activates a policy re-versions the Patients of its members (Patient.active is "has an active
+policy", IG profile row 1), their Group (Group.active: a member has one) and the Invoice it pays. Rendering them
+reads the insuree with its family, location names and code-list labels, the family's members, the invoice with
+its lines — on SQLite inside the writer lock — to change one element each. Every version of every resource is
+stored (resource_version), and every change of what a body shows re-versions it (a location renamed re-versions
+its insurees, `location.mark_location_dependents`). So when a write changes nothing of a resource but some values
+its kind knows how to write into a body (`ResourceKind.patchable`, `ResourceKind.patch_body`), the previous
+version's body with those values written in is the body a render would give.
+
+`WriteContext` records such changes (`versioned_update` of patchable columns, `mark_patch`); any other change of
+the resource in the same write (`mark`, `update`) drops them and the flush renders it. The flush reads the latest
+stored bodies of the patched resources with its other reads (`stored_plan`), and renders the resource instead
+when the stored version is not the one just before the new one or the kind cannot apply the change.
+
+HIFHIR_VERIFY_PATCHES=1 (the test suite sets it) renders every patched resource too and fails the write when the
+two bodies differ: every test that re-versions a resource this way checks the patch against the render.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from sqlalchemy import literal, select
+
+from hifhir.store.fast import DriverQuery, Plan, any_pk
+from hifhir.store.tables import resource_version as rv
+
+if TYPE_CHECKING:
+    from hifhir.fhir.kind import ResourceKind
+
+
+def verifying() -> bool:
+    return os.environ.get("HIFHIR_VERIFY_PATCHES") == "1"
+
+
+@functools.cache
+def _stored(kind: ResourceKind) -> DriverQuery:
+    """(pk, version, body) of the stored version before the current one of each of the kind's rows `pks` (body NULL
+    when there is none). The flush runs it after the version bumps: the version before the one being written. One
+    index probe per row, driven by the rows (a join lets SQLite start from every stored version of the type)."""
+    t = kind.table
+    previous = t.c[kind.version_column] - 1
+    body = (select(rv.c.body)
+            .where(rv.c.res_type == literal(kind.resource_type), rv.c.res_id == t.c.id, rv.c.version == previous)
+            .correlate(t).scalar_subquery())
+    return DriverQuery(select(t.c.pk, previous.label("version"), body.label("body")).where(any_pk(t.c.pk)))
+
+
+def stored_plan(kind: ResourceKind, pks: list[int]) -> Plan[dict[int, tuple[int, bytes | None]]]:
+    """pk → (version, body) of the stored versions before the new ones, as one read of the flush's first step."""
+    rows, = yield [(_stored(kind), {"pks": pks})]
+    return {int(r.pk): (int(r.version), r.body) for r in rows}
+
+
+def patched(kind: ResourceKind, stored: tuple[int, bytes | None] | None, new_version: int,
+            changes: list[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The body of `new_version` (without resourceType, id and meta): the stored one of the version before with the
+    changes applied, or None when a render is needed (no such stored version, or a change the kind declines)."""
+    if stored is None or stored[0] != new_version - 1 or stored[1] is None:
+        return None
+    body = orjson.loads(stored[1])
+    for key in ("resourceType", "id", "meta"):
+        body.pop(key, None)
+    for change in changes:
+        if not kind.patch_body(body, change):
+            return None
+    return body
+
+
+def check(kind: ResourceKind, pk: int, body: dict[str, Any], rendered: dict[str, Any]) -> None:
+    """HIFHIR_VERIFY_PATCHES: the patched body is the rendered one."""
+    if body != rendered:
+        raise AssertionError(f"{kind.name} {pk}: the patched body differs from its render\n"
+                             f"patched:  {orjson.dumps(body).decode()}\nrendered: {orjson.dumps(rendered).decode()}")

@@ -1,0 +1,124 @@
+"""Versions written by patching the previous stored body (hifhir.fhir.patching): a payment that activates a policy
+re-versions its members' Patients (active), their Group (active) and the Invoice (status, amount paid) from their
+stored bodies instead of rendering them; a resource whose previous version is not stored is rendered; and under
+HIFHIR_VERIFY_PATCHES (on for the whole suite) a patch that disagrees with the render fails the write."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import delete, select
+
+from hifhir.fhir.registry import KINDS
+from hifhir.store.db import transaction
+from hifhir.store.tables import resource_version
+from tests.builders_enrolment import days_ago, make_scheme
+from tests.conftest import Api
+from tests.http.test_payments import counts, get, idle_contract, invoice_of, notice, rendered, strip
+from tests.responses import created
+
+PATCHED_KINDS = ("patient", "group", "invoice")
+
+
+@pytest.fixture
+def scheme(api: Api) -> Any:
+    return make_scheme(api)
+
+
+@pytest.fixture
+def renders(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, list[int]]]:
+    """kind name → the pks its render_plan was asked for, while the fixture lives."""
+    asked: dict[str, list[int]] = {name: [] for name in PATCHED_KINDS}
+    for name in PATCHED_KINDS:
+        kind_class = type(KINDS[name])
+        original = kind_class.render_plan
+
+        def spy(self: Any, conn: Any, pks: list[int], _original: Any = original) -> Any:
+            asked[self.name].extend(pks)
+            return _original(self, conn, pks)
+
+        monkeypatch.setattr(kind_class, "render_plan", spy)
+    yield asked
+
+
+def members_and_group(api: Api, s: Any) -> dict[str, dict[str, Any]]:
+    bodies = {f"Patient/{pid}": get(api, f"Patient/{pid}") for pid in s.all_members()}
+    bodies[f"Group/{s.family}"] = get(api, f"Group/{s.family}")
+    return bodies
+
+
+def test_a_payment_that_activates_a_policy_patches_the_members_their_group_and_the_invoice(
+        api, engine, scheme, renders, monkeypatch):
+    monkeypatch.setenv("HIFHIR_VERIFY_PATCHES", "0")  # nothing but the patches: the check would render them
+    s = scheme
+    c = idle_contract(api, s)
+    inv_id = invoice_of(api, engine, c["id"])
+    before = members_and_group(api, s)
+    invoice_before = get(api, f"Invoice/{inv_id}")
+    assert all(b["active"] is False for b in before.values())
+    for asked in renders.values():
+        asked.clear()
+
+    created(api.post("PaymentNotice", notice(f"Invoice/{inv_id}", 10000, "TX-PATCH-1", pay_date=days_ago(1))))
+
+    assert renders == {"patient": [], "group": [], "invoice": []}
+    after = members_and_group(api, s)
+    for path, body in after.items():
+        assert body["active"] is True, path
+        assert int(body["meta"]["versionId"]) == int(before[path]["meta"]["versionId"]) + 1, path
+        assert {k: v for k, v in strip(body).items() if k != "active"} == \
+            {k: v for k, v in strip(before[path]).items() if k != "active"}, path
+        kind = "patient" if path.startswith("Patient/") else "group"
+        assert strip(body) == rendered(engine, kind, body), path  # what a render gives now
+    invoice_after = get(api, f"Invoice/{inv_id}")
+    assert invoice_after["status"] == "balanced"
+    assert int(invoice_after["meta"]["versionId"]) == int(invoice_before["meta"]["versionId"]) + 1
+    assert strip(invoice_after) == rendered(engine, "invoice", invoice_after)
+
+
+def test_a_resource_whose_previous_version_is_not_stored_is_rendered(api, engine, scheme, renders, monkeypatch):
+    monkeypatch.setenv("HIFHIR_VERIFY_PATCHES", "0")
+    s = scheme
+    c = idle_contract(api, s)
+    inv_id = invoice_of(api, engine, c["id"])
+    head = get(api, f"Patient/{s.head}")
+    with transaction(engine, write=True) as conn:  # e.g. a row written by SQL, as a migration or a loader may
+        conn.execute(delete(resource_version).where(
+            resource_version.c.res_type == "Patient", resource_version.c.res_id == s.head,
+            resource_version.c.version == int(head["meta"]["versionId"])))
+        head_pk = conn.execute(select(KINDS["patient"].table.c.pk)
+                               .where(KINDS["patient"].table.c.id == s.head)).scalar_one()
+    for asked in renders.values():
+        asked.clear()
+
+    created(api.post("PaymentNotice", notice(f"Invoice/{inv_id}", 10000, "TX-PATCH-2")))
+
+    assert renders["patient"] == [head_pk]  # the head alone: the other members were patched
+    after = get(api, f"Patient/{s.head}")
+    assert after["active"] is True and int(after["meta"]["versionId"]) == int(head["meta"]["versionId"]) + 1
+    assert strip(after) == rendered(engine, "patient", after)
+
+
+def test_under_verification_a_patch_that_disagrees_with_the_render_fails_the_write(api, engine, scheme,
+                                                                                    monkeypatch):
+    assert KINDS["patient"].patch_body({}, {"has_active_policy": True})  # the real patch applies
+
+    def wrong(self: Any, body: dict[str, Any], change: Any) -> bool:
+        body["active"] = not change["has_active_policy"]
+        return True
+
+    monkeypatch.setenv("HIFHIR_VERIFY_PATCHES", "1")
+    monkeypatch.setattr(type(KINDS["patient"]), "patch_body", wrong)
+    s = scheme
+    c = idle_contract(api, s)
+    inv_id = invoice_of(api, engine, c["id"])
+    state = counts(engine)
+
+    resp = api.post("PaymentNotice", notice(f"Invoice/{inv_id}", 10000, "TX-PATCH-3"))
+
+    assert resp.status_code == 500, resp.text
+    assert resp.json()["resourceType"] == "OperationOutcome"
+    assert counts(engine) == state  # rolled back: no payment, no contribution, no version
+    assert get(api, f"Patient/{s.head}")["active"] is False
