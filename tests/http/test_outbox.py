@@ -145,6 +145,29 @@ def test_rows_are_run_oldest_due_first(engine, rec, worker):
     assert [c.id for c in rec.calls] == [early, late]
 
 
+def test_a_worker_records_a_batch_and_claims_the_next_in_one_write_transaction(engine, rec, worker, monkeypatch):
+    """While rows keep coming each batch costs one write transaction (on SQLite one turn at the writer lock, which
+    the writes that enqueue the rows wait for), not one to claim and one to record."""
+    from hifhir.outbox import worker as worker_module
+
+    ids = [put(engine, f"s{i}") for i in range(2 * CONFIG.batch + 1)]  # three batches
+    writes: list[bool] = []
+    real = worker_module.transaction
+
+    def counted(engine: Engine, *, write: bool) -> Any:
+        writes.append(write)
+        return real(engine, write=write)
+
+    monkeypatch.setattr(worker_module, "transaction", counted)
+
+    assert worker.drain(now=T0).done == len(ids)
+
+    assert [c.subject for c in rec.calls] == [f"s{i}" for i in range(len(ids))]
+    # claim the first; record each batch with the next claim (the third's finds nothing)
+    assert writes == [True, True, True, True]
+    assert {r.status for r in all_rows(engine)} == {"done"}
+
+
 def test_a_row_is_not_run_before_it_is_due(engine, rec, worker):
     with transaction(engine, write=True) as conn:
         row_id = enqueue(conn, "test-a", "s1", now=T0, delay_s=30)

@@ -94,21 +94,30 @@ def any_due(conn: Connection, topics: Collection[str], now: int) -> bool:
     return bool(_any_due_statement(len(params)).execute(conn, {"now": now, **params}))
 
 
+@functools.cache
+def _claim_statement(n_topics: int) -> FastStatement:
+    t = outbox
+    now = bindparam("now")
+    chosen = (select(t.c.pk).where(_due(now, [bindparam(f"t{i}") for i in range(n_topics)]))
+              .order_by(t.c.next_attempt, t.c.pk).limit(bindparam("limit")).with_for_update(skip_locked=True))
+    return FastStatement(
+        update(t).where(t.c.pk.in_(chosen.scalar_subquery()))
+        .values(attempts=t.c.attempts + 1, locked_until=bindparam("until"))
+        .returning(t.c.pk, t.c.id, t.c.topic, t.c.subject, t.c.payload, t.c.attempts, t.c.created,
+                   t.c.next_attempt))
+
+
 def claim(conn: Connection, topics: Collection[str], *, now: int, lease_s: float, limit: int) -> list[Claimed]:
     """Lease up to `limit` due rows of the given topics, oldest due first. Run it in a write transaction of its own
-    (on SQLite under the writer lock, which serialises claims); on PostgreSQL `FOR UPDATE SKIP LOCKED` lets workers
-    claim side by side, and the lease in `locked_until` keeps the rows theirs after the claim commits."""
-    t = outbox
-    chosen = (select(t.c.pk).where(_due(now, list(topics))).order_by(t.c.next_attempt, t.c.pk).limit(limit)
-              .with_for_update(skip_locked=True))
-    rows = conn.execute(
-        update(t).where(t.c.pk.in_(chosen.scalar_subquery()))
-        .values(attempts=t.c.attempts + 1, locked_until=now + int(lease_s * 1_000_000))
-        .returning(t.c.pk, t.c.id, t.c.topic, t.c.subject, t.c.payload, t.c.attempts, t.c.created,
-                   t.c.next_attempt)).all()
+    or with the outcomes of the previous batch (on SQLite under the writer lock, which serialises claims); on
+    PostgreSQL `FOR UPDATE SKIP LOCKED` lets workers claim side by side, and the lease in `locked_until` keeps the
+    rows theirs after the claim commits. Through the driver: it runs inside SQLite's writer lock."""
+    params: dict[str, Any] = {f"t{i}": topic for i, topic in enumerate(topics)}
+    rows = _claim_statement(len(params)).execute(
+        conn, {**params, "now": now, "until": now + int(lease_s * 1_000_000), "limit": limit})
     # RETURNING comes in no particular order: the handlers run in the order the rows fell due
-    return [Claimed(int(r.pk), r.id, r.topic, r.subject, None if r.payload is None else orjson.loads(r.payload),
-                    int(r.attempts), int(r.created))
+    return [Claimed(int(r.pk), r.id, r.topic, r.subject,
+                    None if r.payload is None else orjson.loads(bytes(r.payload)), int(r.attempts), int(r.created))
             for r in sorted(rows, key=lambda r: (r.next_attempt, r.pk))]
 
 
@@ -131,11 +140,13 @@ class Outcome:
 
 _FENCE = and_(outbox.c.pk == bindparam("row_pk"), outbox.c.attempts == bindparam("attempt"),
               outbox.c.status == PENDING)
-_DONE = update(outbox).where(_FENCE).values(status=DONE, locked_until=0, finished=bindparam("now"))
-_RETRY = update(outbox).where(_FENCE).values(locked_until=0, next_attempt=bindparam("next_attempt"),
-                                             last_error=bindparam("error"))
-_FAILED = update(outbox).where(_FENCE).values(status=FAILED, locked_until=0, last_error=bindparam("error"),
-                                              finished=bindparam("now"))
+# Through the driver (they run inside SQLite's writer lock); RETURNING says whether the fence held.
+_DONE = FastStatement(update(outbox).where(_FENCE).values(status=DONE, locked_until=0, finished=bindparam("now"))
+                      .returning(outbox.c.pk))
+_RETRY = FastStatement(update(outbox).where(_FENCE).values(
+    locked_until=0, next_attempt=bindparam("next_attempt"), last_error=bindparam("error")).returning(outbox.c.pk))
+_FAILED = FastStatement(update(outbox).where(_FENCE).values(
+    status=FAILED, locked_until=0, last_error=bindparam("error"), finished=bindparam("now")).returning(outbox.c.pk))
 
 
 def record(conn: Connection, outcomes: Sequence[Outcome], config: OutboxConfig, *, now: int) -> list[str]:
@@ -152,7 +163,7 @@ def record(conn: Connection, outcomes: Sequence[Outcome], config: OutboxConfig, 
         else:
             statement, status = _RETRY, PENDING
             params.update(error=o.error[:ERROR_MAX], next_attempt=now + backoff_us(o.row.attempt, config))
-        if conn.execute(statement, params).rowcount != 1:
+        if len(statement.execute(conn, params)) != 1:
             log.warning("outbox %s %s: attempt %d finished after its lease was taken over; its outcome (%s) is "
                         "dropped", o.row.topic, o.row.id, o.row.attempt, status)
             status = "lost"

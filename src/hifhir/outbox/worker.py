@@ -120,28 +120,41 @@ class Worker:
         """Claim up to `batch` due rows, run them, record the outcomes. `now` (µs) replaces the clock for the
         scheduling (tests travel in time with it); handlers see the real clock."""
         result = Drained()
+        rows = self._claim(now)
+        if rows:
+            self._finish(self._run(rows), result, now, claim_next=False)
+        return result
+
+    def _claim(self, now: int | None) -> list[store.Claimed]:
+        """The due rows this worker leases (none when nothing is due: an unlocked probe first)."""
         topics = self.topics()
         at = now if now is not None else store.now_us()
         if not topics:
-            return result
+            return []
         with self.reader.connect() as conn:
             if not store.any_due(conn, topics, at):
-                return result
+                return []
         with transaction(self.engine, write=True) as conn:
-            rows = store.claim(conn, topics, now=at, lease_s=self.config.lease_s, limit=self.config.batch)
-        if not rows:
-            return result
-        outcomes = self._run(rows)
+            return store.claim(conn, topics, now=at, lease_s=self.config.lease_s, limit=self.config.batch)
+
+    def _finish(self, outcomes: list[store.Outcome], result: Drained, now: int | None, *,
+                claim_next: bool) -> list[store.Claimed]:
+        """Record the outcomes and, with `claim_next`, claim the rows due by then in the same write transaction:
+        while notifications keep coming, each batch then costs one turn at SQLite's writer lock instead of two
+        (the writes that enqueue them queue there too)."""
         finished = now if now is not None else store.now_us()
+        topics = self.topics() if claim_next else []
         with transaction(self.engine, write=True) as conn:
             statuses = store.record(conn, outcomes, self.config, now=finished)
+            following = store.claim(conn, topics, now=finished, lease_s=self.config.lease_s,
+                                    limit=self.config.batch) if topics else []
         result.add(statuses, [o.error for o in outcomes if o.error is not None])
         for o, status in zip(outcomes, statuses, strict=True):
             if o.error is not None:
                 level = logging.ERROR if status == store.FAILED else logging.WARNING
                 log.log(level, "outbox %s %s (subject %s) attempt %d %s: %s", o.row.topic, o.row.id, o.row.subject,
                         o.row.attempt, "failed for good" if status == store.FAILED else "failed", o.error)
-        return result
+        return following
 
     def _run(self, rows: list[store.Claimed]) -> list[store.Outcome]:
         if self._pool is None or len(rows) == 1:
@@ -174,26 +187,31 @@ class Worker:
         """Run batches until nothing is due (rows that fail are rescheduled after `now`, so this ends); used by
         `hifhir worker --once` and by tests."""
         total = Drained()
-        while True:
-            batch = self.run_batch(now)
-            if batch.ran == 0:
-                return total
-            total.merge(batch)
+        rows = self._claim(now)
+        while rows:
+            rows = self._finish(self._run(rows), total, now, claim_next=True)
+        return total
 
     def run_forever(self) -> None:
-        """The loop, until `stop()`: the batch in hand is finished and recorded before it returns."""
+        """The loop, until `stop()`: the batch in hand is finished and recorded before it returns, and a batch
+        claimed with its outcomes is run too (its rows would otherwise wait for their lease to run out)."""
         log.info("outbox worker started (topics: %s)", ", ".join(self.topics()) or "none")
-        while not self._stop.is_set():
+        rows: list[store.Claimed] = []
+        while rows or not self._stop.is_set():
             self._wake.clear()
             try:
-                ran = self.run_batch().ran
+                if not rows:
+                    rows = self._claim(None)
+                if not rows:
+                    self._purge()
+                    self._wake.wait(self.config.poll_s)
+                    continue
+                rows = self._finish(self._run(rows), Drained(), None, claim_next=not self._stop.is_set())
                 self._purge()
             except Exception:
                 log.exception("outbox worker: batch failed; retrying in %.0f s", ERROR_PAUSE_S)
+                rows = []  # unrecorded or unrun: their leases run out and they are claimed again
                 self._stop.wait(ERROR_PAUSE_S)
-                continue
-            if not ran:
-                self._wake.wait(self.config.poll_s)
         log.info("outbox worker stopped")
 
     def _purge(self) -> None:
