@@ -287,10 +287,10 @@ class WriteContext:
         return _keyed_insert(table, tuple(row)).insert(self, row)
 
     def update(self, table: Table, pk: int, values: dict[str, Any]) -> None:
-        for key in [k for k in self.patches if k[1] == pk]:  # a column no patch covers may change: render it
+        if self.patches:  # a column no patch covers may change: render the row's resources
             from hifhir.fhir.registry import KINDS
 
-            if KINDS[key[0]].table is table:
+            for key in [k for k in self.patches if k[1] == pk and KINDS[k[0]].table is table]:
                 del self.patches[key]
         try:
             _update_query(table, tuple(values)).run(
