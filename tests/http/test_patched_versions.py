@@ -6,7 +6,7 @@ render fails the write."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -132,6 +132,15 @@ def _head_pk(engine: Any, head_id: str) -> int:
         return int(conn.execute(select(insuree.c.pk).where(insuree.c.id == head_id)).scalar_one())
 
 
+def flag_and(engine: Any, insuree_pk: int, other_change: Callable[[WriteContext], None]) -> None:
+    """One write: the insuree's has_active_policy set (a patch alone), then `other_change`."""
+    with transaction(engine, write=True) as conn:
+        ctx = WriteContext(conn, "test")
+        ctx.versioned_update("patient", [insuree_pk], {"has_active_policy": True})
+        other_change(ctx)
+        ctx.flush()
+
+
 def test_a_write_that_also_updates_another_column_of_the_row_renders_the_resource(api, engine, scheme, renders,
                                                                                    monkeypatch):
     monkeypatch.setenv("HIFHIR_VERIFY_PATCHES", "0")
@@ -139,11 +148,7 @@ def test_a_write_that_also_updates_another_column_of_the_row_renders_the_resourc
     for asked in renders.values():
         asked.clear()
 
-    with transaction(engine, write=True) as conn:
-        ctx = WriteContext(conn, "test")
-        ctx.versioned_update("patient", [head_pk], {"has_active_policy": True})
-        ctx.update(insuree, head_pk, {"phone": "+255700000042"})
-        ctx.flush()
+    flag_and(engine, head_pk, lambda ctx: ctx.update(insuree, head_pk, {"phone": "+255700000042"}))
 
     assert renders["patient"] == [head_pk]
     after = get(api, f"Patient/{scheme.head}")
@@ -157,12 +162,11 @@ def test_a_resource_marked_changed_besides_its_patch_is_rendered(api, engine, sc
     for asked in renders.values():
         asked.clear()
 
-    with transaction(engine, write=True) as conn:
-        ctx = WriteContext(conn, "test")
-        ctx.versioned_update("patient", [head_pk], {"has_active_policy": True})
-        conn.execute(update(insuree).where(insuree.c.pk == head_pk).values(email="doe@example.org"))
+    def mark_after_an_update(ctx: WriteContext) -> None:
+        ctx.conn.execute(update(insuree).where(insuree.c.pk == head_pk).values(email="doe@example.org"))
         ctx.mark("patient", head_pk)
-        ctx.flush()
+
+    flag_and(engine, head_pk, mark_after_an_update)
 
     assert renders["patient"] == [head_pk]
     after = get(api, f"Patient/{scheme.head}")

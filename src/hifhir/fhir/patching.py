@@ -10,9 +10,9 @@ its kind knows how to write into a body (`ResourceKind.patchable`, `ResourceKind
 version's body with those values written in is the body a render would give.
 
 `WriteContext` records such changes (`versioned_update` of patchable columns, `mark_patch`); any other change of
-the resource in the same write (`mark`, `update`) drops them and the flush renders it. The flush reads the latest
-stored bodies of the patched resources with its other reads (`stored_plan`), and renders the resource instead
-when the stored version is not the one just before the new one or the kind cannot apply the change.
+the resource in the same write (`mark`, `update`) drops them and the flush renders it. The flush reads the stored
+bodies of the versions before the new ones with its other reads (`stored_plan`), and renders the resource instead
+when that version is not stored or the kind cannot apply the change.
 
 HIFHIR_VERIFY_PATCHES=1 (the test suite sets it) renders every patched resource too and fails the write when the
 two bodies differ: every test that re-versions a resource this way checks the patch against the render.
