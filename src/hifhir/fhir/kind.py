@@ -514,7 +514,7 @@ class WriteContext:
                                 if (kind_name, pk) in self.prerendered}
             changes[kind_name] = {pk: self.patches[(kind_name, pk)] for pk in pk_list
                                   if (kind_name, pk) in self.patches and pk not in given[kind_name]
-                                  and (kind.table.name, pk) not in self.created}
+                                  and (kind.table.name, pk) not in self.created} if self.patches else {}
             to_render = [pk for pk in pk_list if pk not in given[kind_name] and pk not in changes[kind_name]]
             if to_render:
                 plans[kind_name] = kind.render_plan(self.conn, to_render)

@@ -116,17 +116,9 @@ class Worker:
 
     # --- one batch ---------------------------------------------------------------------------------------------
 
-    def run_batch(self, now: int | None = None) -> Drained:
-        """Claim up to `batch` due rows, run them, record the outcomes. `now` (µs) replaces the clock for the
-        scheduling (tests travel in time with it); handlers see the real clock."""
-        result = Drained()
-        rows = self._claim(now)
-        if rows:
-            self._finish(self._run(rows), result, now, claim_next=False)
-        return result
-
     def _claim(self, now: int | None) -> list[store.Claimed]:
-        """The due rows this worker leases (none when nothing is due: an unlocked probe first)."""
+        """The due rows this worker leases (none when nothing is due: an unlocked probe first). `now` (µs) replaces
+        the clock for the scheduling (tests travel in time with it); handlers see the real clock."""
         topics = self.topics()
         at = now if now is not None else store.now_us()
         if not topics:
