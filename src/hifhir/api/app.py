@@ -39,7 +39,7 @@ from hifhir.config import PUBLIC_BASE_URL, Settings
 from hifhir.fhir.capability import capability_statement
 from hifhir.fhir.errors import FhirError, invalid
 from hifhir.fhir.terminology import bind_engine
-from hifhir.store.db import make_engine, reader
+from hifhir.store.db import connection, hold, make_engine, reader, release
 
 log = logging.getLogger("hifhir.api")
 
@@ -137,6 +137,8 @@ class HifhirApp:
                 # read-only kinds are never validated on input, and each compiled profile costs every worker
                 # ~1 MB; `$validate` of another profile compiles it on first use).
                 warm_up([k.profile for k in ALL_KINDS if k.writable and k.profile])
+                # Requests run one after another on this thread: it keeps its connections (store.db.hold).
+                hold(self.engine, self.reader)
                 self._jobs = asyncio.get_running_loop().create_task(self._run_jobs())
                 if self.settings.outbox.in_app:
                     from hifhir.outbox.worker import start_background
@@ -151,6 +153,7 @@ class HifhirApp:
                     # the batch in hand is finished and recorded first (bounded by the handlers' timeouts)
                     await asyncio.get_running_loop().run_in_executor(None, self._outbox.stop)
                     self._outbox = None
+                release(self.engine, self.reader)
                 self.audit.close()  # what is queued is written before the pool goes
                 self._audit_engine.dispose()
                 self.engine.dispose()
@@ -336,7 +339,7 @@ class HifhirApp:
         except FhirError as exc:  # locked out: the attempt is in the trail all the same
             self.audit.authentication(request, exc.status, username=username)
             raise
-        with self.engine.connect() as conn:
+        with connection(self.engine) as conn:
             ok = authenticate(conn, username, password[:200])
         if not ok:
             self.throttle.failed(username, address)

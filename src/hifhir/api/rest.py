@@ -29,7 +29,7 @@ from hifhir.fhir.search import (
 from hifhir.fhir.searchparams import since_us
 from hifhir.fhir.summary import summary_elements
 from hifhir.fhir.validate import validate_resource
-from hifhir.store.db import transaction
+from hifhir.store.db import connection, transaction
 from hifhir.store.fast import FastStatement
 from hifhir.store.tables import resource_version as rv
 
@@ -220,7 +220,7 @@ def read(call: Call, resource_type: str, res_id: str, version: str | None = None
             raise not_found(f"Version '{version[:20]}' of {resource_type}/{res_id} not found")
         params["version"] = int(version)
     # One statement on an append-only table: it needs no transaction of its own (saves two round trips on PG).
-    with call.reader.connect() as conn:
+    with connection(call.reader) as conn:
         rows = (_LATEST if version is None else _VERSION).execute(conn, params)
     row = rows[0] if rows else None
     if row is None:
@@ -231,7 +231,7 @@ def read(call: Call, resource_type: str, res_id: str, version: str | None = None
         # a missing id, so that a 403 never tells which ids exist.
         raise not_found(f"{resource_type}/{res_id} not found")
     if scope_of(call) is not None:  # before the 410: a deleted resource outside the scope is unknown too
-        with call.reader.connect() as conn:
+        with connection(call.reader) as conn:
             location_scope.require_visible(conn, KINDS[row.kind], call.principal, res_id,
                                            f"{resource_type}/{res_id}" + (f"/_history/{version}" if version else ""))
     headers = [("ETag", etag(row.version)), ("Last-Modified", http_date(row.last_updated))]
@@ -260,7 +260,7 @@ def search(call: Call, resource_type: str, items: list[tuple[str, str]]) -> Http
     sync_point = sync_point_us(call)
     # Autocommit is safe: bodies come from the append-only history by (id, version), so a write committed between
     # the page query and the body query cannot make them disagree.
-    with call.reader.connect() as conn:
+    with connection(call.reader) as conn:
         result = execute_search(conn, req, can_read=lambda k: authorize(call.principal, k, "include"),
                                 include_cap=call.settings.include_max)
     body = build_searchset(call.base_url, req, result, summary_elements(), sync_point=instant(sync_point),
@@ -454,7 +454,7 @@ def apply_delete(call: Call, ctx: WriteContext, resource_type: str, res_id: str,
 
 def existing_response(call: Call, resource_type: str, res_id: str) -> HttpResponse:
     """The current version of a resource a conditional create matched (200, nothing created)."""
-    with call.reader.connect() as conn:
+    with connection(call.reader) as conn:
         rows = _LATEST.execute(conn, {"type": resource_type, "id": res_id})
     row = rows[0]
     headers = [("ETag", etag(row.version)), ("Last-Modified", http_date(row.last_updated)),
@@ -569,7 +569,7 @@ def history(call: Call, resource_type: str, res_id: str | None, items: list[tupl
     conds = [rv.c.res_type == resource_type]
     if res_id is not None:
         check_id(res_id)
-        with call.engine.connect() as conn:
+        with connection(call.engine) as conn:
             kind_name = conn.execute(select(rv.c.kind).where(rv.c.res_type == resource_type,
                                                              rv.c.res_id == res_id).limit(1)).scalar()
         if kind_name is None:
@@ -577,7 +577,7 @@ def history(call: Call, resource_type: str, res_id: str | None, items: list[tupl
         if not authorize(call.principal, KINDS[kind_name], "history"):
             raise not_found(f"{resource_type}/{res_id} not found")  # as in read: no existence leak
         if scope_of(call) is not None:
-            with call.reader.connect() as conn:
+            with connection(call.reader) as conn:
                 location_scope.require_visible(conn, KINDS[kind_name], call.principal, res_id,
                                                f"{resource_type}/{res_id}")
         conds.append(rv.c.res_id == res_id)
@@ -615,7 +615,7 @@ def history(call: Call, resource_type: str, res_id: str | None, items: list[tupl
         .order_by(rv.c.seq.desc())
         .limit(count + 1)
     )
-    with call.reader.connect() as conn:
+    with connection(call.reader) as conn:
         rows = conn.execute(stmt).all()
     page = rows[:count]
     path = f"{call.base_url}/{resource_type}" + (f"/{res_id}" if res_id else "") + "/_history"
@@ -736,7 +736,7 @@ def patient_photo(call: Call, res_id: str) -> HttpResponse:
 
     readable_kinds(call, kinds_for("Patient"), "read the photo of a Patient", "$photo")
     check_id(res_id)
-    with call.reader.connect() as conn:
+    with connection(call.reader) as conn:
         if scope_of(call) is not None:
             location_scope.require_visible(conn, KINDS["patient"], call.principal, res_id, f"Patient/{res_id}")
         photo = load_photo(conn, res_id)

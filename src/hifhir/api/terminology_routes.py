@@ -31,7 +31,7 @@ from hifhir.fhir.errors import FhirError, invalid, issue, not_found
 from hifhir.fhir.terminology import CodeSystemView, CodingIn, ValueSetView
 from hifhir.fhir.validate import validate_resource
 from hifhir.store.codelists import DIAGNOSIS_LIST
-from hifhir.store.db import transaction
+from hifhir.store.db import connection, transaction
 
 TYPES = frozenset({"CodeSystem", "ValueSet", "StructureDefinition", "ImplementationGuide"})
 OPERATIONS = {"CodeSystem": frozenset({"$lookup", "$validate-code"}),
@@ -77,7 +77,7 @@ def read(call: Call, rtype: str, res_id: str) -> HttpResponse:
         if body is None:
             raise not_found(f"{rtype}/{res_id} not found")
         return _body_response(call, body, conformance.STATIC_VERSION_ID, IG_DATE_US)
-    with call.reader.connect() as conn:
+    with connection(call.reader) as conn:
         if rtype == "CodeSystem":
             cs = terminology.get_codesystem(conn, res_id)
             if cs is None:
@@ -145,7 +145,7 @@ def search(call: Call, rtype: str, items: list[tuple[str, str]]) -> HttpResponse
             continue
         passthrough.append((key, value))
     predicate = conformance.catalog_filter(rtype, criteria)
-    with call.reader.connect() as conn:
+    with connection(call.reader) as conn:
         entries = _catalog(conn, rtype, criteria)
         matches = conformance.search(entries, predicate)
         page = [] if summary == "count" else matches[offset:offset + count]
@@ -252,7 +252,7 @@ def update(call: Call, rtype: str, res_id: str, body: bytes) -> HttpResponse:
                 raise FhirError.one(412, "conflict", f"Version conflict: CodeSystem/{cs_id} is at version "
                                     f"{current.version_id}")
         terminology.replace_list(conn, cs_id, concepts)
-    with call.reader.connect() as conn:  # what is committed (the cache never holds an uncommitted list)
+    with connection(call.reader) as conn:  # what is committed (the cache never holds an uncommitted list)
         view = terminology.list_view(conn, cs_id)
     return _body_response(call, view.body(), view.version_id, view.last_updated)
 
@@ -266,7 +266,7 @@ def operation(call: Call, rtype: str, res_id: str | None, name: str, items: list
     if res_id is not None:
         check_id(res_id)
     params = _parameters(call, rtype, name, items, body)
-    with call.reader.connect() as conn:
+    with connection(call.reader) as conn:
         if name == "$expand":
             result = _expand(conn, call, res_id, params)
         elif name == "$lookup":

@@ -25,6 +25,7 @@ from hifhir.fhir.kind import instant
 from hifhir.fhir.registry import valid_id
 from hifhir.fhir.search import decode_cursor, encode_cursor
 from hifhir.fhir.searchparams import instant_param, split_token
+from hifhir.store.db import connection
 from hifhir.store.tables import audit_entity as en
 from hifhir.store.tables import audit_event as ev
 
@@ -140,7 +141,7 @@ def read(call: Any, event_id: str) -> HttpResponse:
     require(call.principal, "AuditEvent", "read", "read AuditEvent")
     if not valid_id(event_id):
         raise invalid(f"Invalid resource id '{event_id[:70]}'")
-    with call.reader.connect() as conn:
+    with connection(call.reader) as conn:
         # The id is the row's pk (tables.audit_event); any other id names no event.
         pk = int(event_id) if event_id.isdigit() and len(event_id) <= 18 else None
         row = None if pk is None else conn.execute(select(*_EVENT_COLUMNS).where(ev.c.pk == pk)).first()
@@ -197,7 +198,7 @@ def search(call: Any, items: list[tuple[str, str]], sink: AuditSink) -> HttpResp
             conds.append(or_(ev.c.recorded > recorded, and_(ev.c.recorded == recorded, ev.c.pk > pk)))
     order = (ev.c.recorded.desc(), ev.c.pk.desc()) if descending else (ev.c.recorded.asc(), ev.c.pk.asc())
     sink.flush()  # this process's queued events first: the request just made is in the answer
-    with call.reader.connect() as conn:
+    with connection(call.reader) as conn:
         rows = conn.execute(select(*_EVENT_COLUMNS).where(*conds).order_by(*order).limit(count + 1)).all()
         page = rows[:count]
         entities = _entities(conn, [r.pk for r in page]) if page else {}

@@ -11,16 +11,19 @@ from __future__ import annotations
 import functools
 import logging
 import random
+import threading
 import time
 import uuid
+import weakref
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, insert, select, update
 
 from hifhir.config import OutboxConfig
+from hifhir.store.db import after_commit
 from hifhir.store.fast import FastStatement
 from hifhir.store.tables import outbox
 
@@ -29,9 +32,27 @@ log = logging.getLogger("hifhir.outbox")
 PENDING, DONE, FAILED = "pending", "done", "failed"
 ERROR_MAX = 2000  # characters of an error kept in last_error
 SUBJECT_MAX, TOPIC_MAX = 64, 40
-# Set on the connection (its pool record's info, which outlives the transaction) by enqueue: the worker of this
-# process is woken when the connection goes back to the pool, i.e. after the commit (outbox/worker.py).
-WAKE_FLAG = "hifhir.outbox.wake"
+# Per engine, the wake-up events of the workers of this process running on it (outbox/worker.py): set once a
+# transaction that enqueued has committed.
+_wakers: weakref.WeakKeyDictionary[Engine, set[threading.Event]] = weakref.WeakKeyDictionary()
+_wakers_guard = threading.Lock()
+
+
+def subscribe(engine: Engine, wake: threading.Event) -> None:
+    with _wakers_guard:
+        _wakers.setdefault(engine, set()).add(wake)
+
+
+def unsubscribe(engine: Engine, wake: threading.Event) -> None:
+    with _wakers_guard:
+        _wakers.get(engine, set()).discard(wake)
+
+
+def _wake_workers(engine: Engine) -> None:
+    with _wakers_guard:
+        events = list(_wakers.get(engine, ()))
+    for wake in events:
+        wake.set()
 
 
 def now_us() -> int:
@@ -58,7 +79,8 @@ def enqueue(conn: Connection, topic: str, subject: str | None, payload: Any = No
         "id": row_id, "topic": topic, "subject": subject,
         "payload": None if payload is None else orjson.dumps(payload),
         "next_attempt": created + int(delay_s * 1_000_000), "created": created}])
-    conn.info[WAKE_FLAG] = True
+    # The workers of this process start on it once it is committed; other processes' find it at their next poll.
+    after_commit(conn, functools.partial(_wake_workers, conn.engine))
     return row_id
 
 

@@ -5,9 +5,9 @@ thread (`start_background`), so that `make run` delivers without a second comman
 number of processes, share the work (outbox/store.py: leases, SKIP LOCKED on PostgreSQL, the writer lock on SQLite).
 
 Wake-up: an idle loop looks for due rows every `poll_s` (one unlocked index probe, nothing written), and is woken
-at once when a transaction of its own process that enqueued a row has committed (the connection's return to the
-pool after the commit, store.py WAKE_FLAG), so a delivery enqueued by a request of this process starts within
-milliseconds; rows enqueued by other processes wait at most one poll interval.
+at once when a transaction of its own process that enqueued a row has committed (`store.db.after_commit`), so a
+delivery enqueued by a request of this process starts within milliseconds; rows enqueued by other processes wait
+at most one poll interval.
 """
 
 from __future__ import annotations
@@ -15,47 +15,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import weakref
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine
 
 from hifhir.config import OutboxConfig
 from hifhir.outbox import store
 from hifhir.outbox.registry import Delivery, PermanentFailure, RetryLater, handler_for, load_handlers
-from hifhir.store.db import reader, transaction
+from hifhir.store.db import connection, hold, reader, release, transaction
 
 log = logging.getLogger("hifhir.outbox")
 
 PURGE_INTERVAL_S = 3600.0
 ERROR_PAUSE_S = 2.0  # after a failure of the loop itself (database unreachable), before trying again
-
-# Per engine, the events of the workers running on it (set when a transaction that enqueued has committed).
-_wakers: weakref.WeakKeyDictionary[Engine, set[threading.Event]] = weakref.WeakKeyDictionary()
-_wakers_guard = threading.Lock()
-
-
-def _subscribe(engine: Engine, wake: threading.Event) -> None:
-    with _wakers_guard:
-        events = _wakers.get(engine)
-        if events is None:
-            events = _wakers[engine] = set()
-
-            def _checked_in(_dbapi_conn: Any, record: Any) -> None:
-                if record.info.pop(store.WAKE_FLAG, False):
-                    for ev in list(events):
-                        ev.set()
-
-            event.listen(engine, "checkin", _checked_in)
-        events.add(wake)
-
-
-def _unsubscribe(engine: Engine, wake: threading.Event) -> None:
-    with _wakers_guard:
-        _wakers.get(engine, set()).discard(wake)
 
 
 @dataclass(slots=True)
@@ -107,7 +81,7 @@ class Worker:
         self._pool = ThreadPoolExecutor(config.concurrency, thread_name_prefix="hifhir-outbox") \
             if config.concurrency > 1 else None
         self._last_purge = 0.0
-        _subscribe(engine, self._wake)
+        store.subscribe(engine, self._wake)
 
     def topics(self) -> list[str]:
         from hifhir.outbox.registry import topics
@@ -123,7 +97,7 @@ class Worker:
         at = now if now is not None else store.now_us()
         if not topics:
             return []
-        with self.reader.connect() as conn:
+        with connection(self.reader) as conn:
             if not store.any_due(conn, topics, at):
                 return []
         with transaction(self.engine, write=True) as conn:
@@ -188,6 +162,14 @@ class Worker:
         """The loop, until `stop()`: the batch in hand is finished and recorded before it returns, and a batch
         claimed with its outcomes is run too (its rows would otherwise wait for their lease to run out)."""
         log.info("outbox worker started (topics: %s)", ", ".join(self.topics()) or "none")
+        hold(self.engine, self.reader)  # one batch after another: this thread keeps its connections
+        try:
+            self._loop()
+        finally:
+            release(self.engine, self.reader)
+        log.info("outbox worker stopped")
+
+    def _loop(self) -> None:
         rows: list[store.Claimed] = []
         while rows or not self._stop.is_set():
             self._wake.clear()
@@ -204,7 +186,6 @@ class Worker:
                 log.exception("outbox worker: batch failed; retrying in %.0f s", ERROR_PAUSE_S)
                 rows = []  # unrecorded or unrun: their leases run out and they are claimed again
                 self._stop.wait(ERROR_PAUSE_S)
-        log.info("outbox worker stopped")
 
     def _purge(self) -> None:
         clock = time.monotonic()
@@ -221,7 +202,7 @@ class Worker:
         self._wake.set()
 
     def close(self) -> None:
-        _unsubscribe(self.engine, self._wake)
+        store.unsubscribe(self.engine, self._wake)
         if self._pool is not None:
             self._pool.shutdown(wait=True)
 
