@@ -14,10 +14,17 @@ cores: how much of a write the lock serialises is then the gap between the throu
 Scenarios: `claim` (POST Claim, 10 lines, `bench.run.claim_bodies`), `eligibility` (POST CoverageEligibilityRequest,
 `bench.run.eligibility_body`), `identifier` (GET Patient?identifier=), `payment` (POST PaymentNotice paying a
 contribution invoice in full, which activates its policy: `bench.run.prepare_payments`, run once by the parent for
-all workers before they start). Printed per worker: wall and CPU time per
-request and, on SQLite, how long the writer lock was held per request — by the requests, and by the worker's audit
-trail thread, which writes their audit events in batches (a GET's share) —; then the requests per second of all
-workers together.
+all workers before they start). Printed per worker: wall and CPU time per request (the whole process's, and that
+of the thread that runs the requests) and, on SQLite, how long the writer lock was held per request — by the
+requests, and by the worker's audit trail thread, which writes their audit events in batches (a GET's share) —;
+then the requests per second of all workers together.
+
+`--instructions` runs each worker under valgrind's callgrind, counting only its measured requests, and prints the
+instructions per request instead: on a machine whose speed changes from one minute to the next (bench/README.md,
+"Machine"), two versions of the code compare within ~2 % this way, where their timings do not. It does not count the
+kernel's work (system calls, page copies), which timings do.
+
+    python -m bench.inprocess --database var/bench/sqlite-100000.db --scenario eligibility --requests 200 --instructions
 """
 
 from __future__ import annotations
@@ -183,12 +190,40 @@ def worker(database_url: str, scenario: str, count: int, seed: int) -> None:
     print(json.dumps(asyncio.run(measure())), flush=True)
 
 
+CALLGRIND_OUT = REPO / "var" / "bench" / "callgrind"
+
+
+def _callgrind_prefix() -> list[str]:
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("--instructions needs valgrind: apt-get install valgrind")
+    CALLGRIND_OUT.mkdir(parents=True, exist_ok=True)
+    for stale in CALLGRIND_OUT.glob("out.*"):
+        stale.unlink()
+    return ["valgrind", "-q", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={CALLGRIND_OUT}/out.%p"]
+
+
+def _callgrind_total(pid: int) -> int:
+    """The instructions callgrind counted in the worker `pid` (its dump's `totals:` line; valgrind runs the
+    worker in the process it was started as, so the pid is the worker's)."""
+    total = 0
+    for dump in CALLGRIND_OUT.glob(f"out.{pid}*"):
+        for line in dump.read_text(errors="replace").splitlines():
+            if line.startswith(("totals:", "summary:")):
+                total = max(total, int(line.split()[1]))
+    if not total:
+        raise SystemExit(f"callgrind wrote no totals for worker {pid} under {CALLGRIND_OUT}")
+    return total
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database", required=True, help="a SQLite file (copied first) or a PostgreSQL URL")
     parser.add_argument("--scenario", choices=SCENARIOS, default="claim")
     parser.add_argument("--requests", type=int, default=1500, help="measured requests per worker")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--instructions", action="store_true",
+                        help="count the instructions of each worker's measured requests (valgrind's callgrind, "
+                             "~50 times slower): a figure the machine's changes of speed do not move")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # the seed of one worker process
     args = parser.parse_args(argv)
 
@@ -212,9 +247,10 @@ def main(argv: list[str] | None = None) -> int:
         prepared = bench.prepare_payments(url, {"payment": per_worker * args.workers}).bodies.get("payment", [])
         PAYMENTS.write_text(json.dumps({str(seed): prepared[n * per_worker:(n + 1) * per_worker]
                                         for n, seed in enumerate(seeds)}))
+    callgrind = _callgrind_prefix() if args.instructions else []
     started = [subprocess.Popen(
-        [sys.executable, "-m", "bench.inprocess", "--database", args.database, "--scenario", args.scenario,
-         "--requests", str(args.requests), "--worker", str(seed)],
+        [*callgrind, sys.executable, "-m", "bench.inprocess", "--database", args.database, "--scenario",
+         args.scenario, "--requests", str(args.requests), "--worker", str(seed)],
         cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for seed in seeds]
     for process in started:
         assert process.stdout is not None
@@ -223,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
                 break
         else:
             raise SystemExit(f"a worker failed to start (exit {process.wait()})")
+    if callgrind:  # count from here: the measured requests only, not the start-up and the warm-up
+        for process in started:
+            switched = subprocess.run(["callgrind_control", "--instr=on", str(process.pid)], capture_output=True,
+                                      text=True)
+            if switched.returncode:
+                raise SystemExit(f"callgrind_control failed: {switched.stdout}{switched.stderr}")
     for process in started:
         assert process.stdin is not None
         process.stdin.write("go\n")
@@ -233,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
         if process.returncode:
             raise SystemExit(f"a worker failed (exit {process.returncode})")
         results.append(json.loads(out.strip().splitlines()[-1]))
+    if callgrind:
+        for n, (process, r) in enumerate(zip(started, results, strict=True), 1):
+            millions = _callgrind_total(process.pid) / r["requests"] / 1e6
+            print(f"worker {n}: {r['requests']} {args.scenario} requests, {millions:.3f} M instructions per request")
+        return 0
     for n, r in enumerate(results, 1):
         per = 1000 / r["requests"]
         lock = f", writer lock held {r['lock_s'] * per:.3f} ms" if r["lock_s"] else ""
