@@ -215,8 +215,11 @@ class DriverQuery:
             binds = dict(compiled._bind_processors)
             columns = self._statement.exported_columns
             row_class = _row_class(tuple(columns.keys()))
+            # A type may offer a conversion of its own for driver values (tables.Amount), quicker than the
+            # processor SQLAlchemy wraps around a TypeDecorator.
             results = tuple((i, proc) for i, c in enumerate(columns)
-                            if (proc := c.type._cached_result_processor(dialect, None)) is not None)
+                            if (proc := getattr(c.type, "driver_result", None)
+                                or c.type._cached_result_processor(dialect, None)) is not None)
             sql = compiled.string
             if dialect.name == "postgresql" and not positional:
                 sql, order = _dollar_placeholders(sql)

@@ -69,9 +69,24 @@ class Amount(TypeDecorator[Decimal]):
         return int((Decimal(str(value)) * 100).to_integral_value())
 
     def process_result_value(self, value: Any, dialect: Any) -> Decimal | None:
-        if value is None:
-            return None
-        return Decimal(int(value)).scaleb(-2)
+        return None if value is None else amount_of_hundredths(value)
+
+    @staticmethod
+    def driver_result(value: Any) -> Decimal | None:
+        """`process_result_value` for `store.fast`'s statements, without SQLAlchemy's wrapper around it."""
+        return None if value is None else amount_of_hundredths(value)
+
+
+_AMOUNTS: dict[int, Decimal] = {}  # amounts repeat (prices, limits, premiums); a Decimal is immutable
+
+
+def amount_of_hundredths(value: Any) -> Decimal:
+    found = _AMOUNTS.get(value)
+    if found is None:
+        if len(_AMOUNTS) >= 4096:
+            _AMOUNTS.clear()
+        found = _AMOUNTS[value] = Decimal(int(value)).scaleb(-2)
+    return found
 
 
 def resource_columns(*, uuid_index: bool = True) -> list[Column]:
