@@ -533,3 +533,40 @@ def test_scoping_costs_unscoped_users_nothing_and_a_scoped_search_no_extra_query
     admin = app.principals.get("Admin")
     assert admin.locations is None and admin.hf_pk is None
     assert all(condition(kind, admin) is None for kind in KINDS.values())
+
+
+def test_on_postgresql_a_scoped_type_history_probes_the_version_key(d1, world, engine):
+    """The versions of the resources in scope are found through resource_version's key, whatever the size of the
+    rest of the history: entity ids are collated "C" and res_id is not, and compared as they are, PostgreSQL cannot
+    probe the key with them — it reads the type's whole history backwards, keeping what is in scope."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("a PostgreSQL plan")
+    from sqlalchemy import func, literal, text
+
+    from hifhir.store.tables import resource_version
+
+    with transaction(engine, write=True) as conn:
+        conn.execute(resource_version.insert().from_select(
+            ["res_type", "res_id", "kind", "version", "last_updated", "operation", "body"],
+            select(literal("Patient"), func.concat("filler-", func.generate_series(1, 50000)), literal("patient"),
+                   literal(1), literal(0), literal("create"), literal(b"{}"))))
+        conn.execute(text("ANALYZE"))
+    statements: list[tuple[str, Any]] = []
+
+    def seen(_conn: Any, _cursor: Any, sql: str, params: Any, *_args: Any) -> None:
+        if "FROM resource_version" in sql and "ORDER BY resource_version.seq DESC" in sql:
+            statements.append((sql, params))
+
+    reads = reader(engine)  # PostgreSQL's reads run on an engine of their own
+    event.listen(reads, "before_cursor_execute", seen)
+    try:
+        entries = found(d1, "Patient/_history?_count=100")["entry"]
+    finally:
+        event.remove(reads, "before_cursor_execute", seen)
+    assert {e["fullUrl"].rsplit("/", 1)[1] for e in entries} == {*world.a.members.values(),
+                                                                   *world.members_c.values()}
+    (sql, params), = statements
+    with engine.connect() as conn:
+        plan = "\n".join(conn.exec_driver_sql("EXPLAIN " + sql, params).scalars())
+
+    assert "uq_resource_version_key" in plan, plan

@@ -30,6 +30,7 @@ from sqlalchemy import Connection, Table, and_, bindparam, false, or_, select
 from hifhir.fhir.errors import forbidden, not_found
 from hifhir.store.fast import any_pk
 from hifhir.store.tables import (
+    DefaultCollation,
     bill,
     claim,
     claim_admin_role,
@@ -296,7 +297,7 @@ def history_condition(kinds: list[ResourceKind], principal: Principal, kind_colu
             parts.append(kind_column == kind.name)
             continue
         restricted = True
-        ids = select(kind.table.c.id).where(cond).correlate(None)
+        ids = select(DefaultCollation(kind.table.c.id)).where(cond).correlate(None)  # probes res_id's index
         parts.append(and_(kind_column == kind.name, id_column.in_(ids)))
     if not restricted:
         return None

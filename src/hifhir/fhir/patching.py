@@ -23,14 +23,13 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import ColumnElement, literal, select
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.visitors import InternalTraversal
+from sqlalchemy import literal, select
 
 from hifhir.store.fast import DriverQuery, Plan, any_pk
+from hifhir.store.tables import DefaultCollation
 from hifhir.store.tables import resource_version as rv
 
 if TYPE_CHECKING:
@@ -41,29 +40,6 @@ def verifying() -> bool:
     return os.environ.get("HIFHIR_VERIFY_PATCHES") == "1"
 
 
-class _DefaultCollation(ColumnElement[Any]):
-    """`expr` compared in the database's default collation. PostgreSQL: entity ids are collated "C" and
-    resource_version.res_id is not, and a comparison in "C" cannot use resource_version's key index (a scan of every
-    stored version, then JIT-compiled: a second a flush). SQLite has one collation for both."""
-
-    inherit_cache = True
-    _traverse_internals: ClassVar[Any] = [("expr", InternalTraversal.dp_clauseelement)]
-
-    def __init__(self, expr: ColumnElement[Any]) -> None:
-        self.expr = expr
-        self.type = expr.type
-
-
-@compiles(_DefaultCollation)
-def _compile_plain(element: _DefaultCollation, compiler: Any, **kw: Any) -> str:
-    return str(compiler.process(element.expr, **kw))
-
-
-@compiles(_DefaultCollation, "postgresql")
-def _compile_default_collation(element: _DefaultCollation, compiler: Any, **kw: Any) -> str:
-    return f'{compiler.process(element.expr, **kw)} COLLATE "default"'
-
-
 @functools.cache
 def _stored(kind: ResourceKind) -> DriverQuery:
     """(pk, version, body) of the stored version before the current one of each of the kind's rows `pks` (body NULL
@@ -72,7 +48,7 @@ def _stored(kind: ResourceKind) -> DriverQuery:
     t = kind.table
     previous = t.c[kind.version_column] - 1
     body = (select(rv.c.body)
-            .where(rv.c.res_type == literal(kind.resource_type), rv.c.res_id == _DefaultCollation(t.c.id),
+            .where(rv.c.res_type == literal(kind.resource_type), rv.c.res_id == DefaultCollation(t.c.id),
                    rv.c.version == previous)
             .correlate(t).scalar_subquery())
     return DriverQuery(select(t.c.pk, previous.label("version"), body.label("body")).where(any_pk(t.c.pk)))

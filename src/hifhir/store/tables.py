@@ -9,7 +9,7 @@ Timestamps are integer microseconds since the Unix epoch (UTC) so both engines c
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     BigInteger,
@@ -28,7 +28,9 @@ from sqlalchemy import (
     false,
     text,
 )
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 metadata = MetaData(
@@ -54,6 +56,29 @@ def SortText(length: int) -> TypeEngine[str]:
     """Text compared byte-wise on both engines: prefix search ranges and the cross-kind merge of keyset paging
     assume byte order, which a PostgreSQL database with a linguistic default collation would not give."""
     return String(length).with_variant(String(length, collation="C"), "postgresql")
+
+
+class DefaultCollation(ColumnElement[Any]):
+    """`expr` (an entity's id, `SortText`) compared in the database's default collation. PostgreSQL: entity ids are
+    collated "C" and resource_version.res_id is not, and a comparison in "C" cannot use resource_version's key index:
+    it reads every stored version of the type instead. SQLite has one collation for both."""
+
+    inherit_cache = True
+    _traverse_internals: ClassVar[Any] = [("expr", InternalTraversal.dp_clauseelement)]
+
+    def __init__(self, expr: ColumnElement[Any]) -> None:
+        self.expr = expr
+        self.type = expr.type
+
+
+@compiles(DefaultCollation)
+def _compile_plain(element: DefaultCollation, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(element.expr, **kw))
+
+
+@compiles(DefaultCollation, "postgresql")
+def _compile_default_collation(element: DefaultCollation, compiler: Any, **kw: Any) -> str:
+    return f'{compiler.process(element.expr, **kw)} COLLATE "default"'
 
 
 class Amount(TypeDecorator[Decimal]):
