@@ -52,6 +52,7 @@ from tests.builders_practitioner import claim_admin_role, officer_role
 from tests.conftest import Api
 from tests.http.test_notifications import CONFIG, events, subscribe
 from tests.http.test_notifications import receiver as receiver  # the fixture, under its name
+from tests.http.test_patched_versions import store_filler_patient_versions
 from tests.responses import created, refused
 
 # Every right a system role has, and every right a kind asks for: scoping, not rights, is what these tests are about.
@@ -541,16 +542,11 @@ def test_on_postgresql_a_scoped_type_history_probes_the_version_key(d1, world, e
     probe the key with them — it reads the type's whole history backwards, keeping what is in scope."""
     if engine.dialect.name != "postgresql":
         pytest.skip("a PostgreSQL plan")
-    from sqlalchemy import func, literal, text
-
-    from hifhir.store.tables import resource_version
+    from sqlalchemy import text
 
     with transaction(engine, write=True) as conn:
-        conn.execute(resource_version.insert().from_select(
-            ["res_type", "res_id", "kind", "version", "last_updated", "operation", "body"],
-            select(literal("Patient"), func.concat("filler-", func.generate_series(1, 50000)), literal("patient"),
-                   literal(1), literal(0), literal("create"), literal(b"{}"))))
-        conn.execute(text("ANALYZE"))
+        store_filler_patient_versions(conn, 50000)
+        conn.execute(text("ANALYZE"))  # the insurees and families of the world too
     statements: list[tuple[str, Any]] = []
 
     def seen(_conn: Any, _cursor: Any, sql: str, params: Any, *_args: Any) -> None:

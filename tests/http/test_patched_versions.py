@@ -174,20 +174,25 @@ def test_a_resource_marked_changed_besides_its_patch_is_rendered(api, engine, sc
     assert {"system": "email", "value": "doe@example.org"} in after["telecom"]
 
 
+def store_filler_patient_versions(conn: Any, n: int) -> None:
+    """`n` stored Patient versions of no entity, and the statistics that count them (a plan test's large history)."""
+    from sqlalchemy import func, literal, text
+
+    conn.execute(resource_version.insert().from_select(
+        ["res_type", "res_id", "kind", "version", "last_updated", "operation", "body"],
+        select(literal("Patient"), func.concat("filler-", func.generate_series(1, n)), literal("patient"),
+               literal(1), literal(0), literal("create"), literal(b"{}"))))
+    conn.execute(text("ANALYZE resource_version"))
+
+
 def test_on_postgresql_the_stored_bodies_are_read_through_the_version_key(engine):
     """Entity ids are collated "C", resource_version.res_id is not: compared as they are, PostgreSQL cannot probe
     resource_version's key index and reads every stored version instead (with 100,000 insurees a payment then took
     seconds)."""
     if engine.dialect.name != "postgresql":
         pytest.skip("a PostgreSQL plan")
-    from sqlalchemy import func, literal, text
-
     with transaction(engine, write=True) as conn:
-        conn.execute(resource_version.insert().from_select(
-            ["res_type", "res_id", "kind", "version", "last_updated", "operation", "body"],
-            select(literal("Patient"), func.concat("filler-", func.generate_series(1, 20000)), literal("patient"),
-                   literal(1), literal(0), literal("create"), literal(b"{}"))))
-        conn.execute(text("ANALYZE resource_version"))
+        store_filler_patient_versions(conn, 20000)
         statement = patching._stored(KINDS["patient"])._statement
         compiled = statement.compile(dialect=engine.dialect)
         plan = "\n".join(conn.exec_driver_sql(
