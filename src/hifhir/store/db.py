@@ -239,7 +239,7 @@ def _holder(engine: Engine) -> _Held:
 def hold(*engines: Engine) -> None:
     """From now on the calling thread keeps one connection per engine between its `transaction`s and
     `connection`s, until `release`: a served process's event loop and an outbox loop, which run one request or
-    batch after another. A checkout and checkin of the pool cost ~33 µs of SQLAlchemy's work (~10 µs a transaction
+    batch after another. A checkout and checkin of the pool cost ~33 µs of SQLAlchemy's work (~15 µs a transaction
     on a held connection), and on SQLite a connection that wrote last keeps its page cache, which a commit from any
     other connection empties."""
     for engine in engines:
