@@ -66,13 +66,19 @@ def patched(kind: ResourceKind, stored: tuple[int, bytes | None] | None, new_ver
     changes applied, or None when a render is needed (no such stored version, or a change the kind declines)."""
     if stored is None or stored[0] != new_version - 1 or stored[1] is None:
         return None
-    body = orjson.loads(stored[1])
-    for key in ("resourceType", "id", "meta"):
-        body.pop(key, None)
+    body = content(stored[1])
     for change in changes:
         if not kind.patch_body(body, change):
             return None
     return body
+
+
+def content(stored: bytes) -> dict[str, Any]:
+    """A stored version's body without resourceType, id and meta, which the flush writes for each version."""
+    body = orjson.loads(stored)
+    for key in ("resourceType", "id", "meta"):
+        body.pop(key, None)
+    return body  # type: ignore[no-any-return]
 
 
 def check(kind: ResourceKind, pk: int, body: dict[str, Any], rendered: dict[str, Any]) -> None:

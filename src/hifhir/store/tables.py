@@ -94,7 +94,7 @@ class Amount(TypeDecorator[Decimal]):
         return int((Decimal(str(value)) * 100).to_integral_value())
 
     def process_result_value(self, value: Any, dialect: Any) -> Decimal | None:
-        return None if value is None else amount_of_hundredths(value)
+        return self.driver_result(value)
 
     @staticmethod
     def driver_result(value: Any) -> Decimal | None:

@@ -6,9 +6,9 @@ import functools
 import uuid
 from typing import Any
 
-import orjson
 from sqlalchemy import Connection, Row, Table, bindparam, select
 
+from hifhir.fhir import patching
 from hifhir.fhir.elements import identifier_value
 from hifhir.fhir.errors import conflict
 from hifhir.fhir.kind import ResourceKind, WriteContext, require
@@ -162,8 +162,4 @@ def stored_bodies(conn: Connection, kind: ResourceKind, pks: list[int]) -> dict[
             rv.c.res_type == kind.resource_type, rv.c.res_id.in_(list(ids)), rv.c.body.is_not(None))):
         if r.res_id not in latest or r.version > latest[r.res_id][0]:
             latest[r.res_id] = (r.version, r.body)
-    out: dict[int, dict[str, Any]] = {}
-    for res_id, (_, body) in latest.items():
-        resource = orjson.loads(body)
-        out[ids[res_id]] = {k: v for k, v in resource.items() if k not in ("resourceType", "id", "meta")}
-    return out
+    return {ids[res_id]: patching.content(body) for res_id, (_, body) in latest.items()}
