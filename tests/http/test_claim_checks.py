@@ -41,10 +41,12 @@ from hifhir.domain.claims import (
     QTY_OVER_LIMIT,
     TARGET_DATE,
     WAITING_PERIOD_FAIL,
+    NewLine,
 )
-from hifhir.domain.claims.checks import submit
+from hifhir.domain.claims.checks import CheckOutcome, check_submission, facts_plan, submit
 from hifhir.store.codelists import DIAGNOSIS_LIST, deactivate_code, seed_diagnoses
 from hifhir.store.db import transaction
+from hifhir.store.fast import run_plan
 from hifhir.store.tables import (
     CLAIM_CHECKED,
     CLAIM_REJECTED,
@@ -211,11 +213,34 @@ def outcome(w: World, claim_pk: int) -> Outcome:
                    [(r.code, r.status, r.rejection_reason, r.qty_approved) for r in sorted(rows)])
 
 
+def as_submission(w: World, claim_pk: int) -> tuple[CheckOutcome, dict[int, int]]:
+    """What `check_submission` (POST Claim's checks, before anything is stored) decides of the same claim and lines
+    as an entered claim's: the outcome and each line's reason by sequence (nothing is written)."""
+    with transaction(w.engine, write=False) as conn:
+        c = conn.execute(select(claim).where(claim.c.pk == claim_pk)).one()
+        new_lines = []
+        for kind, lines, fk in (("item", claim_item, "item_pk"), ("service", claim_service, "service_pk")):
+            rows = conn.execute(select(lines).where(lines.c.claim_pk == claim_pk).order_by(lines.c.pk)).all()
+            new_lines += [NewLine(kind, order, r.sequence, r._mapping[fk], r.qty_provided, r.price_asked)
+                          for order, r in enumerate(rows)]
+        facts = run_plan(conn, facts_plan(conn, c.hf_pk, c.insuree_pk, c.date_from, c.date_to, new_lines))
+        diagnoses = [d for d in (c.icd_code, c.icd_code_1, c.icd_code_2, c.icd_code_3, c.icd_code_4) if d]
+        decided = check_submission(conn, facts, date_claimed=c.date_claimed, claimed=c.claimed,
+                                   diagnoses=diagnoses, new_lines=new_lines, today=TODAY)
+    return decided, {n.sequence: n.reason for n in new_lines}
+
+
 def submitted(w: World, patient_id: str, *items: Line, services: Sequence[Line] = (), **kw: Any) -> Outcome:
-    """Enter a claim, run the checks, and return what they recorded."""
+    """Enter a claim, run the checks, and return what they recorded — after asserting that the checks of a claim
+    being submitted (POST Claim) decide the same before it is stored."""
     pk = enter(w, patient_id, *items, services=services, **kw)
+    fresh, fresh_reasons = as_submission(w, pk)
     check(w, pk)
-    return outcome(w, pk)
+    out = outcome(w, pk)
+    assert (fresh.status, fresh.rejection_reason, fresh.category, fresh.approved) == (
+        out.status, out.reason, out.category, out.approved)
+    assert [fresh_reasons[sequence] for sequence in sorted(fresh_reasons)] == [line[2] for line in out.lines]
+    return out
 
 
 def assert_rejected(out: Outcome, reason: int, *, line_reason: int | None = None) -> None:

@@ -2,7 +2,8 @@
 
 `submit()` takes an entered claim (status 2) as stored, with its item and service lines, and decides it:
 category, each line's status and rejection reason, the claim's status (4 checked when at least one line passed,
-1 rejected otherwise), approved amount and submit stamp. No HTTP, no FHIR.
+1 rejected otherwise), approved amount and submit stamp. `check_submission()` decides the same of a claim being
+submitted, before it is stored: its caller inserts the claim and its lines once, decided. No HTTP, no FHIR.
 
 Claim category (§3.3.2), computed first and stored in `claim.category`: the claim has a current service of
 category S → S, else D → D, else A → A, else the claim is multi-day (target date ≠ date from) → H, else C → C,
@@ -75,17 +76,17 @@ Where legacy (`uspSubmitSingleClaim`) and Python (`claim/validations.py`) differ
 * Max provisions and category maxima count usage as eligibility does (domain/eligibility.py): within the member's
   coverage window, the reviewed quantity when there is one.
 
-Cost: six indexed reads, none per line. Four of them read what no other claim changes (`CheckFacts`: the
+Cost: six indexed reads, none per line. Five of them read what no other claim changes (`CheckFacts`: the
 registers of the claim's items and services with their price-list entries, the insuree's member windows, the
-diagnosis list's change marker — its active codes are cached per marker, `store.codelists.snapshots` — then the
-coverage lines of the candidates' products), in two steps (`facts_plan`, `store.fast.run_plans`: one round trip
-each on PostgreSQL). A submission reads them before its claim is inserted, on SQLite outside the writer lock. With
-the claim's checks go only the claim with its insuree, family and facility, then the passed lines of the insuree's
-earlier claims (only when a line is still unchecked): what concurrent submissions change. Then one claim update,
-which waits for the transaction's next round trip. The lines of a submission are in memory (`NewLine`): the
-submission inserts them once processing has decided them too; a stored claim's lines are read first, and its
-rejected ones updated. They run through `store.fast.DriverQuery` / `FastStatement` (SQLAlchemy's per-statement
-overhead is most of a submission's cost).
+diagnosis list's change marker — its active codes are cached per marker, `store.codelists.snapshots` —, the insuree
+with its family and the facility, then the coverage lines of the candidates' products), in two steps
+(`facts_plan`, `store.fast.run_plans`: one round trip each on PostgreSQL). A submission reads them before its claim
+is inserted, on SQLite outside the writer lock. With the claim's checks go only the passed lines of the insuree's
+earlier claims (only when a line is still unchecked): what concurrent submissions change — on PostgreSQL in the
+round trip that takes the insuree's turn (a stored claim's checks read the claim with it first). A submission's
+claim and lines are in memory (`NewLine`): the submission inserts them once processing has decided them too; a
+stored claim is updated, and its rejected lines. They run through `store.fast.DriverQuery` / `FastStatement`
+(SQLAlchemy's per-statement overhead is most of a submission's cost).
 """
 
 from __future__ import annotations
@@ -191,6 +192,18 @@ _CLAIM = DriverQuery(
     .where(claim.c.pk == bindparam("claim"), is_current(claim))
 )
 
+# What `_CLAIM` joins to a stored claim, for a submission's insuree and facility (read ahead with its facts).
+_SUBJECT = DriverQuery(
+    select(insuree.c.dob, insuree.c.gender, insuree.c.deleted.label("insuree_deleted"), insuree.c.family_pk,
+           family.c.deleted.label("family_deleted"), health_facility.c.care_type.label("hf_care_type"))
+    .select_from(insuree.outerjoin(family, family.c.pk == insuree.c.family_pk)
+                 .join(health_facility, health_facility.c.pk == bindparam("hf")))
+    .where(insuree.c.pk == bindparam("insuree"))
+)
+# A submission's turn (see `_CLAIM`), taken in the round trip that reads the insuree's other claims: PostgreSQL runs
+# the usage read once the turn is held, with a snapshot taken then.
+_TURN = DriverQuery(select(turn(CLAIM_CHECKS, bindparam("insuree")).label("turn")))
+
 
 def _targets_branch(kind: str, target: Any, fk: str, listed: Any) -> Any:
     """The registers of the claim's items or services (pks `<kind>_pks`) with their entry in the current price list
@@ -281,8 +294,6 @@ _CLAIM_SET = (
             submit_stamp=bindparam("new_stamp"))
 )
 _CLAIM_UPDATE = DriverQuery(_CLAIM_SET.returning(claim.c.pk))
-# A claim inserted by this very transaction cannot have been submitted by another: nothing to wait for.
-_FRESH_CLAIM_UPDATE = DriverQuery(_CLAIM_SET)
 
 
 def _line_update(lines: Any) -> FastStatement:
@@ -345,6 +356,7 @@ class CheckFacts:
     diagnoses: frozenset[str] | None
     candidates: list[Any]
     coverage: dict[tuple[str, int, int], Any]
+    subject: Any  # the insuree and facility as `_CLAIM` joins them (`_SUBJECT`); None when the insuree is gone
 
     def of(self, c: Any) -> bool:
         """Whether these are the facts of the claim `c` (its facility, insuree and dates)."""
@@ -358,10 +370,10 @@ def facts_plan(conn: Connection, hf_pk: int, insuree_pk: int, date_from: date, d
     of the candidates' products). `lines`: anything with kind and target_pk."""
     target = date_to or date_from
     pks = target_pks(lines)
-    targets, policies, diagnoses = yield [
+    targets, policies, diagnoses, subject = yield [
         (_TARGETS, {"hf": hf_pk, **pks}), (_POLICIES, {"insuree": insuree_pk, "date_from": date_from,
                                                        "target": target}),
-        (LIST_CHANGED_READ, {"list_name": DIAGNOSIS_LIST})]
+        (LIST_CHANGED_READ, {"list_name": DIAGNOSIS_LIST}), (_SUBJECT, {"insuree": insuree_pk, "hf": hf_pk})]
     registers = {(t.kind, t.target_pk): t for t in targets}
     changed_at = int(diagnoses[0][0] or 0) if diagnoses else 0
     diagnosis_list = snapshots.at(conn, DIAGNOSIS_LIST, changed_at).active_codes if changed_at else None
@@ -378,51 +390,107 @@ def facts_plan(conn: Connection, hf_pk: int, insuree_pk: int, date_from: date, d
                     for r in (yield [(_coverage_query(len(product_pks)), params)])[0]}
     return CheckFacts(hf_pk, insuree_pk, date_from, date_to, registers, policies,
                       _category(registers.values(), multi_day=target != date_from), diagnosis_list, candidates,
-                      coverage)
+                      coverage, subject[0] if subject else None)
 
 
-def submit(conn: Connection, claim_pk: int, *, today: date, now: int,
-           new_lines: Sequence[NewLine] | None = None, facts: CheckFacts | None = None) -> int:
-    """Check an entered claim (status 2) and record the outcome; returns the new status (4 checked, 1 rejected).
-    ValueError when the claim does not exist or is not entered. `new_lines`: the claim was inserted by the caller's
-    transaction, which inserts its lines once decided (each line's `reason` is set here; no concurrent submission
-    is possible, so the claim's update need not be waited for); else its stored lines are read, and updated.
-    `facts`: the claim's, read ahead (else they are read here)."""
+@dataclass(frozen=True, slots=True)
+class CheckOutcome:
+    """What the checks decide of the claim itself (its lines' reasons are set on the lines)."""
+
+    status: int  # 4 checked, 1 rejected
+    rejection_reason: int
+    category: str
+    approved: Decimal
+
+    def columns(self, now: int) -> dict[str, Any]:
+        """The claim's columns the checks set, with the submit stamp `now`."""
+        return {"status": self.status, "rejection_reason": self.rejection_reason, "category": self.category,
+                "approved": self.approved, "submit_stamp": now}
+
+
+def submit(conn: Connection, claim_pk: int, *, today: date, now: int, facts: CheckFacts | None = None) -> int:
+    """Check an entered claim (status 2) as stored, with its stored lines, and record the outcome (the claim and its
+    rejected lines updated); returns the new status (4 checked, 1 rejected). ValueError when the claim does not
+    exist or is not entered. `facts`: the claim's, read ahead (else they are read here)."""
     claim_only = {"claim": claim_pk}
-    given: list[tuple[Any, ...]]
-    if new_lines is None:
-        head, stored = rows_together(conn, [(_CLAIM, claim_only), (_STORED_LINES, claim_only)])
-        given = [(r.kind, r.pk, r.sequence or 0, r.target_pk, r.qty_provided, r.price_asked, r.rejection_reason)
-                 for r in stored]
-        lines_of: Sequence[Any] = stored
-    else:
-        head = _CLAIM.rows(conn, claim_only)
-        given = [(n.kind, n.order, n.sequence, n.target_pk, n.qty, n.price, n.reason) for n in new_lines]
-        lines_of = new_lines
+    head, stored = rows_together(conn, [(_CLAIM, claim_only), (_STORED_LINES, claim_only)])
     if not head or head[0].status != CLAIM_ENTERED:
         raise ValueError(f"Claim {claim_pk} is not an entered claim (status {CLAIM_ENTERED})")
     c = head[0]
     if facts is None:
-        facts = run_plan(conn, facts_plan(conn, c.hf_pk, c.insuree_pk, c.date_from, c.date_to, lines_of))
+        facts = run_plan(conn, facts_plan(conn, c.hf_pk, c.insuree_pk, c.date_from, c.date_to, stored))
     elif not facts.of(c):
         raise ValueError(f"Claim {claim_pk}: the facts given are of another facility, insuree or dates")
-    lines = [_line(kind, pk, sequence, target_pk, qty, price, reason, facts.registers.get((kind, target_pk)))
-             for kind, pk, sequence, target_pk, qty, price, reason in given]
+    lines = [_line(r.kind, r.pk, r.sequence or 0, r.target_pk, r.qty_provided, r.price_asked, r.rejection_reason,
+                   facts.registers.get((r.kind, r.target_pk))) for r in stored]
+    outcome = _decide(conn, claim_pk, c, lines, today, facts, take_turn=False)  # `_CLAIM` took it
+    params = {"claim": claim_pk, "new_status": outcome.status, "new_category": outcome.category,
+              "new_reason": outcome.rejection_reason, "new_approved": outcome.approved, "new_stamp": now}
+    if not _CLAIM_UPDATE.rows(conn, params):
+        raise ValueError(f"Claim {claim_pk} is no longer an entered claim (submitted concurrently)")
+    for kind, statement in _LINE_UPDATES.items():
+        rejected = [{"line": line.pk, "new_status": LINE_REJECTED, "new_reason": line.reason, "new_qty": 0}
+                    for line in lines if line.kind == kind and line.reason]
+        if rejected:
+            statement.execute_many(conn, rejected, defer=True)
+    return outcome.status
+
+
+@dataclass(frozen=True, slots=True)
+class _Submitted:
+    """A submission's claim as the checks read a stored one (`_CLAIM`): its values and its facts' subject."""
+
+    insuree_pk: int
+    date_from: date
+    date_to: date | None
+    date_claimed: date
+    claimed: Decimal | None
+    icd_code: str | None
+    icd_code_1: str | None
+    icd_code_2: str | None
+    icd_code_3: str | None
+    icd_code_4: str | None
+    dob: date | None
+    gender: str | None
+    insuree_deleted: bool
+    family_pk: int | None
+    family_deleted: bool | None
+    hf_care_type: str | None
+
+
+def check_submission(conn: Connection, facts: CheckFacts, *, date_claimed: date, claimed: Decimal | None,
+                     diagnoses: Sequence[str], new_lines: Sequence[NewLine], today: date) -> CheckOutcome:
+    """Check a claim this transaction is about to insert (status entered, with `new_lines`, not stored either):
+    each line's `reason` is set, and the outcome is for the caller to insert the claim with — a claim is inserted
+    once, decided, as its lines are (no UPDATE of a row the same transaction inserted)."""
+    s = facts.subject
+    codes = [*diagnoses, None, None, None, None, None][:5]
+    c = _Submitted(facts.insuree_pk, facts.date_from, facts.date_to, date_claimed, claimed, *codes,
+                   s.dob if s else None, s.gender if s else None, s is None or bool(s.insuree_deleted),
+                   s.family_pk if s else None, s.family_deleted if s else None, s.hf_care_type if s else None)
+    lines = [_line(n.kind, n.order, n.sequence, n.target_pk, n.qty, n.price, n.reason,
+                   facts.registers.get((n.kind, n.target_pk))) for n in new_lines]
+    outcome = _decide(conn, None, c, lines, today, facts, take_turn=True)
+    reasons = {(line.kind, line.pk): line.reason for line in lines}
+    for new in new_lines:
+        new.reason = reasons[(new.kind, new.order)]
+    return outcome
+
+
+def _decide(conn: Connection, claim_pk: int | None, c: Any, lines: list[_Line], today: date, facts: CheckFacts,
+            *, take_turn: bool) -> CheckOutcome:
+    """The checks of the claim `c` (a `_CLAIM` row or `_Submitted`; `claim_pk` None when not stored yet): each
+    line's reason set in place, and the claim's outcome."""
     lines.sort(key=lambda line: (line.kind != "service", line.sequence, line.pk))  # the legacy cursors' order
     target = c.date_to or c.date_from
-
     claim_reason = _claim_reason(c, lines, target, today, facts.policies, facts.diagnoses)
     if claim_reason == ACCEPTED:
-        claim_reason = _check_lines(conn, claim_pk, c, lines, target, facts)
+        claim_reason = _check_lines(conn, claim_pk, c, lines, target, facts, take_turn=take_turn)
     if claim_reason != ACCEPTED:
         line_reason = _LINE_REASON_OF.get(claim_reason, claim_reason)
         for line in lines:
             line.reason = line_reason
-    if new_lines is not None:
-        reasons = {(line.kind, line.pk): line.reason for line in lines}
-        for new in new_lines:
-            new.reason = reasons[(new.kind, new.order)]
-    return _record(conn, claim_pk, lines, facts.category, claim_reason, now, fresh=new_lines is not None)
+    return _outcome(lines, facts.category, claim_reason)
 
 
 def _line(kind: str, pk: int, sequence: int, target_pk: int, qty: Decimal, price: Decimal, reason: int,
@@ -470,8 +538,8 @@ def _claim_reason(c: Any, lines: Sequence[_Line], target: date, today: date, pol
 _HALF_CENT = Decimal("0.005")
 
 
-def _check_lines(conn: Connection, claim_pk: int, c: Any, lines: Sequence[_Line], target: date,
-                 facts: CheckFacts) -> int:
+def _check_lines(conn: Connection, claim_pk: int | None, c: Any, lines: Sequence[_Line], target: date,
+                 facts: CheckFacts, *, take_turn: bool) -> int:
     """The line checks (1, 2, 6, 10, 4, product search, 5), each line's reason set in place; returns the reason
     of a category maximum that rejects the whole claim, else 0."""
     for line in lines:
@@ -487,8 +555,14 @@ def _check_lines(conn: Connection, claim_pk: int, c: Any, lines: Sequence[_Line]
 
     since = min([target, *(p.member_from for p in facts.candidates),
                  *(target - timedelta(days=line.frequency) for line in pending if line.frequency)])
+    # A claim not stored yet excludes no claim of the insuree's (pks start at 1).
+    read = (_USAGE, {"insuree": c.insuree_pk, "claim": claim_pk or 0, "since": since})
+    if take_turn and conn.dialect.name == "postgresql":  # SQLite's writer lock is the turn
+        used = rows_together(conn, [(_TURN, {"insuree": c.insuree_pk}), read])[1]
+    else:
+        used = read[0].rows(conn, read[1])
     usage = [_Use(u.kind, u.claim_pk, u.category or "V", u.day, u.target_pk, u.product_pk, u.qty or Decimal(0))
-             for u in _USAGE.rows(conn, {"insuree": c.insuree_pk, "claim": claim_pk, "since": since})]
+             for u in used]
 
     adult = age_on(c.dob, target) >= ADULT_AGE
     mask = (MALE if c.gender in ("M", "O") else FEMALE) | (ADULT if adult else CHILD)
@@ -588,9 +662,7 @@ class _ProductSearch:
         return ACCEPTED
 
 
-def _record(conn: Connection, claim_pk: int, lines: Sequence[_Line], category: str, claim_reason: int,
-            now: int, *, fresh: bool) -> int:
-    """The claim's outcome; the rejected lines of a stored claim are updated (a fresh claim's are not stored yet)."""
+def _outcome(lines: Sequence[_Line], category: str, claim_reason: int) -> CheckOutcome:
     passed = [line for line in lines if not line.reason]
     if claim_reason == ACCEPTED and passed:
         status, reason = CLAIM_CHECKED, ACCEPTED
@@ -600,17 +672,4 @@ def _record(conn: Connection, claim_pk: int, lines: Sequence[_Line], category: s
         reasons = {line.reason for line in lines}
         status, reason = CLAIM_REJECTED, reasons.pop() if len(reasons) == 1 else INVALID_ITEM_OR_SERVICE
     approved = sum((line.qty * line.price for line in passed), Decimal(0)) if status == CLAIM_CHECKED else Decimal(0)
-    params = {"claim": claim_pk, "new_status": status, "new_category": category, "new_reason": reason,
-              "new_approved": approved, "new_stamp": now}
-    if fresh:
-        _FRESH_CLAIM_UPDATE.run(conn, params, defer=True)
-    elif not _CLAIM_UPDATE.rows(conn, params):
-        raise ValueError(f"Claim {claim_pk} is no longer an entered claim (submitted concurrently)")
-    if fresh:
-        return status
-    for kind, statement in _LINE_UPDATES.items():
-        rejected = [{"line": line.pk, "new_status": LINE_REJECTED, "new_reason": line.reason, "new_qty": 0}
-                    for line in lines if line.kind == kind and line.reason]
-        if rejected:
-            statement.execute_many(conn, rejected, defer=True)
-    return status
+    return CheckOutcome(status, reason, category, approved)

@@ -34,7 +34,8 @@ Processing (`valuation.process`) turns a still-Selected feedback status into 16 
 reads as revoked.
 
 How they are meant to be called (the FHIR layer, fhir/profiles/communication.py, wraps both):
-* POST Claim, after `checks.submit(...) == CLAIM_CHECKED`: `select_claim_for_feedback(ctx, claim_pk, today=)`
+* POST Claim, once the checks passed the claim (`checks.check_submission`, status 4) and it is stored:
+  `select_claim_for_feedback(ctx, claim_pk, today=)`
   (the configured rule; on True the new prompt is registered in the WriteContext so the flush writes the
   CommunicationRequest's first version). A selected claim should not be processed in the same request — processing
   would bypass the feedback at once.

@@ -1,13 +1,13 @@
 """OpenIMISClaim → OpenIMISClaimResponse (IG rows 14–15; domain §2.19–2.20, §3.3–3.4; reference §3.3–3.4).
 
-`POST Claim` is the IG's RPC: the claim and its lines are stored in status 2 (entered), the openIMIS checks run
-(`domain.claims.checks.submit`), a checked claim goes through the selections for review and for feedback
-(`HIFHIR_REVIEW_SELECTION`, `HIFHIR_FEEDBACK_SELECTION`, both `off` by default) and, unless one selected it, is
-processed and valuated (`domain.claims.valuation.process`), and the answer is **200 with the ClaimResponse** — all
-in the one transaction of the POST. A selected claim stays checked (outcome `partial`) until the last of its review
-(PUT ClaimResponse, below) and its feedback (POST Communication) processes it. Both resources live on the
-claim's row, under the same id (FHIR ids are per type): Claim/<id> and ClaimResponse/<id>. The id is the client's
-identifier[UUID] when it sends one, else a server UUID.
+`POST Claim` is the IG's RPC: the openIMIS checks decide the claim (status 2, entered, to 4 or 1;
+`domain.claims.checks.check_submission`), the claim is stored as they decided it, a checked claim goes through the
+selections for review and for feedback (`HIFHIR_REVIEW_SELECTION`, `HIFHIR_FEEDBACK_SELECTION`, both `off` by
+default) and, unless one selected it, is processed and valuated (`domain.claims.valuation.process`), and the answer
+is **200 with the ClaimResponse** — all in the one transaction of the POST. A selected claim stays checked (outcome
+`partial`) until the last of its review (PUT ClaimResponse, below) and its feedback (POST Communication) processes
+it. Both resources live on the claim's row, under the same id (FHIR ids are per type): Claim/<id> and
+ClaimResponse/<id>. The id is the client's identifier[UUID] when it sends one, else a server UUID.
 
 Claim (what a health facility sends; domain §3.3.1 entry validations, all before anything is written):
 * identifier[Code] = the claim code (≤ 50), unique per health facility among current claims (the partial unique
@@ -719,9 +719,11 @@ def _claimed(resource: dict[str, Any], lines: Iterable[_PendingLine]) -> Decimal
 
 _CLAIM_COLUMNS = (
     "id", "uuid", "code", "hf_pk", "insuree_pk", "claim_admin_pk", "date_from", "date_to", "date_claimed",
-    "status", "visit_type", "icd_code", "icd_code_1", "icd_code_2", "icd_code_3", "icd_code_4", "claimed",
+    "status", "rejection_reason", "category", "approved", "submit_stamp", "visit_type", "icd_code", "icd_code_1",
+    "icd_code_2", "icd_code_3", "icd_code_4", "claimed",
     "explanation", "guarantee_id", "version_id", "last_updated", "response_version", "response_updated")
-# PostgreSQL: with its key drawn beforehand, the insert travels with the checks' first reads.
+# Inserted once the checks have decided it. PostgreSQL: with its key drawn beforehand, the insert travels with the
+# transaction's next round trip (processing's, the render's or the COMMIT).
 _INSERT_CLAIM = KeyedInsert(claim, _CLAIM_COLUMNS)
 _LINE_TABLES = {"item": (claim_item, "item_pk"), "service": (claim_service, "service_pk")}
 
@@ -851,15 +853,19 @@ class ClaimKind(ResourceKind):
             raise _immutable("A claim is submitted once (POST Claim); it cannot be created or changed by PUT")
         sub = ctx.read_ahead if isinstance(ctx.read_ahead, Submission) else self.read_ahead(ctx, resource)
         claim_id = sub.uuid or ctx.new_id
-        pk = _insert_claim(ctx, claim_id, sub)
+        today = date.today()
+        lines = _new_lines(sub.lines)
+        checked = checks.check_submission(ctx.conn, sub.facts, date_claimed=sub.date_claimed, claimed=sub.claimed,
+                                          diagnoses=sub.diagnoses, new_lines=lines, today=today)
+        pk = _insert_claim(ctx, claim_id, sub, checked)
         if sub.attachments:
             ctx.conn.execute(insert(claim_attachment), [
                 {"claim_pk": pk, "sequence": a.sequence, "title": a.title, "content_type": a.content_type,
                  "filename": None, "creation": a.creation, "hash": a.sha1.hex(), "data": a.data}
                 for a in sub.attachments])
         ctx.prerendered[(self.name, pk)] = claim_body(sub.view(claim_id))
-        lines = _new_lines(sub.lines)
-        _adjudicate(ctx, pk, lines, sub)
+        if checked.status == CLAIM_CHECKED:
+            _adjudicate(ctx, pk, lines, sub, checked, today)
         _insert_lines(ctx, pk, lines)
         ctx.mark(RESPONSE_KIND, pk)
         ctx.answers[(self.name, pk)] = (RESPONSE_KIND, pk)
@@ -902,23 +908,22 @@ def _insert_lines(ctx: WriteContext, pk: int, lines: list[NewLine]) -> None:
             statement.execute(ctx.conn, rows, defer=True)
 
 
-def _adjudicate(ctx: WriteContext, pk: int, lines: list[NewLine], sub: Submission) -> None:
-    """The openIMIS checks, then the selections for review and for feedback (both always run: a claim may be
-    selected for both), then — unless it was selected for either, when it waits for the medical officer's review
-    (PUT ClaimResponse) and/or the insuree's answers (POST Communication), the last of which processes it —
-    processing and valuation, in the POST's transaction. With an external adjudicator configured
-    (HIFHIR_CLAIM_AI_URL), a claim not held is sent to it through the outbox and waits for its answer."""
+def _adjudicate(ctx: WriteContext, pk: int, lines: list[NewLine], sub: Submission, checked: checks.CheckOutcome,
+                today: date) -> None:
+    """After the openIMIS checks passed the claim (`checked`, stored with it): the selections for review and for
+    feedback (both always run: a claim may be selected for both), then — unless it was selected for either, when
+    it waits for the medical officer's review (PUT ClaimResponse) and/or the insuree's answers (POST Communication),
+    the last of which processes it — processing and valuation, in the POST's transaction. With an external
+    adjudicator configured (HIFHIR_CLAIM_AI_URL), a claim not held is sent to it through the outbox and waits for
+    its answer."""
     from hifhir.domain.claims import review
     from hifhir.domain.claims.ai import enqueue_for_ai
     from hifhir.fhir.profiles.communication import select_claim_for_feedback
 
-    today = date.today()
-    if checks.submit(ctx.conn, pk, today=today, now=ctx.now, new_lines=lines, facts=sub.facts) != CLAIM_CHECKED:
-        return
     held = review.select_for_review(ctx.conn, pk, rule=configured_review_rule(), today=today)
     held = select_claim_for_feedback(ctx, pk, today=today) or held
     if not held and not enqueue_for_ai(ctx, pk):
-        terms = replace(sub.terms, head=sub.terms.head._replace(status=CLAIM_CHECKED, category=sub.facts.category))
+        terms = replace(sub.terms, head=sub.terms.head._replace(status=checked.status, category=checked.category))
         valuation.process(ctx.conn, pk, today=today, now=ctx.now, new_lines=lines, terms=terms)
 
 
@@ -933,12 +938,12 @@ def configured_review_rule() -> SelectionRule:
     return _review_rule(config.REVIEW_SELECTION)
 
 
-def _insert_claim(ctx: WriteContext, claim_id: str, sub: Submission) -> int:
+def _insert_claim(ctx: WriteContext, claim_id: str, sub: Submission, checked: checks.CheckOutcome) -> int:
     secondary = list(sub.diagnoses[1:]) + [None] * (MAX_SECONDARY + 1 - len(sub.diagnoses))
     values: dict[str, Any] = {
         "id": claim_id, "uuid": sub.uuid or claim_id, "code": sub.code, "hf_pk": sub.hf_pk,
         "insuree_pk": sub.insuree_pk, "claim_admin_pk": sub.claim_admin_pk, "date_from": sub.date_from,
-        "date_to": sub.date_to, "date_claimed": sub.date_claimed, "status": CLAIM_ENTERED,
+        "date_to": sub.date_to, "date_claimed": sub.date_claimed, **checked.columns(ctx.now),
         "visit_type": sub.visit_type, "icd_code": sub.diagnoses[0],
         **{f"icd_code_{i}": secondary[i - 1] for i in range(1, MAX_SECONDARY + 1)},
         "claimed": sub.claimed, "explanation": sub.explanation, "guarantee_id": sub.guarantee,
