@@ -25,6 +25,7 @@ from hifhir.store.db import transaction
 from hifhir.store.tables import (
     claim,
     claim_attachment,
+    claim_ded_rem,
     claim_item,
     claim_service,
     insuree,
@@ -235,10 +236,24 @@ def decided_lines(conn: Any, claim_pk: int) -> dict[tuple[str, int], tuple[Any, 
                                                   .order_by(table.c.pk)).all())}
 
 
-def test_a_submitted_claims_lines_are_written_once_as_checks_and_processing_of_the_stored_claim_leave_them(
+_DECIDED_CLAIM = ("status", "rejection_reason", "category", "approved", "valuated", "remunerated", "date_processed")
+_CONSUMED = ("policy_pk", "insuree_pk", "ded_g", "ded_op", "ded_ip", "rem_g", "rem_op", "rem_ip", "rem_consult",
+             "rem_surgery", "rem_delivery", "rem_hospitalization", "rem_antenatal")
+
+
+def decided_claim(conn: Any, claim_pk: int) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
+    """What the checks and processing decided of the claim itself, and what it consumes of its policies."""
+    head = conn.execute(select(*(claim.c[c] for c in _DECIDED_CLAIM)).where(claim.c.pk == claim_pk)).one()
+    consumed = conn.execute(select(*(claim_ded_rem.c[c] for c in _CONSUMED))
+                            .where(claim_ded_rem.c.claim_pk == claim_pk).order_by(claim_ded_rem.c.policy_pk)).all()
+    return tuple(head), [tuple(r) for r in consumed]
+
+
+def test_a_submitted_claim_and_its_lines_are_written_once_as_checks_and_processing_of_the_stored_claim_leave_them(
         api, engine, world):
-    """POST Claim decides its lines before it inserts them (no UPDATE of a line it inserted); each is stored as the
-    checks and processing of the same claim, entered and stored first, leave it."""
+    """POST Claim decides the claim and its lines before it inserts them (no UPDATE of a row it inserted); each is
+    stored as the checks and processing of the same claim, entered and stored first, leave it, with the same
+    consumption of its policy."""
     from hifhir.domain.claims import checks, valuation
     from hifhir.fhir.kind import now_us
     from hifhir.store.fast import STATEMENT_OBSERVERS
@@ -250,6 +265,7 @@ def test_a_submitted_claims_lines_are_written_once_as_checks_and_processing_of_t
         assert checks.submit(conn, entered, today=TODAY, now=now_us()) == 4
         assert valuation.process(conn, entered, today=TODAY, now=now_us()) == 16
         stored = decided_lines(conn, entered)
+        stored_claim = decided_claim(conn, entered)
         conn.rollback()  # the entered claim stays entered: no usage for the submission below
 
     seen: list[str] = []
@@ -260,10 +276,13 @@ def test_a_submitted_claims_lines_are_written_once_as_checks_and_processing_of_t
             service(f"ActivityDefinition/{world.consult}")])))
     finally:
         STATEMENT_OBSERVERS.remove(seen.append)
-    assert not [s for s in seen if s.startswith(("UPDATE claim_item", "UPDATE claim_service"))]
+    assert not [s for s in seen if s.startswith(("UPDATE claim ", "UPDATE claim_item", "UPDATE claim_service"))]
     with transaction(engine, write=False) as conn:
-        posted = decided_lines(conn, conn.execute(select(claim.c.pk).where(claim.c.id == body["id"])).scalar_one())
+        posted_pk = conn.execute(select(claim.c.pk).where(claim.c.id == body["id"])).scalar_one()
+        posted, posted_claim = decided_lines(conn, posted_pk), decided_claim(conn, posted_pk)
     assert posted == stored
+    assert posted_claim == stored_claim
+    assert posted_claim[0][0] == 16 and len(posted_claim[1]) == 1  # valuated; one policy consumed
     # the bandage, in the price list but covered by no product, is rejected by processing; the others valuated
     assert [(line[0], line[1]) for line in posted.values()] == [(1, 0), (2, 3), (1, 0)]
 

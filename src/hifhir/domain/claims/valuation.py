@@ -67,7 +67,10 @@ SQLite outside the writer lock), a third only when a product has an insuree or p
 earlier claims consumed), then the writes (lines, ded-rem rows, claim) — all compiled once and run on the DB-API
 connection; on PostgreSQL the writes go in one pipeline (one round trip). A submission's lines are not stored yet
 (`NewLine`): the second read is of their registers, and what is decided goes back to them, for the submission to
-insert the lines once. A stored claim (a review, a feedback, an external adjudicator's answer) is read first.
+insert the lines once. When nothing can hold a submission before processing (no review or feedback selection, no
+external adjudicator), the claim itself is not stored yet either (`process_submission`): the submission inserts it
+as processing decided it, then its ded-rem rows (`record_consumption`). A stored claim (a review, a feedback, an
+external adjudicator's answer) is read first.
 On PostgreSQL, the policies whose deductible or ceiling this claim consumes are first locked (FOR NO KEY UPDATE,
 in pk order) in a statement of their own, so that the usage read after it sees every claim committed before, and
 two claims of one family processed at once cannot both spend the same deductible.
@@ -509,6 +512,16 @@ def terms_plan(head: ClaimHead, lines: Sequence[Any] | None, claim_pk: int | Non
     return ClaimTerms(head, policies, (yield [read])[0])
 
 
+@dataclass(frozen=True, slots=True)
+class Processed:
+    """What processing decided of a claim besides its lines: its new status, the claim's columns it sets, and what
+    the claim consumes of each used policy (`claim_ded_rem` rows without the claim's pk)."""
+
+    status: int
+    columns: dict[str, Any]
+    consumed: tuple[dict[str, Any], ...]
+
+
 def process(conn: Connection, claim_pk: int, *, today: date, now: int,
             new_lines: Sequence[NewLine] | None = None, terms: ClaimTerms | None = None) -> int:
     """Process and valuate a checked claim (§3.4.2–3.4.3, see the module docstring); returns its new status (16
@@ -517,7 +530,41 @@ def process(conn: Connection, claim_pk: int, *, today: date, now: int,
     passed ones, `reason` 0, are processed: what is decided goes to their `decided`, and the caller inserts them),
     with `terms`, read ahead for them all, whose head has the status and category the checks gave the claim;
     else the claim, its terms and its stored passed lines are read, and the lines updated."""
+    processed, lines, insuree_pk = _decide(conn, claim_pk, today, now, new_lines, terms)
+    claim_update = _UPDATE_CLAIM if processed.status != CLAIM_REJECTED else _REJECT_CLAIM
+    _write(conn, [
+        *_settle_lines(lines, new_lines),
+        # rows a claim had before processing (a review's preview) are replaced, not added to
+        *_drop_ded_rem(insuree_pk, claim_pk, new_lines),
+        (_INSERT_DED_REM, [{**row, "claim_pk": claim_pk} for row in processed.consumed]),
+        (claim_update, [{**processed.columns, "claim_pk": claim_pk}]),
+    ])
+    return processed.status
+
+
+def process_submission(conn: Connection, *, today: date, now: int, new_lines: Sequence[NewLine],
+                       terms: ClaimTerms) -> Processed:
+    """`process` for a claim the checks passed that is not stored yet, because nothing can hold it before
+    processing (no selection for review or feedback, no adjudicator): what is decided, written by nothing here. The
+    new lines get their `decided`; the caller inserts the claim with `columns`, its lines, then
+    `record_consumption` — one INSERT each, no UPDATE of a row the transaction inserted."""
+    processed, lines, _ = _decide(conn, None, today, now, new_lines, terms)
+    _settle_lines(lines, new_lines)
+    return processed
+
+
+def record_consumption(conn: Connection, claim_pk: int, processed: Processed) -> None:
+    """The consumption rows of a claim `process_submission` decided, once it is inserted."""
+    if processed.consumed:
+        _write(conn, [(_INSERT_DED_REM, [{**row, "claim_pk": claim_pk} for row in processed.consumed])])
+
+
+def _decide(conn: Connection, claim_pk: int | None, today: date, now: int, new_lines: Sequence[NewLine] | None,
+            terms: ClaimTerms | None) -> tuple[Processed, list[_Line], int]:
+    """Processing's reads and decisions (`claim_pk` None: a claim not stored yet, with `new_lines` and `terms`):
+    (what is decided, the lines, the insuree's pk)."""
     if terms is None:
+        assert claim_pk is not None
         found = _CLAIM_HEAD.rows(conn, {"claim": claim_pk})
         if not found:
             raise ValueError(f"claim {claim_pk} does not exist")
@@ -550,14 +597,14 @@ def process(conn: Connection, claim_pk: int, *, today: date, now: int,
     passed = [line for line in lines if line.reason == 0]
 
     if not passed:
-        _write(conn, [*_settle_lines(lines, new_lines), *_drop_ded_rem(head.insuree_pk, claim_pk, new_lines),
-                      (_REJECT_CLAIM, [{"claim_pk": claim_pk, "status": CLAIM_REJECTED,
-                                        "rejection_reason": ALL_REJECTED, "approved": ZERO}])])
-        return CLAIM_REJECTED
+        return (Processed(CLAIM_REJECTED, {"status": CLAIM_REJECTED, "rejection_reason": ALL_REJECTED,
+                                           "approved": ZERO}, ()), lines, head.insuree_pk)
 
     category = head.category or "V"
-    accounts = _accounts(conn, claim_pk, head.insuree_pk, c.hf_level, category, [first_policy[pk] for pk in
-                         dict.fromkeys(line.product_pk for line in passed if line.product_pk is not None)], multi_day)
+    # A claim not stored yet has no consumption rows to leave out (pks start at 1).
+    accounts = _accounts(conn, claim_pk or 0, head.insuree_pk, c.hf_level, category, [
+        first_policy[pk] for pk in dict.fromkeys(line.product_pk for line in passed if line.product_pk is not None)],
+        multi_day)
     for line in passed:
         _valuate(line, accounts[line.policy_pk], category, adult)
 
@@ -569,16 +616,10 @@ def process(conn: Connection, claim_pk: int, *, today: date, now: int,
     if status == CLAIM_VALUATED:
         valuated = sum((line.price_valuated or ZERO for line in passed), ZERO)
         remunerated = sum((line.remunerated_amount or ZERO for line in passed), ZERO)
-    _write(conn, [
-        *_settle_lines(lines, new_lines),
-        # rows a claim had before processing (a review's preview) are replaced, not added to
-        *_drop_ded_rem(head.insuree_pk, claim_pk, new_lines),
-        (_INSERT_DED_REM, [_ded_rem(claim_pk, head.insuree_pk, a, category) for a in accounts.values()]),
-        (_UPDATE_CLAIM, [{"claim_pk": claim_pk, "status": status, "rejection_reason": 0, "date_processed": today,
-                          "process_stamp": now, "approved": approved, "valuated": valuated,
-                          "remunerated": remunerated}]),
-    ])
-    return status
+    columns = {"status": status, "rejection_reason": 0, "date_processed": today, "process_stamp": now,
+               "approved": approved, "valuated": valuated, "remunerated": remunerated}
+    consumed = tuple(_ded_rem(head.insuree_pk, a, category) for a in accounts.values())
+    return Processed(status, columns, consumed), lines, head.insuree_pk
 
 
 def _submitted_lines(new_lines: Sequence[NewLine], rows: list[Any]) -> list[_Line]:
@@ -781,10 +822,11 @@ def _valuated(line: _Line, value: Decimal) -> None:
     line.remunerated_amount = None if line.price_origin == "R" else value
 
 
-def _ded_rem(claim_pk: int, insuree_pk: int, a: _Account, category: str) -> dict[str, Any]:
+def _ded_rem(insuree_pk: int, a: _Account, category: str) -> dict[str, Any]:
     row = dict.fromkeys(_DED_REM_COLUMNS, ZERO)
+    del row["claim_pk"]
     care = "ip" if a.hospital else "op"
-    row.update(claim_pk=claim_pk, policy_pk=a.policy_pk, insuree_pk=insuree_pk, ded_g=a.deducted,
+    row.update(policy_pk=a.policy_pk, insuree_pk=insuree_pk, ded_g=a.deducted,
                rem_g=a.remunerated, **{f"ded_{care}": a.deducted, f"rem_{care}": a.remunerated})
     if category in CATEGORY_REMS:
         row[CATEGORY_REMS[category]] = a.category_remunerated

@@ -720,11 +720,12 @@ def _claimed(resource: dict[str, Any], lines: Iterable[_PendingLine]) -> Decimal
 _CLAIM_COLUMNS = (
     "id", "uuid", "code", "hf_pk", "insuree_pk", "claim_admin_pk", "date_from", "date_to", "date_claimed",
     "status", "rejection_reason", "category", "approved", "submit_stamp", "visit_type", "icd_code", "icd_code_1",
-    "icd_code_2", "icd_code_3", "icd_code_4", "claimed",
+    "icd_code_2", "icd_code_3", "icd_code_4", "claimed", "date_processed", "process_stamp", "valuated", "remunerated",
     "explanation", "guarantee_id", "version_id", "last_updated", "response_version", "response_updated")
 # Inserted once the checks have decided it. PostgreSQL: with its key drawn beforehand, the insert travels with the
 # transaction's next round trip (processing's, the render's or the COMMIT).
 _INSERT_CLAIM = KeyedInsert(claim, _CLAIM_COLUMNS)
+_UNPROCESSED = {"date_processed": None, "process_stamp": None, "valuated": None, "remunerated": None}
 _LINE_TABLES = {"item": (claim_item, "item_pk"), "service": (claim_service, "service_pk")}
 
 
@@ -857,14 +858,20 @@ class ClaimKind(ResourceKind):
         lines = _new_lines(sub.lines)
         checked = checks.check_submission(ctx.conn, sub.facts, date_claimed=sub.date_claimed, claimed=sub.claimed,
                                           diagnoses=sub.diagnoses, new_lines=lines, today=today)
-        pk = _insert_claim(ctx, claim_id, sub, checked)
+        processed = None
+        if checked.status == CLAIM_CHECKED and not _can_be_held():  # processed before it is stored
+            processed = valuation.process_submission(ctx.conn, today=today, now=ctx.now, new_lines=lines,
+                                                     terms=_checked_terms(sub, checked))
+        pk = _insert_claim(ctx, claim_id, sub, checked, processed)
         if sub.attachments:
             ctx.conn.execute(insert(claim_attachment), [
                 {"claim_pk": pk, "sequence": a.sequence, "title": a.title, "content_type": a.content_type,
                  "filename": None, "creation": a.creation, "hash": a.sha1.hex(), "data": a.data}
                 for a in sub.attachments])
         ctx.prerendered[(self.name, pk)] = claim_body(sub.view(claim_id))
-        if checked.status == CLAIM_CHECKED:
+        if processed is not None:
+            valuation.record_consumption(ctx.conn, pk, processed)
+        elif checked.status == CLAIM_CHECKED:
             _adjudicate(ctx, pk, lines, sub, checked, today)
         _insert_lines(ctx, pk, lines)
         ctx.mark(RESPONSE_KIND, pk)
@@ -923,8 +930,21 @@ def _adjudicate(ctx: WriteContext, pk: int, lines: list[NewLine], sub: Submissio
     held = review.select_for_review(ctx.conn, pk, rule=configured_review_rule(), today=today)
     held = select_claim_for_feedback(ctx, pk, today=today) or held
     if not held and not enqueue_for_ai(ctx, pk):
-        terms = replace(sub.terms, head=sub.terms.head._replace(status=checked.status, category=checked.category))
-        valuation.process(ctx.conn, pk, today=today, now=ctx.now, new_lines=lines, terms=terms)
+        valuation.process(ctx.conn, pk, today=today, now=ctx.now, new_lines=lines, terms=_checked_terms(sub, checked))
+
+
+def _checked_terms(sub: Submission, checked: checks.CheckOutcome) -> ClaimTerms:
+    """The terms read ahead, with the status and category the checks gave the claim."""
+    return replace(sub.terms, head=sub.terms.head._replace(status=checked.status, category=checked.category))
+
+
+def _can_be_held() -> bool:
+    """Whether a checked claim may wait before processing: a selection for review or feedback is configured, or an
+    external adjudicator (else the POST processes it before storing it)."""
+    from hifhir.fhir.profiles.communication import configured_rule
+
+    return (configured_review_rule().kind != "off" or configured_rule().kind != "off"
+            or bool(config.CLAIM_AI_URL))
 
 
 @functools.cache
@@ -938,13 +958,16 @@ def configured_review_rule() -> SelectionRule:
     return _review_rule(config.REVIEW_SELECTION)
 
 
-def _insert_claim(ctx: WriteContext, claim_id: str, sub: Submission, checked: checks.CheckOutcome) -> int:
+def _insert_claim(ctx: WriteContext, claim_id: str, sub: Submission, checked: checks.CheckOutcome,
+                  processed: valuation.Processed | None) -> int:
+    """The claim as the checks decided it, and processing when it ran first (`processed`)."""
     secondary = list(sub.diagnoses[1:]) + [None] * (MAX_SECONDARY + 1 - len(sub.diagnoses))
     values: dict[str, Any] = {
         "id": claim_id, "uuid": sub.uuid or claim_id, "code": sub.code, "hf_pk": sub.hf_pk,
         "insuree_pk": sub.insuree_pk, "claim_admin_pk": sub.claim_admin_pk, "date_from": sub.date_from,
-        "date_to": sub.date_to, "date_claimed": sub.date_claimed, **checked.columns(ctx.now),
-        "visit_type": sub.visit_type, "icd_code": sub.diagnoses[0],
+        "date_to": sub.date_to, "date_claimed": sub.date_claimed, **checked.columns(ctx.now), **_UNPROCESSED,
+        **(processed.columns if processed is not None else {}), "visit_type": sub.visit_type,
+        "icd_code": sub.diagnoses[0],
         **{f"icd_code_{i}": secondary[i - 1] for i in range(1, MAX_SECONDARY + 1)},
         "claimed": sub.claimed, "explanation": sub.explanation, "guarantee_id": sub.guarantee,
         "version_id": 1, "last_updated": ctx.now, "response_version": 1, "response_updated": ctx.now,
