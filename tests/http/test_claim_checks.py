@@ -1,6 +1,7 @@
 """Claim submission checks (domain §3.3.2–3.3.4, `hifhir.domain.claims.checks.submit`): the claim category and
 every rejection reason, each produced by a real scenario — registers, price lists, products, policies and earlier
-claims as the scheme would hold them — on SQLite and PostgreSQL.
+claims as the scheme would hold them — on SQLite and PostgreSQL. Each scenario's claim is also decided by
+`check_submission`, the checks POST Claim runs before anything is stored, which must decide the same.
 
 One world per module and backend (registers, two products, the facility's price lists, a family and the diagnosis
 list, built through the API); each test adds its own insurees and claims, so that no test sees another's history.
