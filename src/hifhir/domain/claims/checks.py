@@ -180,19 +180,12 @@ _CLAIM = DriverQuery(
     select(
         claim.c.status, claim.c.hf_pk, claim.c.insuree_pk, claim.c.date_from, claim.c.date_to, claim.c.date_claimed,
         claim.c.claimed, claim.c.icd_code, *(claim.c[f"icd_code_{i}"] for i in range(1, 5)),
-        insuree.c.dob, insuree.c.gender, insuree.c.deleted.label("insuree_deleted"), insuree.c.family_pk,
-        family.c.deleted.label("family_deleted"), health_facility.c.care_type.label("hf_care_type"),
         turn(CLAIM_CHECKS, claim.c.insuree_pk).label("turn"),
-    )
-    .select_from(
-        claim.join(insuree, insuree.c.pk == claim.c.insuree_pk)
-        .outerjoin(family, family.c.pk == insuree.c.family_pk)
-        .join(health_facility, health_facility.c.pk == claim.c.hf_pk)
     )
     .where(claim.c.pk == bindparam("claim"), is_current(claim))
 )
 
-# What `_CLAIM` joins to a stored claim, for a submission's insuree and facility (read ahead with its facts).
+# The claim's insuree with its family, and its facility, as the checks need them (one of the facts).
 _SUBJECT = DriverQuery(
     select(insuree.c.dob, insuree.c.gender, insuree.c.deleted.label("insuree_deleted"), insuree.c.family_pk,
            family.c.deleted.label("family_deleted"), health_facility.c.care_type.label("hf_care_type"))
@@ -423,7 +416,9 @@ def submit(conn: Connection, claim_pk: int, *, today: date, now: int, facts: Che
         raise ValueError(f"Claim {claim_pk}: the facts given are of another facility, insuree or dates")
     lines = [_line(r.kind, r.pk, r.sequence or 0, r.target_pk, r.qty_provided, r.price_asked, r.rejection_reason,
                    facts.registers.get((r.kind, r.target_pk))) for r in stored]
-    outcome = _decide(conn, claim_pk, c, lines, today, facts, take_turn=False)  # `_CLAIM` took it
+    checked = _Checked.of(facts, c.date_claimed, c.claimed,
+                          (c.icd_code, c.icd_code_1, c.icd_code_2, c.icd_code_3, c.icd_code_4))
+    outcome = _decide(conn, claim_pk, checked, lines, today, facts, take_turn=False)  # `_CLAIM` took it
     params = {"claim": claim_pk, "new_status": outcome.status, "new_category": outcome.category,
               "new_reason": outcome.rejection_reason, "new_approved": outcome.approved, "new_stamp": now}
     if not _CLAIM_UPDATE.rows(conn, params):
@@ -437,8 +432,8 @@ def submit(conn: Connection, claim_pk: int, *, today: date, now: int, facts: Che
 
 
 @dataclass(frozen=True, slots=True)
-class _Submitted:
-    """A submission's claim as the checks read a stored one (`_CLAIM`): its values and its facts' subject."""
+class _Checked:
+    """A claim as the checks read it: its values, and its insuree, family and facility (the facts' subject)."""
 
     insuree_pk: int
     date_from: date
@@ -457,17 +452,23 @@ class _Submitted:
     family_deleted: bool | None
     hf_care_type: str | None
 
+    @classmethod
+    def of(cls, facts: CheckFacts, date_claimed: date, claimed: Decimal | None,
+           diagnoses: Sequence[str | None]) -> _Checked:
+        """`diagnoses`: the main one, then the secondary ones (up to 5 in all)."""
+        s = facts.subject
+        codes = [*diagnoses, None, None, None, None, None][:5]
+        return cls(facts.insuree_pk, facts.date_from, facts.date_to, date_claimed, claimed, *codes,
+                   s.dob if s else None, s.gender if s else None, s is None or bool(s.insuree_deleted),
+                   s.family_pk if s else None, s.family_deleted if s else None, s.hf_care_type if s else None)
+
 
 def check_submission(conn: Connection, facts: CheckFacts, *, date_claimed: date, claimed: Decimal | None,
                      diagnoses: Sequence[str], new_lines: Sequence[NewLine], today: date) -> CheckOutcome:
     """Check a claim this transaction is about to insert (status entered, with `new_lines`, not stored either):
     each line's `reason` is set, and the outcome is for the caller to insert the claim with — a claim is inserted
     once, decided, as its lines are (no UPDATE of a row the same transaction inserted)."""
-    s = facts.subject
-    codes = [*diagnoses, None, None, None, None, None][:5]
-    c = _Submitted(facts.insuree_pk, facts.date_from, facts.date_to, date_claimed, claimed, *codes,
-                   s.dob if s else None, s.gender if s else None, s is None or bool(s.insuree_deleted),
-                   s.family_pk if s else None, s.family_deleted if s else None, s.hf_care_type if s else None)
+    c = _Checked.of(facts, date_claimed, claimed, diagnoses)
     lines = [_line(n.kind, n.order, n.sequence, n.target_pk, n.qty, n.price, n.reason,
                    facts.registers.get((n.kind, n.target_pk))) for n in new_lines]
     outcome = _decide(conn, None, c, lines, today, facts, take_turn=True)
@@ -477,10 +478,10 @@ def check_submission(conn: Connection, facts: CheckFacts, *, date_claimed: date,
     return outcome
 
 
-def _decide(conn: Connection, claim_pk: int | None, c: Any, lines: list[_Line], today: date, facts: CheckFacts,
+def _decide(conn: Connection, claim_pk: int | None, c: _Checked, lines: list[_Line], today: date, facts: CheckFacts,
             *, take_turn: bool) -> CheckOutcome:
-    """The checks of the claim `c` (a `_CLAIM` row or `_Submitted`; `claim_pk` None when not stored yet): each
-    line's reason set in place, and the claim's outcome."""
+    """The checks of the claim `c` (`claim_pk` None when not stored yet): each line's reason set in place, and the
+    claim's outcome."""
     lines.sort(key=lambda line: (line.kind != "service", line.sequence, line.pk))  # the legacy cursors' order
     target = c.date_to or c.date_from
     claim_reason = _claim_reason(c, lines, target, today, facts.policies, facts.diagnoses)

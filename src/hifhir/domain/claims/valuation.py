@@ -549,7 +549,7 @@ def process_submission(conn: Connection, *, today: date, now: int, new_lines: Se
     new lines get their `decided`; the caller inserts the claim with `columns`, its lines, then
     `record_consumption` — one INSERT each, no UPDATE of a row the transaction inserted."""
     processed, lines, _ = _decide(conn, None, today, now, new_lines, terms)
-    _settle_lines(lines, new_lines)
+    _settle_lines(lines, new_lines)  # for new lines: their `decided`, nothing to write
     return processed
 
 
