@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import orjson
-from sqlalchemy import Connection, and_, bindparam, func, or_, select
+from sqlalchemy import Connection, and_, bindparam, collate, func, or_, select
 
 from hifhir.auth import scope as location_scope
 from hifhir.fhir.errors import FhirError, invalid, issue
@@ -31,7 +31,7 @@ from hifhir.fhir.searchparams import (
     instant_param,
 )
 from hifhir.store.fast import FastStatement
-from hifhir.store.tables import is_current
+from hifhir.store.tables import UPDATED_IN_PLACE, OnPostgresql, is_current
 from hifhir.store.tables import resource_version as rv
 
 RESULT_PARAMS = {"_count", "_sort", "_total", "_summary", "_elements", "_cursor", "_format", "_pretty"}
@@ -48,11 +48,29 @@ def common_params(kind: ResourceKind) -> dict[str, SearchParam]:
     t = kind.table
     params = {
         "_id": id_param(t.c.id),
-        "_lastUpdated": instant_param("_lastUpdated", kind.updated, "When the resource last changed"),
+        "_lastUpdated": instant_param("_lastUpdated", kind.updated, "When the resource last changed",
+                                      since=_changed_since(kind)),
     }
     code_col = t.c[kind.code_column] if kind.code_column else None
     params["identifier"] = identifier_param(t.c.id, code_col)
     return params
+
+
+def _changed_since(kind: ResourceKind) -> Callable[[int], Any] | None:
+    """For a kind whose table has no index on its change time on PostgreSQL (`store.tables.UPDATED_IN_PLACE`): the
+    rows with a version stored since a moment, found through resource_version's time index. The newest version of a
+    resource is stored with its row's change time, so a row changed since the moment has such a version, and one
+    that has such a version changed since. The ids are compared in the entity ids' collation ("C"), so that the
+    rows are found through the id's unique index."""
+    if kind.table.name not in UPDATED_IN_PLACE or kind.updated_column != "last_updated":
+        return None
+    ids = kind.table.c.id
+
+    def since(moment: int) -> Any:
+        return OnPostgresql(ids.in_(select(collate(rv.c.res_id, "C")).where(
+            rv.c.res_type == kind.resource_type, rv.c.last_updated >= moment)))
+
+    return since
 
 
 def common_sorts(kind: ResourceKind) -> dict[str, SortKey]:

@@ -521,8 +521,10 @@ def _to_us(moment: datetime) -> int:
     return (moment - _EPOCH) // timedelta(microseconds=1)
 
 
-def instant_param(name: str, column: Any, doc: str = "") -> SearchParam:
-    """Dates against an integer-microsecond instant column (meta.lastUpdated)."""
+def instant_param(name: str, column: Any, doc: str = "",
+                  since: Callable[[int], ColumnElement[bool]] | None = None) -> SearchParam:
+    """Dates against an integer-microsecond instant column (meta.lastUpdated). `since(lower bound)`: a condition
+    added to the range of a prefix with a lower bound, for a column without an index (`common_params`)."""
 
     def clause(value: str, modifier: str | None, expression: str) -> Clause:
         prefix, text = parse_prefixed(value)
@@ -533,7 +535,7 @@ def instant_param(name: str, column: Any, doc: str = "") -> SearchParam:
         except OverflowError:
             raise _out_of_range(text, expression) from None
         lo, hi = _to_us(rng.lo), _to_us(rng.hi)
-        return {
+        clause = {
             "eq": lambda: and_(column >= lo, column < hi),
             "ap": lambda: and_(column >= lo, column < hi),
             "ne": lambda: or_(column < lo, column >= hi),
@@ -544,6 +546,8 @@ def instant_param(name: str, column: Any, doc: str = "") -> SearchParam:
             "eb": lambda: column < lo,
             "le": lambda: column < hi,
         }[prefix]()
+        lower = {"eq": lo, "ap": lo, "ge": lo, "gt": hi, "sa": hi}.get(prefix)
+        return clause if since is None or lower is None else and_(clause, since(lower))
 
     return SearchParam(name, "date", clause, frozenset(), doc)
 
