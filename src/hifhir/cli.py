@@ -146,7 +146,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"outbox: {done.done} done, {done.retrying} to retry later, {done.failed} failed")
                 return 0
             for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, lambda *_: worker.stop())
+                signal.signal(signum, lambda *_: worker.stop_from_signal())
             worker.run_forever()
         finally:
             worker.close()

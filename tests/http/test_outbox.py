@@ -360,6 +360,22 @@ def test_a_commit_that_enqueued_wakes_the_worker_of_its_process(engine, rec):
     assert row(engine, row_id).status == "done"
 
 
+def test_a_stop_asked_by_a_signal_while_the_loop_holds_its_wake_up_lock_does_not_wait_for_it(engine):
+    """A signal handler runs in the loop's own thread, between two bytecodes: perhaps while the loop holds the lock
+    of the event it waits on (in `Event.wait` or `clear`). The stop it asks for must not wait for that lock, which
+    the interrupted thread cannot give back: `hifhir worker` once hung on SIGTERM that way."""
+    loop = Worker(engine, CONFIG, topics=["test-a"])
+    try:
+        with loop._wake._cond:  # the state the interrupted loop is in
+            asked = threading.Thread(target=loop.stop_from_signal)
+            asked.start()
+            asked.join(2)
+            assert not asked.is_alive()  # the handler returned while the lock was still held
+        assert loop._stop.wait(2) and loop._wake.wait(2)  # and the loop, once it let go, is told to stop
+    finally:
+        loop.close()
+
+
 def test_hifhir_worker_once_delivers_what_is_due(engine, rec, command_env, capsys):
     ids = [put(engine, "s1", now=0), put(engine, "s2", now=0)]
     assert cli.main(["worker", "--once", "--topic", "test-a"]) == 0

@@ -201,6 +201,12 @@ class Worker:
         self._stop.set()
         self._wake.set()
 
+    def stop_from_signal(self) -> None:
+        """`stop`, for a signal handler: Python runs the handler in the main thread between two bytecodes, which may
+        be while that thread, in `run_forever`, holds the lock of the event `stop` sets; setting it there would wait
+        for the thread itself, forever. Another thread sets it once the loop lets go of the lock."""
+        threading.Thread(target=self.stop, name="hifhir-outbox-stop", daemon=True).start()
+
     def close(self) -> None:
         store.unsubscribe(self.engine, self._wake)
         if self._pool is not None:
