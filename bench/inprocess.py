@@ -17,7 +17,9 @@ contribution invoice in full, which activates its policy: `bench.run.prepare_pay
 all workers before they start). Printed per worker: wall and CPU time per request (the whole process's, and that
 of the thread that runs the requests) and, on SQLite, how long the writer lock was held per request — by the
 requests, and by the worker's audit trail thread, which writes their audit events in batches (a GET's share) —;
-then the requests per second of all workers together.
+on PostgreSQL, when the cluster runs on this machine, its CPU per request from the start of the measured requests to
+the end of the last (every process of the cluster: the workers' backends, the WAL writer, …); then the requests per
+second of all workers together.
 
 `--instructions` runs each worker under valgrind's callgrind, counting only its measured requests, and prints the
 instructions per request instead: on a machine whose speed changes from one minute to the next (bench/README.md,
