@@ -141,16 +141,10 @@ def amount_of_hundredths(value: Any) -> Decimal:
 # writes an entry in every index of the table (insuree has ten), while one that changes none can be a heap-only
 # tuple (HOT) update, which writes none, when the row's page has room. `last_updated` changes with every version, so
 # there these tables have no index on it (migration 5e8d2c41a7f3; a search by _lastUpdated reaches their rows
-# through resource_version's time index, `fhir.search.common_params`) and their pages are filled to 85 % only.
+# through resource_version's indexes, `fhir.search.common_params`) and their pages are filled to 85 % only.
 # SQLite updates only the indexes whose columns changed: it keeps the index.
 UPDATED_IN_PLACE = ("insuree", "family", "policy", "coverage", "invoice")
-UPDATED_IN_PLACE_FILLFACTOR = 85
-
-
-def updated_in_place(name: str) -> dict[str, Any]:
-    """The options of the table `name` of `UPDATED_IN_PLACE` (PostgreSQL's fillfactor)."""
-    assert name in UPDATED_IN_PLACE
-    return {"postgresql_with": {"fillfactor": UPDATED_IN_PLACE_FILLFACTOR}}
+IN_PLACE_OPTIONS: dict[str, Any] = {"postgresql_with": {"fillfactor": 85}}  # the table options of each of them
 
 
 def updated_index_on_sqlite(name: str) -> Index:
@@ -326,7 +320,7 @@ family = Table(
     Column("confirmation_type", String(3)),
     current_unique("family", "code"),
     Index("ix_family_head", "head_insuree_pk"),
-    **updated_in_place("family"),
+    **IN_PLACE_OPTIONS,
 )
 
 # --- Insuree (Patient) ----------------------------------------------------------------------------------------
@@ -366,7 +360,7 @@ insuree = Table(
     current_index("insuree", "family_pk"),
     current_index("insuree", "village_pk"),
     current_index("insuree", "dob"),
-    **updated_in_place("insuree"),
+    **IN_PLACE_OPTIONS,
 )
 
 insuree_photo = Table(
@@ -656,7 +650,7 @@ policy = Table(
     current_index("policy", "policy_holder_pk"),
     current_index("policy", "product_pk"),
     current_index("policy", "expiry_date"),
-    **updated_in_place("policy"),
+    **IN_PLACE_OPTIONS,
 )
 
 # The Coverage view of a policy: its own versions and id space (Coverage/<policy uuid>), one row per policy.
@@ -666,7 +660,7 @@ coverage = Table(
     *resource_columns(updated_index=False),
     updated_index_on_sqlite("coverage"),
     Column("policy_pk", Integer, ForeignKey("policy.pk"), nullable=False, unique=True),
-    **updated_in_place("coverage"),
+    **IN_PLACE_OPTIONS,
 )
 
 # A member's own coverage window under a policy (domain §2.16); effective_date none = listed, not yet covered.
@@ -987,7 +981,7 @@ invoice = Table(
     current_index("invoice", "policy_pk"),
     current_index("invoice", "payer_type", "payer_pk"),
     updated_index_on_sqlite("invoice"),
-    **updated_in_place("invoice"),
+    **IN_PLACE_OPTIONS,
 )
 invoice_line = Table("invoice_line", metadata, *_invoice_line_columns("invoice"),
                      Index("ix_invoice_line_invoice", "invoice_pk"))
