@@ -294,12 +294,12 @@ def _enquiry_query(with_item: bool, with_service: bool) -> DriverQuery:
     """One row per policy of the insuree `ref` (rows with empty policy columns for what does not cover), with
     the product terms, the requested item's (`i0`) and service's (`s0`) pk and the product's coverage line for
     each (`i_*`, `s_*` columns, empty when the product does not cover it)."""
-    ranked = union_all(
-        select(insuree.c.pk, literal(0).label("rank")).where(insuree.c.id == bindparam("ref"), is_current(insuree)),
-        select(insuree.c.pk, literal(1).label("rank")).where(insuree.c.chf_id == bindparam("ref"),
-                                                             is_current(insuree)),
-    ).subquery()
-    target = select(ranked.c.pk).order_by(ranked.c.rank).limit(1).scalar_subquery()
+    # Both lookups are unique (the id; the insurance number among current insurees): no LIMIT, no sort, two plan
+    # nodes fewer for PostgreSQL to set up at each execution than a ranked union.
+    target = func.coalesce(
+        select(insuree.c.pk).where(insuree.c.id == bindparam("ref"), is_current(insuree)).scalar_subquery(),
+        select(insuree.c.pk).where(insuree.c.chf_id == bindparam("ref"), is_current(insuree)).scalar_subquery(),
+    )
     ins = insuree.alias("ins")
     # A chain of left joins, not a parenthesised inner join (which SQLite materialises for every insuree): a
     # member row whose policy does not cover gets empty policy columns, and the caller skips it.
@@ -335,8 +335,7 @@ def _enquiry_query(with_item: bool, with_service: bool) -> DriverQuery:
             columns.append(select(medical_service.c.category)
                            .where(medical_service.c.code == bindparam("s0"), is_current(medical_service))
                            .limit(1).scalar_subquery().label("s_category"))
-    return DriverQuery(select(*columns).select_from(source).where(ins.c.pk == target)
-                       .order_by(insuree_policy.c.effective_date, policy.c.pk))
+    return DriverQuery(select(*columns).select_from(source).where(ins.c.pk == target))  # caller sorts the policies
 
 
 def _usage_statement() -> Any:
@@ -431,7 +430,7 @@ def evaluate_reference(conn: Connection, ref: str, today: date, *, items: Sequen
     if not rows:
         return None
     head = rows[0]
-    policies = [r for r in rows if r.policy_pk is not None]
+    policies = sorted((r for r in rows if r.policy_pk is not None), key=lambda r: (r.effective_date, r.policy_pk))
     provisions: list[Provision] = []
     lines: dict[tuple[str, int, int], _Line] = {}
     for kind, code, prefix in (("item", item_codes, "i"), ("service", service_codes, "s")):

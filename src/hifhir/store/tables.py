@@ -17,6 +17,7 @@ from sqlalchemy import (
     Column,
     Date,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -150,6 +151,30 @@ IN_PLACE_OPTIONS: dict[str, Any] = {"postgresql_with": {"fillfactor": 85}}  # th
 def updated_index_on_sqlite(name: str) -> Index:
     """The `last_updated` index of a table of `UPDATED_IN_PLACE`: SQLite's alone."""
     return Index(f"ix_{name}_last_updated", "last_updated").ddl_if(dialect="sqlite")
+
+
+# Records: rows the server alone inserts, in bulk, each after reading in the same transaction the rows it refers
+# to — claims and their lines and deductions, eligibility enquiries, payment notices, audit entities. On PostgreSQL
+# their references are not foreign keys (migration 9b4e6f1d2c8a): a foreign key check locks the row referred to
+# (FOR KEY SHARE), which writes the lock into that row's header — a page dirtied and a WAL record per reference, ten
+# a claim line for its item, product, policy and claim —, and turns the rows every claim refers to (its facility,
+# the products, the common items) into MultiXacts shared by the concurrent transactions. The rows referred to are
+# never physically deleted (registers are soft-deleted and keep their history), and each write path resolves its
+# references to current rows before writing. SQLite checks a reference with an index lookup and locks nothing: it
+# keeps them.
+_RECORD_REFERENCES: list[ForeignKeyConstraint] = []
+
+
+def record_reference(column: str, target: str) -> ForeignKeyConstraint:
+    """The reference `column` → `target` ("table.pk") of a record table: a foreign key on SQLite alone."""
+    constraint = ForeignKeyConstraint([column], [target]).ddl_if(dialect="sqlite")
+    _RECORD_REFERENCES.append(constraint)
+    return constraint
+
+
+def record_references() -> list[tuple[str, str, str]]:
+    """(table, column, table referred to) of every reference made by `record_reference`."""
+    return [(c.table.name, c.column_keys[0], c.elements[0].column.table.name) for c in _RECORD_REFERENCES]
 
 
 def resource_columns(*, uuid_index: bool = True, updated_index: bool = True) -> list[Column]:
@@ -716,7 +741,8 @@ eligibility_enquiry = Table(
     "eligibility_enquiry",
     metadata,
     *resource_columns(uuid_index=False),  # uuid = id: identifier[UUID] searches use the id's unique index
-    Column("insuree_pk", Integer, ForeignKey("insuree.pk"), nullable=False),
+    Column("insuree_pk", Integer, nullable=False),
+    record_reference("insuree_pk", "insuree.pk"),
     Column("created", Date, nullable=False),  # the request's own date
     Column("answered", Date, nullable=False),  # the evaluation date (the response's `created`)
     current_index("eligibility_enquiry", "insuree_pk"),
@@ -731,9 +757,12 @@ claim = Table(
     metadata,
     *resource_columns(),
     Column("code", String(50), nullable=False),
-    Column("hf_pk", Integer, ForeignKey("health_facility.pk"), nullable=False),
-    Column("insuree_pk", Integer, ForeignKey("insuree.pk"), nullable=False),
-    Column("claim_admin_pk", Integer, ForeignKey("claim_admin.pk")),
+    Column("hf_pk", Integer, nullable=False),
+    Column("insuree_pk", Integer, nullable=False),
+    Column("claim_admin_pk", Integer),
+    record_reference("hf_pk", "health_facility.pk"),
+    record_reference("insuree_pk", "insuree.pk"),
+    record_reference("claim_admin_pk", "claim_admin.pk"),
     Column("date_from", Date, nullable=False),
     Column("date_to", Date),
     Column("date_claimed", Date, nullable=False),
@@ -756,7 +785,8 @@ claim = Table(
     Column("feedback_available", Boolean, nullable=False, server_default=text("false")),
     Column("submit_stamp", BigInteger),  # µs since the epoch, set by the checks (status 4 or 1)
     Column("process_stamp", BigInteger),  # µs since the epoch, set by processing (status 8 or 16)
-    Column("run_pk", Integer, ForeignKey("batch_run.pk")),  # the batch run that valuated it (§3.4.4)
+    Column("run_pk", Integer),  # the batch run that valuated it (§3.4.4)
+    record_reference("run_pk", "batch_run.pk"),
     # The ClaimResponse (the same row) changes as the claim is processed and valuated while the Claim stays as
     # submitted: its versions and change time are its own (ResourceKind.version_column / updated_column).
     Column("response_version", Integer, nullable=False, server_default="0"),
@@ -786,9 +816,9 @@ claim_attachment = Table(
 
 def _claim_line_columns() -> list[Column]:
     return [
-        Column("claim_pk", Integer, ForeignKey("claim.pk"), nullable=False),
-        Column("product_pk", Integer, ForeignKey("product.pk")),  # assigned at processing
-        Column("policy_pk", Integer, ForeignKey("policy.pk")),
+        Column("claim_pk", Integer, nullable=False),
+        Column("product_pk", Integer),  # assigned at processing
+        Column("policy_pk", Integer),
         Column("status", Integer, nullable=False, server_default="1"),  # 1 passed | 2 rejected
         Column("qty_provided", Amount(), nullable=False),
         Column("qty_approved", Amount()),
@@ -810,12 +840,18 @@ def _claim_line_columns() -> list[Column]:
     ]
 
 
+def _claim_line_references(target_column: str, target: str) -> list[ForeignKeyConstraint]:
+    return [record_reference("claim_pk", "claim.pk"), record_reference("product_pk", "product.pk"),
+            record_reference("policy_pk", "policy.pk"), record_reference(target_column, target)]
+
+
 claim_item = Table(
     "claim_item",
     metadata,
     Column("pk", Integer, primary_key=True, autoincrement=True),
     *_claim_line_columns(),
-    Column("item_pk", Integer, ForeignKey("medical_item.pk"), nullable=False),
+    Column("item_pk", Integer, nullable=False),
+    *_claim_line_references("item_pk", "medical_item.pk"),
     Column("availability", Boolean, nullable=False, server_default=text("true")),
     Index("ix_claim_item_claim", "claim_pk"),
     Index("ix_claim_item_item", "item_pk"),
@@ -826,7 +862,8 @@ claim_service = Table(
     metadata,
     Column("pk", Integer, primary_key=True, autoincrement=True),
     *_claim_line_columns(),
-    Column("service_pk", Integer, ForeignKey("medical_service.pk"), nullable=False),
+    Column("service_pk", Integer, nullable=False),
+    *_claim_line_references("service_pk", "medical_service.pk"),
     Index("ix_claim_service_claim", "claim_pk"),
     Index("ix_claim_service_service", "service_pk"),
 )
@@ -836,9 +873,12 @@ claim_ded_rem = Table(
     "claim_ded_rem",
     metadata,
     Column("pk", Integer, primary_key=True, autoincrement=True),
-    Column("claim_pk", Integer, ForeignKey("claim.pk"), nullable=False),
-    Column("policy_pk", Integer, ForeignKey("policy.pk"), nullable=False),
-    Column("insuree_pk", Integer, ForeignKey("insuree.pk"), nullable=False),
+    Column("claim_pk", Integer, nullable=False),
+    Column("policy_pk", Integer, nullable=False),
+    Column("insuree_pk", Integer, nullable=False),
+    record_reference("claim_pk", "claim.pk"),
+    record_reference("policy_pk", "policy.pk"),
+    record_reference("insuree_pk", "insuree.pk"),
     *(Column(name, Amount(), nullable=False, server_default="0") for name in (
         "ded_g", "ded_op", "ded_ip", "rem_g", "rem_op", "rem_ip", "rem_consult", "rem_surgery", "rem_delivery",
         "rem_hospitalization", "rem_antenatal")),
@@ -1018,9 +1058,12 @@ payment_notice = Table(
     "payment_notice",
     metadata,
     *resource_columns(),
-    Column("invoice_pk", Integer, ForeignKey("invoice.pk")),
-    Column("bill_pk", Integer, ForeignKey("bill.pk")),
-    Column("reconciliation_pk", Integer, ForeignKey("payment_reconciliation.pk")),
+    Column("invoice_pk", Integer),
+    Column("bill_pk", Integer),
+    Column("reconciliation_pk", Integer),
+    record_reference("invoice_pk", "invoice.pk"),
+    record_reference("bill_pk", "bill.pk"),
+    record_reference("reconciliation_pk", "payment_reconciliation.pk"),
     Column("reconciliation_ref", String(255)),  # PaymentNotice.payment as sent (an external URL in the IG)
     Column("status", String(16), nullable=False),  # FHIR financial status: active | cancelled | draft | entered-…
     Column("detail_status", Integer, nullable=False),  # 0 rejected, 1 accepted, 2 refunded, 3 cancelled
@@ -1205,7 +1248,8 @@ audit_event = Table(
 audit_entity = Table(
     "audit_entity",
     metadata,
-    Column("event_pk", Integer, ForeignKey("audit_event.pk"), primary_key=True),
+    Column("event_pk", Integer, primary_key=True),
+    record_reference("event_pk", "audit_event.pk"),
     Column("position", Integer, primary_key=True),
     Column("resource_type", String(64), nullable=False),
     Column("resource_id", String(64), nullable=False),
