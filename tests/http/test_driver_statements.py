@@ -270,8 +270,8 @@ def test_reads_sent_together_give_what_each_gives_alone_in_one_round_trip(engine
     assert [(r.code, r.display, r.active) for r in together[0]] == [("A", "Alpha", True), ("B", "Beta", False)]
     assert together[1][0].n == 1
     assert together == list(alone)
-    if engine.dialect.name == "postgresql":
-        assert round_trips == [2]
+    if engine.dialect.name == "postgresql":  # the two reads, after the setting that forces their generic plans
+        assert round_trips == [3]
 
 
 def _count_then_codes() -> Plan[tuple[int, list[str]]]:
@@ -300,8 +300,8 @@ def test_plans_run_in_lockstep_the_reads_of_one_step_of_every_plan_in_one_round_
         conn.rollback()
 
     assert results == {"one": (1, ["A", "B"]), "none": "nothing read", "two": (1, ["A", "B"])}
-    if engine.dialect.name == "postgresql":  # two steps: two round trips, each with both plans' read
-        assert round_trips == [2, 2]
+    if engine.dialect.name == "postgresql":  # two steps: two round trips, each with both plans' read (the first
+        assert round_trips == [3, 2]  # after the setting that forces generic plans)
 
 
 def test_deferred_writes_are_seen_by_the_reads_that_carry_them(engine: Engine, cleanup: None,
@@ -476,3 +476,54 @@ def test_disposing_an_engine_closes_its_readers_connections(engine: Engine) -> N
     engine.dispose()
 
     assert reader(engine).pool.checkedin() == 0  # type: ignore[attr-defined]
+
+
+# --- plans on PostgreSQL (store/pg_direct, "Plans") -----------------------------------------------------------
+
+_MODE = select(func.current_setting("plan_cache_mode").label("mode"))
+_MODE_OF_LOOKUPS = DriverQuery(_MODE)
+_MODE_OF_SEARCHES = FastStatement(_MODE.where(func.length(bindparam("search")) > 0))
+
+
+def on_postgresql(engine: Engine) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("plan_cache_mode is PostgreSQL's")
+
+
+def prepared_plans(conn: Any, sql_start: str) -> tuple[int, int]:
+    """(generic plans, custom plans) PostgreSQL made for the statement of this session that starts with `sql_start`."""
+    row = conn.exec_driver_sql(
+        "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE %s",
+        (sql_start.replace("%", "%%") + "%",)).one()
+    return int(row.generic_plans), int(row.custom_plans)
+
+
+def test_a_prepared_key_lookup_is_planned_once_not_for_each_of_its_values(engine: Engine, cleanup: None) -> None:
+    on_postgresql(engine)
+    with engine.connect() as conn, conn.begin():
+        _add(conn, "A", "Alpha")
+        for _ in range(12):
+            assert [r.code for r in _ENTRIES.rows(conn, {"name": LIST})] == ["A"]
+        # psycopg's cursor prepares it at its 6th execution, with the default setting (one custom plan); the next
+        # six go through libpq with generic plans forced, where PostgreSQL would have made four more custom plans
+        assert prepared_plans(conn, "SELECT code_list_entry.code, code_list_entry.display") == (6, 1)
+
+
+def test_lookups_force_generic_plans_and_searches_and_cursor_statements_get_the_default_setting(
+        engine: Engine) -> None:
+    on_postgresql(engine)
+    with engine.connect() as conn, conn.begin():
+        for _ in range(7):  # prepared by psycopg at the 6th execution of each: the 7th goes through libpq
+            lookup = _MODE_OF_LOOKUPS.rows(conn, {})[0].mode
+            search = _MODE_OF_SEARCHES.execute(conn, {"search": "x"})[0].mode
+            shown = conn.exec_driver_sql("SHOW plan_cache_mode").scalar()
+        assert (lookup, search, shown) == ("force_generic_plan", "auto", "auto")
+        assert _MODE_OF_LOOKUPS.rows(conn, {})[0].mode == "force_generic_plan"
+        nested = conn.begin_nested()
+        assert _MODE_OF_LOOKUPS.rows(conn, {})[0].mode == "force_generic_plan"  # set again inside the savepoint
+        nested.rollback()
+        assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar() == "auto"
+        # the ROLLBACK TO made psycopg drop its prepared statements: the lookup is prepared again at its 6th run
+        assert [_MODE_OF_LOOKUPS.rows(conn, {})[0].mode for _ in range(7)] == ["auto"] * 6 + ["force_generic_plan"]
+    with engine.connect() as conn, conn.begin():  # SET LOCAL ended with the transaction
+        assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar() == "auto"

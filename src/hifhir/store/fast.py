@@ -31,12 +31,14 @@ _K = TypeVar("_K")
 
 
 def _on_driver(conn: Connection, sql: str, args: Any, *, fetch: bool, describe: bool = False,
-               make_cursor: Callable[[Any], Any] | None = None, defer: bool = False) -> Any:
+               make_cursor: Callable[[Any], Any] | None = None, defer: bool = False,
+               generic: bool | None = None) -> Any:
     """Run one statement on the DB-API connection of the caller's transaction: its rows when `fetch` — with
     `describe`, (column names, rows) —, else the number of rows changed. Only a caller that does not know its
     statement's columns asks for them: psycopg builds a description object per column at each access (an
     eligibility enquiry's 60 columns cost more than its insert). On PostgreSQL a statement psycopg has prepared goes
-    through libpq (`store.pg_direct`), and with `defer` (no result wanted) it may wait for the next round trip.
+    through libpq (`store.pg_direct`), and with `defer` (no result wanted) it may wait for the next round trip;
+    `generic` says which plans it wants there (`pg_direct.execute`).
     Driver errors are raised wrapped as SQLAlchemy's (`IntegrityError`, `OperationalError`…), as
     `Connection.execute` would raise them, for the callers."""
     raw = conn.connection.driver_connection
@@ -46,7 +48,7 @@ def _on_driver(conn: Connection, sql: str, args: Any, *, fetch: bool, describe: 
         if conn.dialect.name == "postgresql":
             from hifhir.store import pg_direct  # psycopg: loaded by PostgreSQL deployments only (~8 MB a worker)
 
-            done = pg_direct.execute(raw, sql, args, fetch=fetch, describe=describe, defer=defer,
+            done = pg_direct.execute(raw, sql, args, fetch=fetch, describe=describe, defer=defer, generic=generic,
                                      raw_query=make_cursor is _raw_cursor, binary=make_cursor is _binary_cursor)
             if done is not pg_direct.NOT_PREPARED:
                 return done
@@ -94,7 +96,8 @@ def _raw_cursor(raw: Any) -> Any:
 
 
 class FastStatement:
-    """A statement without expanding parameters and without type conversions, run on the driver."""
+    """A statement without expanding parameters and without type conversions, run on the driver; on PostgreSQL with
+    the default plan choice (a search wants a plan for its values: a LIKE prefix, a skewed code)."""
 
     def __init__(self, statement: Executable) -> None:
         self._statement = statement
@@ -126,10 +129,11 @@ class FastStatement:
         binary_cursor = _binary_cursor if binary and dialect == "postgresql" else None
         row_class = self._row_classes.get(dialect)
         if row_class is None:
-            names, fetched = _on_driver(conn, sql, args, fetch=True, describe=True, make_cursor=binary_cursor)
+            names, fetched = _on_driver(conn, sql, args, fetch=True, describe=True, make_cursor=binary_cursor,
+                                        generic=False)
             row_class = self._row_classes[dialect] = _row_class_of(names)
         else:
-            fetched = _on_driver(conn, sql, args, fetch=True, make_cursor=binary_cursor)
+            fetched = _on_driver(conn, sql, args, fetch=True, make_cursor=binary_cursor, generic=False)
         make = row_class._make  # type: ignore[attr-defined]
         return [make(row) for row in fetched]
 
@@ -193,7 +197,9 @@ class DriverQuery:
     executed on the DB-API connection of the caller's transaction, with the column types' own bind and result
     conversions (dates on SQLite, `Amount` hundredths): ~10 µs instead of ~60 µs through `Connection.execute`
     (`store/fast.FastStatement` skips the conversions, which these statements need). Driver errors are raised
-    wrapped as SQLAlchemy's (`sqlalchemy.exc.IntegrityError`…), as `Connection.execute` would."""
+    wrapped as SQLAlchemy's (`sqlalchemy.exc.IntegrityError`…), as `Connection.execute` would. Each is a lookup or
+    a write by key, whose plan is the same for every value: on PostgreSQL it runs with generic plans forced
+    (`store/pg_direct`, "Plans")."""
 
     def __init__(self, statement: Any) -> None:
         self._statement = statement
@@ -283,7 +289,8 @@ class DriverQuery:
     @staticmethod
     def _execute(conn: Connection, sql: str, args: Any, *, fetch: bool, defer: bool = False) -> list[Any] | int:
         # PostgreSQL statements are compiled to `$n` placeholders (_dollar_placeholders): a RawCursor sends them.
-        return _on_driver(conn, sql, args, fetch=fetch, defer=defer,  # type: ignore[no-any-return]
+        # Lookups by key: the same plan suits every value (store/pg_direct, "Plans").
+        return _on_driver(conn, sql, args, fetch=fetch, defer=defer, generic=True,  # type: ignore[no-any-return]
                           make_cursor=_raw_cursor if conn.dialect.name == "postgresql" else None)
 
 

@@ -15,6 +15,17 @@ statement), so this module also saves some:
   (`rollback`, the dialect's `do_rollback`); anything else on the connection sends them first (`drain`; the engine
   calls it before each SQLAlchemy statement).
 
+Plans. PostgreSQL plans a prepared statement for its parameters (a custom plan) at its first five executions, then
+keeps a generic plan unless that one's estimated cost is above the custom plans' average — and then plans anew at
+every execution, for good. The statements of `store.fast.DriverQuery` are lookups by key whose plan does not depend
+on the values, yet some fall into that branch (an array of pks shorter than the ten the generic estimate assumes; a
+join estimated from statistics taken while a table was nearly empty): ~0.2 ms of planning each, every time — 0.6 ms
+a claim in one benchmark run. So they run with `plan_cache_mode = force_generic_plan`, set for the transaction
+(`SET LOCAL`) in the pipeline of the first of them, and set back to the default in the pipeline of a statement that
+wants plans for its values (a search: `generic=False`) or before anything sent by a cursor (`drain`). A cursor
+statement therefore always runs with the default setting — SAVEPOINTs included, so a ROLLBACK TO one never brings a
+forced setting back.
+
 psycopg stays the owner of the prepared statements: its registry of names is the one consulted, so a name used here
 is one the server has. A statement psycopg has not prepared (it prepares at the 6th execution; it drops them all at
 a rollback, and the least used beyond `prepared_max`) is left to its cursor (`NOT_PREPARED`). These are psycopg
@@ -38,6 +49,8 @@ _TUPLES_OK, _COMMAND_OK = pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK
 _PIPELINE_SYNC = pq.ExecStatus.PIPELINE_SYNC
 _TEXT, _BINARY = pq.Format.TEXT, pq.Format.BINARY
 _COMMIT = b"COMMIT"
+_FORCE_GENERIC = b"SET LOCAL plan_cache_mode = force_generic_plan"
+_DEFAULT_PLANS = b"SET LOCAL plan_cache_mode TO DEFAULT"
 
 # (statement name or None for a command, the command, parameters, parameter formats, result format)
 _Step = tuple[bytes | None, bytes, Sequence[Any] | None, Sequence[Any] | None, pq.Format]
@@ -51,6 +64,7 @@ class _Session:
     raw_query: Any  # `$n` placeholders (RawCursor's conversion)
     query: Any  # `%s` / `%(name)s` placeholders (Cursor's)
     deferred: list[_Step] = field(default_factory=list)
+    generic: bool = False  # the transaction in progress forces generic plans (see "Plans")
 
 
 _SESSIONS: weakref.WeakKeyDictionary[Any, _Session] = weakref.WeakKeyDictionary()
@@ -68,11 +82,12 @@ def _session(raw: Any) -> _Session:
 
 
 def execute(raw: Any, sql: str, args: Any, *, fetch: bool, describe: bool, raw_query: bool, binary: bool,
-            defer: bool = False) -> Any:
+            defer: bool = False, generic: bool | None = None) -> Any:
     """Run `sql` if psycopg has prepared it on `raw`: its rows when `fetch` (with `describe`, (names, rows)), else
     the number of rows changed (0 for a deferred statement). `NOT_PREPARED` (nothing sent, deferred steps
     included) when it does not apply: psycopg has not prepared it, psycopg is in pipeline mode, or the transaction
-    has failed (psycopg's cursor reports that)."""
+    has failed (psycopg's cursor reports that). `generic`: True runs it with generic plans forced, False with the
+    default setting, None (a write whose plan is the same either way) with whichever is in effect ("Plans")."""
     begin = _begin_needed(raw)
     if begin is None:
         return NOT_PREPARED
@@ -83,7 +98,7 @@ def execute(raw: Any, sql: str, args: Any, *, fetch: bool, describe: bool, raw_q
     if defer and not fetch and raw.pgconn.transaction_status == _INTRANS:  # its COMMIT carries it, at the latest
         session.deferred.append(step)
         return 0
-    result = _send(raw, session, begin, [step])[-1]
+    result = _send(raw, session, begin, [step], generic)[-1]
     if not fetch:
         return int(result.command_tuples or 0)
     if describe:
@@ -94,8 +109,9 @@ def execute(raw: Any, sql: str, args: Any, *, fetch: bool, describe: bool, raw_q
 
 
 def fetch_all(raw: Any, statements: Sequence[tuple[str, Any]]) -> list[list[Any]] | Any:
-    """The rows of each statement (`$n` placeholders), all sent in one pipeline — one round trip for reads that
-    do not depend on each other; `NOT_PREPARED` (nothing sent) unless psycopg has prepared every one of them."""
+    """The rows of each statement (`$n` placeholders, `DriverQuery` reads: generic plans), all sent in one pipeline
+    — one round trip for reads that do not depend on each other; `NOT_PREPARED` (nothing sent) unless psycopg has
+    prepared every one of them."""
     begin = _begin_needed(raw)
     if begin is None:
         return NOT_PREPARED
@@ -106,7 +122,7 @@ def fetch_all(raw: Any, statements: Sequence[tuple[str, Any]]) -> list[list[Any]
         if step is None:
             return NOT_PREPARED
         steps.append(step)
-    results = _send(raw, session, begin, steps)[-len(steps):]
+    results = _send(raw, session, begin, steps, True)[-len(steps):]
     return [_rows(session, result) for result in results]
 
 
@@ -129,12 +145,19 @@ def _step(raw: Any, query: Any, sql: str, args: Any, binary: bool) -> _Step | No
     return (name, b"", query.params, query.formats, _BINARY if binary else _TEXT)
 
 
-def _send(raw: Any, session: _Session, begin: bool, steps: list[_Step]) -> list[Any]:
-    """The steps in one round trip, after psycopg's BEGIN when the transaction opens and the deferred steps."""
-    head = [(None, raw._get_tx_start_command(), None, None, _TEXT)] if begin else []
+def _send(raw: Any, session: _Session, begin: bool, steps: list[_Step], generic: bool | None = None) -> list[Any]:
+    """The steps in one round trip, after psycopg's BEGIN when the transaction opens, the deferred steps and the
+    plan setting the steps want (`generic`, "Plans"): their results are the last `len(steps)`."""
+    head: list[_Step] = []
+    if begin:
+        head.append((None, raw._get_tx_start_command(), None, None, _TEXT))
+        session.generic = False  # a new transaction: SET LOCAL ended with the last one
     if session.deferred:
         head += session.deferred
         session.deferred = []
+    if generic is not None and generic != session.generic and not raw.autocommit:
+        head.append((None, _FORCE_GENERIC if generic else _DEFAULT_PLANS, None, None, _TEXT))
+        session.generic = generic
     return _pipeline(raw, head + steps if head else steps)
 
 
@@ -182,10 +205,17 @@ def _prepared_name(raw: Any, query: Any) -> bytes | None:
 
 
 def drain(raw: Any) -> None:
-    """Send the deferred steps of `raw` now (before a statement that does not come through `execute`)."""
+    """Send the deferred steps of `raw` now, and set plans back to the default setting if they were forced (before a
+    statement that does not come through `execute`)."""
     session = _SESSIONS.get(raw)
-    if session is not None and session.deferred:
-        steps, session.deferred = session.deferred, []
+    if session is None:
+        return
+    steps, session.deferred = session.deferred, []
+    if session.generic:
+        session.generic = False
+        if raw.pgconn.transaction_status == _INTRANS:
+            steps.append((None, _DEFAULT_PLANS, None, None, _TEXT))
+    if steps:
         _pipeline(raw, steps)
 
 
@@ -208,6 +238,7 @@ def commit(connection: Any) -> None:
     steps = session.deferred if session is not None else []
     if session is not None:
         session.deferred = []
+        session.generic = False
     _pipeline(raw, [*steps, (None, _COMMIT, None, None, _TEXT)])
 
 
@@ -217,6 +248,7 @@ def rollback(connection: Any) -> None:
     session = _SESSIONS.get(raw)
     if session is not None:
         session.deferred = []
+        session.generic = False
     if raw.pgconn.transaction_status == _IDLE and raw._pipeline is None and not raw._num_transactions:
         return  # nothing to roll back (every pool checkin asks): psycopg's rollback() would only cost its wait loop
     raw.rollback()
