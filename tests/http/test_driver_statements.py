@@ -1,7 +1,8 @@
 """Statements run at the driver level (store/fast): the same rows and the same errors however the driver runs them.
 On PostgreSQL a statement goes through psycopg's cursor until psycopg has prepared it, then straight through libpq
 (`PGconn.exec_prepared`) under the name psycopg gave it; a rollback makes psycopg drop every prepared statement,
-and the cursor prepares them again."""
+and the cursor prepares them again. There, key lookups (`DriverQuery`) run with generic plans forced, and searches
+(`FastStatement`) and cursor statements with PostgreSQL's default choice."""
 
 from __future__ import annotations
 

@@ -16,10 +16,10 @@ statement), so this module also saves some:
   calls it before each SQLAlchemy statement).
 
 Plans. PostgreSQL plans a prepared statement for its parameters (a custom plan) at its first five executions, then
-keeps a generic plan unless that one's estimated cost is above the custom plans' average — and then plans anew at
-every execution, for good. The statements of `store.fast.DriverQuery` are lookups by key whose plan does not depend
-on the values, yet some fall into that branch (an array of pks shorter than the ten the generic estimate assumes; a
-join estimated from statistics taken while a table was nearly empty): ~0.2 ms of planning each, every time — 0.6 ms
+runs a generic plan — unless that one's estimated cost is above the custom plans' average, and then it plans anew at
+every execution. The statements of `store.fast.DriverQuery` are lookups by key whose plan does not depend
+on the values, yet some fall into that branch (an array of pks, whose length a generic estimate cannot know; a join
+estimated from statistics taken while a table was nearly empty): ~0.2 ms of planning each, every time — 0.6 ms
 a claim in one benchmark run. So they run with `plan_cache_mode = force_generic_plan`, set for the transaction
 (`SET LOCAL`) in the pipeline of the first of them, and set back to the default in the pipeline of a statement that
 wants plans for its values (a search: `generic=False`) or before anything sent by a cursor (`drain`). A cursor
