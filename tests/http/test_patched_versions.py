@@ -1,6 +1,6 @@
 """Versions written by patching the previous stored body (hifhir.fhir.patching): a payment that activates a policy
-re-versions its members' Patients (active), their Group (active) and the Invoice (status, amount paid) from their
-stored bodies instead of rendering them; a resource whose previous version is not stored, or that the write changed
+re-versions its members' Patients (active), their Group (active), the Invoice (status, amount paid) and the Coverage
+(status, effective date) from their stored bodies instead of rendering them; a resource whose previous version is not stored, or that the write changed
 otherwise too, is rendered; and under HIFHIR_VERIFY_PATCHES (on for the whole suite) a patch that disagrees with the
 render fails the write."""
 
@@ -22,7 +22,7 @@ from tests.conftest import Api
 from tests.http.test_payments import counts, get, idle_contract, invoice_of, notice, rendered, strip
 from tests.responses import created
 
-PATCHED_KINDS = ("patient", "group", "invoice")
+PATCHED_KINDS = ("patient", "group", "invoice", "coverage")
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def members_and_group(api: Api, s: Any) -> dict[str, dict[str, Any]]:
     return bodies
 
 
-def test_a_payment_that_activates_a_policy_patches_the_members_their_group_and_the_invoice(
+def test_a_payment_that_activates_a_policy_patches_the_members_their_group_the_invoice_and_the_coverage(
         api, engine, scheme, renders, monkeypatch):
     monkeypatch.setenv("HIFHIR_VERIFY_PATCHES", "0")  # nothing but the patches: the check would render them
     s = scheme
@@ -60,13 +60,15 @@ def test_a_payment_that_activates_a_policy_patches_the_members_their_group_and_t
     inv_id = invoice_of(api, engine, c["id"])
     before = members_and_group(api, s)
     invoice_before = get(api, f"Invoice/{inv_id}")
+    coverage_before = get(api, f"Coverage/{c['id']}")
     assert all(b["active"] is False for b in before.values())
+    assert coverage_before["status"] == "draft" and "valueDate" not in coverage_before["extension"][1]
     for asked in renders.values():
         asked.clear()
 
     created(api.post("PaymentNotice", notice(f"Invoice/{inv_id}", 10000, "TX-PATCH-1", pay_date=days_ago(1))))
 
-    assert renders == {"patient": [], "group": [], "invoice": []}
+    assert renders == {"patient": [], "group": [], "invoice": [], "coverage": []}
     after = members_and_group(api, s)
     for path, body in after.items():
         assert body["active"] is True, path
@@ -79,6 +81,13 @@ def test_a_payment_that_activates_a_policy_patches_the_members_their_group_and_t
     assert invoice_after["status"] == "balanced"
     assert int(invoice_after["meta"]["versionId"]) == int(invoice_before["meta"]["versionId"]) + 1
     assert strip(invoice_after) == rendered(engine, "invoice", invoice_after)
+    coverage_after = get(api, f"Coverage/{c['id']}")
+    assert coverage_after["status"] == "active"
+    assert coverage_after["extension"][1] == {"id": "effectiveDate", "url": coverage_before["extension"][1]["url"],
+                                              "valueDate": days_ago(1)}
+    assert coverage_after["extension"][2]["valueCodeableConcept"]["coding"][0]["code"] == "active"
+    assert int(coverage_after["meta"]["versionId"]) == int(coverage_before["meta"]["versionId"]) + 1
+    assert strip(coverage_after) == rendered(engine, "coverage", coverage_after)
 
 
 def test_a_resource_whose_previous_version_is_not_stored_is_rendered(api, engine, scheme, renders, monkeypatch):

@@ -376,7 +376,11 @@ def activate_if_paid(ctx: WriteContext, policy_pk: int, *, requested: int | None
     if coverage_pk is None:
         coverage_pk = row.coverage_pk
     if coverage_pk is not None:
-        ctx.mark("coverage", int(coverage_pk))
+        if members is None:  # a payment's activation: the policy's status and effective date changed, nothing else
+            ctx.mark_patch("coverage", int(coverage_pk), {"status": status, "effective_date": effective,
+                                                          "expiry_date": row.policy_expiry})
+        else:
+            ctx.mark("coverage", int(coverage_pk))
     if members is None:
         _refresh_flags(ctx, "policy", {"policy": policy_pk}, None)
     else:

@@ -26,6 +26,7 @@ Organization), `status` (draft | active | cancelled), `policy-status` (idle | ac
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date
 from typing import Any
 
@@ -70,20 +71,28 @@ def _via_policy(param: SearchParam) -> SearchParam:
     return SearchParam(param.name, param.type, clause, param.modifiers, param.documentation)
 
 
-def render_coverage(cov: Row, row: Row, day: date) -> dict[str, Any]:
+def _effective_extension(effective_date: date | None) -> dict[str, Any]:
     effective: dict[str, Any] = {"id": "effectiveDate", "url": COVERAGE_DATE}
-    if row.effective_date is not None:
-        effective["valueDate"] = row.effective_date.isoformat()
+    if effective_date is not None:
+        effective["valueDate"] = effective_date.isoformat()
     else:
         effective["_valueDate"] = not_yet_known()
-    current = status_on(row.status, row.expiry_date, day)
+    return effective
+
+
+def _policy_status_extension(status: int, expiry_date: date, day: date) -> dict[str, Any]:
+    current = status_on(status, expiry_date, day)
+    return {"url": COVERAGE_POLICY_STATUS, "valueCodeableConcept": {"coding": [
+        coding(HIFHIR_CS + "policy-status", STATUS_NAMES[current], STATUS_NAMES[current].capitalize())]}}
+
+
+def render_coverage(cov: Row, row: Row, day: date) -> dict[str, Any]:
     head = reference("Patient", row.head_id) if row.head_id else None
     res: dict[str, Any] = {
         "extension": [
             {"id": "enrollDate", "url": COVERAGE_DATE, "valueDate": row.enroll_date.isoformat()},
-            effective,
-            {"url": COVERAGE_POLICY_STATUS, "valueCodeableConcept": {"coding": [
-                coding(HIFHIR_CS + "policy-status", STATUS_NAMES[current], STATUS_NAMES[current].capitalize())]}},
+            _effective_extension(row.effective_date),
+            _policy_status_extension(row.status, row.expiry_date, day),
         ],
         "identifier": identifiers(None, cov.uuid),
         "status": COVERAGE_STATUS.get(row.status, "draft"),
@@ -160,6 +169,19 @@ class CoverageKind(ResourceKind):
 
     def render(self, conn: Connection, pks: list[int]) -> dict[int, dict[str, Any]]:
         return run_plan(conn, self.render_plan(conn, pks))
+
+    # A payment that activates the policy changes its status and effective date alone (contract.activate_if_paid).
+    patchable = frozenset({"status", "effective_date", "expiry_date"})  # the policy's
+
+    def patch_body(self, body: dict[str, Any], change: Mapping[str, Any]) -> bool:
+        extensions = body.get("extension")
+        if not (isinstance(extensions, list) and len(extensions) == 3
+                and extensions[1].get("id") == "effectiveDate" and extensions[2].get("url") == COVERAGE_POLICY_STATUS):
+            return False
+        extensions[1] = _effective_extension(change["effective_date"])
+        extensions[2] = _policy_status_extension(change["status"], change["expiry_date"], today())
+        body["status"] = COVERAGE_STATUS.get(change["status"], "draft")
+        return True
 
     def render_plan(self, conn: Connection, pks: list[int]) -> Plan[dict[int, dict[str, Any]]]:
         covs, = yield [(_COVERAGE_IDS, {"pks": pks})]
