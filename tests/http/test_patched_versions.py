@@ -1,8 +1,8 @@
 """Versions written by patching the previous stored body (hifhir.fhir.patching): a payment that activates a policy
 re-versions its members' Patients (active), their Group (active), the Invoice (status, amount paid) and the Coverage
-(status, effective date) from their stored bodies instead of rendering them; a resource whose previous version is not stored, or that the write changed
-otherwise too, is rendered; and under HIFHIR_VERIFY_PATCHES (on for the whole suite) a patch that disagrees with the
-render fails the write."""
+(status, effective date) from their stored bodies instead of rendering them; a resource whose previous version is
+not stored, or that the write changed otherwise too, is rendered; and under HIFHIR_VERIFY_PATCHES (on for the whole
+suite) a patch that disagrees with the render fails the write."""
 
 from __future__ import annotations
 
