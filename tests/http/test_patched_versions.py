@@ -1,6 +1,7 @@
 """Versions written by patching the previous stored body (hifhir.fhir.patching): a payment that activates a policy
-re-versions its members' Patients (active), their Group (active), the Invoice (status, amount paid) and the Coverage
-(status, effective date) from their stored bodies instead of rendering them; a resource whose previous version is
+re-versions its members' Patients (active), their Group (active), the Invoice (status, amount paid), the Coverage
+(status, effective date) and the Contract (the contribution, status, effective date) from their stored bodies
+instead of rendering them; a resource whose previous version is
 not stored, or that the write changed otherwise too, is rendered; and under HIFHIR_VERIFY_PATCHES (on for the whole
 suite) a patch that disagrees with the render fails the write."""
 
@@ -10,19 +11,19 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 
 from hifhir.fhir import patching
 from hifhir.fhir.kind import WriteContext
 from hifhir.fhir.registry import KINDS
 from hifhir.store.db import transaction
-from hifhir.store.tables import insuree, resource_version
-from tests.builders_enrolment import days_ago, make_scheme
+from hifhir.store.tables import insuree, policy, premium, resource_version
+from tests.builders_enrolment import TODAY, days_ago, make_scheme
 from tests.conftest import Api
 from tests.http.test_payments import counts, get, idle_contract, invoice_of, notice, rendered, strip
 from tests.responses import created
 
-PATCHED_KINDS = ("patient", "group", "invoice", "coverage")
+PATCHED_KINDS = ("patient", "group", "invoice", "coverage", "contract")
 
 
 @pytest.fixture
@@ -52,7 +53,7 @@ def members_and_group(api: Api, s: Any) -> dict[str, dict[str, Any]]:
     return bodies
 
 
-def test_a_payment_that_activates_a_policy_patches_the_members_their_group_the_invoice_and_the_coverage(
+def test_a_payment_that_activates_a_policy_patches_its_members_group_invoice_coverage_and_contract(
         api, engine, scheme, renders, monkeypatch):
     monkeypatch.setenv("HIFHIR_VERIFY_PATCHES", "0")  # nothing but the patches: the check would render them
     s = scheme
@@ -61,6 +62,7 @@ def test_a_payment_that_activates_a_policy_patches_the_members_their_group_the_i
     before = members_and_group(api, s)
     invoice_before = get(api, f"Invoice/{inv_id}")
     coverage_before = get(api, f"Coverage/{c['id']}")
+    contract_before = get(api, f"Contract/{c['id']}")
     assert all(b["active"] is False for b in before.values())
     assert coverage_before["status"] == "draft" and "valueDate" not in coverage_before["extension"][1]
     for asked in renders.values():
@@ -68,7 +70,7 @@ def test_a_payment_that_activates_a_policy_patches_the_members_their_group_the_i
 
     created(api.post("PaymentNotice", notice(f"Invoice/{inv_id}", 10000, "TX-PATCH-1", pay_date=days_ago(1))))
 
-    assert renders == {"patient": [], "group": [], "invoice": [], "coverage": []}
+    assert renders == {"patient": [], "group": [], "invoice": [], "coverage": [], "contract": []}
     after = members_and_group(api, s)
     for path, body in after.items():
         assert body["active"] is True, path
@@ -88,6 +90,41 @@ def test_a_payment_that_activates_a_policy_patches_the_members_their_group_the_i
     assert coverage_after["extension"][2]["valueCodeableConcept"]["coding"][0]["code"] == "active"
     assert int(coverage_after["meta"]["versionId"]) == int(coverage_before["meta"]["versionId"]) + 1
     assert strip(coverage_after) == rendered(engine, "coverage", coverage_after)
+    contract_after = get(api, f"Contract/{c['id']}")
+    assert (contract_before["status"], contract_after["status"]) == ("offered", "executed")
+    premiums_before = contract_before["term"][0]["asset"][0].get("extension", [])
+    premiums_after = contract_after["term"][0]["asset"][0]["extension"]
+    assert premiums_after[:-1] == premiums_before
+    assert {e["url"]: e for e in premiums_after[-1]["extension"]}["receipt"]["valueString"] == "TX-PATCH-1"
+    assert int(contract_after["meta"]["versionId"]) == int(contract_before["meta"]["versionId"]) + 1
+    assert strip(contract_after) == rendered(engine, "contract", contract_after)
+
+
+def test_a_contract_whose_new_contribution_does_not_come_last_is_rendered(api, engine, scheme, renders,
+                                                                          monkeypatch):
+    """On PostgreSQL a contribution committed by another payment meanwhile may have taken a later pk than this one's;
+    the render lists contributions by pk, so the Contract is rendered, not patched. (SQLite gives a new row the
+    largest pk: there the contribution a payment adds always comes last.)"""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("a sequence's pks are PostgreSQL's")
+    monkeypatch.setenv("HIFHIR_VERIFY_PATCHES", "0")
+    c = idle_contract(api, scheme)
+    inv_id = invoice_of(api, engine, c["id"])
+    with transaction(engine, write=True) as conn:  # a photo fee with a pk far ahead, as if committed meanwhile
+        pol = conn.execute(select(policy.c.pk, policy.c.product_pk).where(policy.c.id == c["id"])).one()
+        conn.execute(insert(premium).values(pk=10**6, policy_pk=pol.pk, product_pk=pol.product_pk, amount=1,
+                                            receipt="PHOTO-LATER", pay_date=TODAY, pay_type="C", is_photo_fee=True))
+    for asked in renders.values():
+        asked.clear()
+
+    created(api.post("PaymentNotice", notice(f"Invoice/{inv_id}", 10000, "TX-EARLIER", pay_date=days_ago(1))))
+
+    assert renders["contract"] == [pol.pk]
+    contract = get(api, f"Contract/{c['id']}")
+    receipts = [{e["url"]: e for e in p["extension"]}["receipt"]["valueString"]
+                for p in contract["term"][0]["asset"][0]["extension"]]
+    assert receipts[-2:] == ["TX-EARLIER", "PHOTO-LATER"]
+    assert strip(contract) == rendered(engine, "contract", contract)
 
 
 def test_a_resource_whose_previous_version_is_not_stored_is_rendered(api, engine, scheme, renders, monkeypatch):

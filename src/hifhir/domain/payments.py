@@ -250,8 +250,10 @@ def add_contribution(ctx: WriteContext, policy_pk: int, amount: Decimal, pay_dat
     try:  # the partial unique index (product, receipt) decides; the error rolls the whole write back
         _ADD_PREMIUM.run(ctx.conn, {"pk": policy_pk, "amount": amount, "receipt": receipt, "pay_date": pay_date,
                                     "pay_type": PAY_TYPE, "created": ctx.now}, defer=True)
-        ctx.mark("contract", policy_pk)
-        activate_if_paid(ctx, policy_pk)
+        # The Contract shows the contribution: written into its stored body (unless it does not come last)
+        ctx.mark_patch("contract", policy_pk, {"premium": {
+            "receipt": receipt, "amount": amount, "pay_date": pay_date, "pay_type": PAY_TYPE}})
+        activate_if_paid(ctx, policy_pk, added_receipt=receipt)
     except IntegrityError as exc:
         if ctx.conflict_for(exc) is not None:  # a statement this write sent before (e.g. its notice's insert)
             raise

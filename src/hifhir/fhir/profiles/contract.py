@@ -58,7 +58,7 @@ Lifecycle:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
@@ -333,15 +333,17 @@ _STANDING = DriverQuery(
 
 class PolicyGone(LookupError):
     """The policy to activate was deleted (a payment of an invoice issued before)."""
-_PAYMENTS = DriverQuery(select(premium.c.amount, premium.c.pay_date, premium.c.is_photo_fee).where(
-    premium.c.policy_pk == bindparam("pk"), is_current(premium)))
+_PAYMENTS = DriverQuery(select(premium.c.pk, premium.c.receipt, premium.c.amount, premium.c.pay_date,
+                               premium.c.is_photo_fee)
+                        .where(premium.c.policy_pk == bindparam("pk"), is_current(premium)))
 _SET_MEMBERS_EFFECTIVE = DriverQuery(update(insuree_policy).where(
     insuree_policy.c.policy_pk == bindparam("policy"), is_current(insuree_policy)).values(
     effective_date=bindparam("effective", type_=insuree_policy.c.effective_date.type)))
 
 
 def activate_if_paid(ctx: WriteContext, policy_pk: int, *, requested: int | None = None,
-                     members: Iterable[int] | None = None, coverage_pk: int | None = None) -> bool:
+                     members: Iterable[int] | None = None, coverage_pk: int | None = None,
+                     added_receipt: str | None = None) -> bool:
     """Activate the policy `policy_pk` when it is idle and its current contributions cover its value
     (`hifhir.domain.policy.activation_date`: option 1, within the product's installments), then apply the status
     change a Contract write asks (`requested`, None when it asks nothing; a refused change is a 409). Returns
@@ -353,12 +355,16 @@ def activate_if_paid(ctx: WriteContext, policy_pk: int, *, requested: int | None
       changed (`refresh_active_policy_flags` over the policy's current members);
     * with `members` (a Contract write, which changed the policy whatever its status): the Coverage
       (`coverage_pk`, or the policy's) and the flags of `members` — the insurees the write touched — always.
-    A payment that does not activate its policy changes nothing here."""
+    A payment that does not activate its policy changes nothing here. `added_receipt`: the contribution a payment
+    just added (its Contract is patched, `ContractKind.patch_body`, when that contribution comes last)."""
     conn = ctx.conn
     standing, paid = rows_together(conn, [(_STANDING, {"pk": policy_pk}), (_PAYMENTS, {"pk": policy_pk})])
     row = standing[0]
     if row.policy_deleted:
         raise PolicyGone(policy_pk)
+    if added_receipt is not None and max(paid, key=lambda r: r.pk).receipt != added_receipt:
+        # A contribution committed meanwhile sorts after this one (PostgreSQL's sequence): render the Contract.
+        ctx.mark("contract", policy_pk)
     payments = [Payment(r.amount, r.pay_date, bool(r.is_photo_fee)) for r in paid]
     status, effective = row.policy_status, row.policy_effective
     activated = activation_date(status, row.policy_value, payments, ProductTerms.from_row(row), row.policy_start)
@@ -706,13 +712,17 @@ def _stored_amount(value: Decimal) -> Decimal:
     return Decimal(int((Decimal(str(value)) * 100).to_integral_value())).scaleb(-2)
 
 
+def _use_period(effective_date: date | None, expiry: str) -> dict[str, Any]:
+    use_period: dict[str, Any] = (
+        {"start": effective_date.isoformat()} if effective_date is not None else {"_start": not_yet_known()})
+    use_period["end"] = expiry
+    return use_period
+
+
 def _contract(row: Row, covered: list[str], premiums: list[Row], day: date) -> dict[str, Any]:
     informal = row.family_pk is not None
     expiry = row.expiry_date.isoformat()
-    use_period: dict[str, Any] = (
-        {"start": row.effective_date.isoformat()} if row.effective_date is not None
-        else {"_start": not_yet_known()})
-    use_period["end"] = expiry
+    use_period = _use_period(row.effective_date, expiry)
     res: dict[str, Any] = {
         "extension": [
             {"url": POLICY_STATUS_URL, "valueCode": STATUS_NAMES[status_on(row.status, row.expiry_date, day)]},
@@ -752,6 +762,9 @@ class ContractKind(ResourceKind):
     table = policy
     scope = location_scope.POLICY
     code_column = None
+    # A payment's contribution (`premium`: the receipt, amount, pay date and type of a category C premium without
+    # payer, the last by pk) and the activation it brings (status, effective date): payments.add_contribution.
+    patchable = frozenset({"status", "effective_date", "premium"})
 
     def __init__(self) -> None:
         t = policy
@@ -790,6 +803,29 @@ class ContractKind(ResourceKind):
 
     def render(self, conn: Connection, pks: list[int]) -> dict[int, dict[str, Any]]:
         return run_plan(conn, self.render_plan(conn, pks))
+
+    def patch_body(self, body: dict[str, Any], change: Mapping[str, Any]) -> bool:
+        try:
+            asset = body["term"][0]["asset"][0]
+            status_ext = body["extension"][0]
+            expiry = asset["usePeriod"][0]["end"]
+        except (KeyError, IndexError, TypeError):
+            return False
+        if status_ext.get("url") != POLICY_STATUS_URL:
+            return False
+        if "premium" in change:
+            premium_in = {**change["premium"], "amount": _stored_amount(change["premium"]["amount"])}
+            added = _premium_extension(SimpleNamespace(payer=None, is_photo_fee=False, **premium_in))
+            # the render's key order: the contributions first
+            term = body["term"][0]
+            term["asset"][0] = {"extension": [*asset.get("extension", []), added],
+                                **{k: v for k, v in asset.items() if k != "extension"}}
+        if "status" in change:
+            status_ext["valueCode"] = STATUS_NAMES[status_on(change["status"], date.fromisoformat(expiry), today())]
+            effective = change["effective_date"]
+            body["status"] = "executed" if effective is not None else "offered"
+            body["term"][0]["asset"][0]["usePeriod"] = [_use_period(effective, expiry)]
+        return True
 
     def render_plan(self, conn: Connection, pks: list[int]) -> Plan[dict[int, dict[str, Any]]]:
         # The policies (unless this flush's Coverage render read them), members and contributions: one step.
