@@ -247,3 +247,56 @@ def test_on_postgresql_the_stored_bodies_are_read_through_the_version_key(engine
 
     assert "uq_resource_version_key" in plan, plan
     assert "Seq Scan on resource_version" not in plan, plan
+
+
+def test_on_sqlite_a_payment_reads_the_bodies_it_patches_before_its_write_transaction(api, engine, scheme,
+                                                                                      monkeypatch):
+    """SQLite: read ahead, outside the writer lock (`WriteContext.prefetched`); the flush reads none of them."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("reads ahead of the write transaction are SQLite's (its writer lock)")
+    c = idle_contract(api, scheme)
+    inv_id = invoice_of(api, engine, c["id"])
+    read_in_flush: list[str] = []
+    original = patching.stored_plan
+
+    def spy(kind: Any, pks: list[int]) -> Any:
+        read_in_flush.append(kind.name)
+        return original(kind, pks)
+
+    monkeypatch.setattr(patching, "stored_plan", spy)
+    created(api.post("PaymentNotice", notice(f"Invoice/{inv_id}", 10000, "TX-AHEAD-1", pay_date=days_ago(1))))
+
+    assert read_in_flush == []
+    contract = get(api, f"Contract/{c['id']}")
+    assert contract["status"] == "executed"  # patched, and checked against its render (HIFHIR_VERIFY_PATCHES)
+    assert all(get(api, f"Patient/{pid}")["active"] is True for pid in scheme.all_members())
+
+
+def test_a_body_read_ahead_whose_resource_moved_on_meanwhile_is_not_patched(api, engine, scheme, renders,
+                                                                             monkeypatch):
+    """A version read ahead that is not the one before the new version (another write came in between) is not
+    patched: the resource is rendered."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("reads ahead of the write transaction are SQLite's (its writer lock)")
+    monkeypatch.setenv("HIFHIR_VERIFY_PATCHES", "0")
+    c = idle_contract(api, scheme)
+    inv_id = invoice_of(api, engine, c["id"])
+    group_before = get(api, f"Group/{scheme.family}")
+    original = patching.current_bodies
+
+    def older(conn: Any, wanted: Any) -> Any:  # the Group as it was a version earlier, with a tell-tale element
+        found = original(conn, wanted)
+        for key, (version, _) in found.items():
+            if key[0] == "group":
+                found[key] = (version - 1, b'{"resourceType": "Group", "name": "STALE"}')
+        return found
+
+    monkeypatch.setattr(patching, "current_bodies", older)
+    for asked in renders.values():
+        asked.clear()
+    created(api.post("PaymentNotice", notice(f"Invoice/{inv_id}", 10000, "TX-AHEAD-2", pay_date=days_ago(1))))
+
+    assert renders["group"] and renders["patient"] == []
+    group = get(api, f"Group/{scheme.family}")
+    assert group["active"] is True and group.get("name") == group_before.get("name") != "STALE"
+    assert strip(group) == rendered(engine, "group", group)

@@ -278,6 +278,10 @@ class WriteContext:
     # (kind name, pk) → the changes that are all this write did to the resource: its new version is the previous
     # stored body with them written in (fhir/patching.py), unless anything else marks it
     patches: dict[tuple[str, int], list[Mapping[str, Any]]] = field(default_factory=dict)
+    # (kind name, pk) → (version, body) stored for resources a write expects to patch, read before its transaction
+    # (read_ahead: on SQLite outside the writer lock); the flush reads only the others, and renders a resource whose
+    # version moved on meanwhile (`patching.patched` checks it)
+    prefetched: dict[tuple[str, int], tuple[int, bytes | None]] = field(default_factory=dict)
 
     def insert(self, table: Table, values: dict[str, Any]) -> int:
         """Insert a new entity already at version 1, so that flush needs no version bump for it (a KeyedInsert: on
@@ -482,6 +486,7 @@ class WriteContext:
         self.prerendered.clear()
         self.bumped.clear()
         self.patches.clear()
+        self.prefetched.clear()
         return out
 
     def _render_touched(self, out: dict[tuple[str, int], Written], history_rows: list[dict[str, Any]]) -> None:
@@ -519,7 +524,9 @@ class WriteContext:
             if to_render:
                 plans[kind_name] = kind.render_plan(self.conn, to_render)
             if changes[kind_name]:
-                plans[_STORED + kind_name] = patching.stored_plan(kind, list(changes[kind_name]))
+                unread = [pk for pk in changes[kind_name] if (kind_name, pk) not in self.prefetched]
+                if unread:
+                    plans[_STORED + kind_name] = patching.stored_plan(kind, unread)
         rendered = run_plans(self.conn, plans)
         for (kind_name, _), bumped in zip(bumps, rendered.pop(_BUMPS), strict=True):
             versions[kind_name] += bumped
@@ -558,10 +565,11 @@ class WriteContext:
             if not by_pk:
                 continue
             kind = KINDS[kind_name]
-            stored = rendered.pop(_STORED + kind_name)
+            stored = rendered.pop(_STORED + kind_name, {})
             new_versions = {row[0]: row[2] for row in versions[kind_name]}
             for pk, pending in by_pk.items():
-                body = patching.patched(kind, stored.get(pk), new_versions[pk], pending)
+                body = patching.patched(kind, stored.get(pk) or self.prefetched.get((kind_name, pk)),
+                                        new_versions[pk], pending)
                 if body is None:
                     fallback.setdefault(kind_name, []).append(pk)
                 else:

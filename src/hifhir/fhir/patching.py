@@ -12,7 +12,9 @@ version's body with those values written in is the body a render would give.
 `WriteContext` records such changes (`versioned_update` of patchable columns, `mark_patch`); any other change of
 the resource in the same write (`mark`, `update`) drops them and the flush renders it. The flush reads the stored
 bodies of the versions before the new ones with its other reads (`stored_plan`), and renders the resource instead
-when that version is not stored or the kind cannot apply the change.
+when that version is not stored or the kind cannot apply the change. A write may read them beforehand
+(`current_bodies` into `WriteContext.prefetched`: a payment on SQLite, outside the writer lock); a body whose
+version is not the one just before the new version is not used.
 
 HIFHIR_VERIFY_PATCHES=1 (the test suite sets it) renders every patched resource too and fails the write when the
 two bodies differ: every test that re-versions a resource this way checks the patch against the render.
@@ -22,13 +24,13 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import literal, select
+from sqlalchemy import Connection, literal, select
 
-from hifhir.store.fast import DriverQuery, Plan, any_pk
+from hifhir.store.fast import DriverQuery, Plan, any_pk, rows_together
 from hifhir.store.tables import DefaultCollation
 from hifhir.store.tables import resource_version as rv
 
@@ -40,18 +42,38 @@ def verifying() -> bool:
     return os.environ.get("HIFHIR_VERIFY_PATCHES") == "1"
 
 
-@functools.cache
-def _stored(kind: ResourceKind) -> DriverQuery:
-    """(pk, version, body) of the stored version before the current one of each of the kind's rows `pks` (body NULL
-    when there is none). The flush runs it after the version bumps: the version before the one being written. One
-    index probe per row, driven by the rows (a join lets SQLite start from every stored version of the type)."""
+def _stored_query(kind: ResourceKind, version: Any) -> DriverQuery:
+    """(pk, version, body) of the stored `version` of each of the kind's rows `pks` (body NULL when there is none).
+    One index probe per row, driven by the rows (a join lets SQLite start from every stored version of the type)."""
     t = kind.table
-    previous = t.c[kind.version_column] - 1
     body = (select(rv.c.body)
             .where(rv.c.res_type == literal(kind.resource_type), rv.c.res_id == DefaultCollation(t.c.id),
-                   rv.c.version == previous)
+                   rv.c.version == version)
             .correlate(t).scalar_subquery())
-    return DriverQuery(select(t.c.pk, previous.label("version"), body.label("body")).where(any_pk(t.c.pk)))
+    return DriverQuery(select(t.c.pk, version.label("version"), body.label("body")).where(any_pk(t.c.pk)))
+
+
+@functools.cache
+def _stored(kind: ResourceKind) -> DriverQuery:
+    """The flush runs it after the version bumps: the version before the one being written."""
+    return _stored_query(kind, kind.table.c[kind.version_column] - 1)
+
+
+@functools.cache
+def _current(kind: ResourceKind) -> DriverQuery:
+    return _stored_query(kind, kind.table.c[kind.version_column])
+
+
+def current_bodies(conn: Connection, wanted: Mapping[str, Iterable[int]]
+                   ) -> dict[tuple[str, int], tuple[int, bytes | None]]:
+    """(kind name, pk) → (version, body) of the current stored versions of the rows `wanted` names (kind name →
+    pks): read before a write transaction, for `WriteContext.prefetched`."""
+    from hifhir.fhir.registry import KINDS
+
+    names = [name for name, pks in wanted.items() if pks]
+    found = rows_together(conn, [(_current(KINDS[name]), {"pks": sorted(set(wanted[name]))}) for name in names])
+    return {(name, int(r.pk)): (int(r.version), r.body) for name, rows in zip(names, found, strict=True)
+            for r in rows}
 
 
 def stored_plan(kind: ResourceKind, pks: list[int]) -> Plan[dict[int, tuple[int, bytes | None]]]:

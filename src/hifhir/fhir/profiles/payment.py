@@ -79,16 +79,17 @@ invoice adds the premium insert and the activation check (policy, product and pr
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Row, String, bindparam, exists, func, or_, select, type_coerce, union
+from sqlalchemy import Connection, Row, String, and_, bindparam, exists, func, or_, select, type_coerce, union
 from sqlalchemy.types import TypeDecorator
 
 from hifhir.auth import scope as location_scope
 from hifhir.domain import payments as pay
+from hifhir.fhir import patching
 from hifhir.fhir.elements import first_code, identifiers, reference
 from hifhir.fhir.errors import FhirError, business_rule, conflict, invalid
 from hifhir.fhir.kind import IDENTIFIER_SYSTEM, KeyedInsert, ResourceKind, WriteContext, require
@@ -111,7 +112,17 @@ from hifhir.fhir.searchparams import (
     token_param,
 )
 from hifhir.store.fast import DriverQuery, send_deferred
-from hifhir.store.tables import bill, insurer_org, invoice, is_current, payment_notice, payment_reconciliation
+from hifhir.store.tables import (
+    bill,
+    coverage,
+    insuree_policy,
+    insurer_org,
+    invoice,
+    is_current,
+    payment_notice,
+    payment_reconciliation,
+    policy,
+)
 
 NOTICE, RECONCILIATION = "PaymentNotice", "PaymentReconciliation"
 NOTICE_KIND, RECONCILIATION_KIND = "payment-notice", "payment-reconciliation"
@@ -256,8 +267,18 @@ class NoticeIn:
     reconciliation_pk: int | None
     reconciliation_id: str | None
     reconciliation_ref: str | None  # an external one, kept as sent
+    # the stored bodies of what the payment may re-version, read ahead (`WriteContext.prefetched`)
+    stored: dict[tuple[str, int], tuple[int, bytes | None]] = field(default_factory=dict)
 
 
+# What a contribution's payment may re-version besides its invoice (contract.activate_if_paid): the Contract, its
+# Coverage, the members' Patients and their Group.
+_ACTIVATED = DriverQuery(
+    select(coverage.c.pk.label("coverage_pk"), policy.c.family_pk, insuree_policy.c.insuree_pk)
+    .select_from(policy.outerjoin(coverage, coverage.c.policy_pk == policy.c.pk)
+                 .outerjoin(insuree_policy, and_(insuree_policy.c.policy_pk == policy.c.pk,
+                                                 is_current(insuree_policy))))
+    .where(policy.c.pk == bindparam("pk")))
 _RECONCILIATION_BY_ID = DriverQuery(select(payment_reconciliation.c.pk).where(
     payment_reconciliation.c.id == bindparam("id"), is_current(payment_reconciliation)))
 # PostgreSQL: with its key drawn beforehand, the insert travels with the transaction's next round trip.
@@ -355,8 +376,18 @@ class PaymentNoticeKind(ResourceKind):
 
     def read_ahead(self, ctx: WriteContext, resource: dict[str, Any]) -> NoticeIn:
         """The notice parsed and its references looked up (on SQLite before the writer lock: a payment that
-        activates a policy holds it for every row it re-versions); `write` reads the invoice or bill again."""
-        return self._parse(ctx, resource)
+        activates a policy holds it for every row it re-versions); `write` reads the invoice or bill again. For a
+        contribution, the stored bodies of what its activation re-versions too, which the flush patches."""
+        data = self._parse(ctx, resource)
+        p = data.payable
+        if p.policy_pk is not None and data.status == "active":
+            rows = _ACTIVATED.rows(ctx.conn, {"pk": p.policy_pk})
+            data.stored = patching.current_bodies(ctx.conn, {
+                p.kind: [p.pk], "contract": [p.policy_pk],
+                "coverage": [r.coverage_pk for r in rows if r.coverage_pk is not None],
+                "patient": [r.insuree_pk for r in rows if r.insuree_pk is not None],
+                "group": [r.family_pk for r in rows if r.family_pk is not None]})
+        return data
 
     def write(self, ctx: WriteContext, resource: dict[str, Any], current: Row | None) -> int:
         if current is None and isinstance(ctx.read_ahead, NoticeIn):
@@ -367,6 +398,7 @@ class PaymentNoticeKind(ResourceKind):
                     "PaymentNotice.request")
             assert payable is not None
             data.payable = payable
+            ctx.prefetched.update(data.stored)
         else:
             data = self._parse(ctx, resource)
         try:
