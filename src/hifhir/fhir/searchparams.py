@@ -535,7 +535,7 @@ def instant_param(name: str, column: Any, doc: str = "",
         except OverflowError:
             raise _out_of_range(text, expression) from None
         lo, hi = _to_us(rng.lo), _to_us(rng.hi)
-        clause = {
+        condition = {
             "eq": lambda: and_(column >= lo, column < hi),
             "ap": lambda: and_(column >= lo, column < hi),
             "ne": lambda: or_(column < lo, column >= hi),
@@ -547,7 +547,7 @@ def instant_param(name: str, column: Any, doc: str = "",
             "le": lambda: column < hi,
         }[prefix]()
         lower = {"eq": lo, "ap": lo, "ge": lo, "gt": hi, "sa": hi}.get(prefix)
-        return clause if since is None or lower is None else and_(clause, since(lower))
+        return condition if since is None or lower is None else and_(condition, since(lower))
 
     return SearchParam(name, "date", clause, frozenset(), doc)
 

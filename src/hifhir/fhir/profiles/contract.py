@@ -806,7 +806,8 @@ class ContractKind(ResourceKind):
 
     def patch_body(self, body: dict[str, Any], change: Mapping[str, Any]) -> bool:
         try:
-            asset = body["term"][0]["asset"][0]
+            term = body["term"][0]
+            asset = term["asset"][0]
             status_ext = body["extension"][0]
             expiry = asset["usePeriod"][0]["end"]
         except (KeyError, IndexError, TypeError):
@@ -817,14 +818,13 @@ class ContractKind(ResourceKind):
             premium_in = {**change["premium"], "amount": _stored_amount(change["premium"]["amount"])}
             added = _premium_extension(SimpleNamespace(payer=None, is_photo_fee=False, **premium_in))
             # the render's key order: the contributions first
-            term = body["term"][0]
-            term["asset"][0] = {"extension": [*asset.get("extension", []), added],
-                                **{k: v for k, v in asset.items() if k != "extension"}}
+            asset = term["asset"][0] = {"extension": [*asset.get("extension", []), added],
+                                        **{k: v for k, v in asset.items() if k != "extension"}}
         if "status" in change:
             status_ext["valueCode"] = STATUS_NAMES[status_on(change["status"], date.fromisoformat(expiry), today())]
             effective = change["effective_date"]
             body["status"] = "executed" if effective is not None else "offered"
-            body["term"][0]["asset"][0]["usePeriod"] = [_use_period(effective, expiry)]
+            asset["usePeriod"] = [_use_period(effective, expiry)]
         return True
 
     def render_plan(self, conn: Connection, pks: list[int]) -> Plan[dict[int, dict[str, Any]]]:

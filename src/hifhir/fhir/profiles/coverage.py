@@ -117,6 +117,8 @@ class CoverageKind(ResourceKind):
     profile_id = "openimis-coverage"
     table = coverage
     scope = location_scope.COVERAGE
+    # A payment that activates the policy changes its status and effective date alone (contract.activate_if_paid).
+    patchable = frozenset({"status", "effective_date", "expiry_date"})  # the policy's
     code_column = None
     writable = False
 
@@ -169,9 +171,6 @@ class CoverageKind(ResourceKind):
 
     def render(self, conn: Connection, pks: list[int]) -> dict[int, dict[str, Any]]:
         return run_plan(conn, self.render_plan(conn, pks))
-
-    # A payment that activates the policy changes its status and effective date alone (contract.activate_if_paid).
-    patchable = frozenset({"status", "effective_date", "expiry_date"})  # the policy's
 
     def patch_body(self, body: dict[str, Any], change: Mapping[str, Any]) -> bool:
         extensions = body.get("extension")
