@@ -109,6 +109,18 @@ def _count(value: Any) -> int:
     return 0 if value is None else int(value)
 
 
+# The product columns `ProductTerms.from_row` reads: a read for the terms alone selects these, not the whole row (a
+# hundred columns, most of them amounts the driver converts one by one).
+TERMS_COLUMNS = (
+    "pk", "code", "date_from", "date_to", "member_count", "insurance_period", "administration_period", "lump_sum",
+    "threshold", "premium_adult", "premium_child", "registration_lump_sum", "registration_fee",
+    "general_assembly_lump_sum", "general_assembly_fee", "enrolment_discount_perc", "enrolment_discount_period",
+    "renewal_discount_perc", "renewal_discount_period", "grace_period", "grace_period_renewal",
+    "grace_period_payment", "max_installments", "start_cycle_1", "start_cycle_2", "start_cycle_3", "start_cycle_4",
+    "location_pk", "conversion_product_pk",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ProductTerms:
     """What a product says about selling policies (domain §2.14, contribution plan and periods)."""

@@ -76,6 +76,7 @@ from hifhir.domain.policy import (
     READY,
     STATUS_NAMES,
     SUSPENDED,
+    TERMS_COLUMNS,
     Member,
     Payment,
     PolicyDates,
@@ -315,8 +316,8 @@ def apply_active_policy_flags(ctx: WriteContext, flipped: list[tuple[int, int | 
 
 # --- activation ------------------------------------------------------------------------------------------------
 
-# The policy with its product and Coverage, as activation needs them: one read. Policy columns are labelled (the
-# product has a status too); the product's keep their names for `ProductTerms.from_row`. The policy is locked: two
+# The policy with its product's terms and Coverage, as activation needs them: one read. Policy columns are labelled
+# (the product has a status too); the product's keep their names for `ProductTerms.from_row`. The policy is locked: two
 # payments completing its value one beside the other each see the other's contribution (PostgreSQL reads the
 # contributions after the lock is granted), and its next version is this transaction's to take.
 _STANDING = DriverQuery(
@@ -325,7 +326,7 @@ _STANDING = DriverQuery(
            policy.c.effective_date.label("policy_effective"), policy.c.id.label("policy_id"),
            policy.c.version_id.label("policy_version"), policy.c.deleted.label("policy_deleted"),
            select(coverage.c.pk).where(coverage.c.policy_pk == policy.c.pk).scalar_subquery().label("coverage_pk"),
-           product)
+           *(product.c[name] for name in TERMS_COLUMNS))
     .select_from(policy.join(product, product.c.pk == policy.c.product_pk))
     .where(policy.c.pk == bindparam("pk"))
     .with_for_update(of=policy, key_share=True))
