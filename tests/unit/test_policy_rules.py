@@ -14,6 +14,7 @@ from hifhir.domain.policy import (
     IDLE,
     READY,
     SUSPENDED,
+    TERMS_COLUMNS,
     Member,
     Payment,
     PolicyDates,
@@ -386,3 +387,22 @@ def test_previous_policy_is_the_latest_that_took_effect():
     assert previous_policy(candidates, {10}, date(2024, 3, 30), 3) == paid
     assert renewal_window(FREE) == 1 and renewal_window(replace(FREE, renewal_discount_period=2)) == 2
     assert stage_after(paid) == "R" and stage_after(None) == "N"
+
+
+def test_product_terms_are_read_from_exactly_the_terms_columns() -> None:
+    """Reads of a product for its terms select TERMS_COLUMNS only (the activation's): from_row must need no other."""
+    read: list[str] = []
+
+    class Row(dict):  # type: ignore[type-arg]
+        def __getitem__(self, key: str) -> object:
+            read.append(key)
+            return super().__getitem__(key)
+
+    values = {name: 0 for name in TERMS_COLUMNS} | {
+        "code": "P1", "date_from": ENROL, "date_to": date(2030, 1, 1), "member_count": 6, "start_cycle_1": None,
+        "start_cycle_2": None, "start_cycle_3": None, "start_cycle_4": None, "grace_period_renewal": None,
+        "grace_period_payment": None, "max_installments": None, "location_pk": None, "conversion_product_pk": None}
+    terms = ProductTerms.from_row(Row(values))
+
+    assert sorted(set(read)) == sorted(TERMS_COLUMNS)
+    assert terms.code == "P1" and terms.member_count == 6
