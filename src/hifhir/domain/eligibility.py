@@ -220,6 +220,16 @@ _PRODUCT_COLUMNS = (
     *_DED_MAX_COLUMNS, *_EXTRA_COLUMNS,
 )
 
+# The row keys the evaluation reads, named once (an enquiry reads ~60 of them).
+_DED_MAX_KEYS = tuple(f"p_{c}" for c in _DED_MAX_COLUMNS)
+_MAX_NO_KEYS = tuple((cat, f"p_max_no_{name}") for cat, (name, _) in CATEGORIES.items())
+_MAX_AMOUNT_KEYS = tuple((cat, f"p_max_amount_{name}") for cat, (_, name) in CATEGORIES.items() if name)
+# kind (ded | max) → per deductible/ceiling family: (family, infix, consumed column, ((scope, row key), …))
+_BALANCE_KEYS = {kind: tuple((care, infix, ("ded_" if kind == "ded" else "rem_") + ("g" if care == "general" else care),
+                              tuple((scope, f"p_{kind}{infix}_{scope}") for scope in SCOPES))
+                             for care, infix in CARE.items())
+                 for kind in ("ded", "max")}
+
 _members = insuree_policy.alias("members")
 _MEMBER_COUNT = (
     select(func.count())
@@ -366,6 +376,7 @@ def _usage_statement() -> Any:
 
 _USAGE = DriverQuery(_usage_statement())
 _CONSUMED_COLUMNS = ("ded_g", "ded_ip", "ded_op", "rem_g", "rem_ip", "rem_op")
+_NOTHING_CONSUMED = dict.fromkeys(_CONSUMED_COLUMNS, Decimal(0))  # read only
 
 
 @functools.lru_cache(maxsize=16)
@@ -459,7 +470,7 @@ def _evaluate(conn: Connection, insuree_pk: int, today: date, rows: list[Any], p
     reads: dict[str, tuple[DriverQuery, dict[str, Any]]] = {}
     if rows and _needs_usage(rows, lines, adult):
         reads["usage"] = (_USAGE, {"insuree": insuree_pk, "since": min(r.effective_date for r in rows)})
-    if any(r._mapping[f"p_{c}"] for r in rows for c in _DED_MAX_COLUMNS):
+    if any(r._mapping[key] for r in rows for key in _DED_MAX_KEYS):
         reads["consumed"] = (_consumed_query(len(rows)), {f"p{i}": r.policy_pk for i, r in enumerate(rows)})
     found = dict(zip(reads, rows_together(conn, list(reads.values())), strict=True)) if reads else {}
     usage = [_Use(u.kind, u.claim_pk, u.category, u.day, u.provision_pk, u.product_pk, u.qty or Decimal(0))
@@ -514,7 +525,7 @@ def _needs_usage(rows: list[Any], lines: dict[tuple[str, int, int], _Line], adul
     """Claims matter only when a requested line has a quantity limit or a product sets a category maximum."""
     if any(_limit(line, adult) is not None for line in lines.values()):
         return True
-    return any(r._mapping[f"p_max_no_{name}"] is not None for r in rows for name, _ in CATEGORIES.values())
+    return any(r._mapping[key] is not None for r in rows for _, key in _MAX_NO_KEYS)
 
 
 def _in_window(use: _Use, row: Any) -> bool:
@@ -530,9 +541,8 @@ def _policy(row: Any, provisions: list[Provision], lines: dict[tuple[str, int, i
     for u in mine:
         if u.kind == "service" and u.category:
             claims_by_category[u.category].add(u.claim_pk)
-    counters = {cat: Counter(cat, p[f"p_max_no_{name}"], len(claims_by_category[cat]))
-                for cat, (name, _) in CATEGORIES.items()}
-    amounts = {cat: p[f"p_max_amount_{name}"] for cat, (_, name) in CATEGORIES.items() if name}
+    counters = {cat: Counter(cat, p[key], len(claims_by_category[cat])) for cat, key in _MAX_NO_KEYS}
+    amounts = {cat: p[key] for cat, key in _MAX_AMOUNT_KEYS}
     covered = []
     for prov in provisions:
         line = lines.get((prov.kind, prov.pk, row.product_pk)) if prov.pk is not None else None
@@ -580,14 +590,12 @@ def _line(prov: Provision, line: _Line | None, row: Any, uses: list[_Use], count
 
 def _balances(row: Any, kind: str, consumed: dict[tuple[int, bool], dict[str, Decimal]]) -> dict[str, Balance]:
     p = row._mapping
-    zero = dict.fromkeys(_CONSUMED_COLUMNS, Decimal(0))
-    by_insuree = consumed.get((row.policy_pk, True), zero)
-    by_others = consumed.get((row.policy_pk, False), zero)
+    by_insuree = consumed.get((row.policy_pk, True), _NOTHING_CONSUMED)
+    by_others = consumed.get((row.policy_pk, False), _NOTHING_CONSUMED)
     out: dict[str, Balance] = {}
-    for care, infix in CARE.items():
-        used_column = ("ded_" if kind == "ded" else "rem_") + ("g" if care == "general" else care)
-        for scope in SCOPES:
-            amount = p[f"p_{kind}{infix}_{scope}"]
+    for care, infix, used_column, scopes in _BALANCE_KEYS[kind]:
+        for scope, key in scopes:
+            amount = p[key]
             if not amount:
                 continue
             if scope == "treatment":
