@@ -265,6 +265,11 @@ _POLICIES = DriverQuery(
 
 _LINE_COLUMNS = ("waiting_period_adult", "waiting_period_child", "limit_no_adult", "limit_no_child")
 
+# prefix (i: the item, s: the service) → the enquiry row's keys of its pk, category, coverage line's product and
+# coverage line (_LINE_COLUMNS)
+_REQUESTED_KEYS = {prefix: (f"{prefix}_pk", f"{prefix}_category", f"{prefix}_product_pk",
+                            tuple(f"{prefix}_{c}" for c in _LINE_COLUMNS)) for prefix in ("i", "s")}
+
 
 @functools.lru_cache(maxsize=64)
 def _lines_query(n_items: int, n_services: int, n_products: int) -> DriverQuery:
@@ -448,16 +453,17 @@ def evaluate_reference(conn: Connection, ref: str, today: date, *, items: Sequen
     policies = sorted((r for r in rows if r.policy_pk is not None), key=lambda r: (r.effective_date, r.policy_pk))
     provisions: list[Provision] = []
     lines: dict[tuple[str, int, int], _Line] = {}
-    for kind, code, prefix in (("item", item_codes, "i"), ("service", service_codes, "s")):
+    m = head._mapping
+    for kind, code, (pk_key, category_key, product_key, line_keys) in (
+            ("item", item_codes, _REQUESTED_KEYS["i"]), ("service", service_codes, _REQUESTED_KEYS["s"])):
         if not code:
             continue
-        m = head._mapping
-        pk = m[f"{prefix}_pk"]
-        provisions.append(Provision(kind, code[0], pk, (m.get(f"{prefix}_category") or None)))  # type: ignore[arg-type]
+        pk = m[pk_key]
+        provisions.append(Provision(kind, code[0], pk, (m.get(category_key) or None)))  # type: ignore[arg-type]
         for r in policies:
             rm = r._mapping
-            if pk is not None and rm[f"{prefix}_product_pk"] is not None:
-                lines[(kind, pk, r.product_pk)] = _Line(*(rm[f"{prefix}_{c}"] for c in _LINE_COLUMNS))
+            if pk is not None and rm[product_key] is not None:
+                lines[(kind, pk, r.product_pk)] = _Line(*(rm[key] for key in line_keys))
     insuree_pk = int(head.insuree_pk)
     return insuree_pk, str(head.insuree_id), _evaluate(conn, insuree_pk, today, policies, provisions, lines)
 

@@ -331,29 +331,39 @@ def response_body(result: Eligibility, *, request_uuid: str, patient_id: str, re
 
 
 def _category(code: str) -> dict[str, Any]:
-    return {"coding": [{"system": ITEM_CATEGORY, "code": code, "display": CATEGORY_DISPLAYS[code]}]}
+    return _CATEGORIES[code]
 
 
 def _benefit_type(code: str, display: str) -> dict[str, Any]:
     return {"coding": [{"system": BENEFIT_TYPE, "code": code, "display": display}]}
 
 
+# Built once and shared by every response body (serialised, never mutated).
+_CATEGORIES = {code: {"coding": [{"system": ITEM_CATEGORY, "code": code, "display": display}]}
+               for code, display in CATEGORY_DISPLAYS.items()}
+_TOTAL_TYPES = {category: _benefit_type(code, "total_" + code.removesuffix("_left"))
+                for category, code in TOTAL_CODES.items()}
+_AMOUNT_TYPES = {category: _benefit_type(code, code) for category, code in AMOUNT_CODES.items()}
+_BALANCE_TYPES = tuple(tuple((family, _benefit_type(code, code)) for family, code in codes.items())
+                       for codes in (DEDUCTION_CODES, CEILING_CODES))
+_MIN_DATE_TYPE, _ITEM_LEFT_TYPE = _benefit_type(*MIN_DATE), _benefit_type(*ITEM_LEFT)
+
+
 def _insurance(p: PolicyEligibility) -> dict[str, Any]:
     benefits: list[dict[str, Any]] = []
-    for category, code in TOTAL_CODES.items():
+    for category, total_type in _TOTAL_TYPES.items():
         left = p.counters[category].left
         if left is not None:
-            benefits.append({"type": _benefit_type(code, "total_" + code.removesuffix("_left")),
-                             "allowedUnsignedInt": left})
-    for category, code in AMOUNT_CODES.items():
+            benefits.append({"type": total_type, "allowedUnsignedInt": left})
+    for category, amount_type in _AMOUNT_TYPES.items():
         amount = p.amounts[category]
         if amount is not None:
-            benefits.append({"type": _benefit_type(code, code), "allowedMoney": money(max(amount, Decimal(0)))})
-    for balances, codes in ((p.deductibles, DEDUCTION_CODES), (p.ceilings, CEILING_CODES)):
-        for family, code in codes.items():
+            benefits.append({"type": amount_type, "allowedMoney": money(max(amount, Decimal(0)))})
+    for balances, types in zip((p.deductibles, p.ceilings), _BALANCE_TYPES, strict=True):
+        for family, balance_type in types:
             balance: Balance | None = balances.get(family)
             if balance is not None:
-                benefits.append({"type": _benefit_type(code, code), "allowedMoney": money(balance.left)})
+                benefits.append({"type": balance_type, "allowedMoney": money(balance.left)})
     package: dict[str, Any] = {"category": _category("benefit"), "name": p.product_code,
                                "description": p.product_name}
     if benefits:
@@ -375,9 +385,9 @@ def _line(line: LineCoverage) -> dict[str, Any]:
         out["description"] = line.reason[0].upper() + line.reason[1:]
     benefits = []
     if line.min_date is not None:
-        benefits.append({"type": _benefit_type(*MIN_DATE), "allowedString": line.min_date.isoformat()})
+        benefits.append({"type": _MIN_DATE_TYPE, "allowedString": line.min_date.isoformat()})
     if line.covered and line.left is not None:
-        benefits.append({"type": _benefit_type(*ITEM_LEFT), "allowedUnsignedInt": line.left})
+        benefits.append({"type": _ITEM_LEFT_TYPE, "allowedUnsignedInt": line.left})
     if benefits:
         out["benefit"] = benefits
     return out
