@@ -162,6 +162,31 @@ def test_a_multi_row_insert_of_many_parameters_writes_each_value_in_its_place_an
         assert paths["prepared"] >= 1  # the 7th execution ran through libpq
 
 
+_SORTED_INSERT = MultiRowInsert(code_list_entry, ("list_name", "code", "display", "sort_order", "last_updated"))
+
+
+def test_a_multi_row_insert_is_one_prepared_statement_whatever_the_size_of_its_numbers(
+        engine: Engine, cleanup: None, paths: Counter[str]) -> None:
+    """psycopg types an int parameter by its size (int2, int4, int8) and prepares a statement per types: a claim's
+    lines (prices, quantities) would make a new statement of nearly every insert, run by a cursor."""
+    orders, stamps = [7, 40_000], [7, 40_000, 3_000_000_000]  # an int2 and an int4; and an int8
+    expected = [(f"S{i:02d}{j}", orders[(i + j) % 2], stamps[(i + j) % 3]) for i in range(12) for j in range(2)]
+    with engine.connect() as conn, conn.begin():
+        for i in range(12):
+            _SORTED_INSERT.execute(conn, [{**_row(code), "sort_order": order, "last_updated": stamp}
+                                          for code, order, stamp in expected[2 * i:2 * i + 2]])
+    with engine.connect() as conn:
+        written = conn.execute(select(code_list_entry.c.code, code_list_entry.c.sort_order,
+                                      code_list_entry.c.last_updated)
+                               .where(code_list_entry.c.list_name == LIST).order_by(code_list_entry.c.code)).all()
+
+    assert [tuple(r) for r in written] == expected
+    if engine.dialect.name == "postgresql":
+        # one statement, which psycopg prepares after its first runs: libpq runs the others (six mixes of sizes,
+        # each a statement of its own, would leave all twelve to the cursor)
+        assert paths["prepared"] >= 6 and paths["cursor"] + paths["prepared"] == 12
+
+
 def test_a_deferred_insert_that_fails_fails_the_commit_and_nothing_is_written(engine: Engine,
                                                                               cleanup: None) -> None:
     with engine.connect() as conn:
