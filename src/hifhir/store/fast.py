@@ -418,7 +418,7 @@ class MultiRowInsert:
         for start in range(0, len(rows), self._MAX_ROWS):
             chunk = rows[start:start + self._MAX_ROWS]
             args = [row[c] for row in chunk for c in self._columns]
-            if make_cursor is not None:
+            if dialect == "postgresql":
                 # psycopg types an int parameter by its size (int2, int4 or int8), and keys its prepared statements
                 # by their parameters' types: the same INSERT would be a new statement for each mix of sizes (a
                 # claim's lines: nearly every claim, run by a cursor, never by libpq). An int sent as text has no
