@@ -30,6 +30,7 @@ import sys
 import tempfile
 from datetime import date
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,17 +50,13 @@ def _literal(value: Any) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def prepared(statement: Any) -> tuple[str, tuple[str, ...], dict[str, Any]]:
-    """`PREPARE q AS …` of a DriverQuery's statement compiled for PostgreSQL, its parameter names in `$n` order, and
-    the values fixed in the statement (which the server binds as parameters too)."""
-    from sqlalchemy.dialects import postgresql
-
-    from hifhir.store.fast import _dollar_placeholders
-
-    compiled = statement.compile(dialect=postgresql.dialect(paramstyle="pyformat"))
-    sql, order = _dollar_placeholders(compiled.string)
-    fixed = {k: v for k, v in compiled.construct_params(_check=False).items() if v is not None}
-    return "PREPARE q AS " + re.sub(r"\s+", " ", sql) + ";", order, fixed
+def executions_of(query: Any, dialect: Any, params: list[dict[str, Any]]) -> tuple[str, list[str]]:
+    """`PREPARE q AS …` of a DriverQuery and an EXECUTE for each parameter set: the statement and the arguments the
+    server sends (`DriverQuery.bound`: constants bound as parameters, the columns' bind conversions)."""
+    server = SimpleNamespace(dialect=dialect)  # all `bound` asks of a connection
+    bound = [query.bound(server, p) for p in params]
+    prepare = "PREPARE q AS " + re.sub(r"\s+", " ", bound[0].sql) + ";"
+    return prepare, ["EXECUTE q(" + ", ".join(_literal(v) for v in b.args) + ");" for b in bound]
 
 
 def eligibility_executions(url: str, count: int) -> tuple[str, list[str]]:
@@ -79,13 +76,9 @@ def eligibility_executions(url: str, count: int) -> tuple[str, list[str]]:
         engine.dispose()
     if not samples:
         raise SystemExit("no insuree with an active policy in hifhir_bench: run bench.run --keep-db first")
-    prepare, order, fixed = prepared(_enquiry_query(True, True)._statement)
-    executions = []
-    for n in range(count):
-        patient, item, service = samples[n % len(samples)]
-        values = {**fixed, "ref": patient, "today": today, "i0": item, "s0": service}
-        executions.append("EXECUTE q(" + ", ".join(_literal(values[name]) for name in order) + ");")
-    return prepare, executions
+    params = [{"ref": patient, "today": today, "i0": item, "s0": service}
+              for patient, item, service in (samples[n % len(samples)] for n in range(count))]
+    return executions_of(_enquiry_query(True, True), engine.dialect, params)
 
 
 def _callgrind_total(data_dir: Path, bin_dir: Path, run_as: str | None, script: str, work: Path) -> int:

@@ -330,10 +330,6 @@ def response_body(result: Eligibility, *, request_uuid: str, patient_id: str, re
     return body
 
 
-def _category(code: str) -> dict[str, Any]:
-    return _CATEGORIES[code]
-
-
 def _benefit_type(code: str, display: str) -> dict[str, Any]:
     return {"coding": [{"system": BENEFIT_TYPE, "code": code, "display": display}]}
 
@@ -364,7 +360,7 @@ def _insurance(p: PolicyEligibility) -> dict[str, Any]:
             balance: Balance | None = balances.get(family)
             if balance is not None:
                 benefits.append({"type": balance_type, "allowedMoney": money(balance.left)})
-    package: dict[str, Any] = {"category": _category("benefit"), "name": p.product_code,
+    package: dict[str, Any] = {"category": _CATEGORIES["benefit"], "name": p.product_code,
                                "description": p.product_name}
     if benefits:
         package["benefit"] = benefits
@@ -377,7 +373,7 @@ def _insurance(p: PolicyEligibility) -> dict[str, Any]:
 
 def _line(line: LineCoverage) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "category": _category(line.provision.kind),
+        "category": _CATEGORIES[line.provision.kind],
         "productOrService": {"text": line.provision.code},
         "excluded": not line.ok,
     }
