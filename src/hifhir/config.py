@@ -131,6 +131,10 @@ class OutboxConfig:
 
     poll_s: float = 0.5  # an idle worker looks for due rows this often (one indexed read; writes in-process wake it)
     batch: int = 32  # rows claimed at once
+    # A worker's turns at the database for its rows (record the last batch's outcomes, claim the next) are at least
+    # this far apart: a stream of notifications is then claimed a few rows per turn instead of one — on SQLite each
+    # turn takes the writer lock the requests wait for. An idle worker claims a new row at once.
+    batch_interval_s: float = 0.01
     concurrency: int = 4  # handlers run at once by one worker (threads: they mostly wait on the network)
     lease_s: float = 120.0  # a claimed row is another worker's again when its worker has not finished it by then
     backoff_base_s: float = 5.0  # retry n waits base × 2^(n−1), at most cap
@@ -216,6 +220,7 @@ def outbox_config_from_env(env: Mapping[str, str]) -> OutboxConfig:
     return OutboxConfig(
         poll_s=float(env.get("HIFHIR_OUTBOX_POLL_S", str(d.poll_s))),
         batch=int(env.get("HIFHIR_OUTBOX_BATCH", str(d.batch))),
+        batch_interval_s=float(env.get("HIFHIR_OUTBOX_BATCH_INTERVAL_S", str(d.batch_interval_s))),
         concurrency=int(env.get("HIFHIR_OUTBOX_CONCURRENCY", str(d.concurrency))),
         lease_s=float(env.get("HIFHIR_OUTBOX_LEASE_S", str(d.lease_s))),
         backoff_base_s=float(env.get("HIFHIR_OUTBOX_BACKOFF_BASE_S", str(d.backoff_base_s))),

@@ -360,6 +360,56 @@ def test_a_commit_that_enqueued_wakes_the_worker_of_its_process(engine, rec):
     assert row(engine, row_id).status == "done"
 
 
+def test_while_rows_keep_coming_a_worker_takes_them_a_few_at_a_time(engine, rec, monkeypatch):
+    """A worker's write transactions (each records the last batch's outcomes and claims the rows due since; on
+    SQLite a turn at the writer lock the requests wait for) are `batch_interval_s` apart: rows enqueued one by one
+    meanwhile are claimed together. An idle worker claims a new row at once."""
+    from hifhir.outbox import worker as worker_module
+
+    interval = 0.5
+    turns: list[float] = []
+    real = worker_module.transaction
+
+    def counted(engine: Engine, *, write: bool) -> Any:
+        if write:
+            turns.append(time.monotonic())
+        return real(engine, write=write)
+
+    def enqueue_one(subject: str) -> None:
+        with transaction(engine, write=True) as conn:
+            enqueue(conn, "test-a", subject)
+
+    def wait_for_calls(count: int) -> float:
+        deadline = time.monotonic() + 10
+        while len(rec.calls) < count and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return time.monotonic()
+
+    monkeypatch.setattr(worker_module, "transaction", counted)
+    loop = Worker(engine, dataclasses.replace(CONFIG, poll_s=30.0, batch_interval_s=interval), topics=["test-a"])
+    thread = threading.Thread(target=loop.run_forever)
+    thread.start()
+    try:
+        time.sleep(0.2)  # idle, waiting
+        asked = time.monotonic()
+        enqueue_one("s0")
+        first = wait_for_calls(1)
+        for i in range(1, 5):
+            enqueue_one(f"s{i}")
+        wait_for_calls(5)
+        taken = [t for t in turns if t >= asked]  # not the purge of delivered rows the loop starts with
+    finally:
+        loop.stop()
+        thread.join(10)
+        loop.close()
+
+    assert first - asked < interval / 2  # claimed at once
+    assert [c.subject for c in rec.calls] == ["s0", "s1", "s2", "s3", "s4"]
+    assert len(taken) == 2  # s0 claimed; then s0 recorded and s1…s4 claimed together
+    assert taken[1] - taken[0] >= interval - 0.01
+    assert {r.status for r in all_rows(engine)} == {"done"}
+
+
 def test_a_stop_asked_by_a_signal_while_the_loop_holds_its_wake_up_lock_does_not_wait_for_it(engine):
     """A signal handler runs in the loop's own thread, between two bytecodes: perhaps while the loop holds the lock
     of the event it waits on (in `Event.wait` or `clear`). The stop it asks for must not wait for that lock, which

@@ -81,6 +81,7 @@ class Worker:
         self._pool = ThreadPoolExecutor(config.concurrency, thread_name_prefix="hifhir-outbox") \
             if config.concurrency > 1 else None
         self._last_purge = 0.0
+        self._last_turn = 0.0  # time.monotonic() of its last write transaction (`_pace`)
         store.subscribe(engine, self._wake)
 
     def topics(self) -> list[str]:
@@ -100,6 +101,7 @@ class Worker:
         with connection(self.reader) as conn:
             if not store.any_due(conn, topics, at):
                 return []
+        self._last_turn = time.monotonic()
         with transaction(self.engine, write=True) as conn:
             return store.claim(conn, topics, now=at, lease_s=self.config.lease_s, limit=self.config.batch)
 
@@ -110,6 +112,7 @@ class Worker:
         (the writes that enqueue them queue there too)."""
         finished = now if now is not None else store.now_us()
         topics = self.topics() if claim_next else []
+        self._last_turn = time.monotonic()
         with transaction(self.engine, write=True) as conn:
             statuses = store.record(conn, outcomes, self.config, now=finished)
             following = store.claim(conn, topics, now=finished, lease_s=self.config.lease_s,
@@ -175,17 +178,27 @@ class Worker:
             self._wake.clear()
             try:
                 if not rows:
+                    self._pace()
                     rows = self._claim(None)
                 if not rows:
                     self._purge()
                     self._wake.wait(self.config.poll_s)
                     continue
-                rows = self._finish(self._run(rows), Drained(), None, claim_next=not self._stop.is_set())
+                outcomes = self._run(rows)
+                self._pace()
+                rows = self._finish(outcomes, Drained(), None, claim_next=not self._stop.is_set())
                 self._purge()
             except Exception:
                 log.exception("outbox worker: batch failed; retrying in %.0f s", ERROR_PAUSE_S)
                 rows = []  # unrecorded or unrun: their leases run out and they are claimed again
                 self._stop.wait(ERROR_PAUSE_S)
+
+    def _pace(self) -> None:
+        """Wait until `batch_interval_s` after the previous write transaction of this worker (not at all when it is
+        older, or when stopping): while rows keep coming, each turn claims those due meanwhile."""
+        wait = self._last_turn + self.config.batch_interval_s - time.monotonic()
+        if wait > 0:
+            self._stop.wait(wait)
 
     def _purge(self) -> None:
         clock = time.monotonic()
