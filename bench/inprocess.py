@@ -11,11 +11,12 @@ every worker is ready — its `--requests` requests one after the other, each a 
 on SQLite they take turns at the writer lock as `hifhir serve`'s two workers do, without HTTP or wrk sharing the
 cores: how much of a write the lock serialises is then the gap between the throughput and twice one worker's.
 
-Scenarios: `claim` (POST Claim, 10 lines, `bench.run.claim_bodies`), `eligibility` (POST CoverageEligibilityRequest,
-`bench.run.eligibility_body`), `identifier` (GET Patient?identifier=), `payment` (POST PaymentNotice paying a
-contribution invoice in full, which activates its policy: `bench.run.prepare_payments`, run once by the parent for
-all workers before they start). Printed per worker: wall and CPU time per request (the whole process's, and that
-of the thread that runs the requests) and, on SQLite, how long the writer lock was held per request — by the
+Scenarios: `claim` (POST Claim, 10 lines, `bench.run.claim_bodies`), `create` (POST Patient, new insurees as
+`bench.run.patient_body` makes them), `eligibility` (POST CoverageEligibilityRequest, `bench.run.eligibility_body`),
+`identifier` (GET Patient?identifier=), `payment` (POST PaymentNotice paying a contribution invoice in full, which
+activates its policy: `bench.run.prepare_payments`, run once by the parent for all workers before they start).
+Printed per worker: wall and CPU time per request (the whole process's, and that of the thread that runs the
+requests) and, on SQLite, how long the writer lock was held per request — by the
 requests, and by the worker's audit trail thread, which writes their audit events in batches (a GET's share) —;
 on PostgreSQL, when the cluster runs on this machine, its CPU per request from the start of the measured requests to
 the end of the last (every process of the cluster: the workers' backends, the WAL writer, …); then the requests per
@@ -50,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 COPY = REPO / "var" / "bench" / "inprocess.db"
 WARMUP = 100
 PAYMENTS = REPO / "var" / "bench" / "inprocess-payments.json"  # the notices the parent prepared, one list per worker
-SCENARIOS = ("claim", "eligibility", "identifier", "payment")
+SCENARIOS = ("claim", "create", "eligibility", "identifier", "payment")
 
 
 @dataclass(frozen=True)
@@ -86,10 +87,31 @@ def requests_for(database_url: str, scenario: str, count: int, seed: int) -> lis
                     for _ in range(count)]
             numbers = conn.execute(select(insuree.c.chf_id).where(is_current(insuree))
                                    .order_by(insuree.c.pk).limit(5000)).scalars().all()
+            if scenario == "create":
+                return [Request("POST", "/fhir/Patient", b"", json.dumps(body).encode())
+                        for body in _patient_bodies(conn, count, seed, rng)]
             return [Request("GET", "/fhir/Patient", f"identifier={rng.choice(numbers)}".encode(), b"")
                     for _ in range(count)]
     finally:
         engine.dispose()
+
+
+def _patient_bodies(conn: Any, count: int, seed: int, rng: random.Random) -> list[dict[str, Any]]:
+    """`count` new insurees as bench/post.lua sends them (`bench.run.patient_body`), in villages of the database,
+    with insurance numbers no one has: 11 characters (the demo's have 9) that start with the worker's seed."""
+    from sqlalchemy import select
+
+    from bench import run as bench
+    from hifhir.store.tables import location
+
+    villages = conn.execute(select(location.c.id).where(location.c.type == "V", location.c.deleted.is_(False))
+                            .limit(200)).scalars().all()
+    bodies = []
+    for _ in range(count):
+        chfid = f"{seed % 10}{uuid.uuid4().int % 10**10:010d}"
+        bodies.append(bench.patient_body(chfid, rng.choice(("Mwale", "Banda", "Phiri")), "Chisomo",
+                                         rng.choice(villages)))
+    return bodies
 
 
 def _worker_code(body: str, seed: int) -> bytes:

@@ -316,6 +316,88 @@ def test_references_to_missing_or_deleted_resources(api, tree):
         expression="Patient.generalPractitioner")
 
 
+# --- a new insuree's stored body ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def patient_renders(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The insuree pks PatientKind.render_plan is asked for while the test runs, with the check of a body a write
+    built itself against the render (HIFHIR_VERIFY_PATCHES) off: only the write's own path renders."""
+    from hifhir.fhir.profiles.patient import PatientKind
+
+    monkeypatch.setenv("HIFHIR_VERIFY_PATCHES", "0")
+    asked: list[int] = []
+    original = PatientKind.render_plan
+
+    def spy(self: Any, conn: Any, pks: list[int]) -> Any:
+        asked.extend(pks)
+        return original(self, conn, pks)
+
+    monkeypatch.setattr(PatientKind, "render_plan", spy)
+    return asked
+
+
+def coded(list_name: str, code: str) -> dict[str, Any]:
+    return {"coding": [{"system": CS + list_name, "code": code}]}
+
+
+def rendered_now(engine: Any, res_id: str) -> dict[str, Any]:
+    from sqlalchemy import select
+
+    from hifhir.fhir.registry import KINDS
+    from hifhir.store.tables import insuree
+
+    with engine.connect() as conn:
+        pk = conn.execute(select(insuree.c.pk).where(insuree.c.id == res_id)).scalar_one()
+        return KINDS["patient"].render(conn, [pk])[pk]
+
+
+def test_a_new_insuree_is_stored_as_its_render_without_being_read_back(api, engine, tree, patient_renders):
+    body = patient("CHF-FULL-1", "Doe", "John Peter", tree["V1"], gender="male", phone="+2651234",
+                   email="john@example.org")
+    body["extension"] += [
+        {"url": EXT + "patient-education-level", "valueCodeableConcept": coded("patient-education-level", "4")},
+        {"url": EXT + "patient-profession", "valueCodeableConcept": coded("patient-profession", "2")},
+        {"url": EXT + "patient-identification", "extension": [
+            {"url": "number", "valueString": "NID-77"},
+            {"url": "type", "valueCodeableConcept": coded("patient-identification-type", "N")}]},
+        {"url": EXT + "patient-card-issued", "valueBoolean": True},
+        {"url": EXT + "patient-vulnerability-status", "valueBoolean": False},
+    ]
+    body["maritalStatus"] = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus",
+                                         "code": "M"}]}
+    body["address"][0].update(use="temp", line=["5 Tsoka"])
+    body["contact"] = [{"relationship": [coded("patient-contact-relationship", "1")],
+                        "name": {"family": "Doe", "given": ["Jane"]}}]
+
+    made = created(api.post("Patient", body))
+
+    assert patient_renders == []
+    stored = get(api, f"Patient/{made['id']}")
+    assert {k: v for k, v in stored.items() if k not in ("resourceType", "id", "meta")} == \
+        rendered_now(engine, made["id"])
+    assert stored["address"][0]["city"] == "Jamula" and stored["address"][0]["district"] == "Rapta"
+    assert stored["address"][0]["state"] == "Ultha" and stored["address"][0]["use"] == "temp"
+    education = ext_of(stored, "patient-education-level")
+    assert education is not None and education["valueCodeableConcept"]["coding"][0]["code"] == "4"
+    assert education["valueCodeableConcept"]["coding"][0]["display"]
+    assert "contact" not in stored  # a relationship shows with the family's head, and there is no family yet
+
+
+def test_a_new_insuree_of_a_family_is_read_back_to_be_stored(api, engine, tree, patient_renders):
+    family_of, _members = new_family(api, tree["V1"], "CHF-HEAD-9")
+    patient_renders.clear()
+
+    member = created(api.post("Patient", patient("CHF-MEMBER-9", "Doe", "Ann", tree["V1"],
+                                                 group_id=family_of["id"])))
+
+    assert len(patient_renders) == 1
+    stored = get(api, f"Patient/{member['id']}")
+    assert group_ref(stored) == f"Group/{family_of['id']}"
+    assert {k: v for k, v in stored.items() if k not in ("resourceType", "id", "meta")} == \
+        rendered_now(engine, member["id"])
+
+
 # --- re-rendering -------------------------------------------------------------------------------------------
 
 

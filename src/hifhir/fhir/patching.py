@@ -17,7 +17,8 @@ when that version is not stored or the kind cannot apply the change. A write may
 version is not the one just before the new version is not used.
 
 HIFHIR_VERIFY_PATCHES=1 (the test suite sets it) renders every patched resource too and fails the write when the
-two bodies differ: every test that re-versions a resource this way checks the patch against the render.
+two bodies differ: every test that re-versions a resource this way checks the patch against the render. A write
+that builds a new resource's body itself instead of reading it back (a Patient's create) checks it the same way.
 """
 
 from __future__ import annotations

@@ -78,14 +78,13 @@ def check_unique_code(conn: Connection, table: Table, column: str, code: str, cu
 
 # Built once: aliases and statement construction cost more than running these queries.
 _REGION, _DISTRICT, _WARD = location.alias("r"), location.alias("d"), location.alias("w")
-_LOCATION_NAMES = DriverQuery(
-    select(location.c.pk, location.c.id, location.c.name, location.c.type,
-           _REGION.c.name.label("region"), _DISTRICT.c.name.label("district"), _WARD.c.name.label("ward"))
-    .select_from(location.outerjoin(_REGION, _REGION.c.pk == location.c.region_pk)
-                 .outerjoin(_DISTRICT, _DISTRICT.c.pk == location.c.district_pk)
-                 .outerjoin(_WARD, _WARD.c.pk == location.c.ward_pk))
-    .where(any_pk(location.c.pk))
-)
+_NAMED = (select(location.c.pk, location.c.id, location.c.name, location.c.type,
+                 _REGION.c.name.label("region"), _DISTRICT.c.name.label("district"), _WARD.c.name.label("ward"))
+          .select_from(location.outerjoin(_REGION, _REGION.c.pk == location.c.region_pk)
+                       .outerjoin(_DISTRICT, _DISTRICT.c.pk == location.c.district_pk)
+                       .outerjoin(_WARD, _WARD.c.pk == location.c.ward_pk)))
+_LOCATION_NAMES = DriverQuery(_NAMED.where(any_pk(location.c.pk)))
+_NAMED_LOCATION_BY_ID = DriverQuery(_NAMED.where(location.c.id == bindparam("id"), is_current(location)))
 # Every Patient and Group write looks its village up: through the driver (store.fast), not SQLAlchemy's execute.
 _LOCATION_BY_ID = DriverQuery(
     select(location.c.pk, location.c.type).where(location.c.id == bindparam("id"), is_current(location)))
@@ -122,18 +121,37 @@ def location_of_level(ctx: WriteContext, ref: Any, level: str, expression: str) 
     return int(pk)
 
 
+def named_location_of_level(ctx: WriteContext, ref: Any, level: str, expression: str) -> tuple[int, Row | None]:
+    """`location_of_level`, with the location's names as `location_names` gives them (None when the reference is
+    not a literal `Location/id`): what a write needs to render the address itself."""
+    literal = ref.get("reference") if isinstance(ref, dict) else None
+    if isinstance(literal, str) and literal.startswith("Location/") and literal.count("/") == 1:
+        rows = _NAMED_LOCATION_BY_ID.rows(ctx.conn, {"id": literal[9:]})
+        if rows and rows[0].type == level:
+            return int(rows[0].pk), rows[0]
+    return location_of_level(ctx, ref, level, expression), None  # the other forms, and the errors
+
+
 def configured_code(ctx: WriteContext, list_name: str, concept: dict[str, Any] | None,
                     expression: str) -> str | None:
     """The code of a CodeableConcept bound to an openIMIS code list; unknown codes are a 422."""
+    found = configured_concept(ctx, list_name, concept, expression)
+    return None if found is None else found[0]
+
+
+def configured_concept(ctx: WriteContext, list_name: str, concept: dict[str, Any] | None,
+                       expression: str) -> tuple[str, str] | None:
+    """`configured_code` with the code's display in the list: (code, display)."""
     from hifhir.fhir.elements import first_code
     from hifhir.store.codelists import code_display
 
     code = first_code(concept)
     if code is None:
         return None
-    require(code_display(ctx.conn, list_name, code) is not None,
-            f"Code '{code}' is not in the configured list {list_name}", expression)
-    return code
+    display = code_display(ctx.conn, list_name, code)
+    require(display is not None, f"Code '{code}' is not in the configured list {list_name}", expression)
+    assert display is not None
+    return code, display
 
 
 def concept_from_list(list_name: str, code: str | None, labels: dict[str, str]) -> dict[str, Any] | None:
