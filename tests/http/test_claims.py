@@ -183,6 +183,63 @@ def test_post_claim_answers_200_with_the_valuated_claim_response(api, engine, wo
     assert row.explanation == "Head pain"
 
 
+@pytest.fixture
+def response_renders(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The claim pks ClaimResponseKind.render_plan is asked for while the test runs, with the check of an answer
+    the write built itself against the render (HIFHIR_VERIFY_PATCHES) off: only the write's own path renders."""
+    kind_class = type(KINDS["claim-response"])
+    monkeypatch.setenv("HIFHIR_VERIFY_PATCHES", "0")
+    asked: list[int] = []
+    original = kind_class.render_plan
+
+    def spy(self: Any, conn: Any, pks: list[int]) -> Any:
+        asked.extend(pks)
+        return original(self, conn, pks)
+
+    monkeypatch.setattr(kind_class, "render_plan", spy)
+    return asked
+
+
+def response_rendered_now(engine: Engine, claim_id: str) -> dict[str, Any]:
+    with transaction(engine, write=False) as conn:
+        pk = conn.execute(select(claim.c.pk).where(claim.c.id == claim_id)).scalar_one()
+        return KINDS["claim-response"].render(conn, [pk])[pk]
+
+
+@pytest.mark.parametrize("case", ["valuated", "rejected"])
+def test_a_claim_decided_at_once_is_answered_with_what_was_written_not_read_back(
+        api, engine, world, response_renders, case):
+    lines = [service(f"ActivityDefinition/{world.consult}"), item(f"Medication/{world.aspirin}", 2),
+             item(f"Medication/{world.bandage}", 3)]  # the bandage: in no product, rejected
+    if case == "rejected":
+        lines = [item(f"Medication/{world.bandage}", 3)]
+
+    body = answered(api.post("Claim", claim_of(world, lines=lines)))
+
+    assert response_renders == []
+    assert body["outcome"] == "complete"
+    assert {k: v for k, v in body.items() if k not in ("resourceType", "id", "meta")} == \
+        response_rendered_now(engine, body["id"])
+    if case == "valuated":
+        assert [a[0] for a in adjudications(items_by_sequence(body)[3])] == ["1"]  # rejected: category 1
+    else:
+        assert claim_row(engine, body["id"]).status == 1
+
+
+def test_a_claim_held_for_review_is_answered_with_its_read_back_response(
+        api, engine, world, response_renders, monkeypatch):
+    from hifhir import config
+
+    monkeypatch.setattr(config, "REVIEW_SELECTION", "all:0")
+
+    body = answered(api.post("Claim", claim_of(world)))
+
+    assert response_renders != []
+    assert body["outcome"] == "partial"
+    assert {k: v for k, v in body.items() if k not in ("resourceType", "id", "meta")} == \
+        response_rendered_now(engine, body["id"])
+
+
 def test_lines_are_stored_as_the_entered_claim_builder_stores_them(api, engine, world):
     """Items first, then services, each keeping Claim.item.sequence; passed with reason 0 before the checks."""
     body = answered(api.post("Claim", claim_of(world, lines=[

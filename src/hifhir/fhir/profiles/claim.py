@@ -122,7 +122,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from types import MappingProxyType
+from types import MappingProxyType, SimpleNamespace
 from typing import Any
 
 from sqlalchemy import (
@@ -164,6 +164,7 @@ from hifhir.domain.claims import (
 from hifhir.domain.claims.checks import CheckFacts
 from hifhir.domain.claims.feedback import SelectionRule, parse_rule
 from hifhir.domain.claims.valuation import ClaimHead, ClaimTerms, terms_plan
+from hifhir.fhir import patching
 from hifhir.fhir.elements import CS, EXT, first_code, identifier_value, identifiers, reference
 from hifhir.fhir.errors import FhirError, business_rule, conflict
 from hifhir.fhir.kind import KeyedInsert, ResourceKind, WriteContext, require
@@ -862,7 +863,7 @@ class ClaimKind(ResourceKind):
         if checked.status == CLAIM_CHECKED and not _can_be_held():  # processed before it is stored
             processed = valuation.process_submission(ctx.conn, today=today, now=ctx.now, new_lines=lines,
                                                      terms=_checked_terms(sub, checked))
-        pk = _insert_claim(ctx, claim_id, sub, checked, processed)
+        pk, columns = _insert_claim(ctx, claim_id, sub, checked, processed)
         if sub.attachments:
             ctx.conn.execute(insert(claim_attachment), [
                 {"claim_pk": pk, "sequence": a.sequence, "title": a.title, "content_type": a.content_type,
@@ -873,7 +874,11 @@ class ClaimKind(ResourceKind):
             valuation.record_consumption(ctx.conn, pk, processed)
         elif checked.status == CLAIM_CHECKED:
             _adjudicate(ctx, pk, lines, sub, checked, today)
-        _insert_lines(ctx, pk, lines)
+        line_rows = _insert_lines(ctx, pk, lines)
+        if processed is not None or checked.status != CLAIM_CHECKED:
+            # Decided in full before it was stored (not held for review, feedback or an adjudicator): the answer is
+            # rendered from what was written, not read back.
+            _prerender_response(ctx, pk, sub, columns, line_rows)
         ctx.mark(RESPONSE_KIND, pk)
         ctx.answers[(self.name, pk)] = (RESPONSE_KIND, pk)
         return pk
@@ -894,9 +899,11 @@ def _new_lines(lines: tuple[Line, ...]) -> list[NewLine]:
     return out
 
 
-def _insert_lines(ctx: WriteContext, pk: int, lines: list[NewLine]) -> None:
+def _insert_lines(ctx: WriteContext, pk: int, lines: list[NewLine]) -> list[dict[str, Any]]:
     """The claim's lines, once, as the checks and processing decided them (no round trip of their own on
-    PostgreSQL: the ClaimResponse's render carries them)."""
+    PostgreSQL: the next statement or the COMMIT carries them); returns the rows written, items then services, each
+    with its `kind`."""
+    written: list[dict[str, Any]] = []
     for kind, (column, statement) in _LINE_INSERTS.items():
         rows = []
         for line in lines:
@@ -913,6 +920,29 @@ def _insert_lines(ctx: WriteContext, pk: int, lines: list[NewLine]) -> None:
                          "price_asked": _hundredths(line.price), "sequence": line.sequence})
         if rows:
             statement.execute(ctx.conn, rows, defer=True)
+            written += [{**row, "kind": kind} for row in rows]
+    return written
+
+
+def _prerender_response(ctx: WriteContext, pk: int, sub: Submission, columns: dict[str, Any],
+                        line_rows: list[dict[str, Any]]) -> None:
+    """The ClaimResponse of a claim just inserted, from the columns and line rows written (the render's
+    `_response_claims` and `_line_rows` rows, as they would be read back)."""
+    targets = {(line.kind, line.target_pk): line.target_id for line in sub.lines}
+    head = SimpleNamespace(pk=pk, patient_id=sub.patient_id, enterer_id=sub.enterer_id, adjustment=None,
+                           feedback_status=IDLE, **columns)  # the column's default
+    # pk: the insert order (a kind's pks follow it); the amounts not written (price_approved) are NULL
+    unwritten = dict.fromkeys(_LINE_AMOUNTS)
+    lines = [SimpleNamespace(**(unwritten | row), pk=n,
+                             target_id=targets[(row["kind"], row[_LINE_TABLES[row["kind"]][1]])])
+             for n, row in enumerate(line_rows)]
+    lines.sort(key=_line_order)
+    body = response_body(head, lines, insurer_id(ctx.conn))
+    if patching.verifying():  # the test suite: as the render would have it
+        from hifhir.fhir.registry import KINDS
+
+        patching.check(KINDS[RESPONSE_KIND], pk, body, KINDS[RESPONSE_KIND].render(ctx.conn, [pk])[pk])
+    ctx.prerendered[(RESPONSE_KIND, pk)] = body
 
 
 def _adjudicate(ctx: WriteContext, pk: int, lines: list[NewLine], sub: Submission, checked: checks.CheckOutcome,
@@ -959,8 +989,9 @@ def configured_review_rule() -> SelectionRule:
 
 
 def _insert_claim(ctx: WriteContext, claim_id: str, sub: Submission, checked: checks.CheckOutcome,
-                  processed: valuation.Processed | None) -> int:
-    """The claim as the checks decided it, and processing when it ran first (`processed`)."""
+                  processed: valuation.Processed | None) -> tuple[int, dict[str, Any]]:
+    """The claim as the checks decided it, and processing when it ran first (`processed`): (pk, the columns
+    written)."""
     secondary = list(sub.diagnoses[1:]) + [None] * (MAX_SECONDARY + 1 - len(sub.diagnoses))
     values: dict[str, Any] = {
         "id": claim_id, "uuid": sub.uuid or claim_id, "code": sub.code, "hf_pk": sub.hf_pk,
@@ -977,7 +1008,7 @@ def _insert_claim(ctx: WriteContext, claim_id: str, sub: Submission, checked: ch
     ctx.expect_unique(claim, "code", sub.code, "Claim code", f"{CLAIM_TYPE}.identifier", columns=("hf_pk", "code"),
                       message=f"Claim code {sub.code} is already used by a current claim of this health facility")
     ctx.expect_unique(claim, "id", claim_id, "identifier[UUID]", f"{CLAIM_TYPE}.identifier")
-    return _INSERT_CLAIM.insert(ctx, values)
+    return _INSERT_CLAIM.insert(ctx, values), values
 
 
 def _coverage_reference(resource: dict[str, Any], contained: Contained) -> tuple[Keys, str] | None:
