@@ -30,6 +30,7 @@ def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from hifhir.demo import generate_catalogue, generate_population, load_demo_scheme
+    from hifhir.demo.statistics import analyze_loaded_tables
     from hifhir.setup import prepare
 
     engine = _engine(settings)
@@ -39,6 +40,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
         generate_population(engine, args.insurees, seed=args.seed, progress=not args.quiet)
     if args.items or args.services:
         generate_catalogue(engine, args.items, args.services, seed=args.seed, progress=not args.quiet)
+    analyze_loaded_tables(engine)
     return 0
 
 
@@ -77,8 +79,10 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         ensure_admin(engine)
         if args.demo_if_empty and _database_is_empty(engine):
             from hifhir.demo import load_demo_scheme
+            from hifhir.demo.statistics import analyze_loaded_tables
 
             load_demo_scheme(engine)
+            analyze_loaded_tables(engine)
         engine.dispose()
     base = f"http://{settings.host}:{settings.port}"
     print(f"hifhir serving FHIR R4 at {base}/fhir/ (openIMIS alias {base}/api/api_fhir_r4/)", flush=True)
