@@ -50,6 +50,7 @@ from tests.builders_eligibility import Places, insert_policy, new_item, new_prod
 from tests.builders_medical import assert_valid
 from tests.builders_practitioner import claim_admin, claim_admin_role
 from tests.conftest import CLERK, Api
+from tests.renders import renders_of
 from tests.responses import created, refused
 
 TODAY = date.today()
@@ -185,19 +186,7 @@ def test_post_claim_answers_200_with_the_valuated_claim_response(api, engine, wo
 
 @pytest.fixture
 def response_renders(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The claim pks ClaimResponseKind.render_plan is asked for while the test runs, with the check of an answer
-    the write built itself against the render (HIFHIR_VERIFY_PATCHES) off: only the write's own path renders."""
-    kind_class = type(KINDS["claim-response"])
-    monkeypatch.setenv("HIFHIR_VERIFY_PATCHES", "0")
-    asked: list[int] = []
-    original = kind_class.render_plan
-
-    def spy(self: Any, conn: Any, pks: list[int]) -> Any:
-        asked.extend(pks)
-        return original(self, conn, pks)
-
-    monkeypatch.setattr(kind_class, "render_plan", spy)
-    return asked
+    return renders_of(monkeypatch, "claim-response")
 
 
 def response_rendered_now(engine: Engine, claim_id: str) -> dict[str, Any]:

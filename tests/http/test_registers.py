@@ -9,6 +9,7 @@ import pytest
 
 from tests.builders import CS, EXT, health_facility, ident, location, patient
 from tests.builders import group as family_group
+from tests.renders import renders_of
 from tests.responses import created, refused
 
 OO = "OperationOutcome"
@@ -321,20 +322,7 @@ def test_references_to_missing_or_deleted_resources(api, tree):
 
 @pytest.fixture
 def patient_renders(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The insuree pks PatientKind.render_plan is asked for while the test runs, with the check of a body a write
-    built itself against the render (HIFHIR_VERIFY_PATCHES) off: only the write's own path renders."""
-    from hifhir.fhir.profiles.patient import PatientKind
-
-    monkeypatch.setenv("HIFHIR_VERIFY_PATCHES", "0")
-    asked: list[int] = []
-    original = PatientKind.render_plan
-
-    def spy(self: Any, conn: Any, pks: list[int]) -> Any:
-        asked.extend(pks)
-        return original(self, conn, pks)
-
-    monkeypatch.setattr(PatientKind, "render_plan", spy)
-    return asked
+    return renders_of(monkeypatch, "patient")
 
 
 def coded(list_name: str, code: str) -> dict[str, Any]:
