@@ -201,8 +201,11 @@ class DriverQuery:
     a write by key, whose plan is the same for every value: on PostgreSQL it runs with generic plans forced
     (`store/pg_direct`, "Plans")."""
 
-    def __init__(self, statement: Any) -> None:
+    def __init__(self, statement: Any, *, postgresql: Any = None) -> None:
+        """`postgresql`: the statement to run there instead (same columns): a form SQLite cannot run, such as a
+        LATERAL join, that keeps PostgreSQL's generic plan to index probes."""
         self._statement = statement
+        self._statements = {"postgresql": postgresql} if postgresql is not None else {}
         self._compiled: dict[tuple[str, int], _Compiled] = {}
         self._pk_arrays: tuple[str, ...] | None = None  # the parameters bound to `any_pk` (PkArray)
 
@@ -210,7 +213,8 @@ class DriverQuery:
         dialect = conn.dialect
         found = self._compiled.get((dialect.name, slots))
         if found is None:
-            compiled = self._statement.compile(dialect=dialect, compile_kwargs={"any_pk_slots": slots})
+            statement = self._statements.get(dialect.name, self._statement)
+            compiled = statement.compile(dialect=dialect, compile_kwargs={"any_pk_slots": slots})
             if self._pk_arrays is None:
                 self._pk_arrays = tuple(name for name, bind in compiled.binds.items()
                                         if isinstance(bind.type, PkArray))
@@ -219,7 +223,7 @@ class DriverQuery:
             order = tuple(compiled.positiontup or rendered)
             defaults = {k: v for k, v in rendered.items() if v is not None}  # values fixed in the statement
             binds = dict(compiled._bind_processors)
-            columns = self._statement.exported_columns
+            columns = statement.exported_columns
             row_class = _row_class(tuple(columns.keys()))
             # A type may offer a conversion of its own for driver values (tables.Amount), quicker than the
             # processor SQLAlchemy wraps around a TypeDecorator.

@@ -100,6 +100,7 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    true,
     util,
 )
 from sqlalchemy import update as sql_update
@@ -234,29 +235,45 @@ def _lines_query(n_products: int, stored: bool) -> DriverQuery:
     (`item_pks` / `service_pks`) of the lines of a submission, which are not inserted yet."""
     products = [bindparam(f"p{i}") for i in range(n_products)]
 
-    def branch(kind: str, lines: Any, target: Any, fk: str, listed: Any, list_bind: str, cover: Any) -> Any:
+    def branch(kind: str, lines: Any, target: Any, fk: str, listed: Any, list_bind: str, cover: Any, *,
+               lateral: bool) -> Any:
         target_pk = lines.c[fk] if stored else target.c.pk
-        source = (lines.join(target, target.c.pk == target_pk) if stored else target).outerjoin(
-            listed, and_(listed.c[fk] == target_pk, listed.c.price_list_pk == bindparam(list_bind)))
+        source = lines.join(target, target.c.pk == target_pk) if stored else target
+        entry_where = (listed.c[fk] == target_pk, listed.c.price_list_pk == bindparam(list_bind))
+        cover_where = (cover.c[fk] == target_pk, cover.c.product_pk.in_(products))
+        # PostgreSQL: probes by the line's register (joined, its generic plan hashed the whole lists). The LIMITs,
+        # which the keys make true anyway, keep it from pulling the subqueries up into joins again.
+        if lateral:
+            entry: Any = select(listed.c.price_list_pk, listed.c.price_override).where(*entry_where).limit(1) \
+                .lateral(f"{kind}_entry")
+            source = source.outerjoin(entry, true())
+        else:
+            entry = listed
+            source = source.outerjoin(listed, and_(*entry_where))
         if products:
-            source = source.outerjoin(cover, and_(cover.c[fk] == target_pk, cover.c.product_pk.in_(products)))
-            coverage_columns = [cover.c[c] for c in _COVERAGE_COLUMNS]
+            covered: Any = select(*(cover.c[c] for c in _COVERAGE_COLUMNS)).where(*cover_where) \
+                .limit(n_products).lateral(f"{kind}_cover") if lateral else cover
+            source = source.outerjoin(covered, true() if lateral else and_(*cover_where))
+            coverage_columns = [covered.c[c] for c in _COVERAGE_COLUMNS]
         else:  # no valid policy: the lines alone
             coverage_columns = [null().label(c) for c in _COVERAGE_COLUMNS]
         line_columns = ([lines.c.pk, lines.c.qty_provided, lines.c.qty_approved, lines.c.price_asked,
                          lines.c.price_approved] if stored else [target_pk.label("target_pk")])
         return (
             select(literal(kind, String).label("kind"), *line_columns, target.c.price, target.c.deleted.label("gone"),
-                   listed.c.price_list_pk.label("listed"), listed.c.price_override, *coverage_columns)
+                   entry.c.price_list_pk.label("listed"), entry.c.price_override, *coverage_columns)
             .select_from(source)
             .where(*((lines.c.claim_pk == bindparam("claim"), lines.c.status == LINE_PASSED) if stored
                      else (any_pk(target.c.pk, f"{kind}_pks"),)))
         )
 
-    return DriverQuery(branch("item", claim_item, medical_item, "item_pk", price_list_item, "item_list",
-                              product_item)
-                       .union_all(branch("service", claim_service, medical_service, "service_pk",
-                                         price_list_service, "service_list", product_service)))
+    def statement(*, lateral: bool) -> Any:
+        return (branch("item", claim_item, medical_item, "item_pk", price_list_item, "item_list", product_item,
+                       lateral=lateral)
+                .union_all(branch("service", claim_service, medical_service, "service_pk", price_list_service,
+                                  "service_list", product_service, lateral=lateral)))
+
+    return DriverQuery(statement(lateral=False), postgresql=statement(lateral=True))
 
 
 _USED = ("ded_g", "ded_ip", "ded_op", "rem_g", "rem_ip", "rem_op")
