@@ -104,6 +104,13 @@ def content(stored: bytes) -> dict[str, Any]:
     return body  # type: ignore[no-any-return]
 
 
+def check_built(kind: ResourceKind, conn: Connection, pk: int, body: dict[str, Any]) -> None:
+    """HIFHIR_VERIFY_PATCHES: a body a write built itself instead of reading the resource back (a new Patient, a
+    ClaimResponse decided before it was stored) is the render of what it wrote."""
+    if verifying():
+        check(kind, pk, body, kind.render(conn, [pk])[pk])
+
+
 def check(kind: ResourceKind, pk: int, body: dict[str, Any], rendered: dict[str, Any]) -> None:
     """HIFHIR_VERIFY_PATCHES: the patched body is the rendered one."""
     if body != rendered:

@@ -104,12 +104,20 @@ def location_names_plan(pks: set[int]) -> Plan[dict[int, Row]]:
     return {row.pk: row for row in rows}
 
 
+def _plain_location_id(ref: Any) -> str | None:
+    """The id of a literal `Location/<id>` reference (the common case, looked up in one query), else None."""
+    literal = ref.get("reference") if isinstance(ref, dict) else None
+    if isinstance(literal, str) and literal.startswith("Location/") and literal.count("/") == 1:
+        return literal[9:]
+    return None
+
+
 def location_of_level(ctx: WriteContext, ref: Any, level: str, expression: str) -> int:
     """Resolve a Location reference that must be of one level (V village, D district…)."""
-    literal = ref.get("reference") if isinstance(ref, dict) else None
+    plain_id = _plain_location_id(ref)
     found = None
-    if isinstance(literal, str) and literal.startswith("Location/") and literal.count("/") == 1:
-        rows = _LOCATION_BY_ID.rows(ctx.conn, {"id": literal[9:]})  # the common case, one query
+    if plain_id is not None:
+        rows = _LOCATION_BY_ID.rows(ctx.conn, {"id": plain_id})
         found = rows[0] if rows else None
     if found is not None:
         pk, actual = found
@@ -124,9 +132,9 @@ def location_of_level(ctx: WriteContext, ref: Any, level: str, expression: str) 
 def named_location_of_level(ctx: WriteContext, ref: Any, level: str, expression: str) -> tuple[int, Row | None]:
     """`location_of_level`, with the location's names as `location_names` gives them (None when the reference is
     not a literal `Location/id`): what a write needs to render the address itself."""
-    literal = ref.get("reference") if isinstance(ref, dict) else None
-    if isinstance(literal, str) and literal.startswith("Location/") and literal.count("/") == 1:
-        rows = _NAMED_LOCATION_BY_ID.rows(ctx.conn, {"id": literal[9:]})
+    plain_id = _plain_location_id(ref)
+    if plain_id is not None:
+        rows = _NAMED_LOCATION_BY_ID.rows(ctx.conn, {"id": plain_id})
         if rows and rows[0].type == level:
             return int(rows[0].pk), rows[0]
     return location_of_level(ctx, ref, level, expression), None  # the other forms, and the errors
