@@ -747,3 +747,60 @@ def test_the_officer_must_work_in_the_familys_district(api, engine, scheme):
     refused(api.post("Contract", body), 422, expression="Contract.author", text="another district")
     assert counts(engine) == before
     created(api.post("Contract", family_contract(scheme, premiums=[premium(10000, "RC-F", days_ago(1))])))
+
+
+# --- the contribution invoice follows its Contract -----------------------------------------------------------------
+
+
+def invoice_of_contract(api: Api, engine: Any, contract_id: str) -> dict[str, Any]:
+    with engine.connect() as conn:
+        invoice_id = conn.execute(
+            select(tables.invoice.c.id).join(tables.policy, tables.policy.c.pk == tables.invoice.c.policy_pk)
+            .where(tables.policy.c.id == contract_id)).scalar_one()
+    return get(api, f"Invoice/{invoice_id}")
+
+
+def amount_paid(inv: dict[str, Any]) -> Any:
+    return next((e["valueMoney"]["value"] for e in inv.get("extension", []) if e["url"].endswith("amount-paid")),
+                None)
+
+
+def test_a_contribution_added_with_the_contract_pays_its_invoice_which_takes_no_second_payment(api, engine, scheme):
+    from tests.http.test_payments import notice
+
+    c = created(api.post("Contract", family_contract(scheme, "BC01", issued=days_ago(10))))
+    inv = invoice_of_contract(api, engine, c["id"])
+    assert (inv["status"], inv["totalGross"]["value"], amount_paid(inv)) == ("issued", 10000, None)
+
+    asset(c)["extension"] = [premium(10000, "RC-1", days_ago(1))]
+    c = put(api, c)
+    assert c["status"] == "executed"
+    inv = invoice_of_contract(api, engine, c["id"])
+    assert (inv["status"], amount_paid(inv), inv["meta"]["versionId"]) == ("balanced", 10000, "2")
+
+    with engine.connect() as conn:
+        premiums_before = conn.execute(select(func.count()).select_from(tables.premium)).scalar_one()
+    refused(api.post("PaymentNotice", notice(f"Invoice/{inv['id']}", 10000, "TX-AGAIN")), 422,
+            text="Over-payment")
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(tables.premium)).scalar_one() == premiums_before
+
+
+def test_an_idle_policys_invoice_follows_its_value_and_contributions(api, engine, scheme):
+    s = scheme
+    c = created(api.post("Contract", family_contract(s, "FC01", covered=[s.head],
+                                                     premiums=[premium(1000, "IN-1", days_ago(2))])))
+    inv = invoice_of_contract(api, engine, c["id"])
+    assert (inv["totalGross"]["value"], amount_paid(inv), inv["status"]) == (6000, 1000, "issued")
+
+    asset(c)["typeReference"] = [{"reference": f"Patient/{m}"} for m in s.all_members()]
+    asset(c)["extension"] = [premium(1500, "IN-1", days_ago(2))]  # corrected while idle
+    c = put(api, c)
+    assert net(c) == 18000 and c["status"] == "offered"
+    inv = invoice_of_contract(api, engine, c["id"])
+    assert (inv["totalGross"]["value"], inv["totalNet"]["value"], amount_paid(inv)) == (18000, 18000, 1500)
+    assert inv["lineItem"][0]["priceComponent"][0]["amount"]["value"] == 18000
+    assert (inv["status"], inv["meta"]["versionId"]) == ("issued", "2")
+
+    put(api, c)  # sent back as read: nothing changes, the invoice keeps its version
+    assert invoice_of_contract(api, engine, c["id"])["meta"]["versionId"] == "2"

@@ -360,14 +360,16 @@ def test_reference_already_used_as_a_receipt_of_the_product_is_409(api, engine, 
     assert counts(engine) == before
 
 
-def test_payment_of_a_deleted_policys_invoice_is_409_and_writes_nothing(api, engine, scheme):
+def test_deleting_an_idle_policy_cancels_its_invoice_which_then_takes_no_payment(api, engine, scheme):
     s = scheme
     c = idle_contract(api, s)
     inv_id = invoice_of(api, engine, c["id"])
-    assert api.delete(f"Contract/{c['id']}").status_code == 204  # an idle policy may be deleted; its invoice stays
+    assert api.delete(f"Contract/{c['id']}").status_code == 204  # an idle policy may be deleted
+    inv = ok(api.get(f"Invoice/{inv_id}"))
+    assert (inv["status"], inv["meta"]["versionId"]) == ("cancelled", "2")
     before = counts(engine)
     refused(api.post("PaymentNotice", notice(f"Invoice/{inv_id}", 10000, "TX-G1")), 409,
-            expression="PaymentNotice.request", text="The policy this invoice is for no longer exists")
+            expression="PaymentNotice.request", text="is cancelled: it accepts no payment")
     assert counts(engine) == before
 
 

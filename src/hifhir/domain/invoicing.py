@@ -65,7 +65,7 @@ from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, func, insert, select, union_all
+from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, union_all, update
 
 from hifhir.config import SCHEME_CURRENCY
 from hifhir.domain.policy import (
@@ -79,7 +79,9 @@ from hifhir.domain.policy import (
 from hifhir.store.codelists import DIAGNOSIS_LIST
 from hifhir.store.fast import DriverQuery
 from hifhir.store.tables import (
+    INVOICE_CANCELLED,
     INVOICE_PAID,
+    INVOICE_UNPAID,
     INVOICE_VALIDATED,
     LINE_PASSED,
     batch_run,
@@ -303,16 +305,18 @@ class NewInvoice:
         return [{**ln, "invoice_pk": parent_pk} for ln in self.lines]
 
 
-def policy_invoice(conn: Connection, facts: PolicyFacts, *, today: date) -> NewInvoice:
+def policy_invoice(conn: Connection, facts: PolicyFacts, *, today: date, new_code: bool = True) -> NewInvoice:
     """The contribution invoice of a policy (module docstring), computed from `facts`; the only read is the check
-    that its code is free."""
+    that its code is free (`new_code` False: for an invoice that has its code already, left out of the values)."""
     product_row = facts.product
     terms = ProductTerms.from_row(product_row)
     unit_price, rate = _discount(facts, terms)
     line = LineIn(LINE_POLICY, facts.pk, product_row.code, product_row.name, product_row.acc_code_premiums,
                   unit_price, discount=rate)
     informal = facts.family_pk is not None
-    code = _free_code(conn, invoice, f"IV-{product_row.code}-{facts.who}-{facts.start_date:%Y-%m}")
+    code = None
+    if new_code:
+        code = _free_code(conn, invoice, f"IV-{product_row.code}-{facts.who}-{facts.start_date:%Y-%m}")
     totals = _totals([line])
     paid = Decimal(facts.paid)
     settled = paid > 0 and paid >= totals["amount_total"]
@@ -320,7 +324,7 @@ def policy_invoice(conn: Connection, facts: PolicyFacts, *, today: date) -> NewI
                                                       facts.previous_expiry)
     due = facts.effective_date or facts.enroll_date
     values = {
-        "code": code,
+        **({"code": code} if code is not None else {}),
         "type_code": TYPE_CONTRIBUTION if informal else TYPE_CONTRACT,
         "status": INVOICE_PAID if settled else INVOICE_VALIDATED,
         "subject_type": FAMILY if informal else POLICY_HOLDER,
@@ -375,6 +379,64 @@ def invoice_for_policy(conn: Connection, policy_pk: int, *, today: date, now: in
              .inserted_primary_key[0])
     conn.execute(insert(invoice_line), new.line_rows(pk))
     return pk
+
+
+_INVOICE_STATE = DriverQuery(
+    select(invoice.c.pk, invoice.c.status, invoice.c.date_issued, invoice.c.date_due, invoice.c.date_paid,
+           invoice.c.amount_paid, invoice.c.amount_discount, invoice.c.amount_net, invoice.c.amount_total,
+           invoice.c.note, invoice.c.terms)
+    .where(invoice.c.policy_pk == bindparam("pk"), is_current(invoice)).limit(1))
+_INVOICE_LINES = select(invoice_line).where(invoice_line.c.invoice_pk == bindparam("pk")).order_by(
+    invoice_line.c.sequence)
+_LINE_COLUMNS = ("line_type", "line_pk", "code", "description", "ledger_account", "quantity", "unit_price",
+                 "discount", "deduction", "tax_rate", "amount_net", "amount_total")
+# What a Contract write can change on its policy's invoice; the code, parties and type stay (the code is the
+# identifier payers quote).
+_FOLLOWED = ("status", "date_issued", "date_due", "date_paid", "amount_paid", "amount_discount", "amount_net",
+             "amount_total", "note", "terms")
+# An invoice past these (cancelled, suspended after a refund, reconciled…) belongs to the payments' history.
+_FOLLOWING_STATUSES = (INVOICE_VALIDATED, INVOICE_PAID, INVOICE_UNPAID)
+
+
+def follow_policy(conn: Connection, policy_pk: int, *, today: date) -> int | None:
+    """After a Contract update of a stored policy: its contribution invoice made to agree with it again — the line
+    and totals from the policy's value (an idle policy's members, product or dates changed), what is paid from the
+    contributions recorded with it (premiums added or corrected with the Contract, photo fees excluded: the same
+    sum `invoice_for_policy` starts from, and that payments keep), and the status from both (paid when covered).
+    Without it a contribution added with the Contract left the invoice owing, and could be paid a second time.
+    Returns the invoice's pk when it changed (the caller re-versions it, kind `invoice`), else None."""
+    found = _INVOICE_STATE.rows(conn, {"pk": policy_pk})
+    if not found or found[0].status not in _FOLLOWING_STATUSES:
+        return None
+    current = found[0]
+    facts = _stored_facts(conn, policy_pk)
+    if facts is None:
+        return None
+    new = policy_invoice(conn, facts, today=today, new_code=False)
+    if new.values["status"] == INVOICE_VALIDATED and current.status == INVOICE_UNPAID:
+        new.values["status"] = INVOICE_UNPAID  # still owed: it stays past its deadline
+    changes = {k: new.values[k] for k in _FOLLOWED if new.values[k] != getattr(current, k)}
+    stored_lines = [tuple(getattr(r, c) for c in _LINE_COLUMNS)
+                    for r in conn.execute(_INVOICE_LINES, {"pk": current.pk})]
+    lines_changed = stored_lines != [tuple(ln[c] for c in _LINE_COLUMNS) for ln in new.lines]
+    if not changes and not lines_changed:
+        return None
+    if changes:
+        conn.execute(update(invoice).where(invoice.c.pk == current.pk).values(**changes))
+    if lines_changed:
+        conn.execute(delete(invoice_line).where(invoice_line.c.invoice_pk == current.pk))
+        conn.execute(insert(invoice_line), new.line_rows(current.pk))
+    return int(current.pk)
+
+
+def cancel_policy_invoice(conn: Connection, policy_pk: int) -> int | None:
+    """The invoice of a policy deleted while idle is cancelled (it no longer takes payments; what was paid stays
+    recorded). Returns its pk when it changed (the caller re-versions it), else None."""
+    found = _INVOICE_STATE.rows(conn, {"pk": policy_pk})
+    if not found or found[0].status not in _FOLLOWING_STATUSES:
+        return None
+    conn.execute(update(invoice).where(invoice.c.pk == found[0].pk).values(status=INVOICE_CANCELLED))
+    return int(found[0].pk)
 
 
 # --- the bills of a batch run ------------------------------------------------------------------------------------

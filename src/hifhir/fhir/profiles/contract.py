@@ -68,7 +68,7 @@ from typing import Any
 from sqlalchemy import Connection, Date, Row, bindparam, false, insert, not_, or_, select, update
 
 from hifhir.auth import scope as location_scope
-from hifhir.domain.invoicing import PolicyFacts, new_ids, policy_invoice
+from hifhir.domain.invoicing import PolicyFacts, cancel_policy_invoice, follow_policy, new_ids, policy_invoice
 from hifhir.domain.policy import (
     ACTIVE,
     EXPIRED,
@@ -873,6 +873,8 @@ class ContractKind(ResourceKind):
             insuree_policy.c.policy_pk == pk, is_current(insuree_policy)))]
         conn.execute(update(insuree_policy).where(insuree_policy.c.policy_pk == pk).values(deleted=True))
         conn.execute(update(premium).where(premium.c.policy_pk == pk).values(deleted=True))
+        if (invoice_pk := cancel_policy_invoice(conn, pk)) is not None:
+            ctx.mark("invoice", invoice_pk)
         from hifhir.fhir.registry import KINDS
 
         cov_pk = conn.execute(_COVERAGE_OF, {"pk": pk}).scalar()
@@ -1228,6 +1230,10 @@ class ContractKind(ResourceKind):
             cov = ctx.insert(coverage, {"id": current.id, "uuid": values["uuid"], "policy_pk": pk})
         elif values["uuid"] != current.uuid:
             ctx.update(coverage, int(cov), {"uuid": values["uuid"]})
+        # Its invoice follows what changed (value, contributions recorded with the Contract), before any
+        # activation, which the invoice's payments do not decide.
+        if (invoice_pk := follow_policy(conn, pk, today=day)) is not None:
+            ctx.mark("invoice", invoice_pk)
         requested = data.requested_status
         if requested == status_on(current.status, current.expiry_date, day):
             requested = None  # the status the client read, sent back: it asks nothing
