@@ -3,8 +3,10 @@
 `Patient.active` and `Group.active` mean "has an active policy" (insuree.has_active_policy). Writes that change
 coverage keep the flag and the stored versions current; this job catches what only the calendar changes — an
 expiry date passing, an effective date arriving — and re-versions exactly the insurees (and their families) whose
-flag flips. It is idempotent: every worker of `hifhir serve` runs it at start and hourly, `hifhir jobs` runs it
-once, and concurrent runs only find nothing left to do.
+flag flips, and the Contracts and Coverages of the active policies that expired (their `policy-status` /
+`coverage-policy-status` read `expired` from then on: an expiry is never stored, `domain.policy.status_on`, but the
+versions served are). It is idempotent: every worker of `hifhir serve` runs it at start and hourly, `hifhir jobs`
+runs it once, and concurrent runs only find nothing left to do.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from sqlalchemy import Connection, Engine, Exists, and_, exists, insert, or_, se
 
 from hifhir.fhir.kind import WriteContext
 from hifhir.store.db import transaction
-from hifhir.store.tables import POLICY_ACTIVE, insuree, insuree_policy, is_current, job_run, policy
+from hifhir.store.tables import POLICY_ACTIVE, coverage, insuree, insuree_policy, is_current, job_run, policy
 
 log = logging.getLogger("hifhir.jobs")
 JOB_USER = "hifhir-jobs"  # user_name on the history rows the job writes
@@ -59,11 +61,21 @@ def refresh_coverage_flags(engine: Engine, today: date | None = None) -> int:
             candidates = select(ip.c.insuree_pk).where(is_current(ip), or_(
                 and_(ip.c.expiry_date >= since, ip.c.expiry_date < today),
                 and_(ip.c.effective_date >= since, ip.c.effective_date <= today)))
+        expired = select(policy.c.pk, coverage.c.pk.label("coverage_pk")).outerjoin(
+            coverage, and_(coverage.c.policy_pk == policy.c.pk, is_current(coverage))).where(
+            is_current(policy), policy.c.status == POLICY_ACTIVE, policy.c.expiry_date < today)
+        if last is not None:
+            expired = expired.where(policy.c.expiry_date >= last - timedelta(days=1))
+        expired_policies = conn.execute(expired).all()
         covered = covered_on(today)
         rows = conn.execute(select(insuree.c.pk, insuree.c.family_pk, covered.label("now_active")).where(
             insuree.c.pk.in_(candidates), is_current(insuree), insuree.c.has_active_policy != covered)).all()
+        ctx = WriteContext(conn, JOB_USER)
+        for p in expired_policies:
+            ctx.mark("contract", int(p.pk))
+            if p.coverage_pk is not None:
+                ctx.mark("coverage", int(p.coverage_pk))
         if rows:
-            ctx = WriteContext(conn, JOB_USER)
             for value in (True, False):
                 pks = [r.pk for r in rows if bool(r.now_active) is value]
                 for start in range(0, len(pks), 500):
@@ -73,11 +85,12 @@ def refresh_coverage_flags(engine: Engine, today: date | None = None) -> int:
                 ctx.mark("patient", int(row.pk))
                 if row.family_pk is not None:
                     ctx.mark("group", int(row.family_pk))
+        if rows or expired_policies:
             ctx.flush()
         if last is None:
             conn.execute(insert(job_run).values(name=COVERAGE_JOB, last_day=today))
         else:
             conn.execute(update(job_run).where(job_run.c.name == COVERAGE_JOB).values(last_day=today))
-    if rows:
-        log.info("coverage flags refreshed for %d insurees", len(rows))
+    if rows or expired_policies:
+        log.info("coverage flags refreshed for %d insurees; %d policies expired", len(rows), len(expired_policies))
     return len(rows)

@@ -804,3 +804,36 @@ def test_an_idle_policys_invoice_follows_its_value_and_contributions(api, engine
 
     put(api, c)  # sent back as read: nothing changes, the invoice keeps its version
     assert invoice_of_contract(api, engine, c["id"])["meta"]["versionId"] == "2"
+
+
+# --- expiry, which only the calendar brings ------------------------------------------------------------------------
+
+
+def test_an_active_policy_reads_expired_once_the_job_sees_its_expiry_pass(api, engine, scheme, monkeypatch):
+    from datetime import timedelta
+
+    from hifhir.fhir.profiles import contract as contract_profile
+    from hifhir.fhir.profiles import coverage as coverage_profile
+    from hifhir.jobs import refresh_coverage_flags
+
+    c = created(api.post("Contract", family_contract(scheme, "BC01", issued=days_ago(30),
+                                                     premiums=[premium(10000, "EX-1", days_ago(29))])))
+    assert (c["status"], policy_status(c)) == ("executed", "active")
+    refresh_coverage_flags(engine, date.today())  # the day's run: nothing has expired
+    day_after = date.fromisoformat(period(c)[1]) + timedelta(days=1)
+    for module in (contract_profile, coverage_profile):
+        monkeypatch.setattr(module, "today", lambda: day_after)
+
+    refresh_coverage_flags(engine, day_after)
+
+    now = get(api, f"Contract/{c['id']}")
+    assert policy_status(now) == "expired"
+    assert now["meta"]["versionId"] == str(int(c["meta"]["versionId"]) + 1)
+    cov = get(api, f"Coverage/{c['id']}")
+    policy_status_coding = next(e["valueCodeableConcept"]["coding"][0]["code"] for e in cov["extension"]
+                                if e["url"].endswith("coverage-policy-status"))
+    assert (cov["status"], policy_status_coding) == ("active", "expired")  # IG mapping: expired → active
+    found = get(api, "Contract?policy-status=expired")
+    assert [policy_status(e["resource"]) for e in found["entry"]] == ["expired"]
+    refresh_coverage_flags(engine, day_after)  # idempotent: the same day's second run re-versions nothing
+    assert get(api, f"Contract/{c['id']}")["meta"]["versionId"] == now["meta"]["versionId"]
