@@ -32,6 +32,11 @@ Decisions taken where openIMIS's two implementations disagree (domain §3.1, §6
   product sets one; EffectiveDate = max(last payment date, StartDate). Suspended, ready or expired policies are
   never (re)activated by a payment. The last date for payment (`last_payment_date`) is informative: openIMIS's
   GUI and Python service do not refuse late payments either.
+  Activation option 3 (§6.7: Ready until the payment is matched) is not a setting here, by decision: hifhir has
+  no unmatched payments to wait for. Its contributions are either recorded by the officer with the Contract (cash
+  in hand, as option 1 trusts) or sent by the payments platform as a PaymentNotice once the money is received —
+  already matched to its invoice. Ready remains a status a Contract update can set and clear (`policy-status`),
+  for a scheme that holds a policy back by hand, as openIMIS's GUI does.
 * **Status**: Expired (8) is never stored. An Active policy whose expiry date has passed *is* expired
   (`status_on`); an Idle, Ready or Suspended one keeps its status (idle and ready ones never covered anything, a
   suspended one covers nothing, and the IG maps expired to Coverage `active`, which would be false for them).
