@@ -563,6 +563,9 @@ def test_cli_batch_run(api, engine, command_env, capsys):
     assert response["meta"]["versionId"] == "2"  # its own version: the claim row's version_id is the Claim's
     found = api.get(f"ClaimResponse?_id={claim_id}")
     assert [e["resource"]["outcome"] for e in found.json()["entry"]] == ["complete"]
+    bills = api.get("Invoice?type=claim-batch").json()["entry"]  # the facility's bill, made by the same command
+    assert [(b["resource"]["status"], b["resource"]["totalGross"]["value"], b["resource"]["recipient"]["reference"]
+             .split("/")[0]) for b in bills] == [("issued", 155, "Organization")]
 
     assert cli.main(["claims", "batch-run", "--period", "2026-10"]) == 1
     assert "error: the batch for 2026-10 has already run nationally" in capsys.readouterr().err

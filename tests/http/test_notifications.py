@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -32,14 +31,13 @@ from sqlalchemy import Engine, delete, select, update
 
 from hifhir import config
 from hifhir.config import OutboxConfig
-from hifhir.domain.invoicing import invoice_for_policy
 from hifhir.fhir.kind import WriteContext
 from hifhir.fhir.registry import KINDS
 from hifhir.notify import delivery as notify_delivery
 from hifhir.notify import endpoints, matching, transport
 from hifhir.outbox.worker import Worker
 from hifhir.store.db import transaction
-from hifhir.store.tables import outbox, policy, role_right, subscription
+from hifhir.store.tables import outbox, role_right, subscription
 from tests.builders import location, patient
 from tests.builders_enrolment import family_contract, make_scheme
 from tests.conftest import Api
@@ -227,14 +225,6 @@ def test_a_contribution_invoice_is_notified_to_its_subscriber_only(api, engine, 
     contribution = subscribe(api, "Invoice?type=contribution", receiver.url)
     subscribe(api, "Invoice?type=contract", receiver.url)  # the formal sector's invoices
     contract = created(api.post("Contract", family_contract(scheme)))
-    with transaction(engine, write=True) as conn:
-        # The enrolment's own event, in case POST Contract does not raise it yet; it creates nothing twice.
-        policy_pk = conn.execute(select(policy.c.pk).where(policy.c.family_pk.is_not(None))).scalars().first()
-        ctx = WriteContext(conn, "Admin")
-        pk = invoice_for_policy(conn, policy_pk, today=date.today(), now=ctx.now)
-        if pk is not None:
-            ctx.mark("invoice", pk)
-        ctx.flush()
     invoices = api.get("Invoice?type=contribution").json()["entry"]
     assert len(invoices) == 1 and contract["id"]
     [row] = [r for r in rows(engine) if orjson.loads(r.payload).get("type") == "Invoice"]
