@@ -1,12 +1,13 @@
 """The `hifhir` command: serve, migrate, demo-data, user / role / client administration (cli_admin.py), codes
-(code-list administration), claims (batch run with relative pricing, relative distributions), worker (outbox
-deliveries)."""
+(code-list administration), claims (batch run with relative pricing, relative distributions), bills (commissions
+and payment-platform fees), worker (outbox deliveries)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from decimal import Decimal, InvalidOperation
 
 from sqlalchemy import select
 
@@ -221,7 +222,6 @@ def _period(text: str) -> tuple[int, int]:
 def cmd_claims(settings: Settings, args: argparse.Namespace) -> int:
     """The monthly batch run (relative pricing) and the relative distributions it uses (no FHIR resource has them)."""
     from datetime import date
-    from decimal import Decimal, InvalidOperation
 
     from hifhir.domain.claims import batch
     from hifhir.domain.invoicing import bills_for_run
@@ -263,6 +263,57 @@ def cmd_claims(settings: Settings, args: argparse.Namespace) -> int:
         where = "national" if args.location is None else args.location
         print(f"batch run {year}-{month:02d} ({where}): run {result.run_pk}, {result.products} products, "
               f"{result.indexes} relative indexes, {result.claims} claims valuated, remunerated {result.remunerated}")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    return 0
+
+
+BILLS_USER = "hifhir-bills"  # the author of the bills' versions (history), as the batch run's BATCH_USER
+
+
+def _rate(text: str) -> Decimal:
+    """`--rate` → a percentage above 0 and at most 100; ValueError with the reason otherwise."""
+    try:
+        rate = Decimal(text)
+    except InvalidOperation:
+        rate = Decimal("NaN")
+    if not rate.is_finite() or not 0 < rate <= 100:
+        raise ValueError(f"--rate must be a percentage above 0 and at most 100 (e.g. 5 or 2.5), not '{text}'")
+    return rate
+
+
+def cmd_bills(settings: Settings, args: argparse.Namespace) -> int:
+    """The monthly bills of enrolment officers' commissions and payment-platform fees (domain/commissions.py)."""
+    from datetime import date
+
+    from hifhir.domain import commissions
+    from hifhir.fhir.kind import now_us
+    from hifhir.fhir.profiles.invoice import record_versions
+    from hifhir.setup import prepare
+    from hifhir.store.db import transaction
+
+    try:  # bad input writes nothing: checked before the database is touched
+        year, month = _period(args.period)
+        rate = _rate(args.rate) if args.bills_command == "commissions" else None
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    engine = _engine(settings)
+    prepare(settings, engine)
+    try:
+        with transaction(engine, write=True) as conn:
+            now = now_us()
+            if rate is not None:
+                made = commissions.commission_bills(conn, year, month, rate, today=date.today(), now=now)
+            else:
+                fees = commissions.fees_bill(conn, year, month, today=date.today(), now=now)
+                made = [] if fees is None else [fees]
+            record_versions(conn, "bill", made, now=now, user_name=BILLS_USER)
+        what = "commission bills" if rate is not None else "fees bills"
+        print(f"{what} {year}-{month:02d}: {len(made)} created")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -330,6 +381,16 @@ def main(argv: list[str] | None = None) -> int:
     distribution.add_argument("--percent", required=True, nargs="+",
                               help="percentage of each period's allocated contributions paid out (0 to 100)")
     claims.set_defaults(func=cmd_claims)
+    bills = sub.add_parser("bills", help="monthly bills: enrolment officers' commissions, payment-platform fees")
+    bills_sub = bills.add_subparsers(dest="bills_command", required=True)
+    commission = bills_sub.add_parser("commissions", help="bill each enrolment officer a commission on the "
+                                      "contributions collected in a month (once per officer and month)")
+    commission.add_argument("--period", required=True, help="the month, YYYY-MM (e.g. 2026-10), once it is over")
+    commission.add_argument("--rate", required=True, help="the commission, a percentage of each contribution")
+    fees = bills_sub.add_parser("fees", help="bill the payments platform's fees (HIFHIR_PAYMENT_FEE_*) on the "
+                                "payments accepted in a month (once per month)")
+    fees.add_argument("--period", required=True, help="the month, YYYY-MM (e.g. 2026-10), once it is over")
+    bills.set_defaults(func=cmd_bills)
     sub.add_parser("rights", help="print the rights matrix (who may do what) as Markdown").set_defaults(
         func=cmd_rights)
     args = parser.parse_args(argv)

@@ -7,6 +7,7 @@ import os
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 DEFAULT_SQLITE_PATH = Path("var") / "hifhir.db"
@@ -111,6 +112,38 @@ def notify_config_from_env(env: Mapping[str, str]) -> NotifyConfig:
 
 # Read at subscription writes (inside write transactions) and by the outbox worker: module-level, like CLAIM_AI_URL.
 NOTIFY = notify_config_from_env(os.environ)
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentsConfig:
+    """The payments platform: its tariff, recorded on each accepted PaymentNotice (`payment_notice.fees`) and billed
+    monthly (`hifhir bills fees`), and the name its fees bills show (it has no register of its own)."""
+
+    fee_percent: Decimal = Decimal(0)  # of each accepted payment's amount
+    fee_fixed: Decimal = Decimal(0)  # per accepted payment, in the scheme currency
+    platform_name: str = "Payments platform"
+
+
+def _amount_setting(env: Mapping[str, str], name: str) -> Decimal:
+    text = env.get(name, "").strip() or "0"
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise ConfigError(f"{name}: {text[:40]!r} is not a number") from None
+    if not value.is_finite() or value < 0:
+        raise ConfigError(f"{name}: {text[:40]!r} must be a number ≥ 0")
+    return value
+
+
+def payments_config_from_env(env: Mapping[str, str]) -> PaymentsConfig:
+    return PaymentsConfig(fee_percent=_amount_setting(env, "HIFHIR_PAYMENT_FEE_PERCENT"),
+                          fee_fixed=_amount_setting(env, "HIFHIR_PAYMENT_FEE_FIXED"),
+                          platform_name=env.get("HIFHIR_PAYMENT_PLATFORM_NAME", "").strip() or "Payments platform")
+
+
+# Read inside PaymentNotice writes (no Settings there) and when bills are rendered: module-level, like NOTIFY; read
+# as `config.PAYMENTS` at each use, so that tests may replace it.
+PAYMENTS = payments_config_from_env(os.environ)
 
 
 @dataclass(slots=True)

@@ -226,13 +226,16 @@ FEEDBACK = via("claim_pk", claim, CLAIM)  # a claim's feedback prompt and answer
 INVOICE = any_of(via("policy_pk", policy, POLICY),
                  typed("subject_type", "family", via("subject_pk", family, FAMILY)),
                  typed("subject_type", "policy-holder", via("subject_pk", policy_holder, at("location_pk"))))
-BILL = any_of(typed("payee_type", "health-facility", facility("payee_pk")),
-              typed("payee_type", "insuree", via("payee_pk", insuree, PATIENT)))
-PAYMENT_NOTICE = any_of(via("invoice_pk", invoice, INVOICE), via("bill_pk", bill, BILL))
 LOCATION = Rule(_location_or_ancestor)
 _SERVES_VILLAGE = linked(officer_role_village, "role_pk", at("location_pk"))
 OFFICER_ROLE = any_of(_SERVES_VILLAGE, via("officer_pk", officer, at("location_pk")))
 OFFICER = any_of(at("location_pk"), linked(officer_role, "officer_pk", _SERVES_VILLAGE))  # district or villages
+# A bill: its facility's, its insuree's, or (commission) its officer's; the payments platform's fees bills have no
+# location and are seen by unrestricted users only.
+BILL = any_of(typed("payee_type", "health-facility", facility("payee_pk")),
+              typed("payee_type", "insuree", via("payee_pk", insuree, PATIENT)),
+              typed("payee_type", "enrolment-officer", via("payee_pk", officer, OFFICER)))
+PAYMENT_NOTICE = any_of(via("invoice_pk", invoice, INVOICE), via("bill_pk", bill, BILL))
 CLAIM_ADMIN_ROLE = facility("hf_pk")
 CLAIM_ADMIN = linked(claim_admin_role, "claim_admin_pk", facility("hf_pk"))  # a role at a facility in scope
 

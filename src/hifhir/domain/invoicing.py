@@ -176,7 +176,7 @@ class LineIn:
         return line_amounts(self.quantity, self.unit_price, self.discount, self.deduction)
 
 
-def _line_rows(parent: str, parent_pk: int, lines: list[LineIn]) -> list[dict[str, Any]]:
+def line_rows(parent: str, parent_pk: int, lines: list[LineIn]) -> list[dict[str, Any]]:
     rows = []
     for sequence, ln in enumerate(lines, start=1):
         a = ln.amounts
@@ -188,14 +188,14 @@ def _line_rows(parent: str, parent_pk: int, lines: list[LineIn]) -> list[dict[st
     return rows
 
 
-def _totals(lines: list[LineIn]) -> dict[str, Decimal]:
+def totals_of(lines: list[LineIn]) -> dict[str, Decimal]:
     amounts = [ln.amounts for ln in lines]
     return {"amount_discount": sum((a.discount for a in amounts), ZERO),
             "amount_net": sum((a.net for a in amounts), ZERO),
             "amount_total": sum((a.total for a in amounts), ZERO)}
 
 
-def _free_code(conn: Connection, table: Table, base: str) -> str:
+def free_code(conn: Connection, table: Table, base: str) -> str:
     """`base`, or `base-2`, `base-3`… : the first code no current row of the table uses."""
     base = base[:CODE_MAX - 4]
     if not _CODE_TAKEN[table.name].rows(conn, {"code": base}):
@@ -316,8 +316,8 @@ def policy_invoice(conn: Connection, facts: PolicyFacts, *, today: date, new_cod
     informal = facts.family_pk is not None
     code = None
     if new_code:
-        code = _free_code(conn, invoice, f"IV-{product_row.code}-{facts.who}-{facts.start_date:%Y-%m}")
-    totals = _totals([line])
+        code = free_code(conn, invoice, f"IV-{product_row.code}-{facts.who}-{facts.start_date:%Y-%m}")
+    totals = totals_of([line])
     paid = Decimal(facts.paid)
     settled = paid > 0 and paid >= totals["amount_total"]
     deadline = None if settled else last_payment_date(terms, facts.stage, facts.enroll_date, facts.start_date,
@@ -342,7 +342,7 @@ def policy_invoice(conn: Connection, facts: PolicyFacts, *, today: date, new_cod
         "policy_pk": facts.pk,
         **totals,
     }
-    lines = [{k: v for k, v in row.items() if k != "invoice_pk"} for row in _line_rows("invoice", 0, [line])]
+    lines = [{k: v for k, v in row.items() if k != "invoice_pk"} for row in line_rows("invoice", 0, [line])]
     return NewInvoice(values, lines)
 
 
@@ -515,7 +515,7 @@ def bills_for_run(conn: Connection, run_pk: int, *, today: date, now: int) -> li
         values = {
             **new_ids(),
             "version_id": 0, "last_updated": now,
-            "code": _free_code(conn, bill, f"IV-{prod.code}-{facilities[hf_pk]}-{period}"),
+            "code": free_code(conn, bill, f"IV-{prod.code}-{facilities[hf_pk]}-{period}"),
             "type_code": TYPE_CLAIM_BATCH,
             "status": INVOICE_VALIDATED,
             "subject_type": BATCH_RUN, "subject_pk": run_pk,
@@ -525,10 +525,10 @@ def bills_for_run(conn: Connection, run_pk: int, *, today: date, now: int) -> li
             "note": f"Claims valuated by the batch run of {period}",
             "terms": f"{prod.name}: due {due}",
             "run_pk": run_pk, "product_pk": product_pk,
-            **_totals(bill_lines),
+            **totals_of(bill_lines),
         }
         pk = int(conn.execute(insert(bill), values).inserted_primary_key[0])
-        conn.execute(insert(bill_line), _line_rows("bill", pk, bill_lines))
+        conn.execute(insert(bill_line), line_rows("bill", pk, bill_lines))
         created.append(pk)
     return created
 

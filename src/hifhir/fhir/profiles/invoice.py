@@ -1,6 +1,7 @@
 """OpenIMISInvoice (`openimis-invoice-invoice`) and OpenIMISBill (`openimis-invoice-bill`): both FHIR Invoice
 (IG §1b rows 22–23; domain §2.23, §3.6). The rows are created by business events (`hifhir.domain.invoicing`: a
-policy's contribution invoice, the bills of a batch run) and changed by payments: both kinds are read-only
+policy's contribution invoice, the bills of a batch run; `hifhir.domain.commissions`: the monthly commission and
+fees bills) and changed by payments: both kinds are read-only
 (create, update and delete answer 405).
 
 Mapping (both kinds):
@@ -14,15 +15,20 @@ Mapping (both kinds):
 * `type.coding` ↔ `type_code`: IG CodeSystem invoice-type (contribution, contract, funding) for invoices,
   bill-type (claim-batch, commission, fees) for bills.
 * `recipient` ↔ the third party (`payer_*` / `payee_*`): Patient (an insuree: the head paying a family's
-  contribution), Organization (a policy holder, a health facility). `subject` is 0..0 in the IG: the family /
-  policy holder / batch run the document is about is not rendered (the `subject` search parameter finds it).
+  contribution), Organization (a policy holder, a health facility), Practitioner (the enrolment officer paid a
+  commission: the IG's recipient allows Organization and Patient only, yet its own bill-type `commission` pays an
+  officer, whom the IG models as a Practitioner), or, for the payments platform paid its fees (no register holds
+  it), a Reference with `type` Organization and `display` = `HIFHIR_PAYMENT_PLATFORM_NAME` (not searchable).
+  `subject` is 0..0 in the IG: the family / policy holder / batch run / month the document is about is not
+  rendered (the `subject` search parameter finds an invoice's).
 * `date` ↔ `date_issued`; `issuer` → the insurer Organization (as the IG example); `paymentTerms` ↔ `terms` (due
   date, payment deadline); `note[0].text` ↔ `note`.
 * `lineItem` (one per line, `sequence` is 0..0 in the IG): `chargeItemCodeableConcept` = invoice-charge-item
-  `policy` (a policy's contribution) or bill-charge-item `claim`, with `text` = the line's description (product
-  name, `<ICD code> <ICD name>`). `priceComponent` per the IG's formulas (computed by
-  `hifhir.domain.invoicing.line_amounts`, the same function that stored the totals), each with the unit-price
-  extension (1..1 on every component in the profile):
+  `policy` (a policy's contribution) or bill-charge-item `claim`, `commission` (a contribution an officer
+  collected) or `fees` (an accepted payment), with `text` = the line's description (product name, `<ICD code>
+  <ICD name>`, the product and family of a contribution, the invoice paid). `priceComponent` per the IG's
+  formulas (computed by `hifhir.domain.invoicing.line_amounts`, the same function that stored the totals), each
+  with the unit-price extension (1..1 on every component in the profile):
   - `base`: code.text = the line's code (product or claim code, coding.code `Code`), factor = quantity, amount =
     unit price × quantity;
   - `discount` (when the rate is not 0): factor = the rate, amount = −base × rate;
@@ -33,8 +39,8 @@ Mapping (both kinds):
 Search (both kinds): `_id`, `_lastUpdated`, `identifier` (Code or UUID), `type` (contribution | contract |
 funding | claim-batch | commission | fees, and `invoice` / `bill` for the whole kind, which the reference server
 offered as `resourceType=invoice|bill`: also accepted under that name), `status` (issued | balanced | cancelled),
-`invoice-status` (the openIMIS status names), `recipient` (Patient or Organization), `date` (the issue date);
-invoices also `subject` (Group: the family; Organization: the policy holder). Sort: `date`.
+`invoice-status` (the openIMIS status names), `recipient` (Patient, Organization; Practitioner for bills), `date`
+(the issue date); invoices also `subject` (Group: the family; Organization: the policy holder). Sort: `date`.
 
 Rights (auth/matrix.py; domain §4.3, the reference server's FHIRApiInvoicePermissions / FHIRApiBillPermissions):
 reading an invoice needs 155101 (invoice search), a bill 156101 (bill search). A user holding only one of them
@@ -44,12 +50,15 @@ searching `Invoice` gets only that kind.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, Row, Table, case, false, not_, select, true
 
+from hifhir import config
 from hifhir.auth import scope as location_scope
+from hifhir.domain import commissions as cm
 from hifhir.domain import invoicing as inv
 from hifhir.fhir.elements import coding, identifiers, reference
 from hifhir.fhir.errors import FhirError, invalid
@@ -76,6 +85,7 @@ from hifhir.store.tables import (
     insuree,
     invoice,
     invoice_line,
+    officer,
     policy_holder,
 )
 
@@ -94,7 +104,10 @@ TYPE_DISPLAYS = {
     inv.TYPE_CLAIM_BATCH: "Claim batch payment", inv.TYPE_COMMISSION: "Commission", inv.TYPE_FEES: "Fees",
 }
 CHARGE_ITEMS = {inv.LINE_POLICY: ("invoice-charge-item", "policy", "Policy"),
-                inv.LINE_CLAIM: ("bill-charge-item", "claim", "Claim")}
+                inv.LINE_CLAIM: ("bill-charge-item", "claim", "Claim"),
+                cm.LINE_PREMIUM: ("bill-charge-item", "commission", "Commission"),
+                cm.LINE_PAYMENT: ("bill-charge-item", "fees", "Fees")}
+RECIPIENT_TYPES = frozenset({"Patient", "Organization", "Practitioner"})  # of both kinds (`_recipient_param`)
 KIND_MARKERS = ("invoice", "bill")  # `type=invoice|bill`: the whole kind
 ALL_TYPE_CODES = frozenset((*inv.INVOICE_TYPES, *inv.BILL_TYPES, *KIND_MARKERS))
 TYPE_SYSTEMS = frozenset({CS + "invoice-type", CS + "bill-type"})
@@ -104,6 +117,7 @@ PARTIES: dict[str, tuple[str, Table, str]] = {
     inv.INSUREE: ("Patient", insuree, "patient"),
     inv.POLICY_HOLDER: ("Organization", policy_holder, "policy-holder"),
     inv.HEALTH_FACILITY: ("Organization", health_facility, "health-facility"),
+    cm.OFFICER: ("Practitioner", officer, "enrolment-officer"),
 }
 
 
@@ -172,6 +186,8 @@ def render_invoice(row: Row, lines: list[Row], party: str, type_cs: str, insurer
     target_id = getattr(row, party_label(party_type), None) if party_type in PARTIES else None
     if target_id is not None:
         res["recipient"] = reference(PARTIES[party_type][0], target_id)
+    elif party_type == cm.PAYMENTS_PLATFORM:  # no register of platforms: named from the configuration
+        res["recipient"] = {"type": "Organization", "display": config.PAYMENTS.platform_name}
     res["date"] = row.date_issued.isoformat()
     res["issuer"] = reference("Organization", insurer)
     res["lineItem"] = [_line_item(ln) for ln in lines]
@@ -232,6 +248,22 @@ def _party_path(table: Table, prefix: str, party_type: str) -> RefPath:
                     link.c[f"{prefix}_type"] == party_type)
 
 
+def _recipient_param(param: SearchParam) -> SearchParam:
+    """`recipient` of one kind accepting the types a recipient of either kind may be: a search of `Invoice` runs on
+    both kinds, so `recipient=Practitioner/<id>` (an officer: bills only) must match nothing among invoices rather
+    than be refused by them."""
+    own = param.modifiers
+
+    def clause(value: str, modifier: str | None, expression: str) -> Clause:
+        parts = value.rstrip("/").split("/")
+        rtype = parts[-2] if len(parts) >= 2 else modifier
+        if rtype in RECIPIENT_TYPES and rtype not in own:
+            return false()
+        return param.clause(value, modifier, expression)
+
+    return replace(param, clause=clause, modifiers=own | RECIPIENT_TYPES)
+
+
 def _status_options(table: Table) -> dict[str, Callable[[], Clause]]:
     return {code: (lambda stored=stored: table.c.status.in_(stored)) for code, stored in STORED_BY_FHIR_STATUS.items()}
 
@@ -263,9 +295,10 @@ class _InvoiceKindBase(ResourceKind):
                 {name: (lambda code=code: t.c.status == code) for name, code in STORED_BY_NAME.items()},
                 frozenset({HIFHIR_CS + "invoice-status"}),
                 "The openIMIS status: draft, validated, paid, cancelled, deleted, suspended, unpaid, reconciliated"),
-            "recipient": typed_reference_param(
+            "recipient": _recipient_param(typed_reference_param(
                 "recipient", [(rtype, _party_path(t, self.party, ptype)) for rtype, ptype in self.party_types],
-                "The third party: who pays (an insuree, a policy holder) or is paid (a health facility)"),
+                "The third party: who pays (an insuree, a policy holder) or is paid (a health facility, an "
+                "enrolment officer)")),
             "date": date_param("date", t.c.date_issued, "The issue date"),
         }
         self.sort_params = {**common_sorts(self), "date": SortKey(t.c.date_issued, "date")}
@@ -332,7 +365,7 @@ class BillKind(_InvoiceKindBase):
     marker = "bill"
     type_cs = "bill-type"
     own_types = inv.BILL_TYPES
-    party_types = (("Organization", inv.HEALTH_FACILITY), ("Patient", inv.INSUREE))
+    party_types = (("Organization", inv.HEALTH_FACILITY), ("Patient", inv.INSUREE), ("Practitioner", cm.OFFICER))
 
 
 def record_versions(conn: Connection, kind_name: str, pks: Iterable[int], *, now: int,

@@ -87,8 +87,10 @@ from typing import Any
 from sqlalchemy import Connection, Row, String, and_, bindparam, exists, func, or_, select, type_coerce, union
 from sqlalchemy.types import TypeDecorator
 
+from hifhir import config
 from hifhir.auth import scope as location_scope
 from hifhir.domain import payments as pay
+from hifhir.domain.commissions import payment_fee
 from hifhir.fhir import patching
 from hifhir.fhir.elements import first_code, identifiers, reference
 from hifhir.fhir.errors import FhirError, business_rule, conflict, invalid
@@ -284,7 +286,13 @@ _RECONCILIATION_BY_ID = DriverQuery(select(payment_reconciliation.c.pk).where(
 # PostgreSQL: with its key drawn beforehand, the insert travels with the transaction's next round trip.
 _INSERT_NOTICE = KeyedInsert(payment_notice, (
     "id", "uuid", "invoice_pk", "bill_pk", "reconciliation_pk", "reconciliation_ref", "status", "detail_status",
-    "payment_status", "created", "payment_date", "amount", "reference", "version_id", "last_updated"))
+    "payment_status", "created", "payment_date", "amount", "fees", "reference", "version_id", "last_updated"))
+
+
+def _fee(amount: Decimal) -> Decimal | None:
+    """The platform's fee for an accepted payment (HIFHIR_PAYMENT_FEE_*; `hifhir.domain.commissions`)."""
+    tariff = config.PAYMENTS
+    return payment_fee(amount, tariff.fee_percent, tariff.fee_fixed)
 
 
 def _notice_body(*, res_id: str, ref: str | None, status: str, request_id: str, created: str,
@@ -461,6 +469,7 @@ class PaymentNoticeKind(ResourceKind):
             "status": data.status, "detail_status": pay.DETAIL_STATUS[data.status],
             "payment_status": data.payment_status, "created": data.created, "payment_date": data.payment_date,
             "amount": data.amount, "reference": data.reference, "version_id": 1, "last_updated": ctx.now,
+            "fees": _fee(data.amount) if data.status == "active" else None,
         }
         # First the insert: a payment sent twice is the 409 it is, before the invoice (already paid by it) could
         # call it an over-payment (see `write`).
@@ -498,10 +507,12 @@ class PaymentNoticeKind(ResourceKind):
         reference_kept = current.reference if data.reference in (None, current.id) else data.reference
         receipt = pay.receipt_for(reference_kept, current.id)
         detail = current.detail_status
+        fees: dict[str, Any] = {}
         if current.status != data.status:
             if data.status == "active":
                 pay.accept(ctx, p, data.amount, data.payment_date, receipt)
                 detail = pay.ACCEPTED
+                fees = {"fees": _fee(data.amount)}  # accepted now (a draft until then)
             elif current.status == "active":
                 refund = data.status == "cancelled"
                 pay.withdraw(ctx, p, current.amount, receipt, refund=refund)
@@ -517,7 +528,7 @@ class PaymentNoticeKind(ResourceKind):
         ctx.update(payment_notice, current.pk, {
             "status": data.status, "detail_status": detail, "payment_status": data.payment_status,
             "created": data.created, "reconciliation_pk": rec_pk, "reconciliation_ref": rec_ref,
-            "reference": reference_kept})
+            "reference": reference_kept, **fees})
         data.reference = reference_kept
         self._prerender(ctx, int(current.pk), current.id, data)
         return int(current.pk)
