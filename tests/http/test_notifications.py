@@ -545,3 +545,37 @@ def test_notifications_pending_when_the_server_is_killed_are_delivered_after_res
     # At least once, and a repeat carries the same delivery id: the receiver can drop it.
     assert all(len(ids) == 1 for ids in ids_by_resource.values()), ids_by_resource
     assert any(p == 1 for p, _i, _r in seen)  # some were in flight when the server died
+
+
+def test_a_coverage_a_payment_activates_is_notified(api, engine, receiver, worker):
+    from tests.builders_enrolment import days_ago
+    from tests.http.test_payments import invoice_of, notice
+
+    scheme = make_scheme(api)
+    subscribe(api, "Coverage?status=active", receiver.url)
+    contract = created(api.post("Contract", family_contract(scheme, "BC01", issued=days_ago(10))))
+    assert rows(engine) == []  # an unpaid policy's Coverage is a draft
+    created(api.post("PaymentNotice", notice(f"Invoice/{invoice_of(api, engine, contract['id'])}", 10000, "TX-N1")))
+    worker.drain()
+    assert events(receiver) == [("update", f"Coverage/{contract['id']}/_history/2")]
+    assert api.get(f"Coverage/{contract['id']}").json()["status"] == "active"
+
+
+def test_claim_responses_the_batch_run_completes_are_notified(api, engine, receiver, worker):
+    from datetime import date
+
+    from hifhir.domain.claims import batch
+    from hifhir.store.tables import claim
+    from tests.http.test_claim_batch import L, processed, stamp, world
+
+    w = world(api, engine)
+    pk = processed(engine, w, stamp(date(2026, 10, 9)), [L("R", 620)])
+    subscribe(api, "ClaimResponse?outcome=complete", receiver.url)
+    now = time.time_ns() // 1000
+    with transaction(engine, write=True) as conn:
+        run = batch.run(conn, year=2026, month=10, location_pk=None, today=date.today(), now=now)
+        batch.record_claim_versions(conn, run.run_pk, now=now)
+        claim_id = conn.execute(select(claim.c.id).where(claim.c.pk == pk)).scalar_one()
+    worker.drain()
+    assert events(receiver) == [("update", f"ClaimResponse/{claim_id}/_history/2")]
+    assert all(verify(got) for got in receiver.received)
