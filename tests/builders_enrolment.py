@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from tests.builders import CS, EXT, PROFILE, location, patient
+from tests.builders import CS, EXT, PROFILE, ident, location, patient
 from tests.builders import group as family_group
 from tests.builders_medical import insurance_plan
 from tests.builders_practitioner import enrolment_officer
@@ -177,3 +177,32 @@ def family_contract(s: Scheme, product: str = "BC01", *, covered: list[str] | No
     return contract(f"Group/{s.family}", s.head, covered if covered is not None else s.all_members(),
                     s.products[product], issued=issued or days_ago(10), officer_id=s.officer, premiums=premiums,
                     **kw)
+
+
+def enrolment_bundle(s: Scheme, village: str, members: list[tuple[str, str, str]], *, contract_uuid: str,
+                     product: str = "BC01", issued: str | None = None,
+                     premiums: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A family's whole enrolment as a mobile app sends it in one transaction: each member's Patient (head first;
+    `members` are (insurance number, given name, birth date)), the Group, then the Contract, all linked by urn:uuid
+    fullUrls, and every entry conditional (`ifNoneExist`) so that the app may resend it after a lost response.
+    The Contract carries identifier[UUID] `contract_uuid`, which becomes its id."""
+    entries: list[dict[str, Any]] = []
+    for i, (code, given, born) in enumerate(members):
+        entries.append({"fullUrl": f"urn:uuid:{i:08d}-1111-4000-8000-000000000000",
+                        "resource": patient(code, "Mensah", given, village, birth_date=born, head=i == 0),
+                        "request": {"method": "POST", "url": "Patient", "ifNoneExist": f"identifier={code}"}})
+    refs = [e["fullUrl"] for e in entries]
+    fam = family_group(members[0][0], [], village)
+    fam["member"] = [{"entity": {"reference": r}} for r in refs]
+    fam["quantity"] = len(refs)
+    group_url = "urn:uuid:99999999-1111-4000-8000-000000000000"
+    entries.append({"fullUrl": group_url, "resource": fam,
+                    "request": {"method": "POST", "url": "Group", "ifNoneExist": f"identifier={members[0][0]}"}})
+    policy = contract(group_url, refs[0], [], s.products[product], issued=issued or days_ago(1),
+                      officer_id=s.officer, premiums=premiums)
+    policy["identifier"] = [ident(contract_uuid, "UUID")]
+    policy["term"][0]["offer"]["party"][0]["reference"] = [{"reference": refs[0]}]
+    policy["term"][0]["asset"][0]["typeReference"] = [{"reference": r} for r in refs]
+    entries.append({"fullUrl": f"urn:uuid:{contract_uuid}", "resource": policy,
+                    "request": {"method": "POST", "url": "Contract", "ifNoneExist": f"identifier={contract_uuid}"}})
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}

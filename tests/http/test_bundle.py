@@ -7,8 +7,13 @@ import copy
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine, func, select
 
-from tests.builders import group, location, patient
+from hifhir.store.db import transaction
+from hifhir.store.tables import family, insuree, insuree_policy, invoice, policy, premium, resource_version
+from tests.builders import group, ident, location, patient
+from tests.builders_enrolment import Scheme, days_ago, enrolment_bundle, family_contract, make_scheme, years_ago
+from tests.builders_enrolment import premium as premium_ext
 
 
 def created(resp: Any) -> dict[str, Any]:
@@ -55,6 +60,25 @@ def family_bundle(village: str, codes: tuple[str, ...] = ("100000001", "10000000
 
 def count(api: Any, query: str) -> int:
     return api.get(f"{query}&_summary=count").json()["total"]
+
+
+ENROLMENT_TABLES = (insuree, family, policy, premium, insuree_policy, invoice, resource_version)
+
+
+def rows(engine: Engine) -> dict[str, int]:
+    """How many rows the enrolment tables hold (the history included): a retry must leave them as they were."""
+    with transaction(engine, write=False) as conn:
+        return {t.name: conn.execute(select(func.count()).select_from(t)).scalar_one() for t in ENROLMENT_TABLES}
+
+
+@pytest.fixture
+def scheme(api: Any) -> Scheme:
+    """Places R1…V1, officer E00001, the Doe family, products BC01 (lump sum 10000) and FC01 (see make_scheme)."""
+    return make_scheme(api)
+
+
+CONTRACT_UUID = "3c9e2f1a-7b4d-4e8a-9f01-2a3b4c5d6e7f"
+MENSAH = [("555000000", "Ama", years_ago(41)), ("555000001", "Kofi", years_ago(39)), ("555000002", "Esi", years_ago(7))]
 
 
 # --- transaction --------------------------------------------------------------------------------------------
@@ -196,6 +220,138 @@ def test_conditional_interactions_check_their_criteria(api, village):
     body = patient("700000001", "Xu", "Io", village)
     assert api.post("Patient", body, headers={"If-None-Exist": "frobnicate=1"}).status_code == 400
     assert api.put("Patient?birthdate=garbage", body).status_code == 400
+
+
+# --- enrolment retries: a Contract, then a whole enrolment, sent again after a lost response ---------------
+
+
+def test_if_none_exist_makes_posting_a_contract_idempotent(api, engine, scheme):
+    s = scheme
+    body = family_contract(s, "BC01", issued=days_ago(2), premiums=[premium_ext(10000, "RC-1", days_ago(1))])
+    body["identifier"] = [ident(CONTRACT_UUID, "UUID")]
+    headers = {"If-None-Exist": f"identifier={CONTRACT_UUID}"}
+    first = api.post("Contract", body, headers=headers)
+    assert first.status_code == 201, first.text
+    assert first.json()["id"] == CONTRACT_UUID and first.json()["status"] == "executed"
+    before = rows(engine)
+    assert (before["policy"], before["premium"], before["insuree_policy"], before["invoice"]) == (1, 1, 4, 1)
+
+    second = api.post("Contract", body, headers=headers)  # the answer was lost: the app sends the same request
+
+    assert second.status_code == 200, second.text
+    assert second.json() == first.json()  # the Contract created the first time, unchanged
+    assert second.headers["ETag"] == first.headers["ETag"] == 'W/"1"'
+    assert rows(engine) == before  # no second policy, premium, insuree-policy row, invoice or version
+    assert count(api, f"Contract?subject=Group/{s.family}") == 1
+
+
+def test_resending_a_whole_enrolment_transaction_creates_nothing_twice(api, engine, scheme):
+    s = scheme
+    bundle = enrolment_bundle(s, s.places["V1"], MENSAH, contract_uuid=CONTRACT_UUID,
+                              premiums=[premium_ext(10000, "RC-555", days_ago(0))])
+    first = post_bundle(api, bundle)
+    assert [e["response"]["status"] for e in first["entry"]] == ["201 Created"] * 5
+    before = rows(engine)
+
+    again = post_bundle(api, copy.deepcopy(bundle))  # the app never got the answer: it sends the same Bundle
+
+    assert again["type"] == "transaction-response"
+    assert [e["response"]["status"] for e in again["entry"]] == ["200 OK"] * 5
+    assert [e["response"]["location"] for e in again["entry"]] == [e["response"]["location"] for e in first["entry"]]
+    assert [e["resource"] for e in again["entry"]] == [e["resource"] for e in first["entry"]]
+    assert rows(engine) == before  # no insuree, family, policy, premium, insuree-policy row or version added
+    *members, fam, contract = again["entry"]
+    member_refs = [f"Patient/{m['resource']['id']}" for m in members]
+    assert [m["entity"]["reference"] for m in fam["resource"]["member"]] == member_refs
+    assert contract["resource"]["id"] == CONTRACT_UUID and contract["resource"]["status"] == "executed"
+    assert contract["resource"]["subject"] == [{"reference": f"Group/{fam['resource']['id']}"}]
+    assert [r["reference"] for r in contract["resource"]["term"][0]["asset"][0]["typeReference"]] == member_refs
+    assert count(api, "Patient?family=mensah") == 3
+    assert count(api, f"Contract?subject=Group/{fam['resource']['id']}") == 1
+
+
+def test_a_paid_enrolment_transaction_stores_its_members_as_active(api, scheme):
+    s = scheme
+    bundle = enrolment_bundle(s, s.places["V1"], MENSAH, contract_uuid=CONTRACT_UUID,
+                              premiums=[premium_ext(10000, "RC-555", days_ago(0))])
+
+    answer = post_bundle(api, bundle)
+
+    *members, fam, contract = answer["entry"]
+    assert contract["resource"]["status"] == "executed"  # paid in full today: the policy covers them from today
+    assert fam["resource"]["active"] is True
+    assert count(api, "Patient?family=mensah&active=true") == 3  # the searchable flag is set
+    assert [m["resource"]["active"] for m in members] == [True] * 3  # as in separate requests (use case test)
+    assert [api.get(f"Patient/{m['resource']['id']}").json()["active"] for m in members] == [True] * 3
+
+
+def test_an_enrolment_whose_contract_fails_writes_no_patient_and_no_group(api, engine, scheme):
+    s = scheme
+    bundle = enrolment_bundle(s, s.places["V1"], MENSAH, contract_uuid=CONTRACT_UUID,
+                              premiums=[premium_ext(-10000, "RC-555", days_ago(0))])
+    before = rows(engine)
+
+    resp = api.client.post("/fhir/", json=bundle, headers=api.headers())
+
+    assert resp.status_code == 422, resp.text
+    outcome = resp.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert outcome["issue"][0]["diagnostics"].startswith("Bundle.entry[4] (POST Contract): The premium amount must be")
+    assert any(e.startswith("Bundle.entry[4]") for i in outcome["issue"] for e in i.get("expression", []))
+    assert rows(engine) == before  # the members and the family, valid on their own, were not kept either
+    assert count(api, "Patient?family=mensah") == 0
+    assert count(api, "Group?identifier=555000000") == 0
+    assert api.get(f"Contract/{CONTRACT_UUID}").status_code == 404
+
+
+def test_conditional_update_of_a_contract_creates_it_then_updates_it(client, api, engine, scheme):
+    s = scheme
+    [rest] = client.get("/fhir/metadata").json()["rest"]
+    declared = next(r for r in rest["resource"] if r["type"] == "Contract")
+    assert declared["conditionalCreate"] is True and declared["conditionalUpdate"] is True
+    query = f"Contract?identifier={CONTRACT_UUID}"
+    body = family_contract(s, "BC01", issued=days_ago(2))
+    body["identifier"] = [ident(CONTRACT_UUID, "UUID")]
+
+    first = api.put(query, body)  # no match: created, its identifier[UUID] the id
+
+    assert first.status_code == 201, first.text
+    assert first.json()["id"] == CONTRACT_UUID and first.json()["meta"]["versionId"] == "1"
+    assert first.json()["status"] == "offered"
+
+    body["term"][0]["asset"][0]["extension"] = [premium_ext(10000, "RC-CU-1", days_ago(1))]
+    second = api.put(query, body)  # one match: that Contract is updated (paid)
+
+    assert second.status_code == 200, second.text
+    assert second.json()["id"] == CONTRACT_UUID and second.json()["meta"]["versionId"] == "2"
+    assert second.json()["status"] == "executed"
+    counted = rows(engine)
+    assert (counted["policy"], counted["premium"], counted["insuree_policy"], counted["invoice"]) == (1, 1, 4, 1)
+
+    again = api.put(query, body)  # the paying update resent after a lost response: the premium is not added twice
+
+    assert again.status_code == 200, again.text
+    assert again.json()["id"] == CONTRACT_UUID and again.json()["status"] == "executed"
+    assert [[x["valueString"] for x in p["extension"] if x["url"] == "receipt"]
+            for p in again.json()["term"][0]["asset"][0]["extension"]] == [["RC-CU-1"]]
+    assert {k: v for k, v in rows(engine).items() if k != "resource_version"} == {
+        k: v for k, v in counted.items() if k != "resource_version"}
+
+
+def test_conditional_update_of_a_contract_matching_several_is_a_412(api, engine, scheme):
+    s = scheme
+    offered = [created(api.post("Contract", family_contract(s, product, issued=days_ago(2))))
+               for product in ("BC01", "FC01")]
+    before = rows(engine)
+    body = family_contract(s, "BC01", issued=days_ago(2), premiums=[premium_ext(10000, "RC-CU-2", days_ago(1))])
+
+    several = api.put(f"Contract?subject=Group/{s.family}", body)  # both of the family's Contracts match
+
+    assert several.status_code == 412, several.text
+    assert several.json()["issue"][0]["diagnostics"] == (
+        f"The conditional update 'subject=Group/{s.family}' matches several Contract resources")
+    assert rows(engine) == before  # neither was chosen, neither paid
+    assert [api.get(f"Contract/{c['id']}").json()["status"] for c in offered] == ["offered", "offered"]
 
 
 # --- bad Bundles ----------------------------------------------------------------------------------------------

@@ -279,6 +279,34 @@ def test_a_zero_category_amount_excludes_services_of_that_category(api, engine, 
     assert consult["excluded"] is True and consult["description"] == "No consultation amount"
 
 
+def test_delivery_antenatal_and_hospitalisation_counters_and_amounts_left(api, engine, world):
+    delivery = new_service(api, "DLV1", "D")
+    antenatal = new_service(api, "ANC1", "A")
+    product = basic_product(
+        api, world, services={delivery: {}, antenatal: {}, world.general: {}},
+        ceilings={"maxNoDelivery": 3, "maxNoAntenatal": 6, "maxNoHospitalization": 2,
+                  "maxAmountDelivery": 800, "maxAmountAntenatal": 120.5, "maxAmountHospitalization": 2500})
+    insert_policy(engine, product["id"], [world.adult["id"]])
+    hf, me = world.places.facility, world.adult["id"]
+    insert_claim(engine, hf, me, category="D", services=[("DLV1", 1)])
+    insert_claim(engine, hf, me, category="A", services=[("ANC1", 1)])
+    insert_claim(engine, hf, me, category="A", status=8, services=[("ANC1", 1)])  # processed: counted too
+    insert_claim(engine, hf, me, category="H", status=4, services=[("G1", 3)])  # checked: counted
+    insert_claim(engine, hf, me, category="D", status=2, services=[("DLV1", 1)])  # entered: not counted
+    insert_claim(engine, hf, me, category="H", services=[("G1", 1)], line_status=2)  # no passed line: not counted
+
+    body = ask(api, f"Patient/{me}", service="DLV1")
+
+    assert package(body["insurance"][0])["benefits"] == {
+        "deliveries_left": 2,  # 3 − 1
+        "antenatal_left": 4,  # 6 − 2
+        "admissions_left": 1,  # 2 − 1
+        # the maximum amounts per claim of the category, not reduced by earlier claims (domain §3.2.1)
+        "delivery_amount": 800, "antenatal_amount": 120.5, "hospitalization_amount": 2500,
+    }
+    assert line(body["insurance"][0], "service")["excluded"] is False  # a delivery is left
+
+
 # --- deductibles and ceilings ------------------------------------------------------------------------------------
 
 
@@ -313,6 +341,16 @@ def test_unknown_codes_are_reported_on_their_line(api, engine, world):
                        "benefits": {}}
     item = line(body["insurance"][0], "item")  # a known item the product does not cover
     assert item["excluded"] is True and item["description"] == "Not covered by product BASIC"
+
+
+def test_an_unknown_item_code_is_reported_on_the_item_line_alone(api, engine, world):
+    product = basic_product(api, world)
+    insert_policy(engine, product["id"], [world.adult["id"]])
+    body = ask(api, f"Patient/{world.adult['id']}", service="A1", item="NOPE9")
+    item = line(body["insurance"][0], "item")
+    assert item == {"code": "NOPE9", "excluded": True, "description": "Unknown item code 'NOPE9'", "benefits": {}}
+    service = line(body["insurance"][0], "service")  # the known service beside it is still covered
+    assert service["code"] == "A1" and service["excluded"] is False and service["description"] is None
 
 
 def test_the_patient_may_be_named_by_insurance_number(api, engine, world):

@@ -325,6 +325,7 @@ class WriteContext:
             if patchable:
                 self.mark_patch(kind_name, pk, values)
             else:
+                self.prerendered.pop((kind_name, pk), None)  # built before these columns changed
                 self.mark(kind_name, pk)
         try:
             if known:
@@ -380,6 +381,14 @@ class WriteContext:
         in this write: the flush re-versions it, writing the change into its stored body rather than rendering."""
         touched = self.touched.setdefault(kind_name, set())
         key = (kind_name, pk)
+        built = self.prerendered.get(key)
+        if built is not None:
+            # A body this write built, changed again before the flush (an enrolment transaction's payment flags
+            # the Patients it created active): the change goes into it, or the resource is rendered.
+            from hifhir.fhir.registry import KINDS
+
+            if not KINDS[kind_name].patch_body(built, change):
+                del self.prerendered[key]
         if key in self.patches:
             self.patches[key].append(change)
         elif pk not in touched:
