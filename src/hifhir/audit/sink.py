@@ -1,6 +1,6 @@
 """Writes audit records off the request path: a background thread takes what requests queued and writes it every
 FLUSH_INTERVAL_S, or as soon as a batch is full, in one transaction per batch: the events' keys in one statement,
-then the events and their entities in bulk (COPY on PostgreSQL, INSERTs of up to a thousand rows each on SQLite).
+then the events and their entities in bulk (COPY on PostgreSQL, one INSERT … SELECT FROM json_each per table on SQLite).
 
 The request only appends a record to an in-memory queue (a few microseconds). The price is that a crash of the
 process loses what was queued and not yet written — at most FLUSH_INTERVAL_S of events (README "Audit trail").
@@ -11,9 +11,8 @@ them, with an error logged for each discarded batch.
 
 from __future__ import annotations
 
-import functools
+import json
 import logging
-import sqlite3
 import threading
 import time
 from collections import deque
@@ -176,7 +175,7 @@ class AuditSink:
                     conn.execute(_INSERT_ENTITIES, [dict(zip(_ENTITY_FIELDS, e, strict=True)) for e in entities])
                 return
             # Straight to the driver: SQLAlchemy's executemany costs ~80 µs of this process's CPU per event, the
-            # drivers' bulk paths (COPY, many-row SQLite INSERTs) a few.
+            # drivers' bulk paths (COPY, json_each on SQLite) a few.
             keys, write = _BULK[dialect]
             driver = conn.connection.driver_connection
             pks = keys(driver, len(batch))
@@ -264,31 +263,26 @@ def _sqlite_keys(driver: Any, n: int) -> list[int]:
     return list(range(first, first + n))
 
 
-_SQLITE_ROWS_PER_STATEMENT = 1000  # at most; fewer where the rows' parameters would pass SQLite's limit
+def _json_rows_insert(table: str, columns: str, width: int) -> str:
+    """An INSERT of every row of a JSON array of arrays bound as one parameter."""
+    values = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(width))
+    return f"INSERT INTO {table} ({columns}) SELECT {values} FROM json_each(?)"
 
 
-@functools.lru_cache(maxsize=16)
-def _values_insert(table: str, columns: str, width: int, rows: int) -> str:
-    row = f"({', '.join('?' * width)})"
-    return f"INSERT INTO {table} ({columns}) VALUES {', '.join([row] * rows)}"
-
-
-def _sqlite_insert(driver: Any, table: str, columns: str, rows: list[tuple[Any, ...]]) -> None:
-    width = len(rows[0])
-    per_statement = min(_SQLITE_ROWS_PER_STATEMENT, driver.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width)
-    for at in range(0, len(rows), per_statement):
-        chunk = rows[at:at + per_statement]
-        driver.execute(_values_insert(table, columns, width, len(chunk)), [v for row in chunk for v in row])
+_SQLITE_INSERT_EVENTS = _json_rows_insert("audit_event", f"pk, {_EVENT_COLUMNS}", len(_EVENT_FIELDS) + 1)
+_SQLITE_INSERT_ENTITIES = _json_rows_insert("audit_entity", _ENTITY_COLUMNS, len(_ENTITY_FIELDS))
 
 
 def _sqlite_write(driver: Any, events: list[tuple[Any, ...]], entities: list[tuple[Any, ...]]) -> None:
-    # Many rows a statement, not executemany: sqlite3 gives up the GIL around each statement's step and must win it
-    # back from the request thread, which on a busy server keeps it for up to the switch interval (5 ms) each time.
-    # A step per row made the writer fall behind searches of twenty patients (~2,300 a second a process): its queue
-    # grew by thousands of records, tens of MB per process.
-    _sqlite_insert(driver, "audit_event", f"pk, {_EVENT_COLUMNS}", events)
+    # A batch's rows go in one statement per table, as a JSON array SQLite unpacks (json_each), not by executemany:
+    # sqlite3 gives up the GIL around each row's step and must win it back from the request thread, which on a busy
+    # server keeps it for up to the switch interval (5 ms) each time. The writer then fell behind searches of twenty
+    # patients (~2,300 a second a process) and its queue grew by thousands of records, tens of MB per process.
+    # Multi-row VALUES statements were faster uncontended (66k events/s against 48k) but their text changes with the
+    # batch's size, and sqlite3 keeps up to 128 of them prepared per connection: tens of MB a process.
+    driver.execute(_SQLITE_INSERT_EVENTS, (json.dumps(events),))
     if entities:
-        _sqlite_insert(driver, "audit_entity", _ENTITY_COLUMNS, entities)
+        driver.execute(_SQLITE_INSERT_ENTITIES, (json.dumps(entities),))
 
 
 _BULK = {"postgresql": (_postgresql_keys, _postgresql_write), "sqlite": (_sqlite_keys, _sqlite_write)}
