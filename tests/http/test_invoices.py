@@ -294,6 +294,21 @@ def test_price_component_formulas():
     assert invoicing.line_amounts(1, Decimal(100)).total == 100
 
 
+def test_a_taxed_line_shows_every_price_component_and_they_add_up_to_its_total():
+    from types import SimpleNamespace
+
+    from hifhir.fhir.profiles.invoice import price_components
+
+    line = SimpleNamespace(code="CL1", quantity=3, unit_price=Decimal("33.33"), discount=Decimal("0.15"),
+                           deduction=Decimal("5"), tax_rate=Decimal("0.18"))
+    parts = price_components(line)  # type: ignore[arg-type]
+    assert [(p["type"], p["factor"], p["amount"]["value"]) for p in parts] == [
+        ("base", 3, 99.99), ("discount", 0.15, -15.0), ("deduction", 1, -5.0), ("tax", 0.18, 14.4)]
+    assert sum(Decimal(str(p["amount"]["value"])) for p in parts) == invoicing.line_amounts(
+        3, Decimal("33.33"), Decimal("0.15"), Decimal("5"), Decimal("0.18")).total == Decimal("94.39")
+    assert all(p["extension"][0]["valueMoney"]["value"] == 33.33 for p in parts)  # the unit price, on each
+
+
 # --- the IG example -------------------------------------------------------------------------------------------------
 
 
