@@ -63,6 +63,7 @@ from hifhir.domain.invoicing import (
     new_ids,
     totals_of,
 )
+from hifhir.domain.payments import ACCEPTED
 from hifhir.store.tables import (
     INVOICE_VALIDATED,
     bill,
@@ -83,7 +84,6 @@ OFFICER, PAYMENTS_PLATFORM, PERIOD = "enrolment-officer", "payments-platform", "
 PLATFORM_PK = 0  # payee_pk of the payments platform: no register holds it
 # line_type: what line_pk points at
 LINE_PREMIUM, LINE_PAYMENT = "premium", "payment"
-ACCEPTED = 1  # payment_notice.detail_status of an accepted payment (domain.payments.ACCEPTED)
 HUNDRED = Decimal(100)
 
 

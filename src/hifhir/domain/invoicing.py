@@ -398,6 +398,12 @@ _FOLLOWED = ("status", "date_issued", "date_due", "date_paid", "amount_paid", "a
 _FOLLOWING_STATUSES = (INVOICE_VALIDATED, INVOICE_PAID, INVOICE_UNPAID)
 
 
+def _open_invoice(conn: Connection, policy_pk: int) -> Any:
+    """The policy's current invoice while a Contract write may still change it (`_FOLLOWING_STATUSES`), or None."""
+    found = _INVOICE_STATE.rows(conn, {"pk": policy_pk})
+    return found[0] if found and found[0].status in _FOLLOWING_STATUSES else None
+
+
 def follow_policy(conn: Connection, policy_pk: int, *, today: date) -> int | None:
     """After a Contract update of a stored policy: its contribution invoice made to agree with it again — the line
     and totals from the policy's value (an idle policy's members, product or dates changed), what is paid from the
@@ -405,10 +411,9 @@ def follow_policy(conn: Connection, policy_pk: int, *, today: date) -> int | Non
     sum `invoice_for_policy` starts from, and that payments keep), and the status from both (paid when covered).
     Without it a contribution added with the Contract left the invoice owing, and could be paid a second time.
     Returns the invoice's pk when it changed (the caller re-versions it, kind `invoice`), else None."""
-    found = _INVOICE_STATE.rows(conn, {"pk": policy_pk})
-    if not found or found[0].status not in _FOLLOWING_STATUSES:
+    current = _open_invoice(conn, policy_pk)
+    if current is None:
         return None
-    current = found[0]
     facts = _stored_facts(conn, policy_pk)
     if facts is None:
         return None
@@ -432,11 +437,11 @@ def follow_policy(conn: Connection, policy_pk: int, *, today: date) -> int | Non
 def cancel_policy_invoice(conn: Connection, policy_pk: int) -> int | None:
     """The invoice of a policy deleted while idle is cancelled (it no longer takes payments; what was paid stays
     recorded). Returns its pk when it changed (the caller re-versions it), else None."""
-    found = _INVOICE_STATE.rows(conn, {"pk": policy_pk})
-    if not found or found[0].status not in _FOLLOWING_STATUSES:
+    current = _open_invoice(conn, policy_pk)
+    if current is None:
         return None
-    conn.execute(update(invoice).where(invoice.c.pk == found[0].pk).values(status=INVOICE_CANCELLED))
-    return int(found[0].pk)
+    conn.execute(update(invoice).where(invoice.c.pk == current.pk).values(status=INVOICE_CANCELLED))
+    return int(current.pk)
 
 
 # --- the bills of a batch run ------------------------------------------------------------------------------------

@@ -1231,8 +1231,9 @@ class ContractKind(ResourceKind):
         elif values["uuid"] != current.uuid:
             ctx.update(coverage, int(cov), {"uuid": values["uuid"]})
         # Its invoice follows what changed (value, contributions recorded with the Contract), before any
-        # activation, which the invoice's payments do not decide.
-        if (invoice_pk := follow_policy(conn, pk, today=day)) is not None:
+        # activation, which the invoice's payments do not decide; a status change alone leaves it as it is.
+        if (content_changed or removed or changed or added) and (
+                invoice_pk := follow_policy(conn, pk, today=day)) is not None:
             ctx.mark("invoice", invoice_pk)
         requested = data.requested_status
         if requested == status_on(current.status, current.expiry_date, day):
